@@ -1,0 +1,43 @@
+#include "codegen/config.hpp"
+
+#include <algorithm>
+
+namespace moejit {
+
+std::string Config::to_string() const {
+    return "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages) + "w" +
+           std::to_string(warps_m) + "x" + std::to_string(warps_n);
+}
+
+size_t max_shared_bytes(const Arch& arch) {
+    switch (arch.sm()) {
+        case 80: return 163 * 1024;
+        case 86:
+        case 89: return 99 * 1024;
+        default: return 227 * 1024;  // sm_90, sm_100
+    }
+}
+
+Config choose_config(const Problem& problem) {
+    Config config;
+    // Narrow outputs waste half of a 128-wide tile; 64 keeps every column busy.
+    if (problem.n <= 64) config.tile_n = 64;
+    // Deeper rings hide more load latency where shared memory allows (sm_80/sm_90: 4 x 32 KB).
+    const size_t stage_bytes = size_t(config.tile_m + config.tile_n) * Config::tile_k * 2;
+    config.stages = static_cast<int>(std::min<size_t>(4, max_shared_bytes(problem.arch) / stage_bytes));
+    return config;
+}
+
+std::vector<Config> candidate_configs(const Problem& problem) {
+    std::vector<Config> configs;
+    for (int tile_n : {64, 128})
+        for (int stages : {3, 4}) {
+            Config config;
+            config.tile_n = tile_n;
+            config.stages = stages;
+            if (config.shared_bytes() <= max_shared_bytes(problem.arch)) configs.push_back(config);
+        }
+    return configs;
+}
+
+}  // namespace moejit

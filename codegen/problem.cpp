@@ -1,0 +1,108 @@
+#include <moejit/error.hpp>
+#include <moejit/problem.hpp>
+
+#include <cstdlib>
+#include <vector>
+
+namespace moejit {
+
+const char* to_string(DType dtype) { return dtype == DType::bf16 ? "bf16" : "fp16"; }
+const char* to_string(Op op) {
+    switch (op) {
+        case Op::fwd: return "fwd";
+    }
+    return "?";
+}
+size_t element_bytes(DType) { return 2; }
+
+Arch Arch::parse(std::string_view name) {
+    static const Arch supported[] = {{8, 0, false}, {8, 6, false}, {8, 9, false}, {9, 0, true}, {10, 0, true}};
+    for (const Arch& arch : supported)
+        if (arch.name() == name) return arch;
+    throw Error("unsupported arch '" + std::string(name) +
+                "': expected one of sm_80, sm_86, sm_89, sm_90a, sm_100a");
+}
+
+std::string Arch::name() const {
+    return "sm_" + std::to_string(major) + std::to_string(minor) + (arch_specific ? "a" : "");
+}
+
+void Problem::validate() const {
+    auto fail = [&](const std::string& what) { throw Error("invalid problem " + to_spec(*this) + ": " + what); };
+    if (n <= 0 || n % 8 != 0) fail("N must be a positive multiple of 8 (16-byte rows), got " + std::to_string(n));
+    if (k <= 0 || k % 8 != 0) fail("K must be a positive multiple of 8 (16-byte rows), got " + std::to_string(k));
+    if (n > (int64_t{1} << 31) || k > (int64_t{1} << 31)) fail("N and K must each be below 2^31");
+    if (experts < 1 || experts > 4096) fail("experts must be in 1..4096, got " + std::to_string(experts));
+    if (topk < 1 || topk > experts) fail("topk must be in 1..experts, got " + std::to_string(topk));
+}
+
+std::string to_spec(const Problem& p) {
+    return std::string(to_string(p.op)) + ":" + to_string(p.dtype) + ":n" + std::to_string(p.n) + ":k" +
+           std::to_string(p.k) + ":e" + std::to_string(p.experts) + ":topk" + std::to_string(p.topk) + ":" +
+           p.arch.name();
+}
+
+static std::vector<std::string_view> split(std::string_view text, char separator) {
+    std::vector<std::string_view> parts;
+    size_t start = 0;
+    while (true) {
+        const size_t end = text.find(separator, start);
+        parts.push_back(text.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start));
+        if (end == std::string_view::npos) return parts;
+        start = end + 1;
+    }
+}
+
+static bool parse_integer(std::string_view digits, int64_t& out) {
+    if (digits.empty() || digits.size() > 12) return false;
+    int64_t value = 0;
+    for (char c : digits) {
+        if (c < '0' || c > '9') return false;
+        value = value * 10 + (c - '0');
+    }
+    out = value;
+    return true;
+}
+
+Problem parse_spec(std::string_view spec) {
+    auto fail = [&](const std::string& why) {
+        throw Error("bad kernel spec '" + std::string(spec) + "': " + why +
+                    " (expected e.g. fwd:bf16:n1536:k2048:e128:topk8:sm_90a)");
+    };
+    Problem problem;
+    bool seen_op = false, seen_dtype = false, seen_n = false, seen_k = false, seen_e = false, seen_arch = false;
+    for (std::string_view field : split(spec, ':')) {
+        int64_t value = 0;
+        if (field == "fwd") {
+            problem.op = Op::fwd;
+            seen_op = true;
+        } else if (field == "bf16" || field == "fp16") {
+            problem.dtype = field == "bf16" ? DType::bf16 : DType::fp16;
+            seen_dtype = true;
+        } else if (field.substr(0, 4) == "topk" && parse_integer(field.substr(4), value)) {
+            problem.topk = static_cast<int>(value);
+        } else if (field.substr(0, 3) == "sm_") {
+            problem.arch = Arch::parse(field);
+            seen_arch = true;
+        } else if (!field.empty() && field[0] == 'n' && parse_integer(field.substr(1), value)) {
+            problem.n = value;
+            seen_n = true;
+        } else if (!field.empty() && field[0] == 'k' && parse_integer(field.substr(1), value)) {
+            problem.k = value;
+            seen_k = true;
+        } else if (!field.empty() && field[0] == 'e' && parse_integer(field.substr(1), value)) {
+            problem.experts = static_cast<int>(value);
+            seen_e = true;
+        } else {
+            fail("unknown field '" + std::string(field) + "'");
+        }
+    }
+    if (!seen_op) fail("missing op (fwd)");
+    if (!seen_dtype) fail("missing dtype (bf16 or fp16)");
+    if (!seen_n || !seen_k || !seen_e) fail("missing n<N>, k<K> or e<experts>");
+    if (!seen_arch) fail("missing arch (e.g. sm_90a)");
+    problem.validate();
+    return problem;
+}
+
+}  // namespace moejit

@@ -1,0 +1,77 @@
+#include "runtime/compiler.hpp"
+
+#include "runtime/embedded_templates.hpp"
+#include "runtime/log.hpp"
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sys/stat.h>
+
+namespace moejit {
+
+Compiler::Compiler(DiskCache cache) : cache_(std::move(cache)) {
+    if (const char* dir = std::getenv("MOEJIT_DUMP_DIR")) dump_dir_ = dir;
+}
+
+KeyInputs Compiler::key_inputs(const Source& source, const Arch& arch) const {
+    static const NvrtcVersion version = nvrtc_version();
+    KeyInputs inputs;
+    inputs.source = source.text;
+    for (const EmbeddedHeader& header : embedded_headers()) inputs.headers.emplace_back(header.name, header.contents);
+    inputs.options = nvrtc_options(arch);
+    inputs.arch = arch.name();
+    inputs.nvrtc_major = version.major;
+    inputs.nvrtc_minor = version.minor;
+    return inputs;
+}
+
+Binary Compiler::get(const Problem& problem, const Config& config) {
+    problem.validate();
+    const Source source = emit_source(problem, config);
+    const auto start = std::chrono::steady_clock::now();
+    Binary binary;
+    binary.key = make_key(key_inputs(source, problem.arch));
+
+    if (std::optional<CacheEntry> entry = cache_.load(binary.key)) {
+        binary.kernel_name = std::move(entry->kernel_name);
+        binary.cubin = std::move(entry->cubin);
+        binary.from_disk = true;
+        binary.milliseconds =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        log::debug("disk cache hit " + to_spec(problem) + " " + config.to_string() + " key " + binary.key.hex());
+        return binary;
+    }
+
+    NvrtcOutput output = nvrtc_compile(source, nvrtc_options(problem.arch));
+    binary.kernel_name = output.lowered_name;
+    binary.cubin = std::move(output.cubin);
+    binary.milliseconds = output.milliseconds;
+    binary.log = output.log;
+    log::info("compiled " + to_spec(problem) + " " + config.to_string() + " key " + binary.key.hex() + " in " +
+              std::to_string(static_cast<int>(output.milliseconds + 0.5)) + " ms");
+    cache_.store(binary.key, CacheEntry{binary.kernel_name, binary.cubin}, source.text);
+    dump(binary.key, source, output.ptx, output.log);
+    return binary;
+}
+
+NvrtcOutput Compiler::compile_uncached(const Problem& problem, const Config& config) {
+    problem.validate();
+    const Source source = emit_source(problem, config);
+    NvrtcOutput output = nvrtc_compile(source, nvrtc_options(problem.arch));
+    dump(make_key(key_inputs(source, problem.arch)), source, output.ptx, output.log);
+    return output;
+}
+
+void Compiler::dump(const Hash128& key, const Source& source, const std::string& ptx, const std::string& log) const {
+    if (dump_dir_.empty()) return;
+    ::mkdir(dump_dir_.c_str(), 0755);
+    const std::string stem = dump_dir_ + "/" + key.hex();
+    std::ofstream(stem + ".cu") << source.text;
+    std::ofstream(stem + ".ptx") << ptx;
+    std::ofstream(stem + ".log") << log;
+    if (!std::ofstream(stem + ".log", std::ios::app))
+        log::warn_once("dump-dir", "MOEJIT_DUMP_DIR=" + dump_dir_ + " is not writable; nothing dumped");
+}
+
+}  // namespace moejit

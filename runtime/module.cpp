@@ -1,0 +1,53 @@
+#include "runtime/module.hpp"
+
+#include <moejit/error.hpp>
+
+#include "runtime/driver.hpp"
+
+namespace moejit {
+
+Module::Module(const std::vector<char>& cubin) {
+    check_cuda(driver().cuModuleLoadData(&module_, cubin.data()), "cuModuleLoadData");
+}
+
+Module::~Module() {
+    if (module_ != nullptr) driver().cuModuleUnload(module_);
+}
+
+CUfunction Module::function(const std::string& lowered_name) const {
+    CUfunction function = nullptr;
+    check_cuda(driver().cuModuleGetFunction(&function, module_, lowered_name.c_str()),
+               ("cuModuleGetFunction(" + lowered_name + ")").c_str());
+    return function;
+}
+
+Kernel::Kernel(std::shared_ptr<const Module> module, const std::string& lowered_name, int threads,
+               size_t shared_bytes)
+    : module_(std::move(module)), threads_(threads), shared_bytes_(shared_bytes) {
+    const Driver& cu = driver();
+    function_ = module_->function(lowered_name);
+    check_cuda(cu.cuFuncSetAttribute(function_, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                     static_cast<int>(shared_bytes)),
+               "cuFuncSetAttribute(max dynamic shared memory)");
+    check_cuda(cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm_, function_, threads, shared_bytes),
+               "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+    if (blocks_per_sm_ < 1)
+        throw Error("kernel " + lowered_name + " cannot run: " + std::to_string(threads) + " threads with " +
+                    std::to_string(shared_bytes) + " bytes of shared memory do not fit one multiprocessor");
+    cu.cuFuncGetAttribute(&registers_, CU_FUNC_ATTRIBUTE_NUM_REGS, function_);
+}
+
+void Kernel::launch(unsigned grid, CUstream stream, void** arguments) const {
+    CUlaunchConfig config{};
+    config.gridDimX = grid;
+    config.gridDimY = 1;
+    config.gridDimZ = 1;
+    config.blockDimX = static_cast<unsigned>(threads_);
+    config.blockDimY = 1;
+    config.blockDimZ = 1;
+    config.sharedMemBytes = static_cast<unsigned>(shared_bytes_);
+    config.hStream = stream;
+    check_cuda(driver().cuLaunchKernelEx(&config, function_, arguments, nullptr), "cuLaunchKernelEx");
+}
+
+}  // namespace moejit

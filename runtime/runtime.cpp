@@ -1,0 +1,26 @@
+#include "runtime/runtime.hpp"
+
+#include "runtime/device.hpp"
+
+namespace moejit {
+
+Runtime& Runtime::instance() {
+    static Runtime runtime;
+    return runtime;
+}
+
+Runtime::Runtime() : compiler_(DiskCache::from_environment()) {}
+
+std::shared_ptr<const Kernel> Runtime::kernel(const Problem& problem, const Config& config) {
+    const DeviceInfo& device = current_device();
+    const std::string key = std::to_string(reinterpret_cast<uintptr_t>(device.context)) + "|" + to_spec(problem) +
+                            "|" + config.to_string();
+    // get_or_make holds its lock while compiling, which also serializes the Compiler and its DiskCache.
+    return loaded_.get_or_make(key, [&] {
+        const Binary binary = compiler_.get(problem, config);
+        auto module = std::make_shared<const Module>(binary.cubin);
+        return std::make_shared<const Kernel>(module, binary.kernel_name, config.threads(), config.shared_bytes());
+    });
+}
+
+}  // namespace moejit

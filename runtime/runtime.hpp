@@ -1,0 +1,29 @@
+#pragma once
+// The process-wide JIT: memory cache -> disk cache -> NVRTC, then loaded into the current context.
+#include <moejit/problem.hpp>
+
+#include "cache/memory_cache.hpp"
+#include "codegen/config.hpp"
+#include "runtime/compiler.hpp"
+#include "runtime/module.hpp"
+
+#include <memory>
+
+namespace moejit {
+
+class Runtime {
+public:
+    static Runtime& instance();
+
+    // The kernel for (problem, config) in the current context; compiles or reads the disk cache once.
+    std::shared_ptr<const Kernel> kernel(const Problem& problem, const Config& config);
+
+    Compiler& compiler() { return compiler_; }
+
+private:
+    Runtime();
+    Compiler compiler_;
+    MemoryCache loaded_;
+};
+
+}  // namespace moejit
