@@ -1,0 +1,386 @@
+#include "cache/disk_cache.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <system_error>
+#include <thread>
+
+#include <filesystem>
+
+#include "cache/key.hpp"
+#include "runtime/log.hpp"
+
+namespace moejit {
+
+namespace {
+
+constexpr char kMagic[8] = {'M', 'O', 'E', 'J', 'I', 'T', 'C', 'B'};
+// magic 8 + version 4 + reserved 4 + key 16 + payload size 8 + checksum 8
+constexpr size_t kHeaderSize = 48;
+
+std::string errno_text(int error) { return std::strerror(error); }
+
+// "/a/b/" and "/a/b" must name the same root (for de-duplication and for tidy paths).
+std::string strip_trailing_slashes(std::string path) {
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    return path;
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+    return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_hex_digit(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+
+// Shard directories are exactly two lowercase hex digits; nothing else in a root is ours.
+bool is_shard_name(const std::string& name) {
+    return name.size() == 2 && is_hex_digit(name[0]) && is_hex_digit(name[1]);
+}
+
+std::string shard_dir(const std::string& root, const std::string& hex) { return root + "/" + hex.substr(0, 2); }
+
+void put_u32(std::vector<char>& out, uint32_t value) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(value >> (8 * i)));
+}
+void put_u64(std::vector<char>& out, uint64_t value) {
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(value >> (8 * i)));
+}
+uint32_t get_u32(const char* p) {
+    uint32_t value = 0;
+    for (int i = 0; i < 4; ++i) value |= static_cast<uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+    return value;
+}
+uint64_t get_u64(const char* p) {
+    uint64_t value = 0;
+    for (int i = 0; i < 8; ++i) value |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+    return value;
+}
+
+std::vector<char> encode_entry(const Hash128& key, const CacheEntry& entry) {
+    std::vector<char> payload;
+    payload.reserve(4 + entry.kernel_name.size() + entry.cubin.size());
+    put_u32(payload, static_cast<uint32_t>(entry.kernel_name.size()));
+    payload.insert(payload.end(), entry.kernel_name.begin(), entry.kernel_name.end());
+    payload.insert(payload.end(), entry.cubin.begin(), entry.cubin.end());
+
+    std::vector<char> file;
+    file.reserve(kHeaderSize + payload.size());
+    file.insert(file.end(), kMagic, kMagic + sizeof kMagic);
+    put_u32(file, kCacheFormatVersion);
+    put_u32(file, 0);
+    put_u64(file, key.high);
+    put_u64(file, key.low);
+    put_u64(file, payload.size());
+    put_u64(file, checksum64(payload.data(), payload.size()));
+    file.insert(file.end(), payload.begin(), payload.end());
+    return file;
+}
+
+// Checks every field of an entry file against `key`; returns why it is unusable, or "" when it is
+// good (then fills `out` if given). Cheap checks come first; the checksum covers the payload.
+std::string decode_entry(const std::vector<char>& file, const Hash128& key, CacheEntry* out) {
+    if (file.size() < kHeaderSize)
+        return "truncated header (" + std::to_string(file.size()) + " bytes)";
+    const char* p = file.data();
+    if (std::memcmp(p, kMagic, sizeof kMagic) != 0) return "bad magic";
+    const uint32_t version = get_u32(p + 8);
+    if (version != kCacheFormatVersion)
+        return "format version " + std::to_string(version) + ", expected " + std::to_string(kCacheFormatVersion);
+    if (get_u32(p + 12) != 0) return "nonzero reserved field";
+    const Hash128 stored{get_u64(p + 16), get_u64(p + 24)};
+    if (stored != key) return "key mismatch (file holds " + stored.hex() + ")";
+    const uint64_t payload_size = get_u64(p + 32);
+    if (payload_size != file.size() - kHeaderSize)
+        return "payload size " + std::to_string(payload_size) + " but file has " +
+               std::to_string(file.size() - kHeaderSize) + " payload bytes";
+    const char* payload = p + kHeaderSize;
+    if (checksum64(payload, payload_size) != get_u64(p + 40)) return "checksum mismatch";
+    if (payload_size < 4) return "payload too short for the name length";
+    const uint32_t name_size = get_u32(payload);
+    if (name_size > payload_size - 4) return "name length past the end of the payload";
+    if (out != nullptr) {
+        out->kernel_name.assign(payload + 4, name_size);
+        out->cubin.assign(payload + 4 + name_size, payload + payload_size);
+    }
+    return "";
+}
+
+// Reads a whole regular file; returns "" or the problem. `fd_out`, if given, receives the open fd
+// (the caller closes it) so the caller can touch the very file it read.
+std::string read_file(const std::string& path, std::vector<char>& bytes, int* fd_out = nullptr) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? "missing" : "open: " + errno_text(errno);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return "not a regular file";
+    }
+    bytes.resize(static_cast<size_t>(st.st_size));
+    size_t done = 0;
+    while (done < bytes.size()) {
+        const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            const int error = errno;
+            ::close(fd);
+            return "read: " + errno_text(error);
+        }
+        if (n == 0) break;  // shrank under us: the size check in decode_entry catches it
+        done += static_cast<size_t>(n);
+    }
+    bytes.resize(done);
+    if (fd_out != nullptr) *fd_out = fd;
+    else ::close(fd);
+    return "";
+}
+
+bool write_all(int fd, const char* data, size_t size) {
+    while (size > 0) {
+        const ssize_t n = ::write(fd, data, size);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;  // errno is set (ENOSPC, EIO, ...)
+        data += n;
+        size -= static_cast<size_t>(n);
+    }
+    return true;
+}
+
+// A name no other process or thread can pick: pid + thread id + a random number. The ".tmp"
+// suffix lets clear() recognize leftovers of a crashed writer.
+std::string temp_name(const std::string& final_name) {
+    thread_local std::mt19937_64 random(std::random_device{}() ^
+                                        static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+    const size_t tid = std::hash<std::thread::id>{}(std::this_thread::get_id());
+    char suffix[96];
+    std::snprintf(suffix, sizeof suffix, ".%ld-%zx-%016llx.tmp", static_cast<long>(::getpid()), tid,
+                  static_cast<unsigned long long>(random()));
+    return final_name + suffix;
+}
+
+// Writes `data` to dir/final_name atomically: temporary file, write, fsync, close, rename.
+// Readers see either the old file or the complete new one, never a partial file; concurrent
+// writers of one key write identical bytes, so whichever rename lands last is equally right.
+// Returns "" or "<path>: <strerror>".
+std::string write_atomically(const std::string& dir, const std::string& final_name, const char* data, size_t size) {
+    const std::string final_path = dir + "/" + final_name;
+    const std::string temp_path = dir + "/" + temp_name(final_name);
+    const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) return temp_path + ": " + errno_text(errno);
+    // fsync before rename: otherwise a crash can leave the new name pointing at an empty file.
+    bool ok = write_all(fd, data, size) && ::fsync(fd) == 0;
+    int error = ok ? 0 : errno;
+    if (::close(fd) != 0 && ok) {
+        ok = false;
+        error = errno;
+    }
+    if (ok && ::rename(temp_path.c_str(), final_path.c_str()) != 0) {
+        ok = false;
+        error = errno;
+    }
+    if (!ok) {
+        ::unlink(temp_path.c_str());
+        return final_path + ": " + errno_text(error);
+    }
+    return "";
+}
+
+std::string make_directories(const std::string& path) {
+    std::error_code ec;
+    std::filesystem::create_directories(path, ec);
+    if (ec) return path + ": " + ec.message();
+    // create_directories reports no error when `path` exists but is a file; opening it will fail.
+    return "";
+}
+
+std::vector<std::string> directory_names(const std::string& dir) {
+    std::vector<std::string> names;
+    DIR* handle = ::opendir(dir.c_str());
+    if (handle == nullptr) return names;
+    while (const dirent* item = ::readdir(handle)) {
+        const std::string name = item->d_name;
+        if (name != "." && name != "..") names.push_back(name);
+    }
+    ::closedir(handle);
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+// "<32 hex>.cubin" -> the hex; otherwise "" (temporary files, sources, foreign files).
+std::string entry_key_hex(const std::string& file_name) {
+    if (!ends_with(file_name, ".cubin") || file_name.size() != 32 + 6) return "";
+    const std::string hex = file_name.substr(0, 32);
+    Hash128 parsed;
+    return Hash128::from_hex(hex, parsed) ? hex : "";
+}
+
+}  // namespace
+
+DiskCache::DiskCache(std::string writable_root, std::vector<std::string> read_only_roots)
+    : root_(strip_trailing_slashes(std::move(writable_root))) {
+    for (std::string& path : read_only_roots) {
+        path = strip_trailing_slashes(std::move(path));
+        // The writable root is searched anyway; listing it twice would double-count in list().
+        if (path.empty() || path == root_) continue;
+        if (std::find(read_only_roots_.begin(), read_only_roots_.end(), path) != read_only_roots_.end()) continue;
+        read_only_roots_.push_back(std::move(path));
+    }
+}
+
+DiskCache::DiskCache(const DiskCache& other)
+    : root_(other.root_), read_only_roots_(other.read_only_roots_), memory_only_(other.memory_only()) {}
+
+DiskCache& DiskCache::operator=(const DiskCache& other) {
+    root_ = other.root_;
+    read_only_roots_ = other.read_only_roots_;
+    memory_only_.store(other.memory_only());
+    return *this;
+}
+
+DiskCache DiskCache::from_environment() {
+    auto env = [](const char* name) -> std::string {
+        const char* value = std::getenv(name);
+        return value != nullptr ? value : "";
+    };
+    std::string root = env("MOEJIT_CACHE_DIR");
+    if (root.empty()) {
+        const std::string xdg = env("XDG_CACHE_HOME");
+        // The XDG spec says a relative XDG_CACHE_HOME is invalid and must be ignored.
+        if (!xdg.empty() && xdg[0] == '/') root = strip_trailing_slashes(xdg) + "/moejit";
+    }
+    if (root.empty()) {
+        const std::string home = env("HOME");
+        if (!home.empty()) root = strip_trailing_slashes(home) + "/.cache/moejit";
+    }
+    // With no root at all the first store fails and the cache degrades to memory-only, warning once.
+
+    std::vector<std::string> read_only;
+    const std::string path = env("MOEJIT_CACHE_PATH");
+    size_t begin = 0;
+    while (begin <= path.size()) {
+        size_t end = path.find(':', begin);
+        if (end == std::string::npos) end = path.size();
+        if (end > begin) read_only.push_back(path.substr(begin, end - begin));
+        begin = end + 1;
+    }
+    return DiskCache(std::move(root), std::move(read_only));
+}
+
+std::string DiskCache::entry_path(const Hash128& key) const {
+    const std::string hex = key.hex();
+    return shard_dir(root_, hex) + "/" + hex + ".cubin";
+}
+
+std::optional<CacheEntry> DiskCache::load(const Hash128& key) const {
+    const std::string hex = key.hex();
+    std::vector<std::string> roots = read_only_roots_;
+    roots.push_back(root_);
+    std::vector<char> bytes;
+    for (const std::string& root : roots) {
+        if (root.empty()) continue;
+        const std::string path = shard_dir(root, hex) + "/" + hex + ".cubin";
+        int fd = -1;
+        std::string problem = read_file(path, bytes, &fd);
+        CacheEntry entry;
+        if (problem.empty()) problem = decode_entry(bytes, key, &entry);
+        if (problem.empty()) {
+            // Refresh the mtime so a size-capped prune evicts least-recently-used entries. Best
+            // effort: a read-only root or someone else's file simply keeps its old time.
+            ::futimens(fd, nullptr);
+            ::close(fd);
+            return entry;
+        }
+        if (fd >= 0) ::close(fd);
+        if (problem != "missing") log::debug("cache: ignoring " + path + ": " + problem);
+    }
+    return std::nullopt;
+}
+
+void DiskCache::store(const Hash128& key, const CacheEntry& entry, const std::string& source) {
+    if (memory_only()) return;
+    const std::string hex = key.hex();
+    const std::string dir = shard_dir(root_, hex);
+    const std::vector<char> file = encode_entry(key, entry);
+
+    std::string problem = root_.empty() ? std::string("no cache directory (set MOEJIT_CACHE_DIR or HOME)")
+                                        : make_directories(dir);
+    if (problem.empty()) {
+        problem = write_atomically(dir, hex + ".cubin", file.data(), file.size());
+        // A concurrent clear() may have removed the shard directory between mkdir and open.
+        if (!problem.empty() && make_directories(dir).empty())
+            problem = write_atomically(dir, hex + ".cubin", file.data(), file.size());
+    }
+    if (!problem.empty()) {
+        memory_only_.store(true);
+        log::warn_once("cache-unwritable", "cannot write the kernel cache: " + problem + "; caching in memory only");
+        return;
+    }
+    // The source is only for people inspecting the cache: a failure here loses nothing.
+    const std::string source_problem = write_atomically(dir, hex + ".cu", source.data(), source.size());
+    if (!source_problem.empty()) log::debug("cache: could not write source " + source_problem);
+}
+
+std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
+    std::vector<CacheEntryInfo> infos;
+    auto scan = [&](const std::string& root, bool read_only) {
+        if (root.empty()) return;
+        for (const std::string& shard : directory_names(root)) {
+            if (!is_shard_name(shard)) continue;
+            const std::string dir = root + "/" + shard;
+            for (const std::string& name : directory_names(dir)) {
+                const std::string hex = entry_key_hex(name);
+                if (hex.empty()) continue;
+                CacheEntryInfo info;
+                info.path = dir + "/" + name;
+                info.key_hex = hex;
+                info.read_only_root = read_only;
+                struct stat st {};
+                if (::stat(info.path.c_str(), &st) != 0) continue;  // removed meanwhile
+                info.bytes = static_cast<uint64_t>(st.st_size);
+                info.mtime = static_cast<int64_t>(st.st_mtime);
+                if (hex.compare(0, 2, shard) != 0) {
+                    info.valid = false;
+                    info.problem = "entry is in the wrong shard directory";
+                } else if (verify) {
+                    Hash128 key;
+                    Hash128::from_hex(hex, key);
+                    std::vector<char> bytes;
+                    info.problem = read_file(info.path, bytes);
+                    if (info.problem.empty()) info.problem = decode_entry(bytes, key, nullptr);
+                    info.valid = info.problem.empty();
+                }
+                infos.push_back(std::move(info));
+            }
+        }
+    };
+    for (const std::string& root : read_only_roots_) scan(root, true);
+    scan(root_, false);
+    return infos;
+}
+
+size_t DiskCache::clear() {
+    size_t removed = 0;
+    if (root_.empty()) return 0;
+    for (const std::string& shard : directory_names(root_)) {
+        if (!is_shard_name(shard)) continue;  // leave anything that is not ours alone
+        const std::string dir = root_ + "/" + shard;
+        for (const std::string& name : directory_names(dir)) {
+            const bool entry = !entry_key_hex(name).empty();
+            if (!entry && !ends_with(name, ".cu") && !ends_with(name, ".tmp") && !ends_with(name, ".lock")) continue;
+            if (::unlink((dir + "/" + name).c_str()) == 0 && entry) ++removed;
+        }
+        ::rmdir(dir.c_str());  // fails harmlessly when something foreign is left in it
+    }
+    return removed;
+}
+
+}  // namespace moejit

@@ -1,0 +1,77 @@
+#pragma once
+// The on-disk kernel cache: one file per key holding a cubin behind a self-checking header.
+//
+// Layout: <root>/<first two hex digits of the key>/<32-hex key>.cubin, and the generated source
+// beside it as <key>.cu. An entry file is
+//     "MOEJITCB" | u32 format version | u32 reserved (0) | u64 key.high | u64 key.low
+//     | u64 payload size | u64 checksum64(payload) | payload
+// with payload = u32 name length | name bytes | cubin bytes, all integers little-endian.
+//
+// Entries are written to a unique temporary file, fsynced and renamed into place, so readers and
+// concurrent writers of the same key never see a partial file and need no locks. A reader treats
+// anything wrong with a file as a miss; the caller recompiles and store() replaces the file.
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cache/hash.hpp"
+
+namespace moejit {
+
+struct CacheEntry {
+    std::string kernel_name;  // lowered name
+    std::vector<char> cubin;
+};
+
+struct CacheEntryInfo {
+    std::string path;
+    std::string key_hex;
+    uint64_t bytes = 0;   // file size
+    int64_t mtime = 0;    // seconds since the epoch; load() refreshes it (LRU order for pruning)
+    bool read_only_root = false;
+    bool valid = true;    // only checked by list(verify = true)
+    std::string problem;  // why invalid, empty if valid
+};
+
+class DiskCache {
+public:
+    DiskCache(std::string writable_root, std::vector<std::string> read_only_roots);
+    DiskCache(const DiskCache& other);
+    DiskCache& operator=(const DiskCache& other);
+
+    // Writable root: MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else $HOME/.cache/moejit.
+    // Read-only roots: MOEJIT_CACHE_PATH (colon-separated), searched before the writable root.
+    static DiskCache from_environment();
+
+    const std::string& root() const { return root_; }
+    const std::vector<std::string>& read_only_roots() const { return read_only_roots_; }
+
+    // Read-only roots first, then the writable root. Anything wrong with a file is a miss (the
+    // reason goes to log::debug); never throws, never returns an entry for another key.
+    std::optional<CacheEntry> load(const Hash128& key) const;
+
+    // Writes the entry (and the source, best effort) into the writable root. An I/O failure
+    // switches this cache to memory-only mode with one warning per process; never throws for I/O.
+    void store(const Hash128& key, const CacheEntry& entry, const std::string& source);
+
+    // Every entry file of every root, sorted by path. verify = true reads and checks each fully.
+    std::vector<CacheEntryInfo> list(bool verify) const;
+
+    // Removes entries, sources, temporary and lock files of the writable root (never a read-only
+    // root, never other files). Returns the number of entries (.cubin files) removed.
+    size_t clear();
+
+    // True once a store failed: further stores do nothing.
+    bool memory_only() const { return memory_only_.load(std::memory_order_relaxed); }
+
+    std::string entry_path(const Hash128& key) const;  // in the writable root
+
+private:
+    std::string root_;
+    std::vector<std::string> read_only_roots_;
+    std::atomic<bool> memory_only_{false};
+};
+
+}  // namespace moejit

@@ -1,0 +1,546 @@
+// Cache key and disk cache: keys, round trips, corruption, read-only roots, an unwritable root,
+// concurrent writers in separate processes, and the environment variables.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cache/disk_cache.hpp"
+#include "cache/key.hpp"
+#include "tests/catch.hpp"
+
+using namespace moejit;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh directory under /tmp, removed with everything in it at scope exit.
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char name[] = "/tmp/moejit-cache-test-XXXXXX";
+        REQUIRE(::mkdtemp(name) != nullptr);
+        path = name;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    std::string operator/(const std::string& child) const { return path + "/" + child; }
+};
+
+std::vector<char> read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    REQUIRE(out.good());
+}
+
+CacheEntry make_entry(const std::string& name, size_t size, unsigned seed) {
+    CacheEntry entry;
+    entry.kernel_name = name;
+    entry.cubin.resize(size);
+    unsigned state = seed * 2654435761u + 1;
+    for (char& c : entry.cubin) {
+        state = state * 1664525u + 1013904223u;
+        c = static_cast<char>(state >> 24);
+    }
+    return entry;
+}
+
+Hash128 key_of(const std::string& text) {
+    KeyInputs inputs;
+    inputs.source = text;
+    inputs.arch = "sm_90a";
+    return make_key(inputs);
+}
+
+KeyInputs base_inputs() {
+    KeyInputs inputs;
+    inputs.source = "#include \"kernels/sm90_fwd.cuh\"\ntemplate __global__ void k<Cfg>();\n";
+    inputs.headers = {{"kernels/sm90_fwd.cuh", "// kernel\n"}, {"common/types.cuh", "// types\n"}};
+    inputs.options = {"-std=c++17", "-arch=sm_90a", "--use_fast_math"};
+    inputs.arch = "sm_90a";
+    inputs.nvrtc_major = 13;
+    inputs.nvrtc_minor = 0;
+    return inputs;
+}
+
+size_t count_files(const std::string& dir, const std::string& suffix) {
+    size_t count = 0;
+    for (const auto& item : fs::recursive_directory_iterator(dir)) {
+        const std::string name = item.path().filename().string();
+        if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+            ++count;
+    }
+    return count;
+}
+
+// Sets (or unsets, with nullptr) an environment variable and restores the old value at scope exit.
+struct EnvGuard {
+    std::string name;
+    std::optional<std::string> old;
+    EnvGuard(const char* variable, const char* value) : name(variable) {
+        if (const char* current = std::getenv(variable)) old = current;
+        if (value != nullptr) ::setenv(variable, value, 1);
+        else ::unsetenv(variable);
+    }
+    ~EnvGuard() {
+        if (old) ::setenv(name.c_str(), old->c_str(), 1);
+        else ::unsetenv(name.c_str());
+    }
+};
+
+}  // namespace
+
+TEST_CASE("cache key changes with every input and nothing else", "[cache]") {
+    const Hash128 base = make_key(base_inputs());
+    CHECK(base.hex().size() == 32);
+
+    SECTION("equal inputs built separately give the same key") {
+        CHECK(make_key(base_inputs()) == base);
+    }
+    SECTION("option order, whitespace, duplicates and empty options do not matter") {
+        KeyInputs inputs = base_inputs();
+        inputs.options = {" --use_fast_math", "", "-arch=sm_90a\t", "-std=c++17", "-std=c++17 ", "  "};
+        CHECK(make_key(inputs) == base);
+    }
+    SECTION("header order does not matter") {
+        KeyInputs inputs = base_inputs();
+        std::swap(inputs.headers[0], inputs.headers[1]);
+        CHECK(make_key(inputs) == base);
+    }
+    SECTION("one byte of the source") {
+        KeyInputs inputs = base_inputs();
+        inputs.source[10] ^= 1;
+        CHECK(make_key(inputs) != base);
+    }
+    SECTION("one byte of an embedded header") {
+        KeyInputs inputs = base_inputs();
+        inputs.headers[1].second[3] ^= 1;
+        CHECK(make_key(inputs) != base);
+    }
+    SECTION("a header name") {
+        KeyInputs inputs = base_inputs();
+        inputs.headers[1].first = "common/types2.cuh";
+        CHECK(make_key(inputs) != base);
+    }
+    SECTION("an added header") {
+        KeyInputs inputs = base_inputs();
+        inputs.headers.push_back({"extra.cuh", ""});
+        CHECK(make_key(inputs) != base);
+    }
+    SECTION("an added option") {
+        KeyInputs inputs = base_inputs();
+        inputs.options.push_back("-lineinfo");
+        CHECK(make_key(inputs) != base);
+    }
+    SECTION("arch sm_90 vs sm_90a") {
+        KeyInputs inputs = base_inputs();
+        inputs.arch = "sm_90";
+        CHECK(make_key(inputs) != base);
+    }
+    SECTION("nvrtc version") {
+        KeyInputs minor = base_inputs();
+        minor.nvrtc_minor = 1;
+        CHECK(make_key(minor) != base);
+        KeyInputs major = base_inputs();
+        major.nvrtc_major = 12;
+        CHECK(make_key(major) != base);
+    }
+    SECTION("moving bytes between source and a header changes the key (fields are delimited)") {
+        KeyInputs a = base_inputs(), b = base_inputs();
+        a.source += "x";
+        b.headers[0].second = "x" + b.headers[0].second;
+        CHECK(make_key(a) != make_key(b));
+    }
+}
+
+TEST_CASE("normalize_options trims, drops empties, sorts and dedupes", "[cache]") {
+    const std::vector<std::string> normalized = normalize_options({" -b ", "", "-a", "\t-b", "  ", "-c\n", "-a"});
+    CHECK(normalized == std::vector<std::string>{"-a", "-b", "-c"});
+    CHECK(normalize_options({}).empty());
+}
+
+TEST_CASE("disk cache: store then load round trips", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "root", {});
+    const Hash128 key = key_of("round trip");
+    const CacheEntry entry = make_entry("_Z6kernelILi128EEvv", 100000, 1);
+
+    CHECK_FALSE(cache.load(key).has_value());
+    cache.store(key, entry, "// the source\n");
+    CHECK_FALSE(cache.memory_only());
+
+    const std::string hex = key.hex();
+    CHECK(cache.entry_path(key) == tmp.path + "/root/" + hex.substr(0, 2) + "/" + hex + ".cubin");
+    REQUIRE(fs::is_regular_file(cache.entry_path(key)));
+    CHECK(fs::file_size(cache.entry_path(key)) == 48 + 4 + entry.kernel_name.size() + entry.cubin.size());
+    const std::vector<char> source = read_bytes(tmp.path + "/root/" + hex.substr(0, 2) + "/" + hex + ".cu");
+    CHECK(std::string(source.begin(), source.end()) == "// the source\n");
+
+    const std::optional<CacheEntry> loaded = cache.load(key);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->kernel_name == entry.kernel_name);
+    CHECK(loaded->cubin == entry.cubin);
+
+    // Another key is a miss, even though the directory has entries.
+    CHECK_FALSE(cache.load(key_of("other")).has_value());
+
+    // Empty name and empty cubin are representable.
+    const Hash128 empty_key = key_of("empty");
+    cache.store(empty_key, CacheEntry{}, "");
+    const std::optional<CacheEntry> empty = cache.load(empty_key);
+    REQUIRE(empty.has_value());
+    CHECK(empty->kernel_name.empty());
+    CHECK(empty->cubin.empty());
+
+    // A hit refreshes the mtime (LRU order for pruning).
+    const struct timespec old_times[2] = {{1000, 0}, {1000, 0}};
+    REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(key).c_str(), old_times, 0) == 0);
+    REQUIRE(cache.load(key).has_value());
+    struct stat st {};
+    REQUIRE(::stat(cache.entry_path(key).c_str(), &st) == 0);
+    CHECK(st.st_mtime > 1000000000);
+}
+
+TEST_CASE("disk cache: corrupt entries are misses and are replaced by the next store", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "root", {});
+    const Hash128 key = key_of("corruption");
+    const CacheEntry entry = make_entry("kernel_name", 4096, 2);
+    cache.store(key, entry, "src");
+    const std::string path = cache.entry_path(key);
+    const std::vector<char> good = read_bytes(path);
+    REQUIRE(good.size() == 48 + 4 + 11 + 4096);
+    REQUIRE(cache.load(key).has_value());
+
+    SECTION("truncated") {
+        for (size_t length : {size_t{0}, size_t{7}, size_t{20}, size_t{47}, size_t{48}, size_t{50}, size_t{60},
+                              good.size() / 2, good.size() - 1}) {
+            INFO("truncated to " << length << " bytes");
+            write_bytes(path, std::vector<char>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(length)));
+            CHECK_FALSE(cache.load(key).has_value());
+        }
+        // Trailing garbage is wrong too.
+        std::vector<char> longer = good;
+        longer.push_back('x');
+        write_bytes(path, longer);
+        CHECK_FALSE(cache.load(key).has_value());
+    }
+    SECTION("a flipped bit") {
+        // magic, version, reserved, key high, key low, payload size, checksum, name length, name,
+        // first and last cubin byte.
+        for (size_t offset : {size_t{0}, size_t{7}, size_t{8}, size_t{12}, size_t{16}, size_t{31}, size_t{32},
+                              size_t{40}, size_t{48}, size_t{52}, size_t{63}, good.size() - 1}) {
+            for (int bit : {0, 7}) {
+                INFO("bit " << bit << " of byte " << offset);
+                std::vector<char> bad = good;
+                bad[offset] = static_cast<char>(bad[offset] ^ (1 << bit));
+                write_bytes(path, bad);
+                CHECK_FALSE(cache.load(key).has_value());
+            }
+        }
+    }
+    SECTION("an entry of another key under this key's name") {
+        const Hash128 other = key_of("other key");
+        cache.store(other, entry, "src");
+        fs::copy_file(cache.entry_path(other), path, fs::copy_options::overwrite_existing);
+        CHECK_FALSE(cache.load(key).has_value());
+    }
+
+    // After any miss the caller recompiles and stores: the entry is whole again.
+    cache.store(key, entry, "src");
+    CHECK_FALSE(cache.memory_only());
+    CHECK(read_bytes(path) == good);
+    const std::optional<CacheEntry> loaded = cache.load(key);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->kernel_name == entry.kernel_name);
+    CHECK(loaded->cubin == entry.cubin);
+    CHECK(count_files(tmp.path, ".tmp") == 0);
+}
+
+TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes ours only", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "root", {});
+    const Hash128 keys[3] = {key_of("a"), key_of("b"), key_of("c")};
+    for (int i = 0; i < 3; ++i) cache.store(keys[i], make_entry("k" + std::to_string(i), 1000 + 10 * i, i), "src");
+
+    // Corrupt the payload of the second entry.
+    const std::string bad_path = cache.entry_path(keys[1]);
+    std::vector<char> bytes = read_bytes(bad_path);
+    bytes[bytes.size() - 5] ^= 0x10;
+    write_bytes(bad_path, bytes);
+
+    // Files that are not entries: a leftover temp file and a lock file (ours), and a foreign file.
+    const std::string shard = fs::path(cache.entry_path(keys[0])).parent_path().string();
+    write_bytes(shard + "/" + keys[0].hex() + ".cubin.123-abc-0000000000000000.tmp", {'x'});
+    write_bytes(shard + "/" + keys[0].hex() + ".lock", {});
+    write_bytes(tmp / "root/tuning.json", {'{', '}'});
+
+    const std::vector<CacheEntryInfo> unverified = cache.list(false);
+    CHECK(unverified.size() == 3);
+
+    const std::vector<CacheEntryInfo> infos = cache.list(true);
+    REQUIRE(infos.size() == 3);
+    int invalid = 0;
+    for (const CacheEntryInfo& info : infos) {
+        Hash128 key;
+        REQUIRE(Hash128::from_hex(info.key_hex, key));
+        CHECK(info.path == cache.entry_path(key));
+        CHECK(info.bytes == fs::file_size(info.path));
+        CHECK(info.mtime > 1000000000);
+        CHECK_FALSE(info.read_only_root);
+        if (key == keys[1]) {
+            ++invalid;
+            CHECK_FALSE(info.valid);
+            CHECK(info.problem.find("checksum") != std::string::npos);
+        } else {
+            CHECK(info.valid);
+            CHECK(info.problem.empty());
+        }
+    }
+    CHECK(invalid == 1);
+
+    CHECK(cache.clear() == 3);
+    CHECK(cache.list(true).empty());
+    CHECK(count_files(tmp.path, ".cu") == 0);
+    CHECK(count_files(tmp.path, ".tmp") == 0);
+    CHECK(count_files(tmp.path, ".lock") == 0);
+    CHECK(fs::exists(tmp / "root/tuning.json"));
+    for (const Hash128& key : keys) CHECK_FALSE(cache.load(key).has_value());
+    CHECK(cache.clear() == 0);
+
+    // The cache still works after clear().
+    cache.store(keys[0], make_entry("again", 10, 9), "src");
+    CHECK(cache.load(keys[0]).has_value());
+}
+
+TEST_CASE("disk cache: read-only roots are searched first and never written", "[cache]") {
+    TempDir tmp;
+    const Hash128 shared_key = key_of("in both"), ro_only = key_of("read-only only"), new_key = key_of("new");
+    const CacheEntry ro_entry = make_entry("from_read_only", 512, 3);
+    const CacheEntry rw_entry = make_entry("from_writable", 512, 4);
+    {
+        // Fill the "deployment" root through a cache that owns it, then forget that cache.
+        DiskCache deploy(tmp / "ro", {});
+        deploy.store(shared_key, ro_entry, "src");
+        deploy.store(ro_only, ro_entry, "src");
+        DiskCache writable(tmp / "rw", {});
+        writable.store(shared_key, rw_entry, "src");
+    }
+    const std::vector<char> ro_file_before = read_bytes(DiskCache(tmp / "ro", {}).entry_path(shared_key));
+
+    DiskCache cache(tmp / "rw", {tmp / "missing", tmp / "ro"});
+    CHECK(cache.read_only_roots() == std::vector<std::string>{tmp / "missing", tmp / "ro"});
+
+    std::optional<CacheEntry> loaded = cache.load(ro_only);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->kernel_name == "from_read_only");
+
+    loaded = cache.load(shared_key);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->kernel_name == "from_read_only");
+    CHECK(loaded->cubin == ro_entry.cubin);
+
+    // A corrupt read-only copy falls through to the writable root.
+    std::vector<char> broken = ro_file_before;
+    broken[0] = 'X';
+    write_bytes(DiskCache(tmp / "ro", {}).entry_path(shared_key), broken);
+    loaded = cache.load(shared_key);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->kernel_name == "from_writable");
+    write_bytes(DiskCache(tmp / "ro", {}).entry_path(shared_key), ro_file_before);
+
+    // Stores go to the writable root only.
+    cache.store(new_key, rw_entry, "src");
+    cache.store(shared_key, rw_entry, "src");
+    CHECK(fs::exists(cache.entry_path(new_key)));
+    CHECK_FALSE(fs::exists(DiskCache(tmp / "ro", {}).entry_path(new_key)));
+    CHECK(read_bytes(DiskCache(tmp / "ro", {}).entry_path(shared_key)) == ro_file_before);
+    CHECK_FALSE(fs::exists(tmp / "missing"));
+
+    // list() flags where each entry lives; clear() leaves the read-only root alone.
+    size_t read_only_entries = 0, writable_entries = 0;
+    for (const CacheEntryInfo& info : cache.list(true)) {
+        CHECK(info.valid);
+        (info.read_only_root ? read_only_entries : writable_entries) += 1;
+    }
+    CHECK(read_only_entries == 2);
+    CHECK(writable_entries == 2);
+    CHECK(cache.clear() == 2);
+    CHECK(cache.load(ro_only).has_value());
+    CHECK(cache.list(false).size() == 2);
+}
+
+TEST_CASE("disk cache: an unwritable root degrades to memory-only without throwing", "[cache]") {
+    TempDir tmp;
+    write_bytes(tmp / "file", {'x'});  // a path under a regular file fails even for root
+    const Hash128 key = key_of("unwritable");
+    const CacheEntry entry = make_entry("k", 64, 5);
+
+    DiskCache cache(tmp / "file/sub", {});
+    CHECK_FALSE(cache.memory_only());
+    CHECK_NOTHROW(cache.store(key, entry, "src"));
+    CHECK(cache.memory_only());
+    CHECK_FALSE(cache.load(key).has_value());
+    CHECK_NOTHROW(cache.store(key, entry, "src"));
+    CHECK(cache.memory_only());
+    CHECK(cache.list(true).empty());
+
+    // Exactly one warning per process, however many caches and stores fail. warn_once state is
+    // per process and a fork would inherit this one's, so a fresh copy of this test program runs
+    // the hidden test case below with stderr sent to a file.
+    const std::string log_path = tmp / "stderr.txt";
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int null = ::open("/dev/null", O_WRONLY);
+        if (fd < 0 || null < 0 || ::dup2(fd, 2) < 0 || ::dup2(null, 1) < 0) ::_exit(2);
+        ::setenv("MOEJIT_TEST_UNWRITABLE_DIR", tmp.path.c_str(), 1);
+        ::execl("/proc/self/exe", "test_cpu", "[cache-warn-child]", static_cast<char*>(nullptr));
+        ::_exit(3);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    const std::vector<char> bytes = read_bytes(log_path);
+    const std::string log(bytes.begin(), bytes.end());
+    INFO("child stderr: " << log);
+    size_t warnings = 0;
+    for (size_t at = log.find("caching in memory only"); at != std::string::npos;
+         at = log.find("caching in memory only", at + 1))
+        ++warnings;
+    CHECK(warnings == 1);
+    CHECK(log.find(tmp / "file") != std::string::npos);  // the warning names the path
+}
+
+// Run only by the test above, in a fresh process (hidden: "[.]").
+TEST_CASE("disk cache: unwritable-root warning, child process", "[.][cache-warn-child]") {
+    const char* dir = std::getenv("MOEJIT_TEST_UNWRITABLE_DIR");
+    REQUIRE(dir != nullptr);
+    const std::string base = dir;
+    const Hash128 key = key_of("unwritable");
+    const CacheEntry entry = make_entry("k", 64, 5);
+    DiskCache first(base + "/file/sub", {}), second(base + "/file/other", {});
+    first.store(key, entry, "src");
+    first.store(key, entry, "src");
+    second.store(key, entry, "src");
+    CHECK(first.memory_only());
+    CHECK(second.memory_only());
+}
+
+TEST_CASE("disk cache: 8 processes storing one key at once leave one valid entry", "[cache]") {
+    TempDir tmp;
+    const std::string root = tmp / "root";
+    const Hash128 key = key_of("concurrent");
+    const CacheEntry entry = make_entry("concurrent_kernel", 256 * 1024, 6);
+    constexpr int kProcesses = 8, kStoresEach = 20;
+
+    int start[2];
+    REQUIRE(::pipe(start) == 0);
+    std::vector<pid_t> children;
+    for (int i = 0; i < kProcesses; ++i) {
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            ::close(start[1]);
+            char byte;
+            while (::read(start[0], &byte, 1) < 0) {}  // returns 0 when the parent closes: go
+            DiskCache cache(root, {});
+            for (int n = 0; n < kStoresEach; ++n) {
+                cache.store(key, entry, "src");
+                // Renames are atomic: every load sees a whole entry, never a partial one.
+                const std::optional<CacheEntry> loaded = cache.load(key);
+                if (!loaded || loaded->kernel_name != entry.kernel_name || loaded->cubin != entry.cubin) ::_exit(3);
+            }
+            ::_exit(cache.memory_only() ? 4 : 0);
+        }
+        children.push_back(pid);
+    }
+    ::close(start[0]);
+    ::close(start[1]);  // releases all children at once
+
+    for (pid_t pid : children) {
+        int status = 0;
+        REQUIRE(::waitpid(pid, &status, 0) == pid);
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 0);
+    }
+
+    DiskCache cache(root, {});
+    const std::string hex = key.hex();
+    const std::vector<std::string> expected = {hex + ".cu", hex + ".cubin"};
+    std::vector<std::string> names;
+    for (const auto& item : fs::directory_iterator(root + "/" + hex.substr(0, 2)))
+        names.push_back(item.path().filename().string());
+    std::sort(names.begin(), names.end());
+    CHECK(names == expected);  // exactly one entry, its source, and no temporary files
+    CHECK(count_files(root, ".tmp") == 0);
+    const std::optional<CacheEntry> loaded = cache.load(key);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->kernel_name == entry.kernel_name);
+    CHECK(loaded->cubin == entry.cubin);
+    const std::vector<CacheEntryInfo> infos = cache.list(true);
+    REQUIRE(infos.size() == 1);
+    CHECK(infos[0].valid);
+}
+
+TEST_CASE("disk cache: from_environment honours the cache variables", "[cache]") {
+    TempDir tmp;
+    SECTION("MOEJIT_CACHE_DIR and MOEJIT_CACHE_PATH") {
+        EnvGuard dir("MOEJIT_CACHE_DIR", (tmp / "dir/").c_str());
+        const std::string path_value = ":" + (tmp / "ro1") + "::" + (tmp / "ro2") + ":";
+        EnvGuard path("MOEJIT_CACHE_PATH", path_value.c_str());
+        EnvGuard xdg("XDG_CACHE_HOME", (tmp / "xdg").c_str());
+        DiskCache cache = DiskCache::from_environment();
+        CHECK(cache.root() == tmp / "dir");
+        CHECK(cache.read_only_roots() == std::vector<std::string>{tmp / "ro1", tmp / "ro2"});
+
+        // It is a working cache in that directory.
+        const Hash128 key = key_of("environment");
+        cache.store(key, make_entry("env", 32, 7), "src");
+        CHECK(fs::exists(tmp.path + "/dir/" + key.hex().substr(0, 2) + "/" + key.hex() + ".cubin"));
+
+        // An entry only in a MOEJIT_CACHE_PATH root is found.
+        const Hash128 ro_key = key_of("environment read-only");
+        DiskCache(tmp / "ro2", {}).store(ro_key, make_entry("ro", 32, 8), "src");
+        const std::optional<CacheEntry> loaded = DiskCache::from_environment().load(ro_key);
+        REQUIRE(loaded.has_value());
+        CHECK(loaded->kernel_name == "ro");
+    }
+    SECTION("XDG_CACHE_HOME, then HOME") {
+        EnvGuard dir("MOEJIT_CACHE_DIR", nullptr);
+        EnvGuard path("MOEJIT_CACHE_PATH", nullptr);
+        EnvGuard home("HOME", (tmp / "home").c_str());
+        {
+            EnvGuard xdg("XDG_CACHE_HOME", (tmp / "xdg").c_str());
+            const DiskCache cache = DiskCache::from_environment();
+            CHECK(cache.root() == tmp / "xdg/moejit");
+            CHECK(cache.read_only_roots().empty());
+        }
+        {
+            EnvGuard xdg("XDG_CACHE_HOME", nullptr);
+            CHECK(DiskCache::from_environment().root() == tmp / "home/.cache/moejit");
+        }
+        {
+            EnvGuard xdg("XDG_CACHE_HOME", "relative/ignored");
+            CHECK(DiskCache::from_environment().root() == tmp / "home/.cache/moejit");
+        }
+    }
+}
