@@ -1,12 +1,25 @@
 #include "codegen/config.hpp"
 
+#include <moejit/error.hpp>
+
 #include <algorithm>
+#include <cstdio>
 
 namespace moejit {
 
 std::string Config::to_string() const {
     return "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages) + "w" +
            std::to_string(warps_m) + "x" + std::to_string(warps_n);
+}
+
+Config Config::parse(const std::string& text) {
+    Config config;
+    char tail = 0;
+    if (std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%c", &config.tile_m, &config.tile_n, &config.stages, &config.warps_m,
+                    &config.warps_n, &tail) != 5 ||
+        config.to_string() != text)
+        throw Error("bad config '" + text + "': expected e.g. m128n128s4w2x4");
+    return config;
 }
 
 size_t max_shared_bytes(const Arch& arch) {

@@ -18,6 +18,7 @@ struct Config {
     int threads() const { return warps_m * warps_n * 32; }
     size_t shared_bytes() const { return size_t(stages) * (tile_m + tile_n) * tile_k * 2; }
     std::string to_string() const;  // "m128n128s3w2x4"
+    static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
         return tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages && warps_m == o.warps_m &&
                warps_n == o.warps_n;

@@ -20,19 +20,23 @@ void check_pointer(CUdeviceptr pointer, unsigned alignment, const char* name) {
 
 }  // namespace
 
-GroupedGemm::GroupedGemm(Problem problem) : problem_(problem) {
+GroupedGemm::GroupedGemm(Problem problem) : GroupedGemm(problem, std::string()) {}
+
+GroupedGemm::GroupedGemm(Problem problem, const std::string& config_name) : problem_(problem) {
     const DeviceInfo& device = current_device();
     problem_.arch = device.arch;
     sm_count_ = device.sm_count;
     problem_.validate();
-    const Config config = choose_config(problem_);
+    const Config config = config_name.empty() ? choose_config(problem_) : Config::parse(config_name);
+    if (config.shared_bytes() > max_shared_bytes(problem_.arch))
+        throw Error("config " + config_name + " needs more shared memory than " + problem_.arch.name() + " has");
     tile_m_ = config.tile_m;
     tile_n_ = config.tile_n;
     config_name_ = config.to_string();
 }
 
 void GroupedGemm::prepare() const {
-    if (!kernel_) kernel_ = Runtime::instance().kernel(problem_, choose_config(problem_));
+    if (!kernel_) kernel_ = Runtime::instance().kernel(problem_, Config::parse(config_name_));
 }
 
 void GroupedGemm::forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, CUdeviceptr m_sizes, int64_t rows,

@@ -26,14 +26,14 @@ KeyInputs Compiler::key_inputs(const Source& source, const Arch& arch) const {
     return inputs;
 }
 
-Binary Compiler::get(const Problem& problem, const Config& config) {
+Binary Compiler::get(const Problem& problem, const Config& config, bool recompile) {
     problem.validate();
     const Source source = emit_source(problem, config);
     const auto start = std::chrono::steady_clock::now();
     Binary binary;
     binary.key = make_key(key_inputs(source, problem.arch));
 
-    if (std::optional<CacheEntry> entry = cache_.load(binary.key)) {
+    if (std::optional<CacheEntry> entry = recompile ? std::nullopt : cache_.load(binary.key)) {
         binary.kernel_name = std::move(entry->kernel_name);
         binary.cubin = std::move(entry->cubin);
         binary.from_disk = true;

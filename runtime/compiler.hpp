@@ -29,7 +29,8 @@ public:
     explicit Compiler(DiskCache cache);
 
     // Disk cache first (read-only roots, then the writable root); NVRTC on a miss, then stored.
-    Binary get(const Problem& problem, const Config& config);
+    // With `recompile`, NVRTC runs regardless and the entry is replaced (`moejit compile`).
+    Binary get(const Problem& problem, const Config& config, bool recompile = false);
     // Always runs NVRTC (for `moejit ptx` and tests); does not touch the cache.
     NvrtcOutput compile_uncached(const Problem& problem, const Config& config);
 

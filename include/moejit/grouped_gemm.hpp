@@ -22,6 +22,8 @@ class GroupedGemm {
 public:
     // problem.arch is replaced by the arch of the current device (a GPU is needed from here on).
     explicit GroupedGemm(Problem problem);
+    // With an explicit tiling instead of the heuristic's, e.g. "m128n128s3w2x4" (tuning, benchmarks).
+    GroupedGemm(Problem problem, const std::string& config);
 
     // x [M, K], w [E, N, K], y [M, N]: 16-byte aligned device pointers; m_sizes [E] int32, 4-byte aligned.
     void forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, CUdeviceptr m_sizes, int64_t rows,

@@ -1,0 +1,221 @@
+// Grouped GEMM forward beside cuBLAS dense at equal FLOPs, plus the JIT's own costs: cold NVRTC
+// compile, disk-cache hit in a new process, host cost of a cached call.
+//
+//   bench_grouped_gemm --model qwen3-30b-a3b --tokens 8192 [--configs m128n128s3w2x4,...] [--cublas PATH]
+//   bench_grouped_gemm --cache-hit SPEC   (run by the main mode in a child process)
+#include <moejit/error.hpp>
+#include <moejit/grouped_gemm.hpp>
+
+#include "bench/cublas.hpp"
+#include "codegen/config.hpp"
+#include "codegen/models.hpp"
+#include "runtime/compiler.hpp"
+#include "runtime/device.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/module.hpp"
+#include "tests/support/device.hpp"
+#include "tests/support/half.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace moejit;
+using namespace moejit::testing;
+using moejit::bench::Cublas;
+
+namespace {
+
+double now_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Uniform values in [-1, 1), filled on all cores from a counter-based hash (fast for 1e9 elements).
+std::vector<uint16_t> random_halves(DType dtype, size_t count, uint64_t seed) {
+    std::vector<uint16_t> values(count);
+    const unsigned workers = std::max(1u, std::thread::hardware_concurrency());
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < workers; ++t)
+        threads.emplace_back([&, t] {
+            for (size_t i = t; i < count; i += workers) {
+                uint64_t z = seed + i * 0x9e3779b97f4a7c15ull;
+                z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+                z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+                z ^= z >> 31;
+                values[i] = to_half(dtype, float(z >> 40) / float(1 << 23) - 1.0f);
+            }
+        });
+    for (auto& thread : threads) thread.join();
+    return values;
+}
+
+// Each token picks topk distinct experts uniformly at random.
+std::vector<int> uniform_routing(int tokens, int experts, int topk, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<int> sizes(experts, 0), order(experts);
+    std::iota(order.begin(), order.end(), 0);
+    for (int t = 0; t < tokens; ++t) {
+        for (int j = 0; j < topk; ++j) {
+            std::uniform_int_distribution<int> pick(j, experts - 1);
+            std::swap(order[j], order[pick(rng)]);
+            ++sizes[order[j]];
+        }
+    }
+    return sizes;
+}
+
+class Events {
+public:
+    Events() {
+        check_cuda(driver().cuEventCreate(&start_, CU_EVENT_DEFAULT), "event");
+        check_cuda(driver().cuEventCreate(&stop_, CU_EVENT_DEFAULT), "event");
+    }
+    ~Events() {
+        driver().cuEventDestroy(start_);
+        driver().cuEventDestroy(stop_);
+    }
+    // Median milliseconds of `run` over `iterations`, after `warmup` untimed calls.
+    template <class F>
+    double median_ms(F&& run, int warmup = 3, int iterations = 20) {
+        for (int i = 0; i < warmup; ++i) run();
+        std::vector<double> times;
+        for (int i = 0; i < iterations; ++i) {
+            check_cuda(driver().cuEventRecord(start_, nullptr), "record");
+            run();
+            check_cuda(driver().cuEventRecord(stop_, nullptr), "record");
+            check_cuda(driver().cuEventSynchronize(stop_), "sync");
+            float ms = 0;
+            check_cuda(driver().cuEventElapsedTime(&ms, start_, stop_), "elapsed");
+            times.push_back(ms);
+        }
+        std::sort(times.begin(), times.end());
+        return times[times.size() / 2];
+    }
+
+private:
+    CUevent start_ = nullptr, stop_ = nullptr;
+};
+
+std::string argument(int argc, char** argv, const char* name, const std::string& fallback) {
+    for (int i = 1; i + 1 < argc; ++i)
+        if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
+    return fallback;
+}
+
+std::vector<std::string> split(const std::string& text) {
+    std::vector<std::string> parts;
+    std::stringstream stream(text);
+    for (std::string part; std::getline(stream, part, ',');)
+        if (!part.empty()) parts.push_back(part);
+    return parts;
+}
+
+// Child mode: one disk-cache hit and one module load in a fresh process.
+int cache_hit_probe(const std::string& spec) {
+    const DeviceInfo& device = current_device();  // driver + context outside the timed region
+    Problem problem = parse_spec(spec);
+    problem.arch = device.arch;
+    const Config config = choose_config(problem);
+    const double start = now_ms();
+    Compiler compiler(DiskCache::from_environment());
+    const Binary binary = compiler.get(problem, config);
+    const double read = now_ms();
+    auto module = std::make_shared<const Module>(binary.cubin);
+    Kernel kernel(module, binary.kernel_name, config.threads(), config.shared_bytes());
+    const double loaded = now_ms();
+    std::printf("cache-hit %s from_disk=%d read_ms=%.3f load_ms=%.3f total_ms=%.3f\n", spec.c_str(),
+                binary.from_disk ? 1 : 0, read - start, loaded - read, loaded - start);
+    return binary.from_disk ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    if (argc >= 3 && std::strcmp(argv[1], "--cache-hit") == 0) return cache_hit_probe(argv[2]);
+
+    const ModelPreset& model = find_model(argument(argc, argv, "--model", "qwen3-30b-a3b"));
+    const int tokens = std::stoi(argument(argc, argv, "--tokens", "8192"));
+    const std::vector<std::string> configs = split(argument(argc, argv, "--configs", ""));
+    Cublas cublas(argument(argc, argv, "--cublas", ""));
+    const DeviceInfo& device = current_device();
+    const DType dtype = DType::bf16;
+    const int64_t rows = int64_t(tokens) * model.topk;
+    const std::vector<int> sizes = uniform_routing(tokens, model.experts, model.topk, 1234);
+    std::printf("device %s (%s, %d SMs); model %s, %d tokens, M = %lld routed rows\n", device.name.c_str(),
+                device.arch.name().c_str(), device.sm_count, model.name.c_str(), tokens, (long long)rows);
+
+    // JIT costs, measured on the first kernel: cold NVRTC compile, then a disk hit in a new process.
+    Compiler compiler(DiskCache::from_environment());
+    std::printf("\n| kernel | config | cold NVRTC compile ms |\n|---|---|---|\n");
+    for (const Problem& base : model_kernels(model, device.arch, dtype)) {
+        const Binary binary = compiler.get(base, choose_config(base), /*recompile=*/true);
+        std::printf("| %s | %s | %.1f |\n", to_spec(base).c_str(), choose_config(base).to_string().c_str(),
+                    binary.milliseconds);
+    }
+    const std::string first_spec = to_spec(model_kernels(model, device.arch, dtype).front());
+    std::fflush(stdout);
+    const std::string probe = "\"" + std::string(argv[0]) + "\" --cache-hit " + first_spec;
+    for (int i = 0; i < 3; ++i)
+        if (std::system(probe.c_str()) != 0) std::printf("cache-hit probe failed\n");
+
+    std::printf("\n| gemm | M | N | K | E | config | moejit ms | moejit TFLOP/s | cuBLAS dense ms | cuBLAS TFLOP/s | ratio |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|\n");
+    Events events;
+    for (const Problem& base : model_kernels(model, device.arch, dtype)) {
+        const auto x = random_halves(dtype, size_t(rows) * base.k, 1);
+        const auto w = random_halves(dtype, size_t(base.experts) * base.n * base.k, 2);
+        DeviceBuffer dx = DeviceBuffer::from(x), dw = DeviceBuffer::from(w), dm = DeviceBuffer::from(sizes);
+        DeviceBuffer dy(size_t(rows) * base.n * 2);
+        const double flops = 2.0 * double(rows) * double(base.n) * double(base.k);
+
+        const double dense_ms = events.median_ms([&] {
+            cublas.gemm(dtype == DType::bf16, int(rows), int(base.n), int(base.k), reinterpret_cast<void*>(dx.get()),
+                        reinterpret_cast<void*>(dw.get()), reinterpret_cast<void*>(dy.get()), nullptr);
+        });
+        std::vector<std::string> tried = configs;
+        if (tried.empty()) tried.push_back(choose_config(base).to_string());
+        for (const std::string& config : tried) {
+            GroupedGemm gemm(base, config);
+            gemm.prepare();
+            const double ms =
+                events.median_ms([&] { gemm.forward(dx.get(), dw.get(), dy.get(), dm.get(), rows, nullptr); });
+            std::printf("| %s | %lld | %lld | %lld | %d | %s | %.3f | %.1f | %.3f | %.1f | %.2f |\n",
+                        base.n == 2 * model.intermediate ? "gate_up" : "down", (long long)rows, (long long)base.n,
+                        (long long)base.k, base.experts, config.c_str(), ms, flops / ms / 1e9, dense_ms,
+                        flops / dense_ms / 1e9, dense_ms / ms);
+            std::fflush(stdout);
+        }
+    }
+
+    // Host cost of a cached call: enqueue-only time of batches of 200 small calls.
+    {
+        Problem small = model_kernels(model, device.arch, dtype).front();
+        GroupedGemm gemm(small);
+        gemm.prepare();
+        std::vector<int> one(small.experts, 0);
+        one[0] = 16;
+        DeviceBuffer dx(size_t(16) * small.k * 2), dw(size_t(small.experts) * small.n * small.k * 2),
+            dy(size_t(16) * small.n * 2), dm = DeviceBuffer::from(one);
+        std::vector<double> per_call;
+        for (int batch = 0; batch < 20; ++batch) {
+            const double start = now_ms();
+            for (int i = 0; i < 200; ++i) gemm.forward(dx.get(), dw.get(), dy.get(), dm.get(), 16, nullptr);
+            per_call.push_back((now_ms() - start) * 1000.0 / 200);
+            synchronize();
+        }
+        std::sort(per_call.begin(), per_call.end());
+        std::printf("\nhost cost of a cached forward call (median of 20 batches of 200): %.2f us\n",
+                    per_call[per_call.size() / 2]);
+    }
+    return 0;
+} catch (const std::exception& error) {
+    std::fprintf(stderr, "bench_grouped_gemm: %s\n", error.what());
+    return 1;
+}
