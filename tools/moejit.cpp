@@ -1,1 +1,220 @@
-int main() { return 0; }
+// The `moejit` command line: inspect, compile and precompile kernels, and manage the disk cache.
+// Needs NVRTC but no GPU. Errors print "moejit: <message>" on stderr and exit 1.
+#include "tools/cli.hpp"
+
+#include "codegen/models.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace moejit::cli {
+
+Args::Args(std::string command, const std::vector<std::string>& argv, const std::vector<OptionSpec>& known)
+    : command_(std::move(command)) {
+    for (const std::string& arg : argv)
+        if (arg == "--help" || arg == "-h") help_ = true;
+    if (help_) return;  // help wins over anything else on the line
+    for (size_t i = 0; i < argv.size(); ++i) {
+        const std::string& arg = argv[i];
+        if (arg.size() < 2 || arg[0] != '-') {
+            positionals_.push_back(arg);
+            continue;
+        }
+        const size_t equals = arg.find('=');
+        const std::string name = arg.substr(0, equals);
+        const OptionSpec* spec = nullptr;
+        for (const OptionSpec& option : known)
+            if (option.name == name) spec = &option;
+        if (spec == nullptr)
+            throw Error("unknown option '" + name + "' for 'moejit " + command_ + "' (see moejit " + command_ +
+                        " --help)");
+        if (values_.count(name)) throw Error(name + " given more than once");
+        if (!spec->takes_value) {
+            if (equals != std::string::npos) throw Error(name + " takes no value");
+            values_[name] = "";
+        } else if (equals != std::string::npos) {
+            values_[name] = arg.substr(equals + 1);
+        } else {
+            if (i + 1 >= argv.size()) throw Error(name + " needs a value (see moejit " + command_ + " --help)");
+            values_[name] = argv[++i];
+        }
+    }
+}
+
+std::optional<std::string> Args::value(const std::string& name) const {
+    const auto found = values_.find(name);
+    if (found == values_.end()) return std::nullopt;
+    return found->second;
+}
+
+void Args::expect_positionals(size_t min, size_t max, const std::string& what) const {
+    if (positionals_.size() < min)
+        throw Error("'moejit " + command_ + "' needs " + what + " (see moejit " + command_ + " --help)");
+    if (positionals_.size() > max)
+        throw Error("unexpected argument '" + positionals_[max] + "' for 'moejit " + command_ + "'");
+}
+
+std::vector<OptionSpec> kernel_options() {
+    return {{"--model", true}, {"--gemm", true}, {"--pass", true},
+            {"--dtype", true}, {"--arch", true}, {"--config", true}};
+}
+
+const char* const kSpecHelp =
+    "SPEC names one kernel, either as a spec string\n"
+    "    fwd:bf16:n1536:k2048:e128:topk8:sm_90a      (op:dtype:nN:kK:eEXPERTS:topkK:arch)\n"
+    "or through a model preset:\n"
+    "    --model NAME       qwen3-30b-a3b, qwen3-235b-a22b, deepseek-v3, mixtral-8x7b,\n"
+    "                       llama4-scout, gpt-oss-120b\n"
+    "    --gemm GEMM        gate_up (N = 2*I, K = H) or down (N = H, K = I)\n"
+    "    --pass PASS        fwd (the default)\n"
+    "    --dtype DTYPE      bf16 (default) or fp16\n"
+    "    --arch ARCH        sm_80, sm_86, sm_89, sm_90a (default), sm_100a\n"
+    "Either way:\n"
+    "    --config CONFIG    tiling instead of the heuristic's, e.g. m128n128s4w2x4\n"
+    "                       (tile M, tile N, stages, warps M x warps N)\n";
+
+DType parse_dtype(const std::string& text) {
+    if (text == "bf16") return DType::bf16;
+    if (text == "fp16") return DType::fp16;
+    throw Error("unknown dtype '" + text + "': expected bf16 or fp16");
+}
+
+Op parse_pass(const std::string& text) {
+    std::string known;
+    for (Op op : model_passes()) {
+        if (text == to_string(op)) return op;
+        known += (known.empty() ? "" : ", ") + std::string(to_string(op));
+    }
+    throw Error("unknown pass '" + text + "': expected " + known);
+}
+
+Config parse_config(const std::string& text, const Arch& arch) {
+    Config config;
+    int consumed = 0;
+    if (std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%n", &config.tile_m, &config.tile_n, &config.stages,
+                    &config.warps_m, &config.warps_n, &consumed) != 5 ||
+        static_cast<size_t>(consumed) != text.size() || config.to_string() != text)
+        throw Error("bad config '" + text + "': expected e.g. m128n128s4w2x4 (tile M, tile N, stages, warps)");
+    if (config.tile_m < 16 || config.tile_n < 16 || config.stages < 2 || config.warps_m < 1 || config.warps_n < 1 ||
+        config.threads() > 1024)
+        throw Error("bad config '" + text + "': tiles must be at least 16, stages at least 2, at most 32 warps");
+    if (config.shared_bytes() > max_shared_bytes(arch))
+        throw Error("config " + text + " needs " + std::to_string(config.shared_bytes()) +
+                    " bytes of shared memory; " + arch.name() + " allows " +
+                    std::to_string(max_shared_bytes(arch)));
+    return config;
+}
+
+Kernel resolve_kernel(const Args& args) {
+    args.expect_positionals(0, 1, "a SPEC");
+    Kernel kernel;
+    const auto model = args.value("--model");
+    if (!args.positionals().empty()) {
+        if (model) throw Error("give either a SPEC string or --model, not both");
+        for (const char* option : {"--gemm", "--pass", "--dtype", "--arch"})
+            if (args.flag(option))
+                throw Error(std::string(option) + " only applies with --model; the SPEC string already says it");
+        kernel.problem = parse_spec(args.positionals()[0]);
+    } else if (model) {
+        const auto gemm = args.value("--gemm");
+        if (!gemm) throw Error("--model needs --gemm gate_up or --gemm down");
+        kernel.problem = model_gemm(find_model(*model), *gemm, parse_pass(args.value("--pass").value_or("fwd")),
+                                    parse_dtype(args.value("--dtype").value_or("bf16")),
+                                    Arch::parse(args.value("--arch").value_or("sm_90a")));
+    } else {
+        throw Error("'moejit " + args.command() + "' needs a SPEC (e.g. fwd:bf16:n1536:k2048:e128:topk8:sm_90a) "
+                    "or --model NAME --gemm gate_up|down");
+    }
+    const auto config = args.value("--config");
+    kernel.config = config ? parse_config(*config, kernel.problem.arch) : choose_config(kernel.problem);
+    return kernel;
+}
+
+std::string format_bytes(uint64_t bytes) {
+    char text[32];
+    if (bytes < 1024) std::snprintf(text, sizeof text, "%llu B", static_cast<unsigned long long>(bytes));
+    else if (bytes < 1024 * 1024) std::snprintf(text, sizeof text, "%.1f KiB", bytes / 1024.0);
+    else if (bytes < uint64_t{1} << 30) std::snprintf(text, sizeof text, "%.1f MiB", bytes / 1048576.0);
+    else std::snprintf(text, sizeof text, "%.2f GiB", bytes / 1073741824.0);
+    return text;
+}
+
+std::string format_ms(double milliseconds) {
+    char text[32];
+    std::snprintf(text, sizeof text, milliseconds >= 10 ? "%.0f ms" : "%.2f ms", milliseconds);
+    return text;
+}
+
+}  // namespace moejit::cli
+
+namespace {
+
+using namespace moejit::cli;
+
+const char* const kUsage =
+    "usage: moejit <command> [options]\n"
+    "\n"
+    "JIT-compiled Mixture-of-Experts grouped GEMMs: inspect, compile and cache kernels.\n"
+    "Needs NVRTC; no command here needs a GPU.\n"
+    "\n"
+    "commands:\n"
+    "  source SPEC [--expand]   print the generated CUDA source (--expand: the whole translation unit)\n"
+    "  ptx SPEC                 print the PTX NVRTC produces\n"
+    "  sass SPEC                print the SASS of the cubin (through nvdisasm or cuobjdump)\n"
+    "  compile SPEC             compile with NVRTC, refresh the cache entry, report registers and spills\n"
+    "  precompile --model NAME  compile every kernel a model needs into the cache\n"
+    "  cache ls|stats|verify|clear\n"
+    "                           list, summarize, check or empty the kernel cache\n"
+    "\n"
+    "SPEC: fwd:bf16:n1536:k2048:e128:topk8:sm_90a, or --model NAME --gemm gate_up|down [--pass fwd]\n"
+    "      [--dtype bf16|fp16] [--arch sm_90a]\n"
+    "\n"
+    "environment: MOEJIT_CACHE_DIR (writable cache root), MOEJIT_CACHE_PATH (read-only roots,\n"
+    "colon-separated, searched first), MOEJIT_DUMP_DIR, MOEJIT_LOG=off|info|debug\n"
+    "\n"
+    "'moejit <command> --help' describes a command.\n";
+
+struct Command {
+    const char* name;
+    int (*run)(const std::vector<std::string>&);
+};
+
+const Command kCommands[] = {
+    {"source", cmd_source},         {"ptx", cmd_ptx},     {"sass", cmd_sass},
+    {"compile", cmd_compile},       {"precompile", cmd_precompile}, {"cache", cmd_cache},
+};
+
+int dispatch(const std::vector<std::string>& args) {
+    if (args.empty()) {
+        std::fputs(kUsage, stderr);
+        return 1;
+    }
+    const std::string& name = args[0];
+    if (name == "--help" || name == "-h" || name == "help") {
+        if (name == "help" && args.size() > 1) return dispatch({args[1], "--help"});
+        std::fputs(kUsage, stdout);
+        return 0;
+    }
+    for (const Command& command : kCommands)
+        if (name == command.name) return command.run(std::vector<std::string>(args.begin() + 1, args.end()));
+    throw moejit::Error("unknown command '" + name + "' (see moejit --help)");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return dispatch(std::vector<std::string>(argv + 1, argv + argc));
+    } catch (const moejit::Error& error) {
+        // what() already carries the NVRTC log and numbered source after the message, if any.
+        std::fflush(stdout);
+        std::fprintf(stderr, "moejit: %s\n", error.what());
+    } catch (const std::exception& error) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "moejit: internal error: %s\n", error.what());
+    }
+    return 1;
+}
