@@ -10,6 +10,10 @@ namespace moejit {
 
 namespace {
 
+// The API version whose signatures cuda.h declares under the plain names. Asking for CUDA_VERSION
+// (13000) instead returns e.g. cuCtxGetDevice_v2(CUdevice*, CUcontext), a different signature.
+constexpr int kDriverApiVersion = 12000;
+
 using GetProcAddress = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
 
 Driver load_driver() {
@@ -28,7 +32,7 @@ Driver load_driver() {
     {                                                                                                        \
         void* pointer = nullptr;                                                                             \
         CUdriverProcAddressQueryResult status{};                                                             \
-        if (get_proc(#name, &pointer, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &status) != CUDA_SUCCESS || \
+        if (get_proc(#name, &pointer, kDriverApiVersion, CU_GET_PROC_ADDRESS_DEFAULT, &status) != CUDA_SUCCESS || \
             pointer == nullptr)                                                                              \
             missing += std::string(" ") + #name;                                                             \
         table.name = reinterpret_cast<decltype(table.name)>(pointer);                                        \
