@@ -1,0 +1,79 @@
+#include "codegen/models.hpp"
+
+#include <moejit/error.hpp>
+
+namespace moejit {
+
+const std::vector<ModelPreset>& model_presets() {
+    // name, hidden H, expert intermediate I, experts E, topk, shared expert
+    static const std::vector<ModelPreset> presets = {
+        {"qwen3-30b-a3b", 2048, 768, 128, 8, false},
+        {"qwen3-235b-a22b", 4096, 1536, 128, 8, false},
+        {"deepseek-v3", 7168, 2048, 256, 8, false},
+        {"mixtral-8x7b", 4096, 14336, 8, 2, false},
+        {"llama4-scout", 5120, 8192, 16, 1, true},
+        {"gpt-oss-120b", 2880, 2880, 128, 4, false},
+    };
+    return presets;
+}
+
+const ModelPreset& find_model(std::string_view name) {
+    std::string known;
+    for (const ModelPreset& preset : model_presets()) {
+        if (preset.name == name) return preset;
+        known += (known.empty() ? "" : ", ") + preset.name;
+    }
+    throw Error("unknown model '" + std::string(name) + "': known models are " + known);
+}
+
+const char* to_string(ModelGemm gemm) { return gemm == ModelGemm::gate_up ? "gate_up" : "down"; }
+
+ModelGemm parse_model_gemm(std::string_view name) {
+    for (ModelGemm gemm : model_gemms())
+        if (name == to_string(gemm)) return gemm;
+    throw Error("unknown gemm '" + std::string(name) + "': expected gate_up or down");
+}
+
+const std::vector<ModelGemm>& model_gemms() {
+    static const std::vector<ModelGemm> gemms = {ModelGemm::gate_up, ModelGemm::down};
+    return gemms;
+}
+
+const std::vector<Op>& model_passes() {
+    static const std::vector<Op> passes = {Op::fwd};
+    return passes;
+}
+
+Problem model_gemm(const ModelPreset& model, ModelGemm gemm, Op op, DType dtype, Arch arch) {
+    Problem problem;
+    problem.op = op;
+    problem.dtype = dtype;
+    // W is [E, N, K]: the problem is named by the weight's shape, whatever the pass computes with it.
+    if (gemm == ModelGemm::gate_up) {
+        problem.n = 2 * model.intermediate;
+        problem.k = model.hidden;
+    } else {
+        problem.n = model.hidden;
+        problem.k = model.intermediate;
+    }
+    problem.experts = model.experts;
+    problem.topk = model.topk;
+    problem.arch = arch;
+    problem.validate();
+    return problem;
+}
+
+Problem model_gemm(const ModelPreset& model, std::string_view gemm, Op op, DType dtype, Arch arch) {
+    return model_gemm(model, parse_model_gemm(gemm), op, dtype, arch);
+}
+
+std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype) {
+    // The shared expert of llama4-scout is not a grouped GEMM of the routed experts; it gets its
+    // kernels here once the MoE block decides how it runs.
+    std::vector<Problem> kernels;
+    for (Op op : model_passes())
+        for (ModelGemm gemm : model_gemms()) kernels.push_back(model_gemm(model, gemm, op, dtype, arch));
+    return kernels;
+}
+
+}  // namespace moejit

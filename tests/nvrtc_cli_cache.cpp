@@ -1,0 +1,696 @@
+// The JIT pipeline end to end without a GPU: spec strings, model presets, Compiler + disk cache
+// (hits, corrupt entries, read-only roots, an unwritable root), 8 concurrent `moejit compile`
+// processes, and the `moejit` command line. Needs NVRTC (label nvrtc).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <random>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <moejit/error.hpp>
+#include <moejit/problem.hpp>
+
+#include "cache/disk_cache.hpp"
+#include "codegen/config.hpp"
+#include "codegen/emit.hpp"
+#include "codegen/models.hpp"
+#include "runtime/compiler.hpp"
+#include "runtime/nvrtc.hpp"
+#include "tests/catch.hpp"
+
+extern char** environ;
+
+using namespace moejit;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* const kSpec = "fwd:bf16:n256:k512:e8:topk2:sm_90a";
+
+// A fresh directory under /tmp, removed with everything in it at scope exit.
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char name[] = "/tmp/moejit-cli-test-XXXXXX";
+        REQUIRE(::mkdtemp(name) != nullptr);
+        path = name;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    std::string operator/(const std::string& child) const { return path + "/" + child; }
+};
+
+// Sets (or, with nullopt, unsets) an environment variable for this scope.
+struct EnvVar {
+    std::string name;
+    std::optional<std::string> old;
+    EnvVar(const char* variable, std::optional<std::string> value) : name(variable) {
+        if (const char* current = std::getenv(variable)) old = current;
+        if (value) ::setenv(variable, value->c_str(), 1);
+        else ::unsetenv(variable);
+    }
+    ~EnvVar() {
+        if (old) ::setenv(name.c_str(), old->c_str(), 1);
+        else ::unsetenv(name.c_str());
+    }
+    EnvVar(const EnvVar&) = delete;
+    EnvVar& operator=(const EnvVar&) = delete;
+};
+
+// The cache variables of one in-process test: only `dir` (and `path`, if given) count.
+struct CacheEnv {
+    EnvVar dir, path, dump, log;
+    explicit CacheEnv(const std::string& cache_dir, std::optional<std::string> cache_path = std::nullopt)
+        : dir("MOEJIT_CACHE_DIR", cache_dir), path("MOEJIT_CACHE_PATH", std::move(cache_path)),
+          dump("MOEJIT_DUMP_DIR", std::nullopt), log("MOEJIT_LOG", std::nullopt) {}
+};
+
+std::vector<char> read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string read_text(const std::string& path) {
+    const std::vector<char> bytes = read_bytes(path);
+    return std::string(bytes.begin(), bytes.end());
+}
+
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    REQUIRE(out.good());
+}
+
+// Every regular file under `dir`, relative paths, sorted.
+std::vector<std::string> files_under(const std::string& dir) {
+    std::vector<std::string> files;
+    std::error_code ec;
+    if (!fs::exists(dir, ec)) return files;
+    for (const auto& item : fs::recursive_directory_iterator(dir))
+        if (item.is_regular_file()) files.push_back(fs::relative(item.path(), dir).string());
+    std::sort(files.begin(), files.end());
+    return files;
+}
+
+size_t count_of(const std::string& text, const std::string& needle) {
+    size_t count = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
+    return count;
+}
+
+using EnvOverrides = std::vector<std::pair<std::string, std::optional<std::string>>>;
+
+// The CLI's environment: ours, with every MOEJIT_ variable unset, then `overrides` applied.
+std::vector<std::string> child_environment(const EnvOverrides& overrides) {
+    std::vector<std::string> env;
+    for (char** item = environ; *item != nullptr; ++item)
+        if (std::strncmp(*item, "MOEJIT_", 7) != 0) env.emplace_back(*item);
+    for (const auto& [name, value] : overrides)
+        if (value) env.push_back(name + "=" + *value);
+    return env;
+}
+
+struct Child {
+    pid_t pid = -1;
+    std::string out_path, err_path;
+};
+
+struct Result {
+    int status = -1;
+    std::string out, err;
+};
+
+// Starts `moejit args...` with stdout and stderr going to files in `io_dir`. With `gate_fd` >= 0
+// the child waits until that pipe is closed by the parent before exec, so several start together.
+Child spawn_cli(const std::vector<std::string>& args, const EnvOverrides& overrides, const std::string& io_dir,
+                int gate_fd = -1, int gate_write_fd = -1) {
+    static int counter = 0;
+    Child child;
+    child.out_path = io_dir + "/out" + std::to_string(counter) + ".txt";
+    child.err_path = io_dir + "/err" + std::to_string(counter) + ".txt";
+    ++counter;
+
+    std::vector<std::string> argv_strings = {MOEJIT_CLI_PATH};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    const std::vector<std::string> env_strings = child_environment(overrides);
+    std::vector<char*> argv, envp;
+    for (const std::string& s : argv_strings) argv.push_back(const_cast<char*>(s.c_str()));
+    argv.push_back(nullptr);
+    for (const std::string& s : env_strings) envp.push_back(const_cast<char*>(s.c_str()));
+    envp.push_back(nullptr);
+
+    child.pid = ::fork();
+    REQUIRE(child.pid >= 0);
+    if (child.pid == 0) {
+        const int out = ::open(child.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int err = ::open(child.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (out < 0 || err < 0) ::_exit(126);
+        ::dup2(out, 1);
+        ::dup2(err, 2);
+        if (gate_fd >= 0) {
+            if (gate_write_fd >= 0) ::close(gate_write_fd);
+            char byte;
+            while (::read(gate_fd, &byte, 1) > 0) {
+            }
+        }
+        ::execve(argv[0], argv.data(), envp.data());
+        ::_exit(127);
+    }
+    return child;
+}
+
+Result wait_for(const Child& child) {
+    int status = 0;
+    REQUIRE(::waitpid(child.pid, &status, 0) == child.pid);
+    Result result;
+    result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    result.out = read_text(child.out_path);
+    result.err = read_text(child.err_path);
+    return result;
+}
+
+// Runs `moejit args...` with MOEJIT_CACHE_DIR = cache_dir (plus `extra`), waits, returns its output.
+Result run_cli(const std::vector<std::string>& args, const std::string& cache_dir, EnvOverrides extra = {}) {
+    TempDir io;
+    extra.insert(extra.begin(), {"MOEJIT_CACHE_DIR", cache_dir});
+    Result result = wait_for(spawn_cli(args, extra, io.path));
+    INFO("moejit " << (args.empty() ? "" : args[0]) << " stdout:\n" << result.out << "\nstderr:\n" << result.err);
+    return result;
+}
+
+Problem small_problem() { return parse_spec(kSpec); }
+
+}  // namespace
+
+// --- specs and models ------------------------------------------------------------------------------
+
+TEST_CASE("spec strings round trip for random valid problems", "[spec]") {
+    const char* archs[] = {"sm_80", "sm_86", "sm_89", "sm_90a", "sm_100a"};
+    std::mt19937_64 random(20240611);
+    auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
+    std::set<std::string> specs;
+    for (int i = 0; i < 2000; ++i) {
+        Problem problem;
+        problem.op = Op::fwd;
+        problem.dtype = uniform(0, 1) ? DType::bf16 : DType::fp16;
+        // Mostly model-sized, sometimes tiny or huge.
+        problem.n = 8 * uniform(1, uniform(0, 3) == 0 ? int64_t{1} << 20 : 4096);
+        problem.k = 8 * uniform(1, uniform(0, 3) == 0 ? int64_t{1} << 20 : 4096);
+        problem.experts = static_cast<int>(uniform(1, uniform(0, 1) ? 4096 : 256));
+        problem.topk = static_cast<int>(uniform(1, std::min(problem.experts, 16)));
+        problem.arch = Arch::parse(archs[uniform(0, 4)]);
+        REQUIRE_NOTHROW(problem.validate());
+        const std::string spec = to_spec(problem);
+        INFO(spec);
+        const Problem parsed = parse_spec(spec);
+        REQUIRE(parsed == problem);
+        REQUIRE(to_spec(parsed) == spec);
+        specs.insert(spec);
+    }
+    CHECK(specs.size() > 1900);  // the generator really varies the fields
+
+    // Every supported arch keeps its exact name, the 'a' suffix included.
+    for (const char* arch : archs) {
+        const Problem parsed = parse_spec(std::string("fwd:fp16:n8:k8:e1:topk1:") + arch);
+        CHECK(parsed.arch.name() == arch);
+        CHECK(parsed.dtype == DType::fp16);
+    }
+    CHECK(parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_90a").arch.arch_specific);
+    CHECK_FALSE(parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_80").arch.arch_specific);
+}
+
+TEST_CASE("bad spec strings throw moejit::Error naming the problem", "[spec]") {
+    const std::pair<const char*, const char*> bad[] = {
+        {"fwd:bf16:n1536:k2048:e128:topk8:sm_90a:bogus", "bogus"},  // unknown field
+        {"fwd:bf16:k2048:e128:topk8:sm_90a", "missing"},            // no n
+        {"fwd:bf16:n1530:k2048:e128:topk8:sm_90a", "multiple of 8"},
+        {"fwd:bf16:n1536:k2044:e128:topk8:sm_90a", "multiple of 8"},
+        {"fwd:bf16:n1536:k2048:e128:topk8:sm_75", "sm_75"},  // unsupported arch
+        {"fwd:bf16:n1536:k2048:e128:topk8:sm_90", "sm_90"},  // sm_90 without 'a' is not offered
+        {"fwd:bf16:n1536:k2048:e4:topk8:sm_90a", "topk"},    // topk > experts
+        {"fwd:bf16:n1536:k2048:e128:topk0:sm_90a", "topk"},
+        {"fwd:bf16:n0:k2048:e128:topk8:sm_90a", "N"},
+        {"fwd:bf16:n1536:k2048:e128:topk8", "arch"},
+        {"fwd:n1536:k2048:e128:topk8:sm_90a", "dtype"},
+        {"bwd:bf16:n1536:k2048:e128:topk8:sm_90a", "bwd"},
+        {"fwd:fp32:n1536:k2048:e128:topk8:sm_90a", "fp32"},
+        {"fwd:bf16:n-8:k2048:e128:topk8:sm_90a", "n-8"},
+        {"", ""},
+    };
+    for (const auto& [spec, mention] : bad) {
+        INFO("spec '" << spec << "'");
+        try {
+            parse_spec(spec);
+            FAIL("parse_spec accepted a bad spec");
+        } catch (const Error& error) {
+            CHECK(std::string(error.what()).find(mention) != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("model presets give the documented shapes and kernels", "[models]") {
+    struct Expected {
+        const char* name;
+        int64_t hidden, intermediate;
+        int experts, topk;
+        bool shared;
+    };
+    const Expected expected[] = {
+        {"qwen3-30b-a3b", 2048, 768, 128, 8, false},   {"qwen3-235b-a22b", 4096, 1536, 128, 8, false},
+        {"deepseek-v3", 7168, 2048, 256, 8, false},    {"mixtral-8x7b", 4096, 14336, 8, 2, false},
+        {"llama4-scout", 5120, 8192, 16, 1, true},     {"gpt-oss-120b", 2880, 2880, 128, 4, false},
+    };
+    REQUIRE(model_presets().size() == std::size(expected));
+    const Arch arch = Arch::parse("sm_90a");
+    for (const Expected& e : expected) {
+        INFO(e.name);
+        const ModelPreset& model = find_model(e.name);
+        CHECK(model.name == e.name);
+        CHECK(model.hidden == e.hidden);
+        CHECK(model.intermediate == e.intermediate);
+        CHECK(model.experts == e.experts);
+        CHECK(model.topk == e.topk);
+        CHECK(model.has_shared_expert == e.shared);
+
+        const Problem gate_up = model_gemm(model, "gate_up", Op::fwd, DType::bf16, arch);
+        CHECK(gate_up.n == 2 * e.intermediate);
+        CHECK(gate_up.k == e.hidden);
+        const Problem down = model_gemm(model, "down", Op::fwd, DType::fp16, arch);
+        CHECK(down.n == e.hidden);
+        CHECK(down.k == e.intermediate);
+        CHECK(down.dtype == DType::fp16);
+        CHECK(down.experts == e.experts);
+        CHECK(down.topk == e.topk);
+        CHECK(down.arch == arch);
+
+        const std::vector<Problem> kernels = model_kernels(model, arch, DType::bf16);
+        REQUIRE(kernels.size() == 2);
+        CHECK(kernels[0] == gate_up);
+        CHECK(kernels[1] == model_gemm(model, ModelGemm::down, Op::fwd, DType::bf16, arch));
+    }
+    CHECK(to_spec(model_gemm(find_model("qwen3-235b-a22b"), "gate_up", Op::fwd, DType::bf16, arch)) ==
+          "fwd:bf16:n3072:k4096:e128:topk8:sm_90a");
+
+    try {
+        find_model("qwen4-1t");
+        FAIL("find_model accepted an unknown name");
+    } catch (const Error& error) {
+        const std::string message = error.what();
+        CHECK(message.find("qwen4-1t") != std::string::npos);
+        for (const Expected& e : expected) CHECK(message.find(e.name) != std::string::npos);
+    }
+    CHECK_THROWS_AS(model_gemm(find_model("deepseek-v3"), "up", Op::fwd, DType::bf16, arch), Error);
+}
+
+// --- Compiler + disk cache ---------------------------------------------------------------------------
+
+TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and bit-flipped entries",
+          "[compiler]") {
+    TempDir cache;
+    CacheEnv env(cache.path);
+    const Problem problem = small_problem();
+    const Config config = choose_config(problem);
+
+    Compiler first(DiskCache::from_environment());
+    REQUIRE(first.disk().root() == cache.path);
+    const Binary compiled = first.get(problem, config);
+    CHECK_FALSE(compiled.from_disk);
+    REQUIRE(!compiled.cubin.empty());
+    CHECK(compiled.kernel_name.find("sm80_grouped_gemm_fwd") != std::string::npos);
+    CHECK(compiled.log.find("registers") != std::string::npos);
+    const std::string entry = first.disk().entry_path(compiled.key);
+    REQUIRE(fs::is_regular_file(entry));
+    CHECK(fs::is_regular_file(entry.substr(0, entry.size() - 6) + ".cu"));  // the source beside it
+
+    auto fresh_get = [&]() { return Compiler(DiskCache::from_environment()).get(problem, config); };
+    auto all_valid = [&]() {
+        const std::vector<CacheEntryInfo> infos = DiskCache::from_environment().list(true);
+        REQUIRE(infos.size() == 1);
+        CHECK(infos[0].path == entry);
+        CHECK(infos[0].valid);
+    };
+
+    const Binary hit = fresh_get();
+    CHECK(hit.from_disk);
+    CHECK(hit.key == compiled.key);
+    CHECK(hit.kernel_name == compiled.kernel_name);
+    CHECK(hit.cubin == compiled.cubin);
+    CHECK(hit.log.empty());
+
+    SECTION("a truncated entry is recompiled and replaced") {
+        std::vector<char> bytes = read_bytes(entry);
+        bytes.resize(bytes.size() / 2);
+        write_bytes(entry, bytes);
+    }
+    SECTION("an entry truncated inside its header is recompiled and replaced") {
+        std::vector<char> bytes = read_bytes(entry);
+        bytes.resize(20);
+        write_bytes(entry, bytes);
+    }
+    SECTION("a bit flip in the payload is recompiled and replaced") {
+        std::vector<char> bytes = read_bytes(entry);
+        bytes[bytes.size() - bytes.size() / 3] ^= 0x10;  // well inside the cubin bytes
+        write_bytes(entry, bytes);
+    }
+    SECTION("an empty entry file is recompiled and replaced") { write_bytes(entry, {}); }
+
+    // The damaged entry is a miss...
+    CHECK_FALSE(DiskCache::from_environment().list(true).at(0).valid);
+    const Binary recompiled = fresh_get();
+    CHECK_FALSE(recompiled.from_disk);
+    CHECK(recompiled.key == compiled.key);
+    CHECK(recompiled.kernel_name == compiled.kernel_name);
+    CHECK(!recompiled.cubin.empty());
+    // ...replaced by a valid entry that the next Compiler hits.
+    all_valid();
+    const Binary hit_again = fresh_get();
+    CHECK(hit_again.from_disk);
+    CHECK(hit_again.cubin == recompiled.cubin);
+    CHECK(hit_again.kernel_name == compiled.kernel_name);
+    for (const std::string& file : files_under(cache.path)) CHECK(file.find(".tmp") == std::string::npos);
+}
+
+TEST_CASE("Compiler: a read-only root from MOEJIT_CACHE_PATH is hit and the writable root stays empty",
+          "[compiler]") {
+    TempDir shipped, local;
+    const Problem problem = small_problem();
+    const Config config = choose_config(problem);
+    Binary built;
+    {
+        CacheEnv env(shipped.path);
+        built = Compiler(DiskCache::from_environment()).get(problem, config);
+        REQUIRE_FALSE(built.from_disk);
+    }
+    const std::vector<std::string> shipped_files = files_under(shipped.path);
+    REQUIRE(shipped_files.size() == 2);  // <key>.cubin and <key>.cu
+
+    CacheEnv env(local.path, shipped.path);
+    Compiler compiler(DiskCache::from_environment());
+    REQUIRE(compiler.disk().read_only_roots() == std::vector<std::string>{shipped.path});
+    const Binary hit = compiler.get(problem, config);
+    CHECK(hit.from_disk);
+    CHECK(hit.key == built.key);
+    CHECK(hit.cubin == built.cubin);
+    CHECK(hit.kernel_name == built.kernel_name);
+    CHECK(files_under(local.path).empty());
+    CHECK(files_under(shipped.path) == shipped_files);
+
+    // The CLI sees the same: the entry is listed as read-only, and clear leaves it alone.
+    const Result ls = run_cli({"cache", "ls"}, local.path, {{"MOEJIT_CACHE_PATH", shipped.path}});
+    CHECK(ls.status == 0);
+    CHECK(ls.out.find(built.key.hex()) != std::string::npos);
+    CHECK(ls.out.find("ro " + shipped.path) != std::string::npos);
+    const Result clear = run_cli({"cache", "clear"}, local.path, {{"MOEJIT_CACHE_PATH", shipped.path}});
+    CHECK(clear.status == 0);
+    CHECK(clear.out.find("removed 0 entries") != std::string::npos);
+    CHECK(files_under(shipped.path) == shipped_files);
+}
+
+TEST_CASE("moejit compile with an unwritable cache directory works and warns once", "[cli]") {
+    TempDir tmp;
+    // A path under a regular file cannot be created, even by root (chmod would not stop root).
+    write_bytes(tmp / "not-a-dir", {'x'});
+    const std::string unwritable = tmp / "not-a-dir/cache";
+
+    const Result compile = run_cli({"compile", kSpec}, unwritable);
+    CHECK(compile.status == 0);
+    CHECK(count_of(compile.err, "[moejit warning]") == 1);
+    CHECK(compile.err.find("cannot write the kernel cache") != std::string::npos);
+    CHECK(compile.out.find("not written") != std::string::npos);
+    CHECK(std::regex_search(compile.out, std::regex(R"(key\s+[0-9a-f]{32})")));
+
+    // precompile exists to fill a cache: with nowhere to write it fails, after one warning.
+    const Result precompile = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, unwritable);
+    CHECK(precompile.status == 1);
+    CHECK(count_of(precompile.err, "[moejit warning]") == 1);
+    CHECK(precompile.err.find("moejit: could not write the kernel cache") != std::string::npos);
+    CHECK(read_text(tmp / "not-a-dir") == "x");
+}
+
+// --- concurrency ------------------------------------------------------------------------------------
+
+TEST_CASE("8 processes compiling the same kernel into one empty cache leave one valid entry", "[cli]") {
+    TempDir tmp, io;
+    const std::string cache = tmp / "cache";  // does not exist yet: the processes race to create it
+    int gate[2];
+    REQUIRE(::pipe(gate) == 0);
+    std::vector<Child> children;
+    for (int i = 0; i < 8; ++i)
+        children.push_back(spawn_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", cache}}, io.path, gate[0], gate[1]));
+    ::close(gate[0]);
+    ::close(gate[1]);  // all 8 are forked and waiting: release them at once
+
+    std::set<std::string> keys;
+    for (const Child& child : children) {
+        const Result result = wait_for(child);
+        INFO("stdout:\n" << result.out << "\nstderr:\n" << result.err);
+        CHECK(result.status == 0);
+        CHECK(result.err.empty());
+        std::smatch match;
+        REQUIRE(std::regex_search(result.out, match, std::regex(R"(key\s+([0-9a-f]{32}))")));
+        keys.insert(match[1]);
+    }
+    REQUIRE(keys.size() == 1);
+    const std::string key = *keys.begin();
+    const std::string shard = key.substr(0, 2);
+    CHECK(files_under(cache) == std::vector<std::string>{shard + "/" + key + ".cu", shard + "/" + key + ".cubin"});
+
+    const Result verify = run_cli({"cache", "verify"}, cache);
+    CHECK(verify.status == 0);
+    CHECK(verify.out.find("1 entries checked, 0 invalid") != std::string::npos);
+
+    // And the entry is the kernel: a Compiler in this process hits it.
+    CacheEnv env(cache);
+    const Binary hit = Compiler(DiskCache::from_environment()).get(small_problem(), choose_config(small_problem()));
+    CHECK(hit.from_disk);
+    CHECK(hit.key.hex() == key);
+}
+
+// --- the command line ------------------------------------------------------------------------------
+
+TEST_CASE("moejit --help, every command's --help, and usage errors", "[cli]") {
+    TempDir cache;
+    const Result help = run_cli({"--help"}, cache.path);
+    CHECK(help.status == 0);
+    for (const char* command : {"source", "ptx", "sass", "compile", "precompile", "cache"})
+        CHECK(help.out.find(command) != std::string::npos);
+
+    const Result none = run_cli({}, cache.path);
+    CHECK(none.status == 1);
+    CHECK(none.err.find("usage: moejit") != std::string::npos);
+
+    const std::vector<std::vector<std::string>> commands = {
+        {"source"}, {"ptx"}, {"sass"}, {"compile"}, {"precompile"}, {"cache"},
+        {"cache", "ls"}, {"cache", "stats"}, {"cache", "verify"}, {"cache", "clear"}};
+    for (std::vector<std::string> command : commands) {
+        const std::string name = command[0];
+        command.push_back("--help");
+        const Result result = run_cli(command, cache.path);
+        INFO("moejit " << name << " --help");
+        CHECK(result.status == 0);
+        CHECK(result.out.find("moejit " + name) != std::string::npos);
+        CHECK(result.err.empty());
+    }
+    CHECK(run_cli({"help", "ptx"}, cache.path).out.find("moejit ptx") != std::string::npos);
+
+    for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
+             {"frobnicate"},
+             {"source"},
+             {"source", "fwd:bf16:n1536:k2048:e128:topk8:sm_75"},
+             {"ptx", "fwd:bf16:n1530:k2048:e128:topk8:sm_90a"},
+             {"compile", kSpec, "--bogus"},
+             {"source", kSpec, "--dtype", "fp16"},
+             {"source", "--model", "qwen3-30b-a3b"},
+             {"source", "--model", "nope", "--gemm", "down"},
+             {"source", "--model", "qwen3-30b-a3b", "--gemm", "down", "--pass", "bwd"},
+             {"source", kSpec, "--config", "m128n128s9w2x4"},
+             {"precompile"},
+             {"precompile", "--model", "qwen3-30b-a3b", "--tokens", "12,x"},
+             {"cache"},
+             {"cache", "prune-all"},
+         }) {
+        const Result result = run_cli(bad, cache.path);
+        INFO("moejit " << bad[0] << (bad.size() > 1 ? " " + bad[1] : std::string()));
+        CHECK(result.status == 1);
+        CHECK(!result.err.empty());
+        if (bad[0] != "cache" || bad.size() > 1) {
+            CHECK(result.err.rfind("moejit: ", 0) == 0);
+            CHECK(result.out.empty());
+        }
+    }
+    CHECK(files_under(cache.path).empty());  // nothing above compiles or writes
+}
+
+TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
+    TempDir cache;
+    const Problem problem = small_problem();
+    const Source source = emit_source(problem, choose_config(problem));
+
+    const Result plain = run_cli({"source", kSpec}, cache.path);
+    CHECK(plain.status == 0);
+    CHECK(plain.out == source.text);
+
+    // The --model form names the same kernel as its spec string.
+    const Result by_model = run_cli({"source", "--model", "qwen3-30b-a3b", "--gemm", "down"}, cache.path);
+    CHECK(by_model.status == 0);
+    const Problem down = model_gemm(find_model("qwen3-30b-a3b"), "down", Op::fwd, DType::bf16, Arch::parse("sm_90a"));
+    CHECK(by_model.out == emit_source(down, choose_config(down)).text);
+    CHECK(run_cli({"source", to_spec(down)}, cache.path).out == by_model.out);
+    const Result fp16 = run_cli(
+        {"source", "--model", "mixtral-8x7b", "--gemm=gate_up", "--pass", "fwd", "--dtype", "fp16", "--arch", "sm_80"},
+        cache.path);
+    CHECK(fp16.out.find("fwd:fp16:n28672:k4096:e8:topk2:sm_80") != std::string::npos);
+
+    const Result config = run_cli({"source", kSpec, "--config", "m128n64s3w2x2"}, cache.path);
+    CHECK(config.status == 0);
+    CHECK(config.out.find("/*TileN=*/64, /*Stages=*/3") != std::string::npos);
+
+    const Result expanded = run_cli({"source", kSpec, "--expand"}, cache.path);
+    CHECK(expanded.status == 0);
+    CHECK(expanded.out.find("sm80_grouped_gemm_fwd") != std::string::npos);
+    CHECK(expanded.out.find("GroupedTileScheduler") != std::string::npos);
+    CHECK(expanded.out.find("struct alignas(2) bf16") != std::string::npos);  // common/types.cuh
+    CHECK(count_of(expanded.out, "struct alignas(2) bf16") == 1);             // each header once
+    CHECK(expanded.out.find("Sm80GroupedGemmConfig<") != std::string::npos);  // the generated part
+    CHECK_FALSE(std::regex_search(expanded.out, std::regex(R"((^|\n)\s*#\s*include\s*")")));
+    // The expansion is the whole translation unit: it compiles on its own to the same kernel.
+    Source standalone = source;
+    standalone.text = expanded.out;
+    const NvrtcOutput output = nvrtc_compile(standalone, nvrtc_options(problem.arch));
+    CHECK(!output.cubin.empty());
+    CHECK(output.lowered_name.find("sm80_grouped_gemm_fwd") != std::string::npos);
+
+    const Result ptx = run_cli({"ptx", kSpec}, cache.path);
+    CHECK(ptx.status == 0);
+    CHECK(ptx.out.find("mma.sync") != std::string::npos);
+    CHECK(ptx.out.find(".target sm_90a") != std::string::npos);
+    CHECK(ptx.out.find(output.lowered_name) != std::string::npos);
+
+    const Result sass = run_cli({"sass", kSpec}, cache.path);
+    if (sass.status == 0) {
+        CHECK(sass.out.find("HMMA") != std::string::npos);
+    } else {
+        CHECK(sass.status == 1);
+        CHECK(sass.err.find("moejit: neither nvdisasm nor cuobjdump was found") != std::string::npos);
+    }
+    // None of these touch the cache, and sass leaves no temporary cubin behind.
+    CHECK(files_under(cache.path).empty());
+}
+
+TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]") {
+    TempDir tmp;
+    const std::string cache = tmp / "cache";
+
+    const Result compile = run_cli({"compile", kSpec}, cache);
+    REQUIRE(compile.status == 0);
+    CHECK(compile.err.empty());
+    std::smatch match;
+    REQUIRE(std::regex_search(compile.out, match, std::regex(R"(key\s+([0-9a-f]{32}))")));
+    const std::string key = match[1];
+    CHECK(compile.out.find("spec       " + std::string(kSpec)) != std::string::npos);
+    CHECK(compile.out.find("config     " + choose_config(small_problem()).to_string()) != std::string::npos);
+    REQUIRE(std::regex_search(compile.out, match, std::regex(R"(registers\s+(\d+))")));
+    CHECK(std::stoi(match[1]) > 16);
+    CHECK(std::stoi(match[1]) <= 255);
+    CHECK(std::regex_search(compile.out, std::regex(R"(compile\s+[0-9.]+ ms)")));
+    CHECK(compile.out.find("spills     0 bytes stores, 0 bytes loads") != std::string::npos);
+    const std::string entry = cache + "/" + key.substr(0, 2) + "/" + key + ".cubin";
+    CHECK(compile.out.find("cache      " + entry) != std::string::npos);
+    REQUIRE(fs::is_regular_file(entry));
+    // compile always runs NVRTC, and rewrites the entry it finds.
+    const Result again = run_cli({"compile", kSpec}, cache);
+    CHECK(again.status == 0);
+    CHECK(again.out.find(key) != std::string::npos);
+    CHECK(fs::is_regular_file(entry));
+
+    const Result clear_one = run_cli({"cache", "clear"}, cache);
+    CHECK(clear_one.status == 0);
+    CHECK(clear_one.out.find("removed 1 entry from " + cache) != std::string::npos);
+    CHECK(files_under(cache).empty());
+
+    const Result precompile = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--arch", "sm_90a"}, cache);
+    REQUIRE(precompile.status == 0);
+    CHECK(precompile.err.empty());
+    const std::vector<Problem> kernels =
+        model_kernels(find_model("qwen3-30b-a3b"), Arch::parse("sm_90a"), DType::bf16);
+    REQUIRE(kernels.size() == 2);
+    for (size_t i = 0; i < kernels.size(); ++i) {
+        const std::string line = "[" + std::to_string(i + 1) + "/2] " + to_spec(kernels[i]) + " " +
+                                 choose_config(kernels[i]).to_string() + "  compiled ";
+        CHECK(precompile.out.find(line) != std::string::npos);
+    }
+    CHECK(precompile.out.find("in the cache at " + cache + ": 2 compiled, 0 already cached") != std::string::npos);
+    std::vector<CacheEntryInfo> infos;
+    {
+        CacheEnv env(cache);
+        infos = DiskCache::from_environment().list(true);
+    }
+    REQUIRE(infos.size() == 2);
+    for (const CacheEntryInfo& info : infos) {
+        CHECK(info.valid);
+        CHECK_FALSE(info.read_only_root);
+    }
+    // The entries are the kernels the library looks up: a Compiler hits both.
+    {
+        CacheEnv env(cache);
+        Compiler compiler(DiskCache::from_environment());
+        for (const Problem& problem : kernels) CHECK(compiler.get(problem, choose_config(problem)).from_disk);
+    }
+    const Result cached = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "1,128,8192"}, cache);
+    CHECK(cached.status == 0);
+    CHECK(count_of(cached.out, "  cached ") == 2);
+    CHECK(cached.out.find("0 compiled, 2 already cached") != std::string::npos);
+
+    const Result ls = run_cli({"cache", "ls"}, cache);
+    CHECK(ls.status == 0);
+    CHECK(count_of(ls.out, "\n") == 2);
+    for (const CacheEntryInfo& info : infos) CHECK(ls.out.find(info.key_hex) != std::string::npos);
+    CHECK(count_of(ls.out, "rw " + cache) == 2);
+    const Result ls_verify = run_cli({"cache", "ls", "--verify"}, cache);
+    CHECK(count_of(ls_verify.out, "  valid") == 2);
+
+    const Result stats = run_cli({"cache", "stats"}, cache);
+    CHECK(stats.status == 0);
+    CHECK(stats.out.find("writable root   " + cache + "  2 entries") != std::string::npos);
+    CHECK(stats.out.find("total           2 entries") != std::string::npos);
+
+    const Result verify = run_cli({"cache", "verify"}, cache);
+    CHECK(verify.status == 0);
+    CHECK(verify.out.find("2 entries checked, 0 invalid") != std::string::npos);
+
+    // Damage one entry: verify names it and fails; ls --verify says why.
+    std::vector<char> bytes = read_bytes(infos[0].path);
+    bytes[bytes.size() / 2] ^= 0x01;
+    write_bytes(infos[0].path, bytes);
+    const Result bad = run_cli({"cache", "verify"}, cache);
+    CHECK(bad.status == 1);
+    CHECK(bad.out.find("invalid " + infos[0].path + ": checksum mismatch") != std::string::npos);
+    CHECK(bad.out.find("2 entries checked, 1 invalid") != std::string::npos);
+    CHECK(run_cli({"cache", "ls", "--verify"}, cache).out.find("invalid: checksum mismatch") != std::string::npos);
+
+    const Result clear = run_cli({"cache", "clear"}, cache);
+    CHECK(clear.status == 0);
+    CHECK(clear.out.find("removed 2 entries from " + cache) != std::string::npos);
+    CHECK(files_under(cache).empty());
+    CHECK(run_cli({"cache", "ls"}, cache).out.empty());
+    CHECK(run_cli({"cache", "stats"}, cache).out.find("total           0 entries") != std::string::npos);
+}

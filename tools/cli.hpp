@@ -1,0 +1,69 @@
+#pragma once
+// Shared pieces of the `moejit` command line: option parsing, SPEC resolution, formatting.
+#include <moejit/error.hpp>
+#include <moejit/problem.hpp>
+
+#include "codegen/config.hpp"
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moejit::cli {
+
+struct OptionSpec {
+    std::string name;  // "--arch"
+    bool takes_value = false;
+};
+
+// "--name value", "--name=value" and flags; positionals in order. --help / -h anywhere sets help().
+// Unknown options, a missing value and a repeated option throw moejit::Error.
+class Args {
+public:
+    Args(std::string command, const std::vector<std::string>& argv, const std::vector<OptionSpec>& known);
+
+    bool help() const { return help_; }
+    bool flag(const std::string& name) const { return values_.count(name) != 0; }
+    std::optional<std::string> value(const std::string& name) const;
+    const std::vector<std::string>& positionals() const { return positionals_; }
+    // Throws unless there are between `min` and `max` positionals.
+    void expect_positionals(size_t min, size_t max, const std::string& what) const;
+    const std::string& command() const { return command_; }
+
+private:
+    std::string command_;
+    bool help_ = false;
+    std::map<std::string, std::string> values_;
+    std::vector<std::string> positionals_;
+};
+
+// The options that name a kernel besides a SPEC string.
+std::vector<OptionSpec> kernel_options();
+// Help text describing SPEC and kernel_options().
+extern const char* const kSpecHelp;
+
+struct Kernel {
+    Problem problem;
+    Config config;
+};
+// SPEC (the one positional) or --model/--gemm/--pass/--dtype/--arch; --config overrides the heuristic.
+Kernel resolve_kernel(const Args& args);
+
+DType parse_dtype(const std::string& text);
+Op parse_pass(const std::string& text);
+Config parse_config(const std::string& text, const Arch& arch);
+
+std::string format_bytes(uint64_t bytes);  // "12.3 KiB"
+std::string format_ms(double milliseconds);  // "152 ms", "0.31 ms"
+
+// Commands: each returns the process exit status; errors are thrown as moejit::Error.
+int cmd_source(const std::vector<std::string>& argv);
+int cmd_ptx(const std::vector<std::string>& argv);
+int cmd_sass(const std::vector<std::string>& argv);
+int cmd_compile(const std::vector<std::string>& argv);
+int cmd_precompile(const std::vector<std::string>& argv);
+int cmd_cache(const std::vector<std::string>& argv);
+
+}  // namespace moejit::cli

@@ -1,0 +1,227 @@
+// moejit precompile | cache ls|stats|verify|clear: filling and inspecting the disk cache.
+#include "tools/cli.hpp"
+
+#include "cache/disk_cache.hpp"
+#include "codegen/models.hpp"
+#include "runtime/compiler.hpp"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace moejit::cli {
+
+namespace {
+
+// <root>/<shard>/<key>.cubin -> <root>
+std::string root_of(const std::string& entry_path) {
+    size_t slash = entry_path.rfind('/');
+    if (slash == std::string::npos || slash == 0) return ".";
+    slash = entry_path.rfind('/', slash - 1);
+    return slash == std::string::npos ? "." : entry_path.substr(0, slash);
+}
+
+std::string format_age(int64_t mtime) {
+    const int64_t seconds = std::max<int64_t>(0, static_cast<int64_t>(std::time(nullptr)) - mtime);
+    char text[32];
+    if (seconds < 60) std::snprintf(text, sizeof text, "%llds", static_cast<long long>(seconds));
+    else if (seconds < 3600) std::snprintf(text, sizeof text, "%lldm", static_cast<long long>(seconds / 60));
+    else if (seconds < 86400) std::snprintf(text, sizeof text, "%lldh", static_cast<long long>(seconds / 3600));
+    else std::snprintf(text, sizeof text, "%lldd", static_cast<long long>(seconds / 86400));
+    return text;
+}
+
+const char* const kCacheHelp =
+    "usage: moejit cache <ls [--verify] | stats | verify | clear>\n"
+    "\n"
+    "The kernel cache: the writable root (MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else\n"
+    "~/.cache/moejit) and the read-only roots of MOEJIT_CACHE_PATH (colon-separated, searched first).\n"
+    "\n"
+    "  ls [--verify]   one line per entry: key, size, age, root kind and root; --verify also reads and\n"
+    "                  checks each entry and prints valid or invalid with the reason\n"
+    "  stats           the roots, and entries and bytes per root and in all\n"
+    "  verify          checks every entry; prints the bad ones; exits 1 if any is bad\n"
+    "  clear           removes every entry of the writable root (never a read-only root)\n";
+
+int cache_ls(const std::vector<std::string>& argv) {
+    const Args args("cache ls", argv, {{"--verify", false}});
+    if (args.help()) {
+        std::fputs(kCacheHelp, stdout);
+        return 0;
+    }
+    args.expect_positionals(0, 0, "");
+    const bool verify = args.flag("--verify");
+    const DiskCache cache = DiskCache::from_environment();
+    for (const CacheEntryInfo& info : cache.list(verify)) {
+        std::printf("%s  %10s  %5s  %s %s", info.key_hex.c_str(), format_bytes(info.bytes).c_str(),
+                    format_age(info.mtime).c_str(), info.read_only_root ? "ro" : "rw", root_of(info.path).c_str());
+        if (verify || !info.valid)
+            std::printf("  %s%s%s", info.valid ? "valid" : "invalid", info.valid ? "" : ": ", info.problem.c_str());
+        std::printf("\n");
+    }
+    return 0;
+}
+
+int cache_stats(const std::vector<std::string>& argv) {
+    const Args args("cache stats", argv, {});
+    if (args.help()) {
+        std::fputs(kCacheHelp, stdout);
+        return 0;
+    }
+    args.expect_positionals(0, 0, "");
+    const DiskCache cache = DiskCache::from_environment();
+    struct Totals {
+        size_t entries = 0;
+        uint64_t bytes = 0;
+    };
+    std::map<std::string, Totals> per_root;
+    Totals all;
+    for (const CacheEntryInfo& info : cache.list(false)) {
+        Totals& totals = per_root[root_of(info.path)];
+        ++totals.entries;
+        totals.bytes += info.bytes;
+        ++all.entries;
+        all.bytes += info.bytes;
+    }
+    auto line = [&](const char* kind, const std::string& root) {
+        const Totals totals = per_root.count(root) ? per_root[root] : Totals{};
+        struct stat st {};
+        const bool exists = !root.empty() && ::stat(root.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+        std::printf("%-15s %s  %zu entries, %s%s\n", kind, root.empty() ? "(none)" : root.c_str(), totals.entries,
+                    format_bytes(totals.bytes).c_str(), exists ? "" : " (does not exist)");
+    };
+    for (const std::string& root : cache.read_only_roots()) line("read-only root", root);
+    line("writable root", cache.root());
+    std::printf("%-15s %zu entries, %s\n", "total", all.entries, format_bytes(all.bytes).c_str());
+    return 0;
+}
+
+int cache_verify(const std::vector<std::string>& argv) {
+    const Args args("cache verify", argv, {});
+    if (args.help()) {
+        std::fputs(kCacheHelp, stdout);
+        return 0;
+    }
+    args.expect_positionals(0, 0, "");
+    const DiskCache cache = DiskCache::from_environment();
+    size_t checked = 0, bad = 0;
+    for (const CacheEntryInfo& info : cache.list(true)) {
+        ++checked;
+        if (info.valid) continue;
+        ++bad;
+        std::printf("invalid %s: %s\n", info.path.c_str(), info.problem.c_str());
+    }
+    std::printf("%zu entries checked, %zu invalid\n", checked, bad);
+    return bad == 0 ? 0 : 1;
+}
+
+int cache_clear(const std::vector<std::string>& argv) {
+    const Args args("cache clear", argv, {});
+    if (args.help()) {
+        std::fputs(kCacheHelp, stdout);
+        return 0;
+    }
+    args.expect_positionals(0, 0, "");
+    DiskCache cache = DiskCache::from_environment();
+    if (cache.root().empty()) throw Error("no cache directory (set MOEJIT_CACHE_DIR or HOME)");
+    const size_t removed = cache.clear();
+    std::printf("removed %zu entr%s from %s\n", removed, removed == 1 ? "y" : "ies", cache.root().c_str());
+    if (!cache.read_only_roots().empty()) std::printf("read-only roots (MOEJIT_CACHE_PATH) left as they are\n");
+    return 0;
+}
+
+}  // namespace
+
+int cmd_cache(const std::vector<std::string>& argv) {
+    if (argv.empty() || argv[0] == "--help" || argv[0] == "-h") {
+        std::fputs(kCacheHelp, argv.empty() ? stderr : stdout);
+        return argv.empty() ? 1 : 0;
+    }
+    const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+    if (argv[0] == "ls") return cache_ls(rest);
+    if (argv[0] == "stats") return cache_stats(rest);
+    if (argv[0] == "verify") return cache_verify(rest);
+    if (argv[0] == "clear") return cache_clear(rest);
+    throw Error("unknown cache command '" + argv[0] + "': expected ls, stats, verify or clear");
+}
+
+int cmd_precompile(const std::vector<std::string>& argv) {
+    const Args args("precompile", argv,
+                    {{"--model", true}, {"--arch", true}, {"--dtype", true}, {"--tokens", true}});
+    if (args.help()) {
+        std::string models;
+        for (const ModelPreset& preset : model_presets()) models += (models.empty() ? "" : ", ") + preset.name;
+        std::printf(
+            "usage: moejit precompile --model NAME [--arch sm_90a] [--dtype bf16] [--tokens T,...]\n"
+            "\n"
+            "Compiles every kernel the model's experts need (today: the gate_up and down forward GEMMs)\n"
+            "into the writable cache root, skipping kernels already cached, with one progress line per\n"
+            "kernel. Needs NVRTC, no GPU: point MOEJIT_CACHE_DIR at a directory, precompile, and ship it\n"
+            "(read-only through MOEJIT_CACHE_PATH if you like).\n"
+            "\n"
+            "    --model NAME     %s\n"
+            "    --arch ARCH      sm_80, sm_86, sm_89, sm_90a (default), sm_100a\n"
+            "    --dtype DTYPE    bf16 (default) or fp16\n"
+            "    --tokens T,...   token counts to expect (accepted; kernels do not depend on them yet)\n",
+            models.c_str());
+        return 0;
+    }
+    args.expect_positionals(0, 0, "");
+    const auto model_name = args.value("--model");
+    if (!model_name) throw Error("'moejit precompile' needs --model NAME (see moejit precompile --help)");
+    const ModelPreset& model = find_model(*model_name);
+    const Arch arch = Arch::parse(args.value("--arch").value_or("sm_90a"));
+    const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
+    if (const auto tokens = args.value("--tokens")) {
+        // Validated so a typo fails now rather than once token counts start to matter.
+        size_t begin = 0;
+        while (begin <= tokens->size()) {
+            size_t end = tokens->find(',', begin);
+            if (end == std::string::npos) end = tokens->size();
+            const std::string item = tokens->substr(begin, end - begin);
+            if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9)
+                throw Error("bad --tokens '" + *tokens + "': expected positive integers separated by commas");
+            begin = end + 1;
+        }
+    }
+
+    Compiler compiler(DiskCache::from_environment());
+    const std::vector<Problem> kernels = model_kernels(model, arch, dtype);
+    size_t compiled = 0, cached = 0, elsewhere = 0;
+    for (size_t i = 0; i < kernels.size(); ++i) {
+        const Problem& problem = kernels[i];
+        const Config config = choose_config(problem);
+        const Binary binary = compiler.get(problem, config);
+        std::string where;
+        if (binary.from_disk) {
+            ++cached;
+            struct stat st {};
+            if (::stat(compiler.disk().entry_path(binary.key).c_str(), &st) != 0) {
+                ++elsewhere;
+                where = " (in a read-only root)";
+            }
+        } else {
+            ++compiled;
+        }
+        std::printf("[%zu/%zu] %s %s  %s %s%s\n", i + 1, kernels.size(), to_spec(problem).c_str(),
+                    config.to_string().c_str(), binary.from_disk ? "cached" : "compiled",
+                    format_ms(binary.milliseconds).c_str(), where.c_str());
+        std::fflush(stdout);
+    }
+    if (compiler.disk().memory_only())
+        throw Error("could not write the kernel cache at " +
+                    (compiler.disk().root().empty() ? std::string("(no cache directory)") : compiler.disk().root()) +
+                    " (see the warning above): nothing was precompiled");
+    std::printf("%zu kernels for %s (%s, %s) are in the cache at %s: %zu compiled, %zu already cached",
+                kernels.size(), model.name.c_str(), arch.name().c_str(), to_string(dtype),
+                compiler.disk().root().c_str(), compiled, cached);
+    if (elsewhere > 0) std::printf(" (%zu of them in read-only roots)", elsewhere);
+    std::printf("\n");
+    return 0;
+}
+
+}  // namespace moejit::cli
