@@ -17,15 +17,18 @@ cat "$out/gpu.txt"
 echo "== build"
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DXXHASH_INCLUDE_DIR="$deps/usr/include" \
   > "$out/build.log" 2>&1 &&
-  cmake --build build-device -j 16 --target test_gpu bench_grouped_gemm >> "$out/build.log" 2>&1 ||
+  cmake --build build-device -j 16 >> "$out/build.log" 2>&1 ||
   { tail -40 "$out/build.log"; exit 1; }
 
 export MOEJIT_CACHE_DIR=/tmp/moejit-cache
 status=0
 if [ "$mode" = all ] || [ "$mode" = tests ]; then
   echo "== gpu tests"
-  ./build-device/tests/test_gpu --durations yes 2>&1 | tee "$out/gpu-tests.log" | tail -40
+  ./build-device/tests/test_gpu --durations yes 2>&1 | tee "$out/gpu-tests.log" | tail -25
+  ctest --test-dir build-device -L gpu --output-on-failure 2>&1 | tee -a "$out/gpu-tests.log" | tail -8
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  ./build-device/moejit sass --model qwen3-30b-a3b --gemm gate_up --arch sm_90a > "$out/sass.txt" 2>&1
+  echo "sass: $(grep -c HMMA "$out/sass.txt") HMMA, $(grep -c -E 'LDL|STL' "$out/sass.txt") local-memory instructions"
 fi
 if [ "$mode" = all ] || [ "$mode" = bench ]; then
   echo "== benchmark"
