@@ -17,7 +17,7 @@ cat "$out/gpu.txt"
 echo "== build"
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DXXHASH_INCLUDE_DIR="$deps/usr/include" \
   > "$out/build.log" 2>&1 &&
-  cmake --build build-device -j 16 >> "$out/build.log" 2>&1 ||
+  cmake --build build-device -j 16 -- -k 0 >> "$out/build.log" 2>&1 ||
   { tail -40 "$out/build.log"; exit 1; }
 
 export MOEJIT_CACHE_DIR=/tmp/moejit-cache

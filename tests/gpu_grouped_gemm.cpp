@@ -8,6 +8,7 @@
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
 
+#include <algorithm>
 #include <numeric>
 #include <random>
 
