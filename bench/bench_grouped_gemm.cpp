@@ -13,6 +13,7 @@
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/module.hpp"
+#include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
 #include "tests/support/device.hpp"
 #include "tests/support/half.hpp"
@@ -186,7 +187,7 @@ int main(int argc, char** argv) try {
             GroupedGemm gemm(base, config);
             gemm.prepare();
             const double ms =
-                events.median_ms([&] { gemm.forward(dx.get(), dw.get(), dy.get(), dm.get(), rows, nullptr); });
+                events.median_ms([&] { gemm.forward(dx.get(), dw.get(), dy.get(), Routing{dm.get(), 0, 0, rows}, nullptr); });
             std::printf("| %s | %lld | %lld | %lld | %d | %s | %.3f | %.1f | %.3f | %.1f | %.2f |\n",
                         base.n == 2 * model.intermediate ? "gate_up" : "down", (long long)rows, (long long)base.n,
                         (long long)base.k, base.experts, config.c_str(), ms, flops / ms / 1e9, dense_ms,
@@ -215,12 +216,15 @@ int main(int argc, char** argv) try {
             std::sort(per_call.begin(), per_call.end());
             return per_call[per_call.size() / 2];
         };
-        const double api_us = per_call_us([&] { gemm.forward(dx.get(), dw.get(), dy.get(), dm.get(), 16, nullptr); });
+        const double api_us = per_call_us([&] { gemm.forward(dx.get(), dw.get(), dy.get(), Routing{dm.get(), 0, 0, 16}, nullptr); });
         // The floor: the same kernel through cuLaunchKernelEx alone, no validation or lookup.
         auto kernel = Runtime::instance().kernel(gemm.problem(), Config::parse(gemm.config()));
         CUdeviceptr x = dx.get(), w = dw.get(), y = dy.get(), m = dm.get();
         long long total_rows = 16;
-        void* arguments[] = {&x, &w, &y, &m, &total_rows};
+        GroupedGemmArguments packed{reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(w),
+                                    reinterpret_cast<void*>(y), nullptr, reinterpret_cast<const int*>(m), nullptr,
+                                    nullptr, total_rows};
+        void* arguments[] = {&packed};
         const double raw_us = per_call_us([&] { kernel->launch(132, nullptr, arguments); });
         std::printf("\nhost cost of a cached forward call (median of 20 batches of 200): %.2f us "
                     "(cuLaunchKernelEx alone: %.2f us)\n", api_us, raw_us);

@@ -33,8 +33,13 @@ size_t max_shared_bytes(const Arch& arch) {
 
 Config choose_config(const Problem& problem) {
     Config config;
+    if (problem.op == Op::combine || problem.op == Op::gated_backward) {
+        config.stages = 0;  // elementwise: 256 threads, no shared tiles
+        return config;
+    }
     // Narrow outputs waste half of a 128-wide tile; 64 keeps every column busy.
-    if (problem.n <= 64) config.tile_n = 64;
+    const int64_t out_cols = problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
+    if (out_cols <= 64) config.tile_n = 64;
     // Three stages where two CTAs then fit on a multiprocessor (sm_90: 2 x 96 KB; measured 10% faster
     // than one CTA with four stages on H100), else as many stages as fit, up to four.
     const size_t stage_bytes = size_t(config.tile_m + config.tile_n) * Config::tile_k * 2;
@@ -44,6 +49,7 @@ Config choose_config(const Problem& problem) {
 }
 
 std::vector<Config> candidate_configs(const Problem& problem) {
+    if (problem.op == Op::combine || problem.op == Op::gated_backward) return {choose_config(problem)};
     std::vector<Config> configs;
     for (int tile_n : {64, 128})
         for (int stages : {3, 4}) {

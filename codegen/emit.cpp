@@ -2,25 +2,67 @@
 
 namespace moejit {
 
+namespace {
+
+std::string element_type(DType dtype) { return dtype == DType::bf16 ? "moejit::bf16" : "moejit::fp16"; }
+
+std::string flags_expression(const Problem& p) {
+    std::string flags;
+    auto add = [&](bool on, const char* name) {
+        if (on) flags += (flags.empty() ? "" : " | ") + std::string(name);
+    };
+    add(p.permute_x, "moejit::kPermuteX");
+    add(p.permute_y, "moejit::kPermuteY");
+    add(p.fuse_mul_post, "moejit::kFuseMulPost");
+    add(p.gated && p.op == Op::fwd, "moejit::kGated");
+    add(p.out_fp32, "moejit::kOutFp32");
+    return flags.empty() ? "0" : flags;
+}
+
+std::string gemm_parameters(const Problem& p, const Config& c) {
+    return "    /*Flags=*/" + flags_expression(p) + ",\n    /*N=*/" + std::to_string(p.n) + ", /*K=*/" +
+           std::to_string(p.k) + ", /*Experts=*/" + std::to_string(p.experts) + ", /*Topk=*/" + std::to_string(p.topk) +
+           ",\n    /*TileM=*/" + std::to_string(c.tile_m) + ", /*TileN=*/" + std::to_string(c.tile_n) +
+           ", /*Stages=*/" + std::to_string(c.stages) + ", /*WarpsM=*/" + std::to_string(c.warps_m) +
+           ", /*WarpsN=*/" + std::to_string(c.warps_n);
+}
+
+}  // namespace
+
 Source emit_source(const Problem& problem, const Config& config) {
-    const std::string element = problem.dtype == DType::bf16 ? "moejit::bf16" : "moejit::fp16";
+    std::string header, config_type, kernel;
+    const std::string element = element_type(problem.dtype);
+    switch (problem.op) {
+        case Op::fwd:
+        case Op::dx:
+            header = "kernels/sm80_grouped_gemm.cuh";
+            config_type = "moejit::Sm80RowGroupedConfig<\n    " + element + ", moejit::RowGroupedPass::" +
+                          (problem.op == Op::fwd ? "forward" : "dx") + ",\n" + gemm_parameters(problem, config) + ">";
+            kernel = "moejit::sm80_row_grouped_gemm";
+            break;
+        case Op::dw:
+            header = "kernels/sm80_grouped_gemm_dw.cuh";
+            config_type = "moejit::Sm80WeightGradConfig<\n    " + element + ",\n" + gemm_parameters(problem, config) + ">";
+            kernel = "moejit::sm80_grouped_gemm_dw";
+            break;
+        case Op::combine:
+            header = "kernels/combine_topk.cuh";
+            config_type = "moejit::CombineTopkConfig<" + element + ", /*Width=*/" + std::to_string(problem.k) +
+                          ", /*Topk=*/" + std::to_string(problem.topk) + ">";
+            kernel = "moejit::combine_topk";
+            break;
+        case Op::gated_backward:
+            header = "kernels/gated_activation_backward.cuh";
+            config_type = "moejit::GatedBackwardConfig<" + element + ", /*N=*/" + std::to_string(problem.n) + ">";
+            kernel = "moejit::gated_activation_backward";
+            break;
+    }
     Source source;
     source.program_name = "moejit_" + std::string(to_string(problem.op)) + ".cu";
-    source.text =
-        "// moejit kernel " + to_spec(problem) + " with config " + config.to_string() + "\n"
-        "#include \"kernels/sm80_grouped_gemm_fwd.cuh\"\n"
-        "\n"
-        "namespace moejit_generated {\n"
-        "using Config = moejit::Sm80GroupedGemmConfig<\n"
-        "    " + element + ",\n"
-        "    /*N=*/" + std::to_string(problem.n) + ", /*K=*/" + std::to_string(problem.k) +
-        ", /*Experts=*/" + std::to_string(problem.experts) + ",\n"
-        "    /*TileM=*/" + std::to_string(config.tile_m) + ", /*TileN=*/" + std::to_string(config.tile_n) +
-        ", /*Stages=*/" + std::to_string(config.stages) + ",\n"
-        "    /*WarpsM=*/" + std::to_string(config.warps_m) + ", /*WarpsN=*/" + std::to_string(config.warps_n) +
-        ">;\n"
-        "}  // namespace moejit_generated\n";
-    source.name_expression = "moejit::sm80_grouped_gemm_fwd<moejit_generated::Config>";
+    source.text = "// moejit kernel " + to_spec(problem) + " with config " + config.to_string() + "\n#include \"" +
+                  header + "\"\n\nnamespace moejit_generated {\nusing Config = " + config_type +
+                  ";\n}  // namespace moejit_generated\n";
+    source.name_expression = kernel + "<moejit_generated::Config>";
     return source;
 }
 

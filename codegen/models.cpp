@@ -40,7 +40,7 @@ const std::vector<ModelGemm>& model_gemms() {
 }
 
 const std::vector<Op>& model_passes() {
-    static const std::vector<Op> passes = {Op::fwd};
+    static const std::vector<Op> passes = {Op::fwd, Op::dx, Op::dw};
     return passes;
 }
 
@@ -59,6 +59,16 @@ Problem model_gemm(const ModelPreset& model, ModelGemm gemm, Op op, DType dtype,
     problem.experts = model.experts;
     problem.topk = model.topk;
     problem.arch = arch;
+    // The MoE layer's fusions: gate_up gathers token rows and applies the gated activation; down
+    // scatters back to token order scaled by the routing weights. dx and dw take d(gate|up), and dw
+    // takes a dY the caller already scaled (fuse_mul_post is not a dw fusion).
+    if (gemm == ModelGemm::gate_up) {
+        problem.permute_x = true;
+        problem.gated = op == Op::fwd;
+    } else {
+        problem.permute_y = true;
+        problem.fuse_mul_post = op != Op::dw;
+    }
     problem.validate();
     return problem;
 }
@@ -73,6 +83,20 @@ std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dt
     std::vector<Problem> kernels;
     for (Op op : model_passes())
         for (ModelGemm gemm : model_gemms()) kernels.push_back(model_gemm(model, gemm, op, dtype, arch));
+    // The elementwise kernels of the backward pass: the gated activation's and the topk combine of dX.
+    Problem gated = kernels.front();
+    gated.op = Op::gated_backward;
+    gated.permute_x = gated.gated = false;
+    gated.k = gated.n;
+    gated.experts = 1;
+    gated.topk = 1;
+    Problem combine = gated;
+    combine.op = Op::combine;
+    combine.n = combine.k = model.hidden;
+    combine.experts = combine.topk = model.topk;
+    kernels.push_back(gated);
+    kernels.push_back(combine);
+    for (const Problem& problem : kernels) problem.validate();
     return kernels;
 }
 

@@ -45,7 +45,7 @@ Problem model_gemm(const ModelPreset& model, ModelGemm gemm, Op op, DType dtype,
 Problem model_gemm(const ModelPreset& model, std::string_view gemm, Op op, DType dtype, Arch arch);
 
 // Every kernel the model's routed experts need: each pass of model_passes() for each GEMM of
-// model_gemms(), pass-major (today: gate_up fwd, down fwd).
+// model_gemms(), pass-major, then gated_backward and combine.
 std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype);
 
 }  // namespace moejit

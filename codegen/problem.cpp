@@ -1,7 +1,9 @@
 #include <moejit/error.hpp>
 #include <moejit/problem.hpp>
 
+#include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <vector>
 
 namespace moejit {
@@ -10,9 +12,29 @@ const char* to_string(DType dtype) { return dtype == DType::bf16 ? "bf16" : "fp1
 const char* to_string(Op op) {
     switch (op) {
         case Op::fwd: return "fwd";
+        case Op::dx: return "dx";
+        case Op::dw: return "dw";
+        case Op::combine: return "combine";
+        case Op::gated_backward: return "gated_backward";
     }
     return "?";
 }
+
+namespace {
+
+const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward};
+
+struct FlagName {
+    const char* name;
+    bool Problem::*field;
+};
+const FlagName kFlags[] = {{"permute_x", &Problem::permute_x},
+                           {"permute_y", &Problem::permute_y},
+                           {"mul_post", &Problem::fuse_mul_post},
+                           {"gated", &Problem::gated},
+                           {"out_fp32", &Problem::out_fp32}};
+
+}  // namespace
 size_t element_bytes(DType) { return 2; }
 
 Arch Arch::parse(std::string_view name) {
@@ -34,12 +56,27 @@ void Problem::validate() const {
     if (n > (int64_t{1} << 31) || k > (int64_t{1} << 31)) fail("N and K must each be below 2^31");
     if (experts < 1 || experts > 4096) fail("experts must be in 1..4096, got " + std::to_string(experts));
     if (topk < 1 || topk > experts) fail("topk must be in 1..experts, got " + std::to_string(topk));
+    if (permute_x && permute_y)
+        fail("permute_x (first GEMM: gather token rows) and permute_y (second GEMM: scatter to token order) "
+             "cannot both apply to one GEMM");
+    if (fuse_mul_post && !permute_y) fail("fuse_mul_post needs permute_y (it scales rows as they are scattered)");
+    if (gated && (permute_y || fuse_mul_post))
+        fail("the gated activation belongs to the first GEMM (gate_up); permute_y and fuse_mul_post to the second");
+    if (gated && n % 16 != 0) fail("gated needs N = 2*I with I a multiple of 8, got N = " + std::to_string(n));
+    if (out_fp32 && op != Op::dw) fail("out_fp32 applies to dw only");
+    if (fuse_mul_post && op == Op::dw)
+        fail("dw with fuse_mul_post is not supported: the scale is an inference fusion; scale dY by topk_weights first");
+    const bool elementwise = op == Op::combine || op == Op::gated_backward;
+    if (elementwise && (permute_x || permute_y || fuse_mul_post || gated))
+        fail(std::string(to_string(op)) + " takes no fusion flags");
 }
 
 std::string to_spec(const Problem& p) {
-    return std::string(to_string(p.op)) + ":" + to_string(p.dtype) + ":n" + std::to_string(p.n) + ":k" +
-           std::to_string(p.k) + ":e" + std::to_string(p.experts) + ":topk" + std::to_string(p.topk) + ":" +
-           p.arch.name();
+    std::string spec = std::string(to_string(p.op)) + ":" + to_string(p.dtype) + ":n" + std::to_string(p.n) + ":k" +
+                       std::to_string(p.k) + ":e" + std::to_string(p.experts) + ":topk" + std::to_string(p.topk);
+    for (const FlagName& flag : kFlags)
+        if (p.*flag.field) spec += std::string(":") + flag.name;
+    return spec + ":" + p.arch.name();
 }
 
 static std::vector<std::string_view> split(std::string_view text, char separator) {
@@ -73,9 +110,14 @@ Problem parse_spec(std::string_view spec) {
     bool seen_op = false, seen_dtype = false, seen_n = false, seen_k = false, seen_e = false, seen_arch = false;
     for (std::string_view field : split(spec, ':')) {
         int64_t value = 0;
-        if (field == "fwd") {
-            problem.op = Op::fwd;
+        const Op* op = std::find_if(std::begin(kOps), std::end(kOps), [&](Op o) { return field == to_string(o); });
+        const FlagName* flag =
+            std::find_if(std::begin(kFlags), std::end(kFlags), [&](const FlagName& f) { return field == f.name; });
+        if (op != std::end(kOps)) {
+            problem.op = *op;
             seen_op = true;
+        } else if (flag != std::end(kFlags)) {
+            problem.*flag->field = true;
         } else if (field == "bf16" || field == "fp16") {
             problem.dtype = field == "bf16" ? DType::bf16 : DType::fp16;
             seen_dtype = true;
@@ -97,7 +139,7 @@ Problem parse_spec(std::string_view spec) {
             fail("unknown field '" + std::string(field) + "'");
         }
     }
-    if (!seen_op) fail("missing op (fwd)");
+    if (!seen_op) fail("missing op (fwd, dx, dw, combine or gated_backward)");
     if (!seen_dtype) fail("missing dtype (bf16 or fp16)");
     if (!seen_n || !seen_k || !seen_e) fail("missing n<N>, k<K> or e<experts>");
     if (!seen_arch) fail("missing arch (e.g. sm_90a)");

@@ -59,7 +59,8 @@ int main() try {
     problem.topk = topk;
     moejit::GroupedGemm gemm(problem);  // JIT at the first call, cached on disk after
     gemm.forward(reinterpret_cast<CUdeviceptr>(dx), reinterpret_cast<CUdeviceptr>(dw),
-                 reinterpret_cast<CUdeviceptr>(dy), reinterpret_cast<CUdeviceptr>(dm), rows, /*stream=*/nullptr);
+                 reinterpret_cast<CUdeviceptr>(dy), moejit::Routing{reinterpret_cast<CUdeviceptr>(dm), 0, 0, rows},
+                 /*stream=*/nullptr);
     check(cudaDeviceSynchronize());
 
     std::vector<uint16_t> y(rows * n);  // Y [M, N]

@@ -3,62 +3,193 @@
 
 #include "codegen/config.hpp"
 #include "runtime/device.hpp"
+#include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
 
 #include <algorithm>
+#include <mutex>
 
 namespace moejit {
 
 namespace {
 
-void check_pointer(CUdeviceptr pointer, unsigned alignment, const char* name) {
-    if (pointer == 0) throw Error(std::string("grouped GEMM: ") + name + " is a null pointer");
+void check_pointer(CUdeviceptr pointer, unsigned alignment, const char* name, const Problem& problem) {
+    if (pointer == 0) throw Error(to_spec(problem) + ": " + name + " is a null pointer");
     if (pointer % alignment != 0)
-        throw Error(std::string("grouped GEMM: ") + name + " must be " + std::to_string(alignment) +
+        throw Error(to_spec(problem) + ": " + name + " must be " + std::to_string(alignment) +
                     "-byte aligned (got address " + std::to_string(pointer) + ")");
+}
+
+void check_rows(int64_t rows, const Problem& problem) {
+    if (rows < 0 || rows >= (int64_t{1} << 31))
+        throw Error(to_spec(problem) + ": rows (M) must be in [0, 2^31), got " + std::to_string(rows));
+}
+
+unsigned elementwise_grid(int64_t work_items, int sm_count) {
+    return static_cast<unsigned>(std::clamp<int64_t>((work_items + 255) / 256, 1, int64_t(sm_count) * 16));
+}
+
+// JITs (or finds) the kernel of an elementwise problem on the current device.
+std::shared_ptr<const Kernel> elementwise_kernel(Problem problem, const DeviceInfo& device) {
+    problem.arch = device.arch;
+    problem.validate();
+    return Runtime::instance().kernel(problem, choose_config(problem));
 }
 
 }  // namespace
 
-GroupedGemm::GroupedGemm(Problem problem) : GroupedGemm(problem, std::string()) {}
+struct GroupedGemm::Pass {
+    Problem problem;
+    Config config;
+    std::once_flag compiled;
+    std::shared_ptr<const Kernel> kernel;
+};
 
-GroupedGemm::GroupedGemm(Problem problem, const std::string& config_name) : problem_(problem) {
+GroupedGemm::GroupedGemm(Problem forward) : GroupedGemm(forward, std::string()) {}
+
+GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(forward), config_override_(config) {
+    if (forward_.op != Op::fwd) throw Error("GroupedGemm takes the forward problem (op fwd); got " + to_spec(forward_));
     const DeviceInfo& device = current_device();
-    problem_.arch = device.arch;
+    forward_.arch = device.arch;
     sm_count_ = device.sm_count;
-    problem_.validate();
-    const Config config = config_name.empty() ? choose_config(problem_) : Config::parse(config_name);
-    if (config.shared_bytes() > max_shared_bytes(problem_.arch))
-        throw Error("config " + config_name + " needs more shared memory than " + problem_.arch.name() + " has");
-    tile_m_ = config.tile_m;
-    tile_n_ = config.tile_n;
-    config_name_ = config.to_string();
+    forward_.validate();
+    const Op ops[4] = {Op::fwd, Op::dx, Op::dw, Op::dw};
+    for (int i = 0; i < 4; ++i) {
+        auto pass = std::make_unique<Pass>();
+        pass->problem = forward_;
+        pass->problem.op = ops[i];
+        pass->problem.gated = forward_.gated && ops[i] == Op::fwd;  // dx and dw take d(gate|up)
+        pass->problem.out_fp32 = i == 3;
+        pass->config = config_override_.empty() ? choose_config(pass->problem) : Config::parse(config_override_);
+        if (pass->config.shared_bytes() > max_shared_bytes(forward_.arch))
+            throw Error("config " + pass->config.to_string() + " needs more shared memory than " +
+                        forward_.arch.name() + " has");
+        passes_[i] = std::move(pass);
+    }
+}
+
+GroupedGemm::~GroupedGemm() = default;
+
+std::string GroupedGemm::config(Op op) const { return pass(op).config.to_string(); }
+
+const GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
+    switch (op) {
+        case Op::fwd: return *passes_[0];
+        case Op::dx: return *passes_[1];
+        case Op::dw: return *passes_[fp32_output ? 3 : 2];
+        default: throw Error("GroupedGemm has no pass " + std::string(to_string(op)));
+    }
 }
 
 void GroupedGemm::prepare() const {
-    if (!kernel_) kernel_ = Runtime::instance().kernel(problem_, Config::parse(config_name_));
+    Pass& forward = *passes_[0];
+    std::call_once(forward.compiled, [&] { forward.kernel = Runtime::instance().kernel(forward.problem, forward.config); });
 }
 
-void GroupedGemm::forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, CUdeviceptr m_sizes, int64_t rows,
-                          CUstream stream) const {
-    if (rows < 0 || rows >= (int64_t{1} << 31))
-        throw Error("grouped GEMM: rows (M) must be in [0, 2^31), got " + std::to_string(rows));
-    check_pointer(x, 16, "x");
-    check_pointer(w, 16, "w");
-    check_pointer(y, 16, "y");
-    check_pointer(m_sizes, 4, "m_sizes");
-    prepare();
+void GroupedGemm::launch(const Pass& const_pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,
+                         CUdeviceptr preactivation, const Routing& routing, CUstream stream) const {
+    Pass& pass = const_cast<Pass&>(const_pass);
+    const Problem& problem = pass.problem;
+    check_rows(routing.rows, problem);
+    const bool forward = problem.op == Op::fwd, dx = problem.op == Op::dx;
+    check_pointer(a, 16, forward ? "x" : "dy", problem);
+    check_pointer(b, 16, forward || dx ? "w" : "x", problem);
+    check_pointer(c, 16, forward ? "y" : dx ? "dx" : "dw", problem);
+    check_pointer(routing.m_sizes, 4, "routing.m_sizes", problem);
+    if (problem.permute_x || problem.permute_y || problem.fuse_mul_post)
+        check_pointer(routing.gather_idx, 4, "routing.gather_idx", problem);
+    if (problem.fuse_mul_post) check_pointer(routing.topk_weights, 4, "routing.topk_weights", problem);
+    if (preactivation != 0) {
+        if (!problem.gated) throw Error(to_spec(problem) + ": a preactivation output needs a gated forward");
+        check_pointer(preactivation, 16, "preactivation", problem);
+    }
+    std::call_once(pass.compiled, [&] { pass.kernel = Runtime::instance().kernel(problem, pass.config); });
+    // dW must write zeros even with no rows; the row-grouped passes have nothing to do.
+    if (routing.rows == 0 && problem.op != Op::dw) return;
+
+    const Config& config = pass.config;
+    int64_t tiles;
+    if (problem.op == Op::dw) {
+        tiles = int64_t(problem.experts) * ((problem.n + config.tile_m - 1) / config.tile_m) *
+                ((problem.k + config.tile_n - 1) / config.tile_n);
+    } else {
+        // Upper bound without reading m_sizes: each non-empty expert adds at most one partial m tile.
+        const int64_t out_cols = forward ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
+        const int64_t tile_out_cols = problem.gated ? config.tile_n / 2 : config.tile_n;
+        const int64_t m_tiles = (routing.rows + config.tile_m - 1) / config.tile_m +
+                                std::min<int64_t>(problem.experts, routing.rows);
+        tiles = m_tiles * ((out_cols + tile_out_cols - 1) / tile_out_cols);
+    }
+    const int64_t resident = int64_t(sm_count_) * pass.kernel->blocks_per_sm();
+    const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(tiles, resident)));
+
+    GroupedGemmArguments arguments{reinterpret_cast<const void*>(a),
+                                   reinterpret_cast<const void*>(b),
+                                   reinterpret_cast<void*>(c),
+                                   reinterpret_cast<void*>(preactivation),
+                                   reinterpret_cast<const int*>(routing.m_sizes),
+                                   reinterpret_cast<const int*>(routing.gather_idx),
+                                   reinterpret_cast<const float*>(routing.topk_weights),
+                                   routing.rows};
+    void* parameters[] = {&arguments};
+    pass.kernel->launch(grid, stream, parameters);
+}
+
+void GroupedGemm::forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, const Routing& routing, CUstream stream,
+                          CUdeviceptr preactivation) const {
+    launch(pass(Op::fwd), x, w, y, preactivation, routing, stream);
+}
+
+void GroupedGemm::dx(CUdeviceptr dy, CUdeviceptr w, CUdeviceptr dx, const Routing& routing, CUstream stream) const {
+    launch(pass(Op::dx), dy, w, dx, 0, routing, stream);
+}
+
+void GroupedGemm::dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routing& routing, CUstream stream,
+                     bool fp32_output) const {
+    launch(pass(Op::dw, fp32_output), dy, x, dw, 0, routing, stream);
+}
+
+void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdeviceptr out, int64_t tokens,
+                  CUstream stream) {
+    Problem problem;
+    problem.op = Op::combine;
+    problem.dtype = dtype;
+    problem.n = width;
+    problem.k = width;
+    problem.experts = topk;
+    problem.topk = topk;
+    const DeviceInfo& device = current_device();
+    auto kernel = elementwise_kernel(problem, device);
+    check_pointer(slots, 16, "slots", problem);
+    check_pointer(out, 16, "out", problem);
+    if (tokens < 0) throw Error(to_spec(problem) + ": tokens must not be negative");
+    if (tokens == 0) return;
+    CombineTopkArguments arguments{reinterpret_cast<const void*>(slots), reinterpret_cast<void*>(out), tokens};
+    void* parameters[] = {&arguments};
+    kernel->launch(elementwise_grid(tokens * (width / 8), device.sm_count), stream, parameters);
+}
+
+void gated_activation_backward(DType dtype, int64_t n, CUdeviceptr preactivation, CUdeviceptr grad_h,
+                               CUdeviceptr grad_preactivation, int64_t rows, CUstream stream) {
+    Problem problem;
+    problem.op = Op::gated_backward;
+    problem.dtype = dtype;
+    problem.n = n;
+    problem.k = n;
+    problem.experts = 1;
+    const DeviceInfo& device = current_device();
+    if (n % 16 != 0) throw Error(to_spec(problem) + ": N = 2*I needs I to be a multiple of 8");
+    auto kernel = elementwise_kernel(problem, device);
+    check_pointer(preactivation, 16, "preactivation", problem);
+    check_pointer(grad_h, 16, "grad_h", problem);
+    check_pointer(grad_preactivation, 16, "grad_preactivation", problem);
+    check_rows(rows, problem);
     if (rows == 0) return;
-
-    // Upper bound on tiles without reading m_sizes: each non-empty expert adds at most one partial tile.
-    const int64_t m_tiles = (rows + tile_m_ - 1) / tile_m_ + std::min<int64_t>(problem_.experts, rows);
-    const int64_t n_tiles = (problem_.n + tile_n_ - 1) / tile_n_;
-    const int64_t resident = int64_t(sm_count_) * kernel_->blocks_per_sm();
-    const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(m_tiles * n_tiles, resident)));
-
-    long long total_rows = rows;
-    void* arguments[] = {&x, &w, &y, &m_sizes, &total_rows};
-    kernel_->launch(grid, stream, arguments);
+    GatedBackwardArguments arguments{reinterpret_cast<const void*>(preactivation),
+                                     reinterpret_cast<const void*>(grad_h),
+                                     reinterpret_cast<void*>(grad_preactivation), rows};
+    void* parameters[] = {&arguments};
+    kernel->launch(elementwise_grid(rows * (n / 16), device.sm_count), stream, parameters);
 }
 
 }  // namespace moejit

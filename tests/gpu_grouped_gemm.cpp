@@ -68,7 +68,7 @@ double run_forward(DType dtype, int64_t n, int64_t k, const std::vector<int>& m_
     DeviceBuffer dx = DeviceBuffer::from(x), dw = DeviceBuffer::from(w), dm = DeviceBuffer::from(m_sizes);
     DeviceBuffer dy(std::max<size_t>(16, size_t(rows) * n * 2));
     dy.fill16(kPoison);
-    gemm.forward(dx.get(), dw.get(), dy.get(), dm.get(), rows, nullptr);
+    gemm.forward(dx.get(), dw.get(), dy.get(), Routing{dm.get(), 0, 0, rows}, nullptr);
     synchronize();
 
     const auto y_bits = dy.to_host<uint16_t>();
@@ -126,7 +126,7 @@ TEST_CASE("forward with no rows launches nothing and leaves the output alone", "
     GroupedGemm gemm(problem);
     DeviceBuffer dx(64 * 2), dw(4 * 64 * 64 * 2), dm = DeviceBuffer::from(std::vector<int>{0, 0, 0, 0}), dy(64 * 2);
     dy.fill16(kPoison);
-    gemm.forward(dx.get(), dw.get(), dy.get(), dm.get(), 0, nullptr);
+    gemm.forward(dx.get(), dw.get(), dy.get(), Routing{dm.get(), 0, 0, 0}, nullptr);
     synchronize();
     for (uint16_t bits : dy.to_host<uint16_t>()) REQUIRE(bits == kPoison);
 }
@@ -139,10 +139,10 @@ TEST_CASE("forward rejects bad pointers and sizes before launching", "[gpu]") {
     GroupedGemm gemm(problem);
     DeviceBuffer buffer(1 << 16);
     const CUdeviceptr p = buffer.get();
-    CHECK_THROWS_AS(gemm.forward(0, p, p, p, 4, nullptr), Error);
-    CHECK_THROWS_AS(gemm.forward(p + 2, p, p, p, 4, nullptr), Error);
-    CHECK_THROWS_AS(gemm.forward(p, p, p, p + 2, 4, nullptr), Error);
-    CHECK_THROWS_AS(gemm.forward(p, p, p, p, -1, nullptr), Error);
+    CHECK_THROWS_AS(gemm.forward(0, p, p, Routing{p, 0, 0, 4}, nullptr), Error);
+    CHECK_THROWS_AS(gemm.forward(p + 2, p, p, Routing{p, 0, 0, 4}, nullptr), Error);
+    CHECK_THROWS_AS(gemm.forward(p, p, p, Routing{p + 2, 0, 0, 4}, nullptr), Error);
+    CHECK_THROWS_AS(gemm.forward(p, p, p, Routing{p, 0, 0, -1}, nullptr), Error);
     Problem odd = problem;
     odd.k = 60;
     CHECK_THROWS_AS(GroupedGemm(odd), Error);
@@ -173,7 +173,7 @@ TEST_CASE("forward indexes experts past 2^31 weight elements in 64 bits", "[gpu]
     check_cuda(driver().cuMemcpyHtoD(dw.get() + 128 * expert_bytes, w_last.data(), expert_bytes), "HtoD");
     DeviceBuffer dx = DeviceBuffer::from(x), dm = DeviceBuffer::from(sizes), dy(size_t(rows) * n * 2);
     dy.fill16(kPoison);
-    gemm.forward(dx.get(), dw.get(), dy.get(), dm.get(), rows, nullptr);
+    gemm.forward(dx.get(), dw.get(), dy.get(), Routing{dm.get(), 0, 0, rows}, nullptr);
     synchronize();
 
     // Reference over the two populated experts only: a compact W with just them.

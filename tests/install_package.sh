@@ -12,5 +12,5 @@ cmake -S "$source_dir/examples" -B "$work/examples" -DCMAKE_PREFIX_PATH="$work/p
 cmake --build "$work/examples" > "$work/build.log"
 test -x "$work/examples/example_grouped_gemm"
 # The installed CLI runs from the prefix and finds its embedded templates.
-"$work/prefix/bin/moejit" source fwd:bf16:n64:k64:e2:topk1:sm_80 | grep -q sm80_grouped_gemm_fwd
+"$work/prefix/bin/moejit" source fwd:bf16:n64:k64:e2:topk1:sm_80 | grep -q Sm80RowGroupedConfig
 echo "installed package found by find_package(moejit); example built against it"

@@ -303,12 +303,12 @@ TEST_CASE("model presets give the documented shapes and kernels", "[models]") {
         CHECK(down.arch == arch);
 
         const std::vector<Problem> kernels = model_kernels(model, arch, DType::bf16);
-        REQUIRE(kernels.size() == 2);
+        REQUIRE(kernels.size() == 8);
         CHECK(kernels[0] == gate_up);
         CHECK(kernels[1] == model_gemm(model, ModelGemm::down, Op::fwd, DType::bf16, arch));
     }
     CHECK(to_spec(model_gemm(find_model("qwen3-235b-a22b"), "gate_up", Op::fwd, DType::bf16, arch)) ==
-          "fwd:bf16:n3072:k4096:e128:topk8:sm_90a");
+          "fwd:bf16:n3072:k4096:e128:topk8:permute_x:gated:sm_90a");
 
     try {
         find_model("qwen4-1t");
@@ -335,7 +335,7 @@ TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and 
     const Binary compiled = first.get(problem, config);
     CHECK_FALSE(compiled.from_disk);
     REQUIRE(!compiled.cubin.empty());
-    CHECK(compiled.kernel_name.find("sm80_grouped_gemm_fwd") != std::string::npos);
+    CHECK(compiled.kernel_name.find("sm80_row_grouped_gemm") != std::string::npos);
     CHECK(compiled.log.find("registers") != std::string::npos);
     const std::string entry = first.disk().entry_path(compiled.key);
     REQUIRE(fs::is_regular_file(entry));
@@ -558,7 +558,7 @@ TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
     const Result fp16 = run_cli(
         {"source", "--model", "mixtral-8x7b", "--gemm=gate_up", "--pass", "fwd", "--dtype", "fp16", "--arch", "sm_80"},
         cache.path);
-    CHECK(fp16.out.find("fwd:fp16:n28672:k4096:e8:topk2:sm_80") != std::string::npos);
+    CHECK(fp16.out.find("fwd:fp16:n28672:k4096:e8:topk2:permute_x:gated:sm_80") != std::string::npos);
 
     const Result config = run_cli({"source", kSpec, "--config", "m128n64s3w2x2"}, cache.path);
     CHECK(config.status == 0);
@@ -566,18 +566,18 @@ TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
 
     const Result expanded = run_cli({"source", kSpec, "--expand"}, cache.path);
     CHECK(expanded.status == 0);
-    CHECK(expanded.out.find("sm80_grouped_gemm_fwd") != std::string::npos);
+    CHECK(expanded.out.find("sm80_row_grouped_gemm") != std::string::npos);
     CHECK(expanded.out.find("GroupedTileScheduler") != std::string::npos);
     CHECK(expanded.out.find("struct alignas(2) bf16") != std::string::npos);  // common/types.cuh
     CHECK(count_of(expanded.out, "struct alignas(2) bf16") == 1);             // each header once
-    CHECK(expanded.out.find("Sm80GroupedGemmConfig<") != std::string::npos);  // the generated part
+    CHECK(expanded.out.find("Sm80RowGroupedConfig<") != std::string::npos);  // the generated part
     CHECK_FALSE(std::regex_search(expanded.out, std::regex(R"((^|\n)\s*#\s*include\s*")")));
     // The expansion is the whole translation unit: it compiles on its own to the same kernel.
     Source standalone = source;
     standalone.text = expanded.out;
     const NvrtcOutput output = nvrtc_compile(standalone, nvrtc_options(problem.arch));
     CHECK(!output.cubin.empty());
-    CHECK(output.lowered_name.find("sm80_grouped_gemm_fwd") != std::string::npos);
+    CHECK(output.lowered_name.find("sm80_row_grouped_gemm") != std::string::npos);
 
     const Result ptx = run_cli({"ptx", kSpec}, cache.path);
     CHECK(ptx.status == 0);
@@ -632,19 +632,19 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     CHECK(precompile.err.empty());
     const std::vector<Problem> kernels =
         model_kernels(find_model("qwen3-30b-a3b"), Arch::parse("sm_90a"), DType::bf16);
-    REQUIRE(kernels.size() == 2);
+    REQUIRE(kernels.size() == 8);
     for (size_t i = 0; i < kernels.size(); ++i) {
-        const std::string line = "[" + std::to_string(i + 1) + "/2] " + to_spec(kernels[i]) + " " +
+        const std::string line = "[" + std::to_string(i + 1) + "/8] " + to_spec(kernels[i]) + " " +
                                  choose_config(kernels[i]).to_string() + "  compiled ";
         CHECK(precompile.out.find(line) != std::string::npos);
     }
-    CHECK(precompile.out.find("in the cache at " + cache + ": 2 compiled, 0 already cached") != std::string::npos);
+    CHECK(precompile.out.find("in the cache at " + cache + ": 8 compiled, 0 already cached") != std::string::npos);
     std::vector<CacheEntryInfo> infos;
     {
         CacheEnv env(cache);
         infos = DiskCache::from_environment().list(true);
     }
-    REQUIRE(infos.size() == 2);
+    REQUIRE(infos.size() == 8);
     for (const CacheEntryInfo& info : infos) {
         CHECK(info.valid);
         CHECK_FALSE(info.read_only_root);
@@ -657,25 +657,25 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     }
     const Result cached = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "1,128,8192"}, cache);
     CHECK(cached.status == 0);
-    CHECK(count_of(cached.out, "  cached ") == 2);
-    CHECK(cached.out.find("0 compiled, 2 already cached") != std::string::npos);
+    CHECK(count_of(cached.out, "  cached ") == 8);
+    CHECK(cached.out.find("0 compiled, 8 already cached") != std::string::npos);
 
     const Result ls = run_cli({"cache", "ls"}, cache);
     CHECK(ls.status == 0);
-    CHECK(count_of(ls.out, "\n") == 2);
+    CHECK(count_of(ls.out, "\n") == 8);
     for (const CacheEntryInfo& info : infos) CHECK(ls.out.find(info.key_hex) != std::string::npos);
-    CHECK(count_of(ls.out, "rw " + cache) == 2);
+    CHECK(count_of(ls.out, "rw " + cache) == 8);
     const Result ls_verify = run_cli({"cache", "ls", "--verify"}, cache);
-    CHECK(count_of(ls_verify.out, "  valid") == 2);
+    CHECK(count_of(ls_verify.out, "  valid") == 8);
 
     const Result stats = run_cli({"cache", "stats"}, cache);
     CHECK(stats.status == 0);
-    CHECK(stats.out.find("writable root   " + cache + "  2 entries") != std::string::npos);
-    CHECK(stats.out.find("total           2 entries") != std::string::npos);
+    CHECK(stats.out.find("writable root   " + cache + "  8 entries") != std::string::npos);
+    CHECK(stats.out.find("total           8 entries") != std::string::npos);
 
     const Result verify = run_cli({"cache", "verify"}, cache);
     CHECK(verify.status == 0);
-    CHECK(verify.out.find("2 entries checked, 0 invalid") != std::string::npos);
+    CHECK(verify.out.find("8 entries checked, 0 invalid") != std::string::npos);
 
     // Damage one entry: verify names it and fails; ls --verify says why.
     std::vector<char> bytes = read_bytes(infos[0].path);
@@ -684,12 +684,12 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     const Result bad = run_cli({"cache", "verify"}, cache);
     CHECK(bad.status == 1);
     CHECK(bad.out.find("invalid " + infos[0].path + ": checksum mismatch") != std::string::npos);
-    CHECK(bad.out.find("2 entries checked, 1 invalid") != std::string::npos);
+    CHECK(bad.out.find("8 entries checked, 1 invalid") != std::string::npos);
     CHECK(run_cli({"cache", "ls", "--verify"}, cache).out.find("invalid: checksum mismatch") != std::string::npos);
 
     const Result clear = run_cli({"cache", "clear"}, cache);
     CHECK(clear.status == 0);
-    CHECK(clear.out.find("removed 2 entries from " + cache) != std::string::npos);
+    CHECK(clear.out.find("removed 8 entries from " + cache) != std::string::npos);
     CHECK(files_under(cache).empty());
     CHECK(run_cli({"cache", "ls"}, cache).out.empty());
     CHECK(run_cli({"cache", "stats"}, cache).out.find("total           0 entries") != std::string::npos);

@@ -28,27 +28,72 @@ void require_no_spills(const std::string& log) {
 
 }  // namespace
 
-TEST_CASE("every forward variant compiles for sm_80 and sm_90a with no spills", "[nvrtc]") {
+namespace {
+
+// Every kernel variant the codegen can emit for one shape: each pass with each allowed flag set.
+std::vector<Problem> all_variants(const char* arch, DType dtype) {
+    Problem base;
+    base.dtype = dtype;
+    base.n = 1536;
+    base.k = 2048;
+    base.experts = 128;
+    base.topk = 8;
+    base.arch = Arch::parse(arch);
+    std::vector<Problem> variants;
+    auto add = [&](Op op, bool permute_x, bool permute_y, bool mul_post, bool gated, bool out_fp32) {
+        Problem p = base;
+        p.op = op;
+        p.permute_x = permute_x;
+        p.permute_y = permute_y;
+        p.fuse_mul_post = mul_post;
+        p.gated = gated;
+        p.out_fp32 = out_fp32;
+        variants.push_back(p);
+    };
+    for (Op op : {Op::fwd, Op::dx}) {
+        add(op, false, false, false, false, false);
+        add(op, true, false, false, false, false);
+        add(op, false, true, false, false, false);
+        add(op, false, true, true, false, false);
+    }
+    add(Op::fwd, false, false, false, true, false);
+    add(Op::fwd, true, false, false, true, false);
+    for (bool out_fp32 : {false, true}) {
+        add(Op::dw, false, false, false, false, out_fp32);
+        add(Op::dw, true, false, false, false, out_fp32);
+        add(Op::dw, false, true, false, false, out_fp32);
+    }
+    add(Op::combine, false, false, false, false, false);
+    add(Op::gated_backward, false, false, false, false, false);
+    return variants;
+}
+
+}  // namespace
+
+TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills", "[nvrtc]") {
     for (const char* arch : {"sm_80", "sm_90a"}) {
         for (DType dtype : {DType::bf16, DType::fp16}) {
-            Problem problem;
-            problem.dtype = dtype;
-            problem.n = 1536;
-            problem.k = 2048;
-            problem.experts = 128;
-            problem.topk = 8;
-            problem.arch = Arch::parse(arch);
-            for (const Config& config : candidate_configs(problem)) {
-                INFO(to_spec(problem) << " " << config.to_string());
-                const NvrtcOutput output = nvrtc_compile(emit_source(problem, config), nvrtc_options(problem.arch));
-                CHECK(!output.cubin.empty());
-                CHECK(output.lowered_name.find("sm80_grouped_gemm_fwd") != std::string::npos);
-                require_no_spills(output.log);
-                CHECK(output.ptx.find(dtype == DType::bf16 ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
-                                                           : "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") !=
-                      std::string::npos);
-                CHECK(output.ptx.find("cp.async.cg.shared.global") != std::string::npos);
-                CHECK(output.ptx.find("ldmatrix.sync.aligned.m8n8.x4.shared.b16") != std::string::npos);
+            for (const Problem& problem : all_variants(arch, dtype)) {
+                const bool gemm = problem.op == Op::fwd || problem.op == Op::dx || problem.op == Op::dw;
+                // Every tuning candidate for the plain forward; the heuristic's choice elsewhere.
+                const bool plain_forward = problem.op == Op::fwd && !problem.permute_x && !problem.permute_y && !problem.gated;
+                const std::vector<Config> configs =
+                    plain_forward ? candidate_configs(problem) : std::vector<Config>{choose_config(problem)};
+                for (const Config& config : configs) {
+                    INFO(to_spec(problem) << " " << config.to_string());
+                    const NvrtcOutput output = nvrtc_compile(emit_source(problem, config), nvrtc_options(problem.arch));
+                    CHECK(!output.cubin.empty());
+                    require_no_spills(output.log);
+                    if (!gemm) continue;
+                    CHECK(output.ptx.find(dtype == DType::bf16 ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+                                                               : "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") !=
+                          std::string::npos);
+                    CHECK(output.ptx.find("cp.async.cg.shared.global") != std::string::npos);
+                    // dX reads W, and dW reads both operands, reduction-major: transposing ldmatrix.
+                    const bool transposed = problem.op != Op::fwd;
+                    CHECK((output.ptx.find("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16") != std::string::npos) ==
+                          transposed);
+                }
             }
         }
     }

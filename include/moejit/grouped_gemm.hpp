@@ -1,12 +1,20 @@
 #pragma once
-// Grouped GEMM over experts whose row counts live on the device:
-//   Y[rows of e] = X[rows of e] @ W[e]^T  for every expert e,
-// with X [M, K] and Y [M, N] grouped by expert (expert 0's m_sizes[0] rows first, then expert 1's, ...),
-// W [E, N, K] (K contiguous) and m_sizes [E] int32. bf16 or fp16 in, fp32 accumulation.
+// Grouped GEMMs over experts whose row counts live on the device, forward and backward, with the
+// MoE fusions. Semantics (DESIGN.md): W [E, N, K] K contiguous; M = tokens * topk routed rows,
+// grouped by expert (expert 0's m_sizes[0] rows first, then expert 1's, ...);
+// gather_idx [M] int32 holds, for routed row r, its slot t*topk + j (a permutation of 0..M-1,
+// stably sorted by expert).
 //
-// The kernel is generated for (dtype, N, K, E, topk, GPU arch), compiled by NVRTC on first use (or
-// read from the disk cache) and launched on the caller's stream with no host synchronization, so
-// calls can be captured in a CUDA graph. sum(m_sizes) must equal M; rows past M are never touched.
+//   forward:  Y[r] = X[r] @ W[e]^T          X [M, K], or [T, K] with permute_x; Y [M, N] (or [M, N/2] gated),
+//                                          scattered to token-slot order with permute_y
+//   dx:       dX[r] = dY[r] @ W[e]          dY [M, N], gathered from slot order with permute_y;
+//                                          dX [M, K], scattered to slot order with permute_x
+//                                          (sum over topk with combine_topk)
+//   dw:       dW[e] = dY_e^T @ X_e          [E, N, K]; zeros for empty experts
+//
+// Each pass is a kernel generated for (dtype, N, K, E, topk, flags, GPU arch), compiled by NVRTC
+// on first use (or read from the disk cache) and launched on the caller's stream with no host
+// synchronization, so calls can be captured in a CUDA graph. No workspace is needed.
 #include <moejit/problem.hpp>
 
 #include <cuda.h>
@@ -18,29 +26,57 @@ namespace moejit {
 
 class Kernel;
 
+// Where routing put the rows. Only m_sizes is always needed.
+struct Routing {
+    CUdeviceptr m_sizes = 0;       // [E] int32; sum must equal rows
+    CUdeviceptr gather_idx = 0;    // [M] int32; needed by permute_x, permute_y, fuse_mul_post
+    CUdeviceptr topk_weights = 0;  // [M] float32 in slot order t*topk+j; needed by fuse_mul_post
+    int64_t rows = 0;              // M
+};
+
 class GroupedGemm {
 public:
-    // problem.arch is replaced by the arch of the current device (a GPU is needed from here on).
-    explicit GroupedGemm(Problem problem);
-    // With an explicit tiling instead of the heuristic's, e.g. "m128n128s3w2x4" (tuning, benchmarks).
-    GroupedGemm(Problem problem, const std::string& config);
+    // `forward` describes the forward GEMM (op fwd, its fusion flags); dx and dw differentiate it.
+    // forward.arch is replaced by the arch of the current device (a GPU is needed from here on).
+    explicit GroupedGemm(Problem forward);
+    // With an explicit tiling for every pass instead of the heuristic's, e.g. "m128n128s3w2x4".
+    GroupedGemm(Problem forward, const std::string& config);
+    ~GroupedGemm();
 
-    // x [M, K], w [E, N, K], y [M, N]: 16-byte aligned device pointers; m_sizes [E] int32, 4-byte aligned.
-    void forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, CUdeviceptr m_sizes, int64_t rows,
-                 CUstream stream) const;
+    // x, w, y, preactivation: 16-byte aligned. With `gated`, a non-zero `preactivation` [M, N] also
+    // receives gate|up, which gated_activation_backward needs for training.
+    void forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, const Routing& routing, CUstream stream,
+                 CUdeviceptr preactivation = 0) const;
+    // For a gated forward, dy is d(gate|up) [M, N] from gated_activation_backward.
+    void dx(CUdeviceptr dy, CUdeviceptr w, CUdeviceptr dx, const Routing& routing, CUstream stream) const;
+    // dw [E, N, K] in the input dtype, or fp32 with `fp32_output`.
+    void dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routing& routing, CUstream stream,
+            bool fp32_output = false) const;
 
-    // JIT now rather than at the first call.
+    // JIT the forward kernel now rather than at the first call.
     void prepare() const;
 
-    const Problem& problem() const { return problem_; }
-    const std::string& config() const { return config_name_; }  // the chosen tiling, e.g. "m128n128s4w2x4"
+    const Problem& problem() const { return forward_; }
+    std::string config(Op op = Op::fwd) const;  // the tiling of a pass, e.g. "m128n128s3w2x4"
 
 private:
-    Problem problem_;
+    struct Pass;
+    const Pass& pass(Op op, bool fp32_output = false) const;
+    void launch(const Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c, CUdeviceptr preactivation,
+                const Routing& routing, CUstream stream) const;
+
+    Problem forward_;
+    std::string config_override_;
     int sm_count_ = 0;
-    int tile_m_ = 0, tile_n_ = 0;  // of the chosen config, to size the grid
-    std::string config_name_;
-    mutable std::shared_ptr<const Kernel> kernel_;  // set at the first call
+    std::unique_ptr<Pass> passes_[4];  // fwd, dx, dw, dw fp32; each compiled at its first use
 };
+
+// out[t] = sum_j slots[t*topk + j] (fixed order, deterministic). slots [T*topk, width], out [T, width].
+void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdeviceptr out, int64_t tokens,
+                  CUstream stream);
+
+// d(gate|up) [M, N] from gate|up [M, N] and dh = d(silu(gate) * up) [M, N/2].
+void gated_activation_backward(DType dtype, int64_t n, CUdeviceptr preactivation, CUdeviceptr grad_h,
+                               CUdeviceptr grad_preactivation, int64_t rows, CUstream stream);
 
 }  // namespace moejit

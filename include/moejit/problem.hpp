@@ -10,7 +10,13 @@
 namespace moejit {
 
 enum class DType { bf16, fp16 };
-enum class Op { fwd };  // Y_e = X_e @ W[e]^T
+enum class Op {
+    fwd,             // Y_e = X_e @ W[e]^T
+    dx,              // dX_e = dY_e @ W[e]
+    dw,              // dW[e] = dY_e^T @ X_e (k-grouped)
+    combine,         // out[t] = sum_j slots[t*topk + j], width k
+    gated_backward,  // d(gate|up) [M, n] from gate|up and d(silu(gate) * up)
+};
 
 struct Arch {
     int major = 9;
@@ -33,18 +39,26 @@ struct Problem {
     int64_t k = 0;      // reduction dim, contiguous
     int experts = 0;    // E
     int topk = 1;
+    // Fusions (compile-time). For fwd they describe the GEMM itself; dx and dw take the flags of
+    // the forward they differentiate (see DESIGN.md's semantics table).
+    bool permute_x = false;      // X is [T, K] in token order, row r reads X[gather_idx[r] / topk]
+    bool permute_y = false;      // Y row r is row gather_idx[r] of a token-ordered [M, N]
+    bool fuse_mul_post = false;  // with permute_y: Y row r is scaled by topk_weights[gather_idx[r]]
+    bool gated = false;          // gate_up: the forward writes silu(gate) * up, [M, N/2]
+    bool out_fp32 = false;       // dw: gradient in fp32 instead of the input dtype
     Arch arch;
 
     // Throws moejit::Error naming the first field that is out of range.
     void validate() const;
     bool operator==(const Problem& o) const {
         return op == o.op && dtype == o.dtype && n == o.n && k == o.k && experts == o.experts &&
-               topk == o.topk && arch == o.arch;
+               topk == o.topk && permute_x == o.permute_x && permute_y == o.permute_y &&
+               fuse_mul_post == o.fuse_mul_post && gated == o.gated && out_fp32 == o.out_fp32 && arch == o.arch;
     }
     bool operator!=(const Problem& o) const { return !(*this == o); }
 };
 
-// Readable kernel spec, e.g. "fwd:bf16:n1536:k2048:e128:topk8:sm_90a".
+// Readable kernel spec, e.g. "fwd:bf16:n1536:k2048:e128:topk8:permute_x:gated:sm_90a".
 // parse_spec(to_spec(p)) == p for every valid p; parse_spec throws moejit::Error on bad text.
 std::string to_spec(const Problem& problem);
 Problem parse_spec(std::string_view spec);

@@ -32,6 +32,13 @@ __device__ __forceinline__ void ldmatrix_x4(uint32 (&fragment)[4], uint32 shared
                  : "r"(shared_src));
 }
 
+// The same, transposed on the way: for operands stored MN-major (reduction rows, MN contiguous).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32 (&fragment)[4], uint32 shared_src) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
+                 : "r"(shared_src));
+}
+
 // D = A * B + D for one 16x8x16 tile, fp32 accumulators.
 template <class Element>
 __device__ __forceinline__ void mma_16x8x16(float (&accumulator)[4], const uint32 (&a)[4], const uint32 (&b)[2]) {

@@ -26,6 +26,26 @@ __device__ __forceinline__ uint32 pack2(float low, float high) {
     return packed;
 }
 
+// The low / high 16-bit half of a packed pair, widened to fp32 (exact).
+template <class Element>
+__device__ __forceinline__ float unpack_low(uint32 packed) {
+    float value;
+    if constexpr (ElementTraits<Element>::is_bf16) {
+        value = __uint_as_float(packed << 16);
+    } else {
+        const unsigned short half = static_cast<unsigned short>(packed & 0xffffu);
+        asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(value) : "h"(half));
+    }
+    return value;
+}
+template <class Element>
+__device__ __forceinline__ float unpack_high(uint32 packed) {
+    return unpack_low<Element>(packed >> 16);
+}
+
+template <bool Condition, class IfTrue, class IfFalse> struct conditional_type { using type = IfTrue; };
+template <class IfTrue, class IfFalse> struct conditional_type<false, IfTrue, IfFalse> { using type = IfFalse; };
+
 template <class T> __device__ __forceinline__ T max_of(T a, T b) { return a > b ? a : b; }
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 

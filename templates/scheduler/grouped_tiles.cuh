@@ -82,6 +82,8 @@ struct GroupedTileScheduler {
     }
 
     __device__ int total_tiles() const { return shared.tile_start[Experts]; }
+    __device__ int row_begin(int expert) const { return shared.row_start[expert]; }
+    __device__ int rows(int expert) const { return shared.row_start[expert + 1] - shared.row_start[expert]; }
 
     __device__ GroupedTile tile(int index) const {
         int low = 0, high = Experts - 1;  // last expert whose tile_start <= index

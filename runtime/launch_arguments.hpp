@@ -1,0 +1,33 @@
+#pragma once
+// Host mirrors of the kernels' by-value argument structs (templates/common/arguments.cuh,
+// templates/kernels/combine_topk.cuh, templates/kernels/gated_activation_backward.cuh): same
+// fields, same order, so the bytes cuLaunchKernelEx copies are what the kernel reads.
+#include <cstdint>
+
+namespace moejit {
+
+struct GroupedGemmArguments {
+    const void* a;
+    const void* b;
+    void* c;
+    void* preactivation;
+    const int* m_sizes;
+    const int* gather_idx;
+    const float* topk_weights;
+    long long rows;
+};
+
+struct CombineTopkArguments {
+    const void* slots;
+    void* out;
+    long long tokens;
+};
+
+struct GatedBackwardArguments {
+    const void* preactivation;
+    const void* grad_h;
+    void* grad_preactivation;
+    long long rows;
+};
+
+}  // namespace moejit

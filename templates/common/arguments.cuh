@@ -1,0 +1,39 @@
+#pragma once
+// Run-time arguments of every grouped-GEMM kernel, passed by value as one parameter. The host
+// mirrors this struct field for field (runtime/launch_arguments.hpp).
+#include "common/types.cuh"
+
+namespace moejit {
+
+// Compile-time fusion flags, as the generated source spells them.
+enum GemmFlags : int {
+    kPermuteX = 1,     // A rows come from token order: X[gather_idx[r] / topk] (first GEMM)
+    kPermuteY = 2,     // output row r goes to row gather_idx[r] of a token-ordered [M, *] (second GEMM)
+    kFuseMulPost = 4,  // output row r is multiplied by topk_weights[gather_idx[r]]
+    kGated = 8,        // gate_up epilogue writes silu(gate) * up, [M, N/2]
+    kOutFp32 = 16,     // dW output in fp32
+};
+
+struct GroupedGemmArguments {
+    const void* a;              // fwd: X [M or T, K]; dX and dW: dY [M, N]
+    const void* b;              // fwd and dX: W [E, N, K]; dW: X [M or T, K]
+    void* c;                    // fwd: Y [M, N] or [M, N/2] (gated); dX: [M, K]; dW: [E, N, K]
+    void* preactivation;        // gated fwd: optional [M, N] copy of gate|up for the backward pass
+    const int* m_sizes;         // [E]
+    const int* gather_idx;      // [M], needed by permute_x, permute_y, fuse_mul_post
+    const float* topk_weights;  // [M] in routed-slot order t*topk+j, needed by fuse_mul_post
+    int64 rows;                 // M; rows at or past it are never read or written
+};
+
+// Routed row -> the row of a gathered or scattered matrix.
+template <int Topk>
+__device__ __forceinline__ int64 token_row(const GroupedGemmArguments& args, int64 routed_row) {
+    return static_cast<int64>(args.gather_idx[routed_row]) / Topk;
+}
+__device__ __forceinline__ int64 slot_row(const GroupedGemmArguments& args, int64 routed_row) {
+    return static_cast<int64>(args.gather_idx[routed_row]);
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+
+}  // namespace moejit
