@@ -212,7 +212,7 @@ int main(int argc, char** argv) try {
             std::string fusions = to_spec(problem);
             fusions = fusions.substr(fusions.find(":topk") + 1);
             fusions = fusions.substr(fusions.find(':') + 1);
-            fusions = fusions.substr(0, fusions.rfind(':'));
+            fusions = fusions.find(':') == std::string::npos ? "" : fusions.substr(0, fusions.rfind(':'));
             std::printf("| %s | %s | %s | %lld | %lld | %lld | %d | %s | %.3f | %.1f | %.3f | %.1f | %.2f |\n",
                         to_string(which), pass, fusions.empty() ? "-" : fusions.c_str(), (long long)rows, (long long)n,
                         (long long)k, plain.experts, config.c_str(), ms, flops / ms / 1e9, dense, flops / dense / 1e9,
