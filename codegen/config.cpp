@@ -33,7 +33,7 @@ size_t max_shared_bytes(const Arch& arch) {
 
 Config choose_config(const Problem& problem) {
     Config config;
-    if (problem.op == Op::combine || problem.op == Op::gated_backward) {
+    if (is_elementwise(problem.op)) {
         config.stages = 0;  // elementwise: 256 threads, no shared tiles
         return config;
     }
@@ -49,7 +49,7 @@ Config choose_config(const Problem& problem) {
 }
 
 std::vector<Config> candidate_configs(const Problem& problem) {
-    if (problem.op == Op::combine || problem.op == Op::gated_backward) return {choose_config(problem)};
+    if (is_elementwise(problem.op)) return {choose_config(problem)};
     std::vector<Config> configs;
     for (int tile_n : {64, 128})
         for (int stages : {3, 4}) {

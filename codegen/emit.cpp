@@ -56,6 +56,11 @@ Source emit_source(const Problem& problem, const Config& config) {
             config_type = "moejit::GatedBackwardConfig<" + element + ", /*N=*/" + std::to_string(problem.n) + ">";
             kernel = "moejit::gated_activation_backward";
             break;
+        case Op::check_routing:
+            header = "kernels/check_routing.cuh";
+            config_type = "moejit::CheckRoutingConfig</*Experts=*/" + std::to_string(problem.experts) + ">";
+            kernel = "moejit::check_routing";
+            break;
     }
     Source source;
     source.program_name = "moejit_" + std::string(to_string(problem.op)) + ".cu";

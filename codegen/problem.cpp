@@ -16,13 +16,14 @@ const char* to_string(Op op) {
         case Op::dw: return "dw";
         case Op::combine: return "combine";
         case Op::gated_backward: return "gated_backward";
+        case Op::check_routing: return "check_routing";
     }
     return "?";
 }
 
 namespace {
 
-const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward};
+const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op::check_routing};
 
 struct FlagName {
     const char* name;
@@ -66,7 +67,7 @@ void Problem::validate() const {
     if (out_fp32 && op != Op::dw) fail("out_fp32 applies to dw only");
     if (fuse_mul_post && op == Op::dw)
         fail("dw with fuse_mul_post is not supported: the scale is an inference fusion; scale dY by topk_weights first");
-    const bool elementwise = op == Op::combine || op == Op::gated_backward;
+    const bool elementwise = op == Op::combine || op == Op::gated_backward || op == Op::check_routing;
     if (elementwise && (permute_x || permute_y || fuse_mul_post || gated))
         fail(std::string(to_string(op)) + " takes no fusion flags");
 }
@@ -139,7 +140,7 @@ Problem parse_spec(std::string_view spec) {
             fail("unknown field '" + std::string(field) + "'");
         }
     }
-    if (!seen_op) fail("missing op (fwd, dx, dw, combine or gated_backward)");
+    if (!seen_op) fail("missing op (fwd, dx, dw, combine, gated_backward or check_routing)");
     if (!seen_dtype) fail("missing dtype (bf16 or fp16)");
     if (!seen_n || !seen_k || !seen_e) fail("missing n<N>, k<K> or e<experts>");
     if (!seen_arch) fail("missing arch (e.g. sm_90a)");

@@ -2,6 +2,7 @@
 #include <moejit/grouped_gemm.hpp>
 
 #include "codegen/config.hpp"
+#include "moe/check_routing.hpp"
 #include "runtime/device.hpp"
 #include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
@@ -104,6 +105,8 @@ void GroupedGemm::launch(const Pass& const_pass, CUdeviceptr a, CUdeviceptr b, C
         check_pointer(preactivation, 16, "preactivation", problem);
     }
     std::call_once(pass.compiled, [&] { pass.kernel = Runtime::instance().kernel(problem, pass.config); });
+    if (routing_checks_enabled())
+        check_routing(problem, routing, problem.permute_x || problem.permute_y || problem.fuse_mul_post, stream);
     // dW must write zeros even with no rows; the row-grouped passes have nothing to do.
     if (routing.rows == 0 && problem.op != Op::dw) return;
 

@@ -1,6 +1,6 @@
 #pragma once
 // Host mirrors of the kernels' by-value argument structs (templates/common/arguments.cuh,
-// templates/kernels/combine_topk.cuh, templates/kernels/gated_activation_backward.cuh): same
+// templates/kernels/combine_topk.cuh, gated_activation_backward.cuh, check_routing.cuh): same
 // fields, same order, so the bytes cuLaunchKernelEx copies are what the kernel reads.
 #include <cstdint>
 
@@ -28,6 +28,14 @@ struct GatedBackwardArguments {
     const void* grad_h;
     void* grad_preactivation;
     long long rows;
+};
+
+struct CheckRoutingArguments {
+    const int* m_sizes;
+    const int* gather_idx;
+    long long rows;
+    int* seen;
+    long long* report;
 };
 
 }  // namespace moejit

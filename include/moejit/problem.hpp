@@ -16,6 +16,7 @@ enum class Op {
     dw,              // dW[e] = dY_e^T @ X_e (k-grouped)
     combine,         // out[t] = sum_j slots[t*topk + j], width k
     gated_backward,  // d(gate|up) [M, n] from gate|up and d(silu(gate) * up)
+    check_routing,   // debug mode: m_sizes sum to M, gather_idx is a permutation
 };
 
 struct Arch {
