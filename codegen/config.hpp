@@ -29,7 +29,9 @@ struct Config {
 size_t max_shared_bytes(const Arch& arch);
 
 // Kernels that are not GEMMs: 256 threads, no shared tiles, a grid-stride loop over their elements.
-inline bool is_elementwise(Op op) { return op == Op::combine || op == Op::gated_backward || op == Op::check_routing; }
+inline bool is_elementwise(Op op) { return op == Op::combine || op == Op::gated_backward || op == Op::check_routing ||
+           op == Op::combine_backward;
+}
 
 // The heuristic: a pure function of the Problem (and its arch).
 Config choose_config(const Problem& problem);

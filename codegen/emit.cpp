@@ -56,6 +56,12 @@ Source emit_source(const Problem& problem, const Config& config) {
             config_type = "moejit::GatedBackwardConfig<" + element + ", /*N=*/" + std::to_string(problem.n) + ">";
             kernel = "moejit::gated_activation_backward";
             break;
+        case Op::combine_backward:
+            header = "kernels/combine_backward.cuh";
+            config_type = "moejit::CombineBackwardConfig<" + element + ", /*Width=*/" + std::to_string(problem.k) +
+                          ", /*Topk=*/" + std::to_string(problem.topk) + ">";
+            kernel = "moejit::combine_backward";
+            break;
         case Op::check_routing:
             header = "kernels/check_routing.cuh";
             config_type = "moejit::CheckRoutingConfig</*Experts=*/" + std::to_string(problem.experts) + ">";

@@ -17,13 +17,14 @@ const char* to_string(Op op) {
         case Op::combine: return "combine";
         case Op::gated_backward: return "gated_backward";
         case Op::check_routing: return "check_routing";
+        case Op::combine_backward: return "combine_backward";
     }
     return "?";
 }
 
 namespace {
 
-const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op::check_routing};
+const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op::check_routing, Op::combine_backward};
 
 struct FlagName {
     const char* name;
@@ -67,7 +68,8 @@ void Problem::validate() const {
     if (out_fp32 && op != Op::dw) fail("out_fp32 applies to dw only");
     if (fuse_mul_post && op == Op::dw)
         fail("dw with fuse_mul_post is not supported: the scale is an inference fusion; scale dY by topk_weights first");
-    const bool elementwise = op == Op::combine || op == Op::gated_backward || op == Op::check_routing;
+    const bool elementwise = op == Op::combine || op == Op::gated_backward || op == Op::check_routing ||
+                             op == Op::combine_backward;
     if (elementwise && (permute_x || permute_y || fuse_mul_post || gated))
         fail(std::string(to_string(op)) + " takes no fusion flags");
 }

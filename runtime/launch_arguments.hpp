@@ -30,6 +30,16 @@ struct GatedBackwardArguments {
     long long rows;
 };
 
+struct CombineBackwardArguments {
+    const void* grad_out;
+    const void* y;
+    const int* gather_idx;
+    const float* weights;
+    void* grad_y;
+    float* grad_weights;
+    long long rows;
+};
+
 struct CheckRoutingArguments {
     const int* m_sizes;
     const int* gather_idx;

@@ -66,6 +66,7 @@ std::vector<Problem> all_variants(const char* arch, DType dtype) {
     add(Op::combine, false, false, false, false, false);
     add(Op::gated_backward, false, false, false, false, false);
     add(Op::check_routing, false, false, false, false, false);
+    add(Op::combine_backward, false, false, false, false, false);
     return variants;
 }
 

@@ -17,6 +17,7 @@ enum class Op {
     combine,         // out[t] = sum_j slots[t*topk + j], width k
     gated_backward,  // d(gate|up) [M, n] from gate|up and d(silu(gate) * up)
     check_routing,   // debug mode: m_sizes sum to M, gather_idx is a permutation
+    combine_backward,  // backward of the weighted combine: scaled rows in expert order, weight gradients
 };
 
 struct Arch {

@@ -1,0 +1,43 @@
+#include "moe/combine_backward.hpp"
+
+#include <moejit/error.hpp>
+
+#include "codegen/config.hpp"
+#include "runtime/device.hpp"
+#include "runtime/launch_arguments.hpp"
+#include "runtime/runtime.hpp"
+
+#include <algorithm>
+
+namespace moejit {
+
+void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out, CUdeviceptr y,
+                      CUdeviceptr gather_idx, CUdeviceptr weights, CUdeviceptr grad_y, CUdeviceptr grad_weights,
+                      int64_t rows, CUstream stream) {
+    Problem problem;
+    problem.op = Op::combine_backward;
+    problem.dtype = dtype;
+    problem.n = problem.k = width;
+    problem.experts = problem.topk = topk;
+    const DeviceInfo& device = current_device();
+    problem.arch = device.arch;
+    problem.validate();
+    const std::pair<CUdeviceptr, unsigned> pointers[] = {{grad_out, 16}, {y, 16},      {gather_idx, 4},
+                                                         {weights, 4},   {grad_y, 16}, {grad_weights, 4}};
+    for (const auto& [pointer, alignment] : pointers)
+        if (pointer == 0 || pointer % alignment != 0)
+            throw Error(to_spec(problem) + ": null or misaligned pointer argument");
+    if (rows < 0) throw Error(to_spec(problem) + ": rows must not be negative");
+    auto kernel = Runtime::instance().kernel(problem, choose_config(problem));
+    if (rows == 0) return;
+    CombineBackwardArguments arguments{reinterpret_cast<const void*>(grad_out),  reinterpret_cast<const void*>(y),
+                                       reinterpret_cast<const int*>(gather_idx), reinterpret_cast<const float*>(weights),
+                                       reinterpret_cast<void*>(grad_y),          reinterpret_cast<float*>(grad_weights),
+                                       rows};
+    void* parameters[] = {&arguments};
+    // One warp per routed row, 8 warps per block.
+    const unsigned grid = static_cast<unsigned>(std::clamp<int64_t>((rows + 7) / 8, 1, int64_t(device.sm_count) * 16));
+    kernel->launch(grid, stream, parameters);
+}
+
+}  // namespace moejit
