@@ -30,7 +30,9 @@ size_t max_shared_bytes(const Arch& arch);
 
 // Kernels that are not GEMMs: 256 threads, no shared tiles, a grid-stride loop over their elements.
 inline bool is_elementwise(Op op) { return op == Op::combine || op == Op::gated_backward || op == Op::check_routing ||
-           op == Op::combine_backward;
+           op == Op::combine_backward || op == Op::route_topk || op == Op::router_backward ||
+           op == Op::routing_histogram || op == Op::routing_indices || op == Op::permute_rows ||
+           op == Op::unpermute_rows;
 }
 
 // The heuristic: a pure function of the Problem (and its arch).

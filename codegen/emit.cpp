@@ -67,6 +67,32 @@ Source emit_source(const Problem& problem, const Config& config) {
             config_type = "moejit::CheckRoutingConfig</*Experts=*/" + std::to_string(problem.experts) + ">";
             kernel = "moejit::check_routing";
             break;
+        case Op::route_topk:
+        case Op::router_backward: {
+            const bool forward = problem.op == Op::route_topk;
+            header = forward ? "kernels/route_topk.cuh" : "kernels/router_backward.cuh";
+            config_type = std::string(forward ? "moejit::RouteTopkConfig<" : "moejit::RouterBackwardConfig<") + element +
+                          ", /*Experts=*/" + std::to_string(problem.experts) + ", /*Topk=*/" +
+                          std::to_string(problem.topk) + ">";
+            kernel = forward ? "moejit::route_topk" : "moejit::router_backward";
+            break;
+        }
+        case Op::routing_histogram:
+        case Op::routing_indices: {
+            const bool histogram = problem.op == Op::routing_histogram;
+            header = histogram ? "kernels/routing_histogram.cuh" : "kernels/routing_indices.cuh";
+            config_type = "moejit::RoutingIndicesConfig</*Experts=*/" + std::to_string(problem.experts) + ">";
+            kernel = histogram ? "moejit::routing_histogram" : "moejit::routing_indices";
+            break;
+        }
+        case Op::permute_rows:
+        case Op::unpermute_rows:
+            header = "kernels/permute_rows.cuh";
+            config_type = "moejit::PermuteRowsConfig<" + element + ", /*Width=*/" + std::to_string(problem.k) +
+                          ", /*Topk=*/" + std::to_string(problem.topk) + ", /*Unpermute=*/" +
+                          (problem.op == Op::unpermute_rows ? "true" : "false") + ">";
+            kernel = "moejit::permute_rows";
+            break;
     }
     Source source;
     source.program_name = "moejit_" + std::string(to_string(problem.op)) + ".cu";

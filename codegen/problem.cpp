@@ -18,13 +18,21 @@ const char* to_string(Op op) {
         case Op::gated_backward: return "gated_backward";
         case Op::check_routing: return "check_routing";
         case Op::combine_backward: return "combine_backward";
+        case Op::route_topk: return "route_topk";
+        case Op::router_backward: return "router_backward";
+        case Op::routing_histogram: return "routing_histogram";
+        case Op::routing_indices: return "routing_indices";
+        case Op::permute_rows: return "permute_rows";
+        case Op::unpermute_rows: return "unpermute_rows";
     }
     return "?";
 }
 
 namespace {
 
-const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op::check_routing, Op::combine_backward};
+const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op::check_routing, Op::combine_backward,
+                   Op::route_topk, Op::router_backward, Op::routing_histogram, Op::routing_indices,
+                   Op::permute_rows, Op::unpermute_rows};
 
 struct FlagName {
     const char* name;

@@ -21,6 +21,7 @@ struct CombineTopkArguments {
     const void* slots;
     void* out;
     long long tokens;
+    const float* weights;  // nullptr: unweighted
 };
 
 struct GatedBackwardArguments {
@@ -37,6 +38,47 @@ struct CombineBackwardArguments {
     const float* weights;
     void* grad_y;
     float* grad_weights;
+    long long rows;
+};
+
+// templates/kernels/router_common.cuh: RouteTopkArguments::mode and RouterBackwardArguments::mode bits.
+constexpr int kRouteSigmoid = 1;
+constexpr int kRouteRenormalize = 2;
+constexpr int kRouteScoreBeforeTopk = 4;
+
+struct RouteTopkArguments {
+    const void* logits;
+    int* topk_ids;
+    float* topk_weights;
+    long long tokens;
+    int mode;
+};
+
+struct RouterBackwardArguments {
+    const void* logits;
+    const int* topk_ids;
+    const float* grad_topk_weights;
+    void* grad_logits;
+    long long tokens;
+    int mode;
+};
+
+// routing_histogram.cuh and routing_indices.cuh (both passes take the same arguments).
+struct RoutingIndicesArguments {
+    const int* topk_ids;
+    int* m_sizes;
+    int* gather_idx;
+    int* scatter_idx;
+    int* error_count;
+    int* counts;
+    long long rows;
+    long long chunk;
+};
+
+struct PermuteRowsArguments {
+    const void* src;
+    void* dst;
+    const int* gather_idx;
     long long rows;
 };
 

@@ -67,6 +67,9 @@ std::vector<Problem> all_variants(const char* arch, DType dtype) {
     add(Op::gated_backward, false, false, false, false, false);
     add(Op::check_routing, false, false, false, false, false);
     add(Op::combine_backward, false, false, false, false, false);
+    for (Op op : {Op::route_topk, Op::router_backward, Op::routing_histogram, Op::routing_indices, Op::permute_rows,
+                  Op::unpermute_rows})
+        add(op, false, false, false, false, false);
     return variants;
 }
 

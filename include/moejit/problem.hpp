@@ -18,6 +18,12 @@ enum class Op {
     gated_backward,  // d(gate|up) [M, n] from gate|up and d(silu(gate) * up)
     check_routing,   // debug mode: m_sizes sum to M, gather_idx is a permutation
     combine_backward,  // backward of the weighted combine: scaled rows in expert order, weight gradients
+    route_topk,         // router logits [T, E] -> topk ids and weights (include/moejit/routing.hpp)
+    router_backward,    // d topk weights -> d router logits
+    routing_histogram,  // routing indices pass 1: slots per expert per chunk
+    routing_indices,    // routing indices pass 2: m_sizes, gather_idx, scatter_idx
+    permute_rows,       // [T, k] token rows -> [M, k] expert order
+    unpermute_rows,     // [M, k] expert order -> [M, k] slot order
 };
 
 struct Arch {

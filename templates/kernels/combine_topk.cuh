@@ -1,5 +1,6 @@
 #pragma once
-// Deterministic combine over top-k: out[t] = sum_j slots[t * topk + j], summed in fp32 in order j = 0..topk-1.
+// Deterministic combine over top-k: out[t] = sum_j w[t * topk + j] * slots[t * topk + j], summed in fp32 in
+// order j = 0..topk-1, with w = 1 when `weights` is null.
 // slots [T * topk, Width] in routed-slot order (what dX writes with permute_x), out [T, Width].
 #include "common/types.cuh"
 
@@ -9,6 +10,7 @@ struct CombineTopkArguments {
     const void* slots;  // [T * topk, Width]
     void* out;          // [T, Width]
     int64 tokens;       // T
+    const float* weights;  // [T * topk] slot order, or nullptr: unweighted
 };
 
 template <class Element_, int Width_, int Topk_>
@@ -28,13 +30,14 @@ __global__ void __launch_bounds__(Cfg::Threads) combine_topk(const CombineTopkAr
         float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
         for (int j = 0; j < Cfg::Topk; ++j) {
+            const float weight = args.weights != nullptr ? args.weights[token * Cfg::Topk + j] : 1.0f;
             const uint4 packed = reinterpret_cast<const uint4*>(
                 static_cast<const Element*>(args.slots) + (token * Cfg::Topk + j) * Cfg::Width)[vector];
             const uint32 words[4] = {packed.x, packed.y, packed.z, packed.w};
 #pragma unroll
             for (int v = 0; v < 4; ++v) {
-                sum[2 * v] += unpack_low<Element>(words[v]);
-                sum[2 * v + 1] += unpack_high<Element>(words[v]);
+                sum[2 * v] += weight * unpack_low<Element>(words[v]);
+                sum[2 * v + 1] += weight * unpack_high<Element>(words[v]);
             }
         }
         uint4 result;
