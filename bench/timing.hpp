@@ -72,7 +72,7 @@ private:
     CUevent start_ = nullptr, stop_ = nullptr;
 };
 
-std::string argument(int argc, char** argv, const char* name, const std::string& fallback) {
+inline std::string argument(int argc, char** argv, const char* name, const std::string& fallback) {
     for (int i = 1; i + 1 < argc; ++i)
         if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
     return fallback;

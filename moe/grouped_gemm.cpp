@@ -153,7 +153,7 @@ void GroupedGemm::dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routin
 }
 
 void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdeviceptr out, int64_t tokens,
-                  CUstream stream, CUdeviceptr weights) {
+                  CUstream stream, CUdeviceptr weights, CUdeviceptr addend) {
     Problem problem;
     problem.op = Op::combine;
     problem.dtype = dtype;
@@ -166,10 +166,11 @@ void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdev
     check_pointer(slots, 16, "slots", problem);
     check_pointer(out, 16, "out", problem);
     if (weights != 0) check_pointer(weights, 4, "weights", problem);
+    if (addend != 0) check_pointer(addend, 16, "addend", problem);
     if (tokens < 0) throw Error(to_spec(problem) + ": tokens must not be negative");
     if (tokens == 0) return;
     CombineTopkArguments arguments{reinterpret_cast<const void*>(slots), reinterpret_cast<void*>(out), tokens,
-                                   reinterpret_cast<const float*>(weights)};
+                                   reinterpret_cast<const float*>(weights), reinterpret_cast<const void*>(addend)};
     void* parameters[] = {&arguments};
     kernel->launch(elementwise_grid(tokens * (width / 8), device.sm_count), stream, parameters);
 }

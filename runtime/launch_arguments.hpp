@@ -22,6 +22,7 @@ struct CombineTopkArguments {
     void* out;
     long long tokens;
     const float* weights;  // nullptr: unweighted
+    const void* addend;    // nullptr: nothing added
 };
 
 struct GatedBackwardArguments {

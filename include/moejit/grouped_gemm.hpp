@@ -72,9 +72,10 @@ private:
 };
 
 // out[t] = sum_j w[t*topk + j] * slots[t*topk + j] (fp32, fixed order j = 0..topk-1, deterministic).
-// slots [T*topk, width], out [T, width]; weights [T*topk] float32 in slot order, or 0: w = 1.
+// slots [T*topk, width], out [T, width]; weights [T*topk] float32 in slot order, or 0: w = 1;
+// addend [T, width], or 0: added to each token's sum in the same pass.
 void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdeviceptr out, int64_t tokens,
-                  CUstream stream, CUdeviceptr weights = 0);
+                  CUstream stream, CUdeviceptr weights = 0, CUdeviceptr addend = 0);
 
 // d(gate|up) [M, N] from gate|up [M, N] and dh = d(silu(gate) * up) [M, N/2].
 void gated_activation_backward(DType dtype, int64_t n, CUdeviceptr preactivation, CUdeviceptr grad_h,

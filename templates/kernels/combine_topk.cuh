@@ -11,6 +11,7 @@ struct CombineTopkArguments {
     void* out;          // [T, Width]
     int64 tokens;       // T
     const float* weights;  // [T * topk] slot order, or nullptr: unweighted
+    const void* addend;    // [T, Width] added to each sum (e.g. the router's share of dX), or nullptr
 };
 
 template <class Element_, int Width_, int Topk_>
@@ -38,6 +39,15 @@ __global__ void __launch_bounds__(Cfg::Threads) combine_topk(const CombineTopkAr
             for (int v = 0; v < 4; ++v) {
                 sum[2 * v] += weight * unpack_low<Element>(words[v]);
                 sum[2 * v + 1] += weight * unpack_high<Element>(words[v]);
+            }
+        }
+        if (args.addend != nullptr) {
+            const uint4 packed = reinterpret_cast<const uint4*>(static_cast<const Element*>(args.addend) + token * Cfg::Width)[vector];
+            const uint32 words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+            for (int v = 0; v < 4; ++v) {
+                sum[2 * v] += unpack_low<Element>(words[v]);
+                sum[2 * v + 1] += unpack_high<Element>(words[v]);
             }
         }
         uint4 result;

@@ -1,0 +1,94 @@
+// MoE block forward and forward+backward milliseconds beside cuBLAS dense GEMMs of the same shapes
+// (the same FLOPs, with none of the routing work).
+//
+//   bench_moe_block --model qwen3-30b-a3b --tokens 8192,16 [--cublas PATH]
+#include <moejit/error.hpp>
+#include <moejit/qwen3_moe.hpp>
+
+#include "bench/cublas.hpp"
+#include "bench/timing.hpp"
+#include "codegen/models.hpp"
+#include "runtime/device.hpp"
+#include "tests/support/device.hpp"
+
+#include <cstdio>
+#include <sstream>
+
+using namespace moejit;
+using namespace moejit::bench;
+using moejit::testing::DeviceBuffer;
+
+namespace {
+
+struct Gemm {
+    int64_t m, n, k;  // C [m, n] = A [m, k] B [n, k]^T
+};
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const ModelPreset& model = find_model(argument(argc, argv, "--model", "qwen3-30b-a3b"));
+    if (model.has_shared_expert) throw Error("bench_moe_block: only the Qwen3-style block exists so far");
+    Cublas cublas(argument(argc, argv, "--cublas", ""));
+    const DeviceInfo& device = current_device();
+    std::vector<int64_t> token_counts;
+    std::stringstream list(argument(argc, argv, "--tokens", "8192,16"));
+    for (std::string item; std::getline(list, item, ',');) token_counts.push_back(std::stoll(item));
+
+    const DType dtype = DType::bf16;
+    const int64_t H = model.hidden, I = model.intermediate, E = model.experts;
+    const Qwen3MoeConfig config{H, I, model.experts, model.topk, true, dtype};
+    DeviceBuffer router = DeviceBuffer::from(random_halves(dtype, E * H, 11));
+    DeviceBuffer gate_up = DeviceBuffer::from(random_halves(dtype, E * 2 * I * H, 12));
+    DeviceBuffer down = DeviceBuffer::from(random_halves(dtype, E * H * I, 13));
+    DeviceBuffer grad_router(E * H * 4), grad_gate_up(E * 2 * I * H * 4), grad_down(E * H * I * 4);
+    const Qwen3MoeWeights weights{router.get(), gate_up.get(), down.get()};
+    Events events;
+
+    std::printf("device %s (%d SMs); model %s (H %lld, I %lld, E %lld, topk %d)\n\n", device.name.c_str(),
+                device.sm_count, model.name.c_str(), (long long)H, (long long)I, (long long)E, model.topk);
+    std::printf("| tokens | pass | moejit ms | cuBLAS dense ms (same GEMM shapes) | ratio |\n|---|---|---|---|---|\n");
+    for (int64_t T : token_counts) {
+        const int64_t M = T * model.topk;
+        // Hidden scaled down so the softmax router is not saturated by random weights.
+        DeviceBuffer hidden = DeviceBuffer::from(random_halves(dtype, T * H, 21));
+        DeviceBuffer grad_out = DeviceBuffer::from(random_halves(dtype, T * H, 22));
+        DeviceBuffer output(T * H * 2), logits(T * E * 2), grad_hidden(T * H * 2);
+        const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
+        Qwen3MoeBlock block(config, T);
+        const double forward_ms = events.median_ms(
+            [&] { block.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr); });
+        const double training_ms = events.median_ms([&] {
+            block.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr);
+            block.backward(grad_out.get(), weights, gradients, nullptr);
+        });
+
+        const std::vector<Gemm> forward = {{T, E, H}, {M, 2 * I, H}, {M, H, I}};
+        const std::vector<Gemm> backward = {{T, H, E}, {E, H, T}, {M, I, H}, {H, I, M}, {M, H, 2 * I}, {2 * I, H, M}};
+        int64_t largest = 0;
+        for (const auto* list : {&forward, &backward})
+            for (const Gemm& g : *list) largest = std::max({largest, g.m * g.k, g.n * g.k, g.m * g.n});
+        DeviceBuffer a = DeviceBuffer::from(random_halves(dtype, largest, 31));
+        DeviceBuffer b = DeviceBuffer::from(random_halves(dtype, largest, 32));
+        DeviceBuffer c(largest * 2);
+        auto dense_ms = [&](const std::vector<Gemm>& gemms) {
+            double total = 0;
+            for (const Gemm& g : gemms)
+                total += events.median_ms([&] {
+                    cublas.gemm(true, int(g.m), int(g.n), int(g.k), reinterpret_cast<void*>(a.get()),
+                                reinterpret_cast<void*>(b.get()), reinterpret_cast<void*>(c.get()), nullptr);
+                });
+            return total;
+        };
+        const double dense_forward = dense_ms(forward), dense_training = dense_forward + dense_ms(backward);
+        std::printf("| %lld | forward | %.3f | %.3f | %.2f |\n", (long long)T, forward_ms, dense_forward,
+                    dense_forward / forward_ms);
+        std::printf("| %lld | forward+backward | %.3f | %.3f | %.2f |\n", (long long)T, training_ms, dense_training,
+                    dense_training / training_ms);
+        std::fflush(stdout);
+    }
+    return 0;
+} catch (const std::exception& error) {
+    std::fprintf(stderr, "bench_moe_block: %s\n", error.what());
+    return 1;
+}

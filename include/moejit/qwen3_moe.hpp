@@ -1,0 +1,73 @@
+#pragma once
+// Qwen3-style sparse MoE block (Hugging Face Qwen3MoeSparseMoeBlock), forward and backward, on the
+// device with no host synchronization (capturable in a CUDA graph):
+//
+//   logits = hidden @ router^T                      [T, E]
+//   p = softmax(logits); top-k of p; renormalize the k weights when norm_topk_prob
+//   out[t] = sum_j w[t,j] * down_e(silu(gate_e(hidden[t])) * up_e(hidden[t]))   e = the j-th chosen expert
+//
+// Every step is a JIT-specialized kernel: the router GEMM, top-k, routing indices, the gate_up GEMM
+// gathering token rows with the gated activation fused, the down GEMM scattering to token-slot order,
+// and a deterministic weighted combine. backward() uses what the last forward() saved.
+#include <moejit/problem.hpp>
+
+#include <cuda.h>
+
+#include <memory>
+
+namespace moejit {
+
+struct Qwen3MoeConfig {
+    int64_t hidden = 0;            // H
+    int64_t moe_intermediate = 0;  // I
+    int experts = 0;               // E
+    int topk = 0;
+    bool norm_topk_prob = true;
+    DType dtype = DType::bf16;
+};
+
+struct Qwen3MoeWeights {
+    CUdeviceptr router = 0;   // [E, H]
+    CUdeviceptr gate_up = 0;  // [E, 2I, H], rows 0..I-1 gate, I..2I-1 up
+    CUdeviceptr down = 0;     // [E, H, I]
+};
+
+// Weight gradients are fp32; the input gradient has the block's dtype.
+struct Qwen3MoeGradients {
+    CUdeviceptr hidden = 0;   // [T, H]
+    CUdeviceptr router = 0;   // [E, H] fp32
+    CUdeviceptr gate_up = 0;  // [E, 2I, H] fp32
+    CUdeviceptr down = 0;     // [E, H, I] fp32
+};
+
+class Qwen3MoeBlock {
+public:
+    // Device memory for up to max_tokens tokens, forward and backward.
+    static size_t workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens);
+
+    // Owns a workspace of workspace_bytes(config, max_tokens).
+    Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens);
+    // Uses the caller's workspace (at least workspace_bytes, 256-byte aligned); allocates nothing.
+    Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens, CUdeviceptr workspace);
+    ~Qwen3MoeBlock();
+    Qwen3MoeBlock(const Qwen3MoeBlock&) = delete;
+    Qwen3MoeBlock& operator=(const Qwen3MoeBlock&) = delete;
+
+    // hidden [T, H] and output [T, H] in the block's dtype; router_logits [T, E] (block dtype) is
+    // written as well. hidden and router_logits must stay unchanged until backward().
+    void forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, CUdeviceptr output, CUdeviceptr router_logits,
+                 int64_t tokens, CUstream stream);
+    // grad_output [T, H] of the last forward's output.
+    void backward(CUdeviceptr grad_output, const Qwen3MoeWeights& weights, const Qwen3MoeGradients& gradients,
+                  CUstream stream);
+
+    // Reads the device's count of routed expert ids outside [0, E) since the last forward and
+    // throws moejit::Error if any. Synchronizes the stream: for checks, not the hot path.
+    void check_routing_errors(CUstream stream) const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+}  // namespace moejit
