@@ -10,6 +10,7 @@
 // change only which global row a tile row reads or writes, the scale, and the gated epilogue.
 #include "common/arguments.cuh"
 #include "common/ptx.cuh"
+#include "mma/sm80_mainloop.cuh"
 #include "mma/sm80_operand.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
@@ -119,33 +120,8 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_row_grouped_gemm(const Grou
         };
 
         float accumulators[Cfg::FragmentsM][Cfg::FragmentsN][4];
-#pragma unroll
-        for (int i = 0; i < Cfg::FragmentsM; ++i)
-#pragma unroll
-            for (int j = 0; j < Cfg::FragmentsN; ++j)
-#pragma unroll
-                for (int v = 0; v < 4; ++v) accumulators[i][j][v] = 0.0f;
-
-        // Every iteration commits one group (maybe empty), so wait_group<Stages-2> always means
-        // "the slice about to be read has landed".
-#pragma unroll
-        for (int stage = 0; stage < Cfg::Stages - 1; ++stage) {
-            if (stage < Cfg::Slices) load_slice(stage, stage);
-            ptx::cp_async_commit();
-        }
-        for (int slice = 0; slice < Cfg::Slices; ++slice) {
-            ptx::cp_async_wait<Cfg::Stages - 2>();
-            __syncthreads();  // the slice is visible to all, and the oldest stage is free to refill
-            const int next = slice + Cfg::Stages - 1;
-            if (next < Cfg::Slices) load_slice(next, next % Cfg::Stages);
-            ptx::cp_async_commit();
-            const int stage = slice % Cfg::Stages;
-            sm80::warp_mma_slice<Element, TileA, TileB>(accumulators, sA + stage * TileA::Bytes,
-                                                       sB + stage * TileB::Bytes, warp_m * Cfg::WarpTileM,
-                                                       warp_n * Cfg::WarpTileN);
-        }
-        ptx::cp_async_wait<0>();
-        __syncthreads();  // no thread may start the next tile's prologue while others read this one
+        sm80::mainloop<Element, TileA, TileB, Cfg::Stages>(accumulators, sA, sB, Cfg::Slices, warp_m * Cfg::WarpTileM,
+                                                           warp_n * Cfg::WarpTileN, load_slice);
 
         // Epilogue: each quad of lanes owns 8 consecutive columns of a row; 4-byte stores.
 #pragma unroll

@@ -9,6 +9,7 @@
 // with permute_x / permute_y gathering whole rows through gather_idx.
 #include "common/arguments.cuh"
 #include "common/ptx.cuh"
+#include "mma/sm80_mainloop.cuh"
 #include "mma/sm80_operand.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
@@ -90,31 +91,8 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_grouped_gemm_dw(const Group
         };
 
         float accumulators[Cfg::FragmentsM][Cfg::FragmentsN][4];
-#pragma unroll
-        for (int i = 0; i < Cfg::FragmentsM; ++i)
-#pragma unroll
-            for (int j = 0; j < Cfg::FragmentsN; ++j)
-#pragma unroll
-                for (int v = 0; v < 4; ++v) accumulators[i][j][v] = 0.0f;
-
-#pragma unroll
-        for (int stage = 0; stage < Cfg::Stages - 1; ++stage) {
-            if (stage < slices) load_slice(stage, stage);
-            ptx::cp_async_commit();
-        }
-        for (int slice = 0; slice < slices; ++slice) {
-            ptx::cp_async_wait<Cfg::Stages - 2>();
-            __syncthreads();
-            const int next = slice + Cfg::Stages - 1;
-            if (next < slices) load_slice(next, next % Cfg::Stages);
-            ptx::cp_async_commit();
-            const int stage = slice % Cfg::Stages;
-            sm80::warp_mma_slice<Element, TileA, TileB>(accumulators, sA + stage * TileA::Bytes,
-                                                       sB + stage * TileB::Bytes, warp_m * Cfg::WarpTileM,
-                                                       warp_n * Cfg::WarpTileN);
-        }
-        ptx::cp_async_wait<0>();
-        __syncthreads();
+        sm80::mainloop<Element, TileA, TileB, Cfg::Stages>(accumulators, sA, sB, slices, warp_m * Cfg::WarpTileM,
+                                                           warp_n * Cfg::WarpTileN, load_slice);
 
         // dW[expert] rows n (TileM side), columns k (TileN side).
         const int64 expert_offset = static_cast<int64>(expert) * Cfg::N * Cfg::K;
