@@ -3,6 +3,7 @@
 #include "tests/catch.hpp"
 #include "tests/support/device.hpp"
 #include "tests/support/half.hpp"
+#include "tests/support/moe_reference.hpp"
 #include "tests/support/reference.hpp"
 
 #include <moejit/error.hpp>
@@ -17,17 +18,8 @@ using namespace moejit::testing;
 
 namespace {
 
-std::mt19937_64& rng() {
-    static std::mt19937_64 generator(std::random_device{}());
-    return generator;
-}
-
-std::vector<uint16_t> random_halves(DType dtype, size_t count) {
-    std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
-    std::vector<uint16_t> values(count);
-    for (auto& value : values) value = to_half(dtype, uniform(rng()));
-    return values;
-}
+using moe::random_halves;
+using moe::rng;
 
 // Y[r] = X[r] @ W[e]^T over the expert-ordered rows, in float64 from the rounded inputs.
 std::vector<double> reference_forward(DType dtype, int64_t n, int64_t k, const std::vector<int>& m_sizes,

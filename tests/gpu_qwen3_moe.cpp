@@ -3,6 +3,7 @@
 #include "tests/catch.hpp"
 #include "tests/support/device.hpp"
 #include "tests/support/half.hpp"
+#include "tests/support/moe_reference.hpp"
 #include "tests/support/reference.hpp"
 
 #include <moejit/error.hpp>
@@ -19,10 +20,7 @@ using namespace moejit::testing;
 
 namespace {
 
-std::mt19937_64& rng() {
-    static std::mt19937_64 generator(std::random_device{}());
-    return generator;
-}
+using moe::rng;
 
 // Uniform in [-scale, scale), rounded to bf16; returns the bits and the rounded values.
 struct Tensor {
