@@ -44,6 +44,12 @@ struct GroupedGemm::Pass {
     Config config;
     std::once_flag compiled;
     std::shared_ptr<const Kernel> kernel;
+
+    // JITs (or finds) the kernel once; later calls cost one atomic load.
+    const Kernel& compile() {
+        std::call_once(compiled, [&] { kernel = Runtime::instance().kernel(problem, config); });
+        return *kernel;
+    }
 };
 
 GroupedGemm::GroupedGemm(Problem forward) : GroupedGemm(forward, std::string()) {}
@@ -73,7 +79,7 @@ GroupedGemm::~GroupedGemm() = default;
 
 std::string GroupedGemm::config(Op op) const { return pass(op).config.to_string(); }
 
-const GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
+GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
     switch (op) {
         case Op::fwd: return *passes_[0];
         case Op::dx: return *passes_[1];
@@ -83,13 +89,11 @@ const GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
 }
 
 void GroupedGemm::prepare() const {
-    Pass& forward = *passes_[0];
-    std::call_once(forward.compiled, [&] { forward.kernel = Runtime::instance().kernel(forward.problem, forward.config); });
+    passes_[0]->compile();
 }
 
-void GroupedGemm::launch(const Pass& const_pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,
+void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,
                          CUdeviceptr preactivation, const Routing& routing, CUstream stream) const {
-    Pass& pass = const_cast<Pass&>(const_pass);
     const Problem& problem = pass.problem;
     check_rows(routing.rows, problem);
     const bool forward = problem.op == Op::fwd, dx = problem.op == Op::dx;
@@ -104,7 +108,7 @@ void GroupedGemm::launch(const Pass& const_pass, CUdeviceptr a, CUdeviceptr b, C
         if (!problem.gated) throw Error(to_spec(problem) + ": a preactivation output needs a gated forward");
         check_pointer(preactivation, 16, "preactivation", problem);
     }
-    std::call_once(pass.compiled, [&] { pass.kernel = Runtime::instance().kernel(problem, pass.config); });
+    const Kernel& kernel = pass.compile();
     if (routing_checks_enabled())
         check_routing(problem, routing, problem.permute_x || problem.permute_y || problem.fuse_mul_post, stream);
     // dW must write zeros even with no rows; the row-grouped passes have nothing to do.
@@ -123,7 +127,7 @@ void GroupedGemm::launch(const Pass& const_pass, CUdeviceptr a, CUdeviceptr b, C
                                 std::min<int64_t>(problem.experts, routing.rows);
         tiles = m_tiles * ((out_cols + tile_out_cols - 1) / tile_out_cols);
     }
-    const int64_t resident = int64_t(sm_count_) * pass.kernel->blocks_per_sm();
+    const int64_t resident = int64_t(sm_count_) * kernel.blocks_per_sm();
     const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(tiles, resident)));
 
     GroupedGemmArguments arguments{reinterpret_cast<const void*>(a),
@@ -135,7 +139,7 @@ void GroupedGemm::launch(const Pass& const_pass, CUdeviceptr a, CUdeviceptr b, C
                                    reinterpret_cast<const float*>(routing.topk_weights),
                                    routing.rows};
     void* parameters[] = {&arguments};
-    pass.kernel->launch(grid, stream, parameters);
+    kernel.launch(grid, stream, parameters);
 }
 
 void GroupedGemm::forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, const Routing& routing, CUstream stream,

@@ -61,8 +61,9 @@ public:
 
 private:
     struct Pass;
-    const Pass& pass(Op op, bool fp32_output = false) const;
-    void launch(const Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c, CUdeviceptr preactivation,
+    // A pass compiles its kernel at its first call, also through a const GroupedGemm.
+    Pass& pass(Op op, bool fp32_output = false) const;
+    void launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c, CUdeviceptr preactivation,
                 const Routing& routing, CUstream stream) const;
 
     Problem forward_;
