@@ -1,8 +1,10 @@
-// MoE block forward and forward+backward milliseconds beside cuBLAS dense GEMMs of the same shapes
-// (the same FLOPs, with none of the routing work).
+// MoE block (Qwen3MoeBlock, or Llama4TextMoe for presets with a shared expert) forward and
+// forward+backward milliseconds beside cuBLAS dense GEMMs of the same shapes (the same FLOPs, with
+// none of the routing work).
 //
 //   bench_moe_block --model qwen3-30b-a3b --tokens 8192,16 [--cublas PATH]
 #include <moejit/error.hpp>
+#include <moejit/llama4_moe.hpp>
 #include <moejit/qwen3_moe.hpp>
 
 #include "bench/cublas.hpp"
@@ -28,7 +30,6 @@ struct Gemm {
 
 int main(int argc, char** argv) try {
     const ModelPreset& model = find_model(argument(argc, argv, "--model", "qwen3-30b-a3b"));
-    if (model.has_shared_expert) throw Error("bench_moe_block: only the Qwen3-style block exists so far");
     Cublas cublas(argument(argc, argv, "--cublas", ""));
     const DeviceInfo& device = current_device();
     std::vector<int64_t> token_counts;
@@ -37,12 +38,21 @@ int main(int argc, char** argv) try {
 
     const DType dtype = DType::bf16;
     const int64_t H = model.hidden, I = model.intermediate, E = model.experts;
-    const Qwen3MoeConfig config{H, I, model.experts, model.topk, true, dtype};
+    // Llama4-style presets (a shared expert) run Llama4TextMoe with Is = I; the others Qwen3MoeBlock.
+    const bool llama4 = model.has_shared_expert;
+    const Qwen3MoeConfig qwen3_config{H, I, model.experts, model.topk, true, dtype};
+    const Llama4MoeConfig llama4_config{H, I, I, model.experts, model.topk, dtype};
     DeviceBuffer router = DeviceBuffer::from(random_halves(dtype, E * H, 11));
     DeviceBuffer gate_up = DeviceBuffer::from(random_halves(dtype, E * 2 * I * H, 12));
     DeviceBuffer down = DeviceBuffer::from(random_halves(dtype, E * H * I, 13));
     DeviceBuffer grad_router(E * H * 4), grad_gate_up(E * 2 * I * H * 4), grad_down(E * H * I * 4);
-    const Qwen3MoeWeights weights{router.get(), gate_up.get(), down.get()};
+    const int64_t shared_experts = llama4 ? 1 : 0;  // the shared expert's weights, when there is one
+    DeviceBuffer shared_gate_up = DeviceBuffer::from(random_halves(dtype, shared_experts * 2 * I * H + 8, 14));
+    DeviceBuffer shared_down = DeviceBuffer::from(random_halves(dtype, shared_experts * H * I + 8, 15));
+    DeviceBuffer grad_shared_gate_up(shared_experts * 2 * I * H * 4 + 16), grad_shared_down(shared_experts * H * I * 4 + 16);
+    const Qwen3MoeWeights qwen3_weights{router.get(), gate_up.get(), down.get()};
+    const Llama4MoeWeights llama4_weights{router.get(), gate_up.get(), down.get(), shared_gate_up.get(),
+                                          shared_down.get()};
     Events events;
 
     std::printf("device %s (%d SMs); model %s (H %lld, I %lld, E %lld, topk %d)\n\n", device.name.c_str(),
@@ -54,17 +64,35 @@ int main(int argc, char** argv) try {
         DeviceBuffer hidden = DeviceBuffer::from(random_halves(dtype, T * H, 21));
         DeviceBuffer grad_out = DeviceBuffer::from(random_halves(dtype, T * H, 22));
         DeviceBuffer output(T * H * 2), logits(T * E * 2), grad_hidden(T * H * 2);
-        const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
-        Qwen3MoeBlock block(config, T);
-        const double forward_ms = events.median_ms(
-            [&] { block.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr); });
-        const double training_ms = events.median_ms([&] {
-            block.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr);
-            block.backward(grad_out.get(), weights, gradients, nullptr);
-        });
+        double forward_ms = 0, training_ms = 0;
+        if (llama4) {
+            const Llama4MoeGradients gradients{grad_hidden.get(),        grad_router.get(),        grad_gate_up.get(),
+                                               grad_down.get(),          grad_shared_gate_up.get(), grad_shared_down.get()};
+            Llama4TextMoe block(llama4_config, T);
+            forward_ms = events.median_ms(
+                [&] { block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr); });
+            training_ms = events.median_ms([&] {
+                block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr);
+                block.backward(grad_out.get(), llama4_weights, gradients, nullptr);
+            });
+        } else {
+            const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
+            Qwen3MoeBlock block(qwen3_config, T);
+            forward_ms = events.median_ms(
+                [&] { block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr); });
+            training_ms = events.median_ms([&] {
+                block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr);
+                block.backward(grad_out.get(), qwen3_weights, gradients, nullptr);
+            });
+        }
 
-        const std::vector<Gemm> forward = {{T, E, H}, {M, 2 * I, H}, {M, H, I}};
-        const std::vector<Gemm> backward = {{T, H, E}, {E, H, T}, {M, I, H}, {H, I, M}, {M, H, 2 * I}, {2 * I, H, M}};
+        // The routed experts' GEMMs over M rows, the router's, and the shared expert's over T rows.
+        std::vector<Gemm> forward = {{T, E, H}, {M, 2 * I, H}, {M, H, I}};
+        std::vector<Gemm> backward = {{T, H, E}, {E, H, T}, {M, I, H}, {H, I, M}, {M, H, 2 * I}, {2 * I, H, M}};
+        if (llama4) {
+            forward.insert(forward.end(), {{T, 2 * I, H}, {T, H, I}});
+            backward.insert(backward.end(), {{T, I, H}, {H, I, T}, {T, H, 2 * I}, {2 * I, H, T}});
+        }
         int64_t largest = 0;
         for (const auto* list : {&forward, &backward})
             for (const Gemm& g : *list) largest = std::max({largest, g.m * g.k, g.n * g.k, g.m * g.n});
