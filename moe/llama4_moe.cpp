@@ -4,6 +4,7 @@
 #include <moejit/routing.hpp>
 
 #include "moe/combine_backward.hpp"
+#include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/driver.hpp"
 
@@ -20,28 +21,21 @@ namespace moejit {
 namespace {
 
 struct Buffers {
-    size_t router_rows, topk_ids, topk_weights, m_sizes, gather_idx, scatter_idx, routing_errors, routing_scratch;
+    RouterStage::Buffers routing;
     size_t unused_dots;                                                          // forward scratch
     size_t x_scaled, preactivation, h, y_slots, shared_preactivation, shared_h, shared_y;  // saved by forward
-    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots, grad_logits, router_grad_x;  // backward
+    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots, router_grad_x;  // backward
     size_t shared_grad_h, shared_grad_gate_up, shared_grad_x, grad_x_partial;
     size_t total;
 };
 
 Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
-    const size_t T = size_t(tokens), M = T * size_t(c.topk), E = size_t(c.experts);
+    const size_t T = size_t(tokens), M = T * size_t(c.topk);
     const size_t H = size_t(c.hidden), I = size_t(c.intermediate), Is = size_t(c.shared());
     const size_t bytes = element_bytes(c.dtype);
     WorkspaceLayout layout;
     Buffers b;
-    b.router_rows = layout.take(4);
-    b.topk_ids = layout.take(M * 4);
-    b.topk_weights = layout.take(M * 4);
-    b.m_sizes = layout.take(E * 4);
-    b.gather_idx = layout.take(M * 4);
-    b.scatter_idx = layout.take(M * 4);
-    b.routing_errors = layout.take(4);
-    b.routing_scratch = layout.take(routing_workspace_bytes(c.experts, tokens, c.topk));
+    b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
     b.unused_dots = layout.take(M * 4);
     b.x_scaled = layout.take(M * H * bytes);
     b.preactivation = layout.take(M * 2 * I * bytes);
@@ -55,7 +49,6 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
     b.grad_h = layout.take(M * I * bytes);
     b.grad_gate_up = layout.take(M * 2 * I * bytes);
     b.grad_x_slots = layout.take(M * H * bytes);
-    b.grad_logits = layout.take(T * E * bytes);
     b.router_grad_x = layout.take(T * H * bytes);
     b.shared_grad_h = layout.take(T * Is * bytes);
     b.shared_grad_gate_up = layout.take(T * 2 * Is * bytes);
@@ -85,10 +78,9 @@ Problem gated(Problem p) {
 struct Llama4TextMoe::State {
     Llama4MoeConfig config;
     int64_t max_tokens;
-    RouterConfig router_config;
     Buffers buffers;
     DeviceWorkspace workspace;
-    GroupedGemm router;          // [T, H] x [E, H]^T as one "expert" of T rows
+    RouterStage router;          // router GEMM, top-k, routing indices, and their backward
     GroupedGemm gate_up;         // gated, on the scaled input already in expert order (forward, dW)
     GroupedGemm gate_up_dx;      // gated + permute_x: its dX lands in slot order
     GroupedGemm down;            // permute_y: rows in slot order, combined unweighted
@@ -102,10 +94,9 @@ struct Llama4TextMoe::State {
     State(const Llama4MoeConfig& c, int64_t max_tokens_, CUdeviceptr external)
         : config(c),
           max_tokens(max_tokens_),
-          router_config(RouterConfig::llama4(c.experts, c.topk)),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(gemm_problem(c, c.experts, c.hidden, 1, 1)),
+          router(c.dtype, c.hidden, RouterConfig::llama4(c.experts, c.topk), buffers.routing, workspace.pointer()),
           gate_up(gated(gemm_problem(c, 2 * c.intermediate, c.hidden, c.experts, c.topk))),
           gate_up_dx([&] {
               Problem p = gated(gemm_problem(c, 2 * c.intermediate, c.hidden, c.experts, c.topk));
@@ -122,11 +113,6 @@ struct Llama4TextMoe::State {
           shared_down(gemm_problem(c, c.hidden, c.shared(), 1, 1)) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
-    Routing routing(int64_t t) const {
-        return Routing{at(buffers.m_sizes), at(buffers.gather_idx), at(buffers.topk_weights), t * config.topk};
-    }
-    // The router and the shared expert: one "expert" of T rows.
-    Routing dense_routing(int64_t t) const { return Routing{at(buffers.router_rows), 0, 0, t}; }
 };
 
 size_t Llama4TextMoe::workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens) {
@@ -141,9 +127,6 @@ Llama4TextMoe::Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens, 
         config.topk <= 0 || config.topk > config.experts)
         throw Error("Llama4TextMoe: hidden, intermediate, experts must be positive, shared_intermediate not "
                     "negative and 1 <= topk <= experts");
-    if (config.experts % 8 != 0)
-        throw Error("Llama4TextMoe: the router GEMM needs experts to be a multiple of 8, got " +
-                    std::to_string(config.experts));
     if (max_tokens <= 0) throw Error("Llama4TextMoe: max_tokens must be positive");
     state_ = std::make_unique<State>(config, max_tokens, workspace);
 }
@@ -158,16 +141,9 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
         throw Error("Llama4TextMoe::forward: tokens must be in [0, " + std::to_string(s.max_tokens) + "], got " +
                     std::to_string(tokens));
     const Buffers& b = s.buffers;
-    check_cuda(driver().cuMemsetD32Async(s.at(b.router_rows), static_cast<unsigned>(tokens), 1, stream),
-               "Llama4TextMoe: router row count");
-    check_cuda(driver().cuMemsetD32Async(s.at(b.routing_errors), 0, 1, stream), "Llama4TextMoe: error count");
-    const Routing dense = s.dense_routing(tokens);
-    s.router.forward(hidden, weights.router, router_logits, dense, stream);
-    route_topk(s.router_config, c.dtype, router_logits, s.at(b.topk_ids), s.at(b.topk_weights), tokens, stream);
-    routing_indices(c.experts, c.topk, s.at(b.topk_ids), tokens, s.at(b.m_sizes), s.at(b.gather_idx),
-                    s.at(b.scatter_idx), s.at(b.routing_errors), s.at(b.routing_scratch),
-                    routing_workspace_bytes(c.experts, s.max_tokens, c.topk), stream);
-    const Routing routing = s.routing(tokens);
+    s.router.forward(hidden, weights.router, router_logits, tokens, stream);
+    const Routing dense = s.router.dense_routing(tokens);  // the shared expert: one "expert" of T rows
+    const Routing routing = s.router.routing(tokens);
     // x_scaled[r] = score[s] * hidden[t], expert order (the dot products it also computes are unused;
     // y_slots is only read for them and is overwritten below).
     combine_backward(c.dtype, c.hidden, c.topk, hidden, s.at(b.y_slots), routing.gather_idx, routing.topk_weights,
@@ -190,8 +166,8 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
     if (s.tokens < 0) throw Error("Llama4TextMoe::backward needs a forward first");
     const Buffers& b = s.buffers;
     const int64_t tokens = s.tokens;
-    const Routing routing = s.routing(tokens);
-    const Routing dense = s.dense_routing(tokens);
+    const Routing routing = s.router.routing(tokens);
+    const Routing dense = s.router.dense_routing(tokens);
     // Shared expert.
     s.shared_down.dx(grad_output, weights.shared_down, s.at(b.shared_grad_h), dense, stream);
     s.shared_down.dw(grad_output, s.at(b.shared_h), gradients.shared_down, dense, stream, /*fp32_output=*/true);
@@ -210,10 +186,8 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
     // d score[s] = <d x_scaled[s], hidden[t]> (the scaled rows it writes again land in grad_y, unused).
     combine_backward(c.dtype, c.hidden, c.topk, s.hidden, s.at(b.grad_x_slots), routing.gather_idx,
                      routing.topk_weights, s.at(b.grad_y), s.at(b.grad_weights), routing.rows, stream);
-    router_backward(s.router_config, c.dtype, s.router_logits, s.at(b.topk_ids), s.at(b.grad_weights),
-                    s.at(b.grad_logits), tokens, stream);
-    s.router.dx(s.at(b.grad_logits), weights.router, s.at(b.router_grad_x), dense, stream);
-    s.router.dw(s.at(b.grad_logits), s.hidden, gradients.router, dense, stream, true);
+    s.router.backward(s.hidden, weights.router, s.router_logits, s.at(b.grad_weights), s.at(b.router_grad_x),
+                      gradients.router, tokens, stream);
     // dHidden = sum_j score * d x_scaled + shared + router, deterministic.
     combine_topk(c.dtype, c.hidden, 1, s.at(b.shared_grad_x), s.at(b.grad_x_partial), tokens, stream, 0,
                  s.at(b.router_grad_x));
@@ -222,7 +196,7 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
 }
 
 void Llama4TextMoe::check_routing_errors(CUstream stream) const {
-    moejit::check_routing_errors(state_->at(state_->buffers.routing_errors), state_->config.experts, stream);
+    state_->router.check_errors(stream);
 }
 
 }  // namespace moejit

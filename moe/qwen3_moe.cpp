@@ -4,6 +4,7 @@
 #include <moejit/routing.hpp>
 
 #include "moe/combine_backward.hpp"
+#include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/driver.hpp"
 
@@ -13,25 +14,18 @@ namespace {
 
 // Where each intermediate lives in the workspace, for up to max_tokens tokens.
 struct Buffers {
-    size_t router_rows, topk_ids, topk_weights, m_sizes, gather_idx, scatter_idx, routing_errors, routing_scratch;
+    RouterStage::Buffers routing;
     size_t preactivation, h, y_slots;                                          // saved by forward
-    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots, grad_logits, router_grad_x;  // backward
+    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots, router_grad_x;  // backward
     size_t total;
 };
 
 Buffers plan(const Qwen3MoeConfig& c, int64_t tokens) {
-    const size_t T = size_t(tokens), M = T * size_t(c.topk), E = size_t(c.experts);
+    const size_t T = size_t(tokens), M = T * size_t(c.topk);
     const size_t H = size_t(c.hidden), I = size_t(c.moe_intermediate), bytes = element_bytes(c.dtype);
     WorkspaceLayout layout;
     Buffers b;
-    b.router_rows = layout.take(4);
-    b.topk_ids = layout.take(M * 4);
-    b.topk_weights = layout.take(M * 4);
-    b.m_sizes = layout.take(E * 4);
-    b.gather_idx = layout.take(M * 4);
-    b.scatter_idx = layout.take(M * 4);
-    b.routing_errors = layout.take(4);
-    b.routing_scratch = layout.take(routing_workspace_bytes(c.experts, tokens, c.topk));
+    b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
     b.preactivation = layout.take(M * 2 * I * bytes);
     b.h = layout.take(M * I * bytes);
     b.y_slots = layout.take(M * H * bytes);
@@ -40,7 +34,6 @@ Buffers plan(const Qwen3MoeConfig& c, int64_t tokens) {
     b.grad_h = layout.take(M * I * bytes);
     b.grad_gate_up = layout.take(M * 2 * I * bytes);
     b.grad_x_slots = layout.take(M * H * bytes);
-    b.grad_logits = layout.take(T * E * bytes);
     b.router_grad_x = layout.take(T * H * bytes);
     b.total = layout.size();
     return b;
@@ -61,10 +54,9 @@ Problem gemm_problem(const Qwen3MoeConfig& c, int64_t n, int64_t k, int experts,
 struct Qwen3MoeBlock::State {
     Qwen3MoeConfig config;
     int64_t max_tokens;
-    RouterConfig router_config;
     Buffers buffers;
     DeviceWorkspace workspace;
-    GroupedGemm router;   // [T, H] x [E, H]^T as one "expert" of T rows
+    RouterStage router;   // router GEMM, top-k, routing indices, and their backward
     GroupedGemm gate_up;  // permute_x + gated
     GroupedGemm down;     // permute_y: unscaled rows in slot order (the combine applies the weights)
     GroupedGemm down_backward;  // no fusions: backward reads and writes expert order
@@ -75,10 +67,10 @@ struct Qwen3MoeBlock::State {
     State(const Qwen3MoeConfig& c, int64_t max_tokens_, CUdeviceptr external)
         : config(c),
           max_tokens(max_tokens_),
-          router_config(RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob)),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(gemm_problem(c, c.experts, c.hidden, 1, 1)),
+          router(c.dtype, c.hidden, RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob), buffers.routing,
+                 workspace.pointer()),
           gate_up([&] {
               Problem p = gemm_problem(c, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
               p.permute_x = true;
@@ -93,10 +85,6 @@ struct Qwen3MoeBlock::State {
           down_backward(gemm_problem(c, c.hidden, c.moe_intermediate, c.experts, c.topk)) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
-    Routing routing(int64_t t) const {
-        return Routing{at(buffers.m_sizes), at(buffers.gather_idx), at(buffers.topk_weights), t * config.topk};
-    }
-    Routing router_routing(int64_t t) const { return Routing{at(buffers.router_rows), 0, 0, t}; }
 };
 
 size_t Qwen3MoeBlock::workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens) {
@@ -110,9 +98,6 @@ Qwen3MoeBlock::Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens, C
     if (config.hidden <= 0 || config.moe_intermediate <= 0 || config.experts <= 0 || config.topk <= 0 ||
         config.topk > config.experts)
         throw Error("Qwen3MoeBlock: hidden, moe_intermediate, experts must be positive and 1 <= topk <= experts");
-    if (config.experts % 8 != 0)
-        throw Error("Qwen3MoeBlock: the router GEMM needs experts to be a multiple of 8, got " +
-                    std::to_string(config.experts));
     if (max_tokens <= 0) throw Error("Qwen3MoeBlock: max_tokens must be positive");
     state_ = std::make_unique<State>(config, max_tokens, workspace);
 }
@@ -127,19 +112,11 @@ void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, 
         throw Error("Qwen3MoeBlock::forward: tokens must be in [0, " + std::to_string(s.max_tokens) + "], got " +
                     std::to_string(tokens));
     const Buffers& b = s.buffers;
-    // The router GEMM is one "expert" of T rows; the error counter restarts with every forward.
-    check_cuda(driver().cuMemsetD32Async(s.at(b.router_rows), static_cast<unsigned>(tokens), 1, stream),
-               "Qwen3MoeBlock: router row count");
-    check_cuda(driver().cuMemsetD32Async(s.at(b.routing_errors), 0, 1, stream), "Qwen3MoeBlock: error count");
-    s.router.forward(hidden, weights.router, router_logits, s.router_routing(tokens), stream);
-    route_topk(s.router_config, c.dtype, router_logits, s.at(b.topk_ids), s.at(b.topk_weights), tokens, stream);
-    routing_indices(c.experts, c.topk, s.at(b.topk_ids), tokens, s.at(b.m_sizes), s.at(b.gather_idx),
-                    s.at(b.scatter_idx), s.at(b.routing_errors), s.at(b.routing_scratch),
-                    routing_workspace_bytes(c.experts, s.max_tokens, c.topk), stream);
-    const Routing routing = s.routing(tokens);
+    s.router.forward(hidden, weights.router, router_logits, tokens, stream);
+    const Routing routing = s.router.routing(tokens);
     s.gate_up.forward(hidden, weights.gate_up, s.at(b.h), routing, stream, s.at(b.preactivation));
     s.down.forward(s.at(b.h), weights.down, s.at(b.y_slots), routing, stream);
-    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.y_slots), output, tokens, stream, s.at(b.topk_weights));
+    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.y_slots), output, tokens, stream, routing.topk_weights);
     s.hidden = hidden;
     s.router_logits = router_logits;
     s.tokens = tokens;
@@ -152,7 +129,7 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     if (s.tokens < 0) throw Error("Qwen3MoeBlock::backward needs a forward first");
     const Buffers& b = s.buffers;
     const int64_t tokens = s.tokens;
-    const Routing routing = s.routing(tokens);
+    const Routing routing = s.router.routing(tokens);
     // out = sum_j w * y: gradients of the down GEMM's rows (scaled, expert order) and of the weights.
     combine_backward(c.dtype, c.hidden, c.topk, grad_output, s.at(b.y_slots), routing.gather_idx,
                      routing.topk_weights, s.at(b.grad_y), s.at(b.grad_weights), routing.rows, stream);
@@ -163,17 +140,15 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     s.gate_up.dx(s.at(b.grad_gate_up), weights.gate_up, s.at(b.grad_x_slots), routing, stream);
     s.gate_up.dw(s.at(b.grad_gate_up), s.hidden, gradients.gate_up, routing, stream, /*fp32_output=*/true);
     // Router: d(weights) -> d(logits) through top-k and softmax, then both router GEMM gradients.
-    router_backward(s.router_config, c.dtype, s.router_logits, s.at(b.topk_ids), s.at(b.grad_weights),
-                    s.at(b.grad_logits), tokens, stream);
-    s.router.dx(s.at(b.grad_logits), weights.router, s.at(b.router_grad_x), s.router_routing(tokens), stream);
-    s.router.dw(s.at(b.grad_logits), s.hidden, gradients.router, s.router_routing(tokens), stream, true);
+    s.router.backward(s.hidden, weights.router, s.router_logits, s.at(b.grad_weights), s.at(b.router_grad_x),
+                      gradients.router, tokens, stream);
     // dHidden = sum over the token's slots + the router's share, in one deterministic pass.
     combine_topk(c.dtype, c.hidden, c.topk, s.at(b.grad_x_slots), gradients.hidden, tokens, stream, 0,
                  s.at(b.router_grad_x));
 }
 
 void Qwen3MoeBlock::check_routing_errors(CUstream stream) const {
-    moejit::check_routing_errors(state_->at(state_->buffers.routing_errors), state_->config.experts, stream);
+    state_->router.check_errors(stream);
 }
 
 }  // namespace moejit

@@ -1,0 +1,82 @@
+#include "moe/router_stage.hpp"
+
+#include "runtime/driver.hpp"
+
+namespace moejit {
+
+namespace {
+
+Problem router_problem(DType dtype, int64_t hidden, int experts) {
+    Problem problem;
+    problem.dtype = dtype;
+    problem.n = experts;
+    problem.k = hidden;
+    problem.experts = 1;
+    problem.topk = 1;
+    return problem;
+}
+
+}  // namespace
+
+RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int experts, int topk,
+                                       int64_t max_tokens) {
+    const size_t T = size_t(max_tokens), M = T * size_t(topk), E = size_t(experts);
+    Buffers b;
+    b.router_rows = layout.take(4);
+    b.topk_ids = layout.take(M * 4);
+    b.topk_weights = layout.take(M * 4);
+    b.m_sizes = layout.take(E * 4);
+    b.gather_idx = layout.take(M * 4);
+    b.scatter_idx = layout.take(M * 4);
+    b.errors = layout.take(4);
+    b.scratch_bytes = routing_workspace_bytes(experts, max_tokens, topk);
+    b.scratch = layout.take(b.scratch_bytes);
+    b.grad_logits = layout.take(T * E * element_bytes(dtype));
+    return b;
+}
+
+RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router, const Buffers& buffers,
+                         CUdeviceptr workspace)
+    : dtype_(dtype),
+      config_(router),
+      buffers_(buffers),
+      workspace_(workspace),
+      router_(router_problem(dtype, hidden, router.experts)) {
+    if (router.experts % 8 != 0)
+        throw Error("MoE block: the router GEMM needs experts to be a multiple of 8, got " +
+                    std::to_string(router.experts));
+}
+
+void RouterStage::forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,
+                          CUstream stream) const {
+    const Buffers& b = buffers_;
+    // The router GEMM is one "expert" of T rows; the error counter restarts with every forward.
+    check_cuda(driver().cuMemsetD32Async(at(b.router_rows), static_cast<unsigned>(tokens), 1, stream),
+               "MoE block: router row count");
+    check_cuda(driver().cuMemsetD32Async(at(b.errors), 0, 1, stream), "MoE block: routing error count");
+    router_.forward(hidden, router_weight, logits, dense_routing(tokens), stream);
+    route_topk(config_, dtype_, logits, at(b.topk_ids), at(b.topk_weights), tokens, stream);
+    routing_indices(config_.experts, config_.topk, at(b.topk_ids), tokens, at(b.m_sizes), at(b.gather_idx),
+                    at(b.scatter_idx), at(b.errors), at(b.scratch), b.scratch_bytes, stream);
+}
+
+void RouterStage::backward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits,
+                           CUdeviceptr grad_topk_weights, CUdeviceptr router_grad_x, CUdeviceptr grad_router,
+                           int64_t tokens, CUstream stream) const {
+    const Buffers& b = buffers_;
+    router_backward(config_, dtype_, logits, at(b.topk_ids), grad_topk_weights, at(b.grad_logits), tokens, stream);
+    router_.dx(at(b.grad_logits), router_weight, router_grad_x, dense_routing(tokens), stream);
+    router_.dw(at(b.grad_logits), hidden, grad_router, dense_routing(tokens), stream, /*fp32_output=*/true);
+}
+
+Routing RouterStage::routing(int64_t tokens) const {
+    return Routing{at(buffers_.m_sizes), at(buffers_.gather_idx), at(buffers_.topk_weights), tokens * config_.topk};
+}
+
+Routing RouterStage::dense_routing(int64_t tokens) const { return Routing{at(buffers_.router_rows), 0, 0, tokens}; }
+
+void RouterStage::check_errors(CUstream stream) const {
+    check_routing_errors(at(buffers_.errors), config_.experts, stream);
+}
+
+}  // namespace moejit
