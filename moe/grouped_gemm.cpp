@@ -158,6 +158,7 @@ void GroupedGemm::dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routin
 
 void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdeviceptr out, int64_t tokens,
                   CUstream stream, CUdeviceptr weights, CUdeviceptr addend) {
+    if (topk < 1) throw Error("combine_topk: topk must be at least 1, got " + std::to_string(topk));
     Problem problem;
     problem.op = Op::combine;
     problem.dtype = dtype;
