@@ -2,7 +2,7 @@
 # Everything the GPU machine does, in one call (device time is short): unpack the carried .deb
 # files, build, run the gpu tests, run the benchmark. Logs go to $OUT (or /tmp/moejit-out).
 #
-#   bench/device.sh [all|tests|bench] [bench arguments...]
+#   bench/device.sh [all|tests|bench|build] [bench arguments...]   (build: build only)
 # e.g. from the device tool: bash bench/device.sh all --model qwen3-30b-a3b --tokens 8192
 set -uo pipefail
 mode=${1:-all}; shift || true
