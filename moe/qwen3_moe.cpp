@@ -4,6 +4,7 @@
 #include <moejit/routing.hpp>
 
 #include "moe/combine_backward.hpp"
+#include "moe/gemm_problem.hpp"
 #include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/driver.hpp"
@@ -39,16 +40,6 @@ Buffers plan(const Qwen3MoeConfig& c, int64_t tokens) {
     return b;
 }
 
-Problem gemm_problem(const Qwen3MoeConfig& c, int64_t n, int64_t k, int experts, int topk) {
-    Problem problem;
-    problem.dtype = c.dtype;
-    problem.n = n;
-    problem.k = k;
-    problem.experts = experts;
-    problem.topk = topk;
-    return problem;
-}
-
 }  // namespace
 
 struct Qwen3MoeBlock::State {
@@ -72,17 +63,17 @@ struct Qwen3MoeBlock::State {
           router(c.dtype, c.hidden, RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob), buffers.routing,
                  workspace.pointer()),
           gate_up([&] {
-              Problem p = gemm_problem(c, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
+              Problem p = gemm_problem(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
               p.permute_x = true;
               p.gated = true;
               return p;
           }()),
           down([&] {
-              Problem p = gemm_problem(c, c.hidden, c.moe_intermediate, c.experts, c.topk);
+              Problem p = gemm_problem(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
               p.permute_y = true;
               return p;
           }()),
-          down_backward(gemm_problem(c, c.hidden, c.moe_intermediate, c.experts, c.topk)) {}
+          down_backward(gemm_problem(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk)) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
 };

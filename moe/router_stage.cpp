@@ -1,22 +1,10 @@
 #include "moe/router_stage.hpp"
 
+#include "moe/gemm_problem.hpp"
 #include "runtime/driver.hpp"
 
 namespace moejit {
 
-namespace {
-
-Problem router_problem(DType dtype, int64_t hidden, int experts) {
-    Problem problem;
-    problem.dtype = dtype;
-    problem.n = experts;
-    problem.k = hidden;
-    problem.experts = 1;
-    problem.topk = 1;
-    return problem;
-}
-
-}  // namespace
 
 RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int experts, int topk,
                                        int64_t max_tokens) {
@@ -41,7 +29,7 @@ RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router
       config_(router),
       buffers_(buffers),
       workspace_(workspace),
-      router_(router_problem(dtype, hidden, router.experts)) {
+      router_(gemm_problem(dtype, /*n=*/router.experts, /*k=*/hidden, /*experts=*/1, /*topk=*/1)) {
     if (router.experts % 8 != 0)
         throw Error("MoE block: the router GEMM needs experts to be a multiple of 8, got " +
                     std::to_string(router.experts));
