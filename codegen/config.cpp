@@ -8,17 +8,27 @@
 namespace moejit {
 
 std::string Config::to_string() const {
-    return "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages) + "w" +
-           std::to_string(warps_m) + "x" + std::to_string(warps_n);
+    const std::string tiles = "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages);
+    if (hopper()) return "h:" + tiles;
+    return tiles + "w" + std::to_string(warps_m) + "x" + std::to_string(warps_n);
 }
 
 Config Config::parse(const std::string& text) {
     Config config;
-    char tail = 0;
-    if (std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%c", &config.tile_m, &config.tile_n, &config.stages, &config.warps_m,
-                    &config.warps_n, &tail) != 5 ||
-        config.to_string() != text)
-        throw Error("bad config '" + text + "': expected e.g. m128n128s4w2x4");
+    int consumed = 0;
+    bool parsed;
+    if (text.rfind("h:", 0) == 0) {
+        config.path = KernelPath::hopper;
+        parsed = std::sscanf(text.c_str(), "h:m%dn%ds%d%n", &config.tile_m, &config.tile_n, &config.stages,
+                             &consumed) == 3;
+    } else {
+        parsed = std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%n", &config.tile_m, &config.tile_n, &config.stages,
+                             &config.warps_m, &config.warps_n, &consumed) == 5;
+    }
+    if (!parsed || static_cast<size_t>(consumed) != text.size() || config.to_string() != text)
+        throw Error("bad config '" + text +
+                    "': expected e.g. m128n128s4w2x4 (portable: tile M, tile N, stages, warps) or h:m128n256s4 "
+                    "(hopper: tile M, tile N, stages)");
     return config;
 }
 
@@ -31,12 +41,48 @@ size_t max_shared_bytes(const Arch& arch) {
     }
 }
 
-Config choose_config(const Problem& problem) {
-    Config config;
-    if (is_elementwise(problem.op)) {
-        config.stages = 0;  // elementwise: 256 threads, no shared tiles
-        return config;
+bool hopper_path_available(const Problem& problem) {
+    const bool gemm = problem.op == Op::fwd || problem.op == Op::dx || problem.op == Op::dw;
+    return gemm && problem.arch.sm() == 90 && problem.arch.arch_specific;
+}
+
+RowsBucket rows_bucket(int64_t rows, int experts) {
+    const int64_t per_expert = (rows + std::max(experts, 1) - 1) / std::max(experts, 1);
+    if (per_expert <= 16) return RowsBucket::decode;
+    if (per_expert <= 96) return RowsBucket::small;
+    return RowsBucket::large;
+}
+
+const char* to_string(RowsBucket bucket) {
+    switch (bucket) {
+        case RowsBucket::decode: return "decode";
+        case RowsBucket::small: return "small";
+        case RowsBucket::large: return "large";
     }
+    return "?";
+}
+
+namespace {
+
+Config hopper_config(int tile_m, int tile_n, int stages) {
+    Config config;
+    config.path = KernelPath::hopper;
+    config.tile_m = tile_m;
+    config.tile_n = tile_n;
+    config.stages = stages;
+    return config;
+}
+
+// As many stages as fit next to the static shared memory (scheduler prefix sums, barriers).
+int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most) {
+    const size_t static_bytes = size_t(problem.experts + 1) * 8 + 1024;
+    const size_t stage_bytes = size_t(tile_m + tile_n) * Config::tile_k * 2;
+    const size_t room = max_shared_bytes(problem.arch) - 1024 - static_bytes;
+    return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
+}
+
+Config choose_portable(const Problem& problem) {
+    Config config;
     // Narrow outputs waste half of a 128-wide tile; 64 keeps every column busy.
     const int64_t out_cols = problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
     if (out_cols <= 64) config.tile_n = 64;
@@ -52,9 +98,46 @@ Config choose_config(const Problem& problem) {
     return config;
 }
 
+Config choose_hopper(const Problem& problem, RowsBucket bucket) {
+    // dW tiles are (N, K) blocks of one expert, whatever the token count: the largest tile.
+    if (problem.op == Op::dw) return hopper_config(128, 256, hopper_stages(problem, 128, 256, 4));
+    const int64_t out_cols = problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
+    // 128-wide wgmma where a 256-wide tile would be mostly padding (gated tiles hold half as many outputs).
+    const int tile_out_cols_256 = problem.gated ? 128 : 256;
+    const int tile_n = out_cols <= tile_out_cols_256 / 2 ? 128 : 256;
+    switch (bucket) {
+        case RowsBucket::decode:  // weight streaming: one 64-row tile per expert, a deep ring of weight slices
+            return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
+        case RowsBucket::small: return hopper_config(64, tile_n, hopper_stages(problem, 64, tile_n, 6));
+        case RowsBucket::large: break;
+    }
+    return hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, 4));
+}
+
+}  // namespace
+
+Config choose_config(const Problem& problem, RowsBucket bucket, KernelPath path) {
+    if (is_elementwise(problem.op)) {
+        Config config;
+        config.stages = 0;  // elementwise: 256 threads, no shared tiles
+        return config;
+    }
+    const bool hopper = path == KernelPath::hopper && hopper_path_available(problem);
+    return hopper ? choose_hopper(problem, bucket) : choose_portable(problem);
+}
+
 std::vector<Config> candidate_configs(const Problem& problem) {
     if (is_elementwise(problem.op)) return {choose_config(problem)};
     std::vector<Config> configs;
+    if (hopper_path_available(problem)) {
+        for (int tile_m : {64, 128})
+            for (int tile_n : {128, 256}) {
+                configs.push_back(hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8)));
+                const int fewer = hopper_stages(problem, tile_m, tile_n, 4);
+                if (fewer != configs.back().stages) configs.push_back(hopper_config(tile_m, tile_n, fewer));
+            }
+        return configs;
+    }
     for (int tile_n : {64, 128})
         for (int stages : {3, 4}) {
             Config config;
@@ -63,6 +146,26 @@ std::vector<Config> candidate_configs(const Problem& problem) {
             if (config.shared_bytes() <= max_shared_bytes(problem.arch)) configs.push_back(config);
         }
     return configs;
+}
+
+void check_config(const Problem& problem, const Config& config) {
+    const std::string what = "config " + config.to_string() + " for " + to_spec(problem);
+    if (config.hopper()) {
+        if (!hopper_path_available(problem))
+            throw Error(what + ": hopper kernels need a grouped GEMM on sm_90a");
+        if ((config.tile_m != 64 && config.tile_m != 128) ||
+            (config.tile_n != 64 && config.tile_n != 128 && config.tile_n != 256))
+            throw Error(what + ": hopper tiles are m64 or m128 by n64, n128 or n256");
+        if (problem.gated && problem.op == Op::fwd && config.tile_n < 128)
+            throw Error(what + ": the gated epilogue needs n128 or n256");
+    } else if (config.tile_m < 16 || config.tile_n < 16 || config.warps_m < 1 || config.warps_n < 1 ||
+               config.threads() > 1024) {
+        throw Error(what + ": tiles must be at least 16, at most 32 warps");
+    }
+    if (config.stages < 2) throw Error(what + ": at least 2 stages");
+    if (config.shared_bytes() > max_shared_bytes(problem.arch))
+        throw Error(what + " needs " + std::to_string(config.shared_bytes()) + " bytes of shared memory; " +
+                    problem.arch.name() + " allows " + std::to_string(max_shared_bytes(problem.arch)));
 }
 
 }  // namespace moejit

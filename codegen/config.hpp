@@ -7,21 +7,29 @@
 
 namespace moejit {
 
+// Which grouped-GEMM templates a Config instantiates: the portable mma.sync kernels (sm_80 and
+// newer) or the Hopper kernels (sm_90a: TMA, mbarrier ring, warp-specialized wgmma).
+enum class KernelPath { portable, hopper };
+
 struct Config {
+    KernelPath path = KernelPath::portable;
     int tile_m = 128;
     int tile_n = 128;
     int stages = 3;
-    int warps_m = 2;
+    int warps_m = 2;  // portable only; a hopper tile has tile_m/64 consumer warpgroups
     int warps_n = 4;
-    static constexpr int tile_k = 64;  // fixed by the template's 128-byte swizzled rows
+    static constexpr int tile_k = 64;  // fixed by the templates' 128-byte swizzled rows
 
-    int threads() const { return warps_m * warps_n * 32; }
-    size_t shared_bytes() const { return size_t(stages) * (tile_m + tile_n) * tile_k * 2; }
-    std::string to_string() const;  // "m128n128s3w2x4"
+    bool hopper() const { return path == KernelPath::hopper; }
+    // Hopper: one producer warpgroup plus one consumer warpgroup per 64 tile rows.
+    int threads() const { return hopper() ? 128 * (1 + tile_m / 64) : warps_m * warps_n * 32; }
+    // Hopper: + 1 KB to align the ring to the 1024-byte swizzle period.
+    size_t shared_bytes() const { return size_t(stages) * (tile_m + tile_n) * tile_k * 2 + (hopper() ? 1024 : 0); }
+    std::string to_string() const;  // "m128n128s3w2x4" (portable), "h:m128n256s4" (hopper)
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
-        return tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages && warps_m == o.warps_m &&
-               warps_n == o.warps_n;
+        return path == o.path && tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages &&
+               (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
     }
 };
 
@@ -35,10 +43,26 @@ inline bool is_elementwise(Op op) { return op == Op::combine || op == Op::gated_
            op == Op::unpermute_rows;
 }
 
-// The heuristic: a pure function of the Problem (and its arch).
-Config choose_config(const Problem& problem);
+// Whether the Hopper templates can run this problem: a grouped GEMM on an sm_90a target.
+bool hopper_path_available(const Problem& problem);
 
-// Every Config the template is instantiated with somewhere (heuristic outcomes and tuning candidates).
+// Token-count buckets a Config is chosen (and tuned) for: rows per expert at launch, rounded up
+// to the bucket's upper bound. Decode-sized work (a few rows per expert) reads weights and wants
+// narrow m tiles with deep pipelines; prefill and training want large tiles.
+enum class RowsBucket { decode, small, large };
+RowsBucket rows_bucket(int64_t rows, int experts);
+const char* to_string(RowsBucket bucket);
+constexpr RowsBucket kRowsBuckets[] = {RowsBucket::decode, RowsBucket::small, RowsBucket::large};
+
+// The heuristic: a pure function of the Problem (and its arch) and the rows bucket. With `path`
+// portable it stays on the portable kernels even where the Hopper ones are available.
+Config choose_config(const Problem& problem, RowsBucket bucket = RowsBucket::large,
+                     KernelPath path = KernelPath::hopper);
+
+// Every Config worth timing for this problem (the tuner's candidates); each fits in shared memory.
 std::vector<Config> candidate_configs(const Problem& problem);
+
+// Throws moejit::Error unless `config` can instantiate `problem`'s template on its arch.
+void check_config(const Problem& problem, const Config& config);
 
 }  // namespace moejit

@@ -20,11 +20,12 @@ std::string flags_expression(const Problem& p) {
 }
 
 std::string gemm_parameters(const Problem& p, const Config& c) {
-    return "    /*Flags=*/" + flags_expression(p) + ",\n    /*N=*/" + std::to_string(p.n) + ", /*K=*/" +
-           std::to_string(p.k) + ", /*Experts=*/" + std::to_string(p.experts) + ", /*Topk=*/" + std::to_string(p.topk) +
-           ",\n    /*TileM=*/" + std::to_string(c.tile_m) + ", /*TileN=*/" + std::to_string(c.tile_n) +
-           ", /*Stages=*/" + std::to_string(c.stages) + ", /*WarpsM=*/" + std::to_string(c.warps_m) +
-           ", /*WarpsN=*/" + std::to_string(c.warps_n);
+    std::string text = "    /*Flags=*/" + flags_expression(p) + ",\n    /*N=*/" + std::to_string(p.n) + ", /*K=*/" +
+                       std::to_string(p.k) + ", /*Experts=*/" + std::to_string(p.experts) + ", /*Topk=*/" +
+                       std::to_string(p.topk) + ",\n    /*TileM=*/" + std::to_string(c.tile_m) + ", /*TileN=*/" +
+                       std::to_string(c.tile_n) + ", /*Stages=*/" + std::to_string(c.stages);
+    if (!c.hopper()) text += ", /*WarpsM=*/" + std::to_string(c.warps_m) + ", /*WarpsN=*/" + std::to_string(c.warps_n);
+    return text;
 }
 
 }  // namespace
@@ -34,17 +35,23 @@ Source emit_source(const Problem& problem, const Config& config) {
     const std::string element = element_type(problem.dtype);
     switch (problem.op) {
         case Op::fwd:
-        case Op::dx:
-            header = "kernels/sm80_grouped_gemm.cuh";
-            config_type = "moejit::Sm80RowGroupedConfig<\n    " + element + ", moejit::RowGroupedPass::" +
-                          (problem.op == Op::fwd ? "forward" : "dx") + ",\n" + gemm_parameters(problem, config) + ">";
-            kernel = "moejit::sm80_row_grouped_gemm";
+        case Op::dx: {
+            const std::string family = config.hopper() ? "sm90" : "sm80";
+            header = "kernels/" + family + "_grouped_gemm.cuh";
+            config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "RowGroupedConfig<\n    " +
+                          element + ", moejit::RowGroupedPass::" + (problem.op == Op::fwd ? "forward" : "dx") + ",\n" +
+                          gemm_parameters(problem, config) + ">";
+            kernel = "moejit::" + family + "_row_grouped_gemm";
             break;
-        case Op::dw:
-            header = "kernels/sm80_grouped_gemm_dw.cuh";
-            config_type = "moejit::Sm80WeightGradConfig<\n    " + element + ",\n" + gemm_parameters(problem, config) + ">";
-            kernel = "moejit::sm80_grouped_gemm_dw";
+        }
+        case Op::dw: {
+            const std::string family = config.hopper() ? "sm90" : "sm80";
+            header = "kernels/" + family + "_grouped_gemm_dw.cuh";
+            config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "WeightGradConfig<\n    " +
+                          element + ",\n" + gemm_parameters(problem, config) + ">";
+            kernel = "moejit::" + family + "_grouped_gemm_dw";
             break;
+        }
         case Op::combine:
             header = "kernels/combine_topk.cuh";
             config_type = "moejit::CombineTopkConfig<" + element + ", /*Width=*/" + std::to_string(problem.k) +

@@ -6,6 +6,8 @@
 #include "runtime/device.hpp"
 #include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/tensor_map.hpp"
+#include "moe/tuning.hpp"
 
 #include <algorithm>
 #include <mutex>
@@ -37,18 +39,52 @@ std::shared_ptr<const Kernel> elementwise_kernel(Problem problem, const DeviceIn
     return Runtime::instance().kernel(problem, choose_config(problem));
 }
 
+// The two operand maps of a Hopper kernel (templates/kernels/sm90_*.cuh). Operands the kernel
+// gathers row by row with cp.async get no map (an all-zero one that is never read).
+struct HopperTensorMaps {
+    CUtensorMap a{};
+    CUtensorMap b{};
+};
+
+HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUdeviceptr a, CUdeviceptr b,
+                                    int64_t rows) {
+    HopperTensorMaps maps;
+    switch (p.op) {
+        case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
+            if (!p.permute_x) maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, config.tile_m);
+            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, p.gated ? config.tile_n / 2 : config.tile_n);
+            break;
+        case Op::dx:  // A = dY [M, N] by m tiles; B = W [E][N][K] as [64 n][64 k] boxes
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.tile_m);
+            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
+            break;
+        default:  // dW: A = dY [M, N], B = X [M, K], both as [64 rows][64 columns] boxes
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, 64);
+            if (!p.permute_x) maps.b = matrix_tensor_map(p.dtype, b, p.k, rows, 64);
+            break;
+    }
+    return maps;
+}
+
 }  // namespace
 
+// One kernel per rows bucket: decode-sized calls take a weight-streaming tiling, large ones the
+// biggest tiles. Each is compiled at its first use.
 struct GroupedGemm::Pass {
+    struct Variant {
+        Config config;
+        std::once_flag compiled;
+        std::shared_ptr<const Kernel> kernel;
+    };
     Problem problem;
-    Config config;
-    std::once_flag compiled;
-    std::shared_ptr<const Kernel> kernel;
+    Variant variants[3];  // indexed by RowsBucket
+
+    Variant& variant(int64_t rows) { return variants[static_cast<int>(rows_bucket(rows, problem.experts))]; }
 
     // JITs (or finds) the kernel once; later calls cost one atomic load.
-    const Kernel& compile() {
-        std::call_once(compiled, [&] { kernel = Runtime::instance().kernel(problem, config); });
-        return *kernel;
+    const Kernel& compile(Variant& v) {
+        std::call_once(v.compiled, [&] { v.kernel = Runtime::instance().kernel(problem, v.config); });
+        return *v.kernel;
     }
 };
 
@@ -67,17 +103,22 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
         pass->problem.op = ops[i];
         pass->problem.gated = forward_.gated && ops[i] == Op::fwd;  // dx and dw take d(gate|up)
         pass->problem.out_fp32 = i == 3;
-        pass->config = config_override_.empty() ? choose_config(pass->problem) : Config::parse(config_override_);
-        if (pass->config.shared_bytes() > max_shared_bytes(forward_.arch))
-            throw Error("config " + pass->config.to_string() + " needs more shared memory than " +
-                        forward_.arch.name() + " has");
+        for (RowsBucket bucket : kRowsBuckets) {
+            Config& chosen = pass->variants[static_cast<int>(bucket)].config;
+            chosen = config_override_.empty() ? select_config(pass->problem, bucket, device)
+                                              : Config::parse(config_override_);
+            check_config(pass->problem, chosen);
+        }
         passes_[i] = std::move(pass);
     }
 }
 
 GroupedGemm::~GroupedGemm() = default;
 
-std::string GroupedGemm::config(Op op) const { return pass(op).config.to_string(); }
+std::string GroupedGemm::config(Op op, int64_t rows) const {
+    Pass& p = pass(op);
+    return p.variant(rows < 0 ? int64_t(1) << 30 : rows).config.to_string();
+}
 
 GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
     switch (op) {
@@ -89,7 +130,8 @@ GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
 }
 
 void GroupedGemm::prepare() const {
-    passes_[0]->compile();
+    Pass& forward = *passes_[0];
+    forward.compile(forward.variants[static_cast<int>(RowsBucket::large)]);
 }
 
 void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,
@@ -108,13 +150,14 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         if (!problem.gated) throw Error(to_spec(problem) + ": a preactivation output needs a gated forward");
         check_pointer(preactivation, 16, "preactivation", problem);
     }
-    const Kernel& kernel = pass.compile();
+    Pass::Variant& variant = pass.variant(routing.rows);
+    const Kernel& kernel = pass.compile(variant);
     if (routing_checks_enabled())
         check_routing(problem, routing, problem.permute_x || problem.permute_y || problem.fuse_mul_post, stream);
     // dW must write zeros even with no rows; the row-grouped passes have nothing to do.
     if (routing.rows == 0 && problem.op != Op::dw) return;
 
-    const Config& config = pass.config;
+    const Config& config = variant.config;
     int64_t tiles;
     if (problem.op == Op::dw) {
         tiles = int64_t(problem.experts) * ((problem.n + config.tile_m - 1) / config.tile_m) *
@@ -138,7 +181,13 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
                                    reinterpret_cast<const int*>(routing.gather_idx),
                                    reinterpret_cast<const float*>(routing.topk_weights),
                                    routing.rows};
-    void* parameters[] = {&arguments};
+    if (!config.hopper()) {
+        void* parameters[] = {&arguments};
+        kernel.launch(grid, stream, parameters);
+        return;
+    }
+    const HopperTensorMaps maps = hopper_tensor_maps(problem, config, a, b, routing.rows);
+    void* parameters[] = {&arguments, const_cast<CUtensorMap*>(&maps.a), const_cast<CUtensorMap*>(&maps.b)};
     kernel.launch(grid, stream, parameters);
 }
 

@@ -18,7 +18,8 @@ namespace moejit {
     X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8) X(cuMemsetD16) X(cuMemsetD32Async) X(cuStreamCreate)       \
     X(cuStreamDestroy) X(cuStreamSynchronize) X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord)        \
     X(cuEventSynchronize) X(cuEventElapsedTime) X(cuStreamBeginCapture) X(cuStreamEndCapture)             \
-    X(cuGraphInstantiateWithFlags) X(cuGraphLaunch) X(cuGraphDestroy) X(cuGraphExecDestroy)
+    X(cuGraphInstantiateWithFlags) X(cuGraphLaunch) X(cuGraphDestroy) X(cuGraphExecDestroy)   \
+    X(cuTensorMapEncodeTiled)
 
 struct Driver {
 #define MOEJIT_DRIVER_MEMBER(name) decltype(&::name) name = nullptr;

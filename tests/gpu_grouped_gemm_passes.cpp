@@ -13,6 +13,8 @@
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
 
+#include "codegen/config.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <mutex>
@@ -141,12 +143,15 @@ void check_dw(const Problem& problem, const HostRouting& routing, const DeviceBu
 
 // Runs the requested passes of GroupedGemm(forward problem with `flags`) on fresh random data and
 // checks each against float64. A set with fuse_mul_post expects dw to throw.
-void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing, const Flags& flags, unsigned passes) {
+// `config` forces one tiling (and with it the kernel path) on every pass; empty: the library's choice.
+void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing, const Flags& flags, unsigned passes,
+                  const std::string& config = "") {
     const Problem problem = make_problem(dtype, n, k, routing.experts, routing.topk, flags);
-    const GroupedGemm gemm(problem);
+    const GroupedGemm gemm(problem, config);
     const int64_t rows = routing.rows(), tokens = routing.tokens;
     INFO(to_spec(gemm.problem()) << " [" << flags.name << "] T " << tokens << ", M " << rows << ", seed "
-                                 << test_seed());
+                                 << test_seed() << ", fwd config " << gemm.config(Op::fwd, rows) << ", dw config "
+                                 << gemm.config(Op::dw, rows));
     const double limit = tolerance(dtype);
 
     const bool gathers = flags.permute_x || flags.permute_y || flags.fuse_mul_post;
@@ -249,6 +254,44 @@ TEST_CASE("passes: every allowed flag combination, forward, dX and dW, bf16 and 
         allowed.erase(allowed.begin() + 5);
         const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
         for (const Flags& flags : kAllFlagSets) check_passes(dtype, 208, 136, routing, flags, kFwd | kDx | kDw | kDw32);
+    }
+}
+
+TEST_CASE("passes: the Hopper path is chosen on sm_90a for every pass and row count", "[gpu]") {
+    const Problem problem = make_problem(DType::bf16, 1536, 2048, 128, 8, kGatedPermuteX);
+    const GroupedGemm gemm(problem);
+    const bool hopper_device = gemm.problem().arch.sm() == 90;
+    const char* forced = std::getenv("MOEJIT_KERNEL_PATH");
+    const bool portable_forced = forced != nullptr && std::string(forced) == "portable";
+    for (Op op : {Op::fwd, Op::dx, Op::dw})
+        for (int64_t rows : {int64_t(16), int64_t(512), int64_t(8192 * 8)}) {
+            const std::string config = gemm.config(op, rows);
+            INFO(to_string(op) << " with " << rows << " rows: " << config << " on " << gemm.problem().arch.name());
+            CHECK((config.rfind("h:", 0) == 0) == (hopper_device && !portable_forced));
+        }
+    if (hopper_device && !portable_forced) {  // decode-sized calls take the narrow, deep-ring variant
+        CHECK(gemm.config(Op::fwd, 16).rfind("h:m64", 0) == 0);
+        CHECK(gemm.config(Op::fwd, 8192 * 8).rfind("h:m128", 0) == 0);
+    }
+}
+
+TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu]") {
+    const Problem probe = make_problem(DType::bf16, 208, 136, 8, 2, kNone);
+    if (GroupedGemm(probe).problem().arch.sm() != 90) {
+        WARN("not an sm_90a device: no Hopper kernels to test");
+        return;
+    }
+    std::vector<int> allowed = all_experts(8);
+    allowed.erase(allowed.begin() + 5);
+    const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+    Problem forward = make_problem(DType::bf16, 208, 136, 8, 2, kGatedPermuteX);
+    forward.arch = GroupedGemm(probe).problem().arch;
+    for (const Config& config : candidate_configs(forward)) {
+        INFO("config " << config.to_string());
+        check_passes(DType::bf16, 208, 136, routing, kGatedPermuteX, kFwd | kDx | kDw | kDw32, config.to_string());
+        check_passes(DType::bf16, 208, 136, routing, kPermuteYMulPost, kFwd | kDx, config.to_string());
+        check_passes(DType::bf16, 208, 136, routing, kPermuteY, kDw, config.to_string());
+        check_passes(DType::fp16, 208, 136, routing, kNone, kFwd | kDx | kDw32, config.to_string());
     }
 }
 

@@ -53,7 +53,6 @@ Kernel resolve_kernel(const Args& args);
 
 DType parse_dtype(const std::string& text);
 Op parse_pass(const std::string& text);
-Config parse_config(const std::string& text, const Arch& arch);
 
 std::string format_bytes(uint64_t bytes);  // "12.3 KiB"
 std::string format_ms(double milliseconds);  // "152 ms", "0.31 ms"

@@ -91,23 +91,6 @@ Op parse_pass(const std::string& text) {
     throw Error("unknown pass '" + text + "': expected " + known);
 }
 
-Config parse_config(const std::string& text, const Arch& arch) {
-    Config config;
-    int consumed = 0;
-    if (std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%n", &config.tile_m, &config.tile_n, &config.stages,
-                    &config.warps_m, &config.warps_n, &consumed) != 5 ||
-        static_cast<size_t>(consumed) != text.size() || config.to_string() != text)
-        throw Error("bad config '" + text + "': expected e.g. m128n128s4w2x4 (tile M, tile N, stages, warps)");
-    if (config.tile_m < 16 || config.tile_n < 16 || config.stages < 2 || config.warps_m < 1 || config.warps_n < 1 ||
-        config.threads() > 1024)
-        throw Error("bad config '" + text + "': tiles must be at least 16, stages at least 2, at most 32 warps");
-    if (config.shared_bytes() > max_shared_bytes(arch))
-        throw Error("config " + text + " needs " + std::to_string(config.shared_bytes()) +
-                    " bytes of shared memory; " + arch.name() + " allows " +
-                    std::to_string(max_shared_bytes(arch)));
-    return config;
-}
-
 Kernel resolve_kernel(const Args& args) {
     args.expect_positionals(0, 1, "a SPEC");
     Kernel kernel;
@@ -129,7 +112,8 @@ Kernel resolve_kernel(const Args& args) {
                     "or --model NAME --gemm gate_up|down");
     }
     const auto config = args.value("--config");
-    kernel.config = config ? parse_config(*config, kernel.problem.arch) : choose_config(kernel.problem);
+    kernel.config = config ? Config::parse(*config) : choose_config(kernel.problem);
+    check_config(kernel.problem, kernel.config);
     return kernel;
 }
 

@@ -39,7 +39,8 @@ public:
     // `forward` describes the forward GEMM (op fwd, its fusion flags); dx and dw differentiate it.
     // forward.arch is replaced by the arch of the current device (a GPU is needed from here on).
     explicit GroupedGemm(Problem forward);
-    // With an explicit tiling for every pass instead of the heuristic's, e.g. "m128n128s3w2x4".
+    // With an explicit tiling for every pass and row count instead of the heuristic's (or the
+    // tuned one), e.g. "m128n128s3w2x4" (portable path) or "h:m128n256s4" (Hopper path).
     GroupedGemm(Problem forward, const std::string& config);
     ~GroupedGemm();
 
@@ -57,7 +58,9 @@ public:
     void prepare() const;
 
     const Problem& problem() const { return forward_; }
-    std::string config(Op op = Op::fwd) const;  // the tiling of a pass, e.g. "m128n128s3w2x4"
+    // The tiling a pass uses for `rows` routed rows (default: many), e.g. "h:m128n256s4" on the
+    // Hopper path (sm_90a), "m128n128s3w2x4" on the portable one.
+    std::string config(Op op = Op::fwd, int64_t rows = -1) const;
 
 private:
     struct Pass;

@@ -14,6 +14,9 @@ enum GemmFlags : int {
     kOutFp32 = 16,     // dW output in fp32
 };
 
+// Which row-grouped GEMM a kernel computes (both share the fwd/dX templates).
+enum class RowGroupedPass { forward, dx };
+
 struct GroupedGemmArguments {
     const void* a;              // fwd: X [M or T, K]; dX and dW: dY [M, N]
     const void* b;              // fwd and dX: W [E, N, K]; dW: X [M or T, K]

@@ -16,8 +16,6 @@
 
 namespace moejit {
 
-enum class RowGroupedPass { forward, dx };
-
 template <class Element_, RowGroupedPass Pass_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_,
           int TileN_, int Stages_, int WarpsM_, int WarpsN_>
 struct Sm80RowGroupedConfig {

@@ -1,0 +1,95 @@
+#include "moe/tuning.hpp"
+
+#include <moejit/error.hpp>
+
+#include "cache/disk_cache.hpp"
+#include "cache/hash.hpp"
+#include "runtime/embedded_templates.hpp"
+#include "runtime/log.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace moejit {
+
+namespace {
+
+// Library version: the project version and every template byte, so a changed kernel retunes.
+const Hash128& library_digest() {
+    static const Hash128 digest = [] {
+        Hasher hasher;
+        hasher.field(MOEJIT_VERSION_STRING);
+        for (const EmbeddedHeader& header : embedded_headers()) hasher.field(header.name).field(header.contents);
+        return hasher.digest();
+    }();
+    return digest;
+}
+
+std::string tuning_path(const std::string& root, const Problem& problem, RowsBucket bucket,
+                        const DeviceInfo& device) {
+    Hasher hasher;
+    hasher.field("moejit-tuning").field(to_spec(problem)).field(to_string(bucket)).field(device.name);
+    hasher.field(uint64_t(device.sm_count)).field(library_digest().hex());
+    return root + "/tuning/" + hasher.digest().hex() + ".config";
+}
+
+}  // namespace
+
+std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device) {
+    const DiskCache cache = DiskCache::from_environment();
+    std::vector<std::string> roots = cache.read_only_roots();
+    roots.push_back(cache.root());
+    for (const std::string& root : roots) {
+        std::ifstream file(tuning_path(root, problem, bucket, device));
+        std::string text;
+        if (!file || !std::getline(file, text)) continue;
+        try {
+            Config config = Config::parse(text);
+            check_config(problem, config);
+            return config;
+        } catch (const Error& error) {  // a stale or damaged file is ignored, never trusted
+            log::debug("ignoring tuned config for " + to_spec(problem) + ": " + error.what());
+        }
+    }
+    return std::nullopt;
+}
+
+std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device,
+                               const Config& config) {
+    const std::string root = DiskCache::from_environment().root();
+    const std::string path = tuning_path(root, problem, bucket, device);
+    ::mkdir(root.c_str(), 0755);
+    ::mkdir((root + "/tuning").c_str(), 0755);
+    const std::string temporary = path + ".tmp" + std::to_string(::getpid());
+    {
+        std::ofstream file(temporary);
+        file << config.to_string() << "\n"
+             << to_spec(problem) << " " << to_string(bucket) << " " << device.name << "\n";
+        if (!file.flush()) throw Error("cannot write tuned config to " + temporary);
+    }
+    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+        std::remove(temporary.c_str());
+        throw Error("cannot write tuned config to " + path);
+    }
+    return path;
+}
+
+KernelPath preferred_path() {
+    const char* value = std::getenv("MOEJIT_KERNEL_PATH");
+    if (value == nullptr || *value == 0 || std::string(value) == "auto") return KernelPath::hopper;
+    if (std::string(value) == "portable") return KernelPath::portable;
+    throw Error(std::string("MOEJIT_KERNEL_PATH must be auto or portable, got '") + value + "'");
+}
+
+Config select_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device) {
+    const KernelPath path = preferred_path();
+    if (path == KernelPath::hopper)
+        if (std::optional<Config> tuned = tuned_config(problem, bucket, device)) return *tuned;
+    return choose_config(problem, bucket, path);
+}
+
+}  // namespace moejit

@@ -1,0 +1,26 @@
+#pragma once
+// Tuned tilings: the winner of timing every candidate Config, stored per (Problem, rows bucket,
+// device, library version) as a small text file in the cache directory, <root>/tuning/<key>.config,
+// and preferred over the heuristic by every later GroupedGemm on that device.
+#include <moejit/problem.hpp>
+
+#include "codegen/config.hpp"
+#include "runtime/device.hpp"
+
+#include <optional>
+#include <string>
+
+namespace moejit {
+
+// The stored winner for this problem and bucket on this device, if any (and still valid).
+std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device);
+
+// Writes the winner (temp file + rename); returns the file's path. Throws moejit::Error on I/O failure.
+std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device,
+                               const Config& config);
+
+// tuned_config, else the heuristic's choose_config. MOEJIT_KERNEL_PATH=portable keeps every
+// grouped GEMM on the portable kernels (for comparison and debugging); unset or "auto": fastest.
+Config select_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device);
+
+}  // namespace moejit

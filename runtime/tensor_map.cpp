@@ -1,0 +1,43 @@
+#include "runtime/tensor_map.hpp"
+
+#include "runtime/driver.hpp"
+
+#include <moejit/error.hpp>
+
+#include <algorithm>
+
+namespace moejit {
+
+namespace {
+
+CUtensorMap encode(DType dtype, CUdeviceptr base, cuuint32_t rank, const cuuint64_t* dims, const cuuint64_t* strides,
+                   const cuuint32_t* box) {
+    if (base % 16 != 0) throw Error("TMA needs 16-byte aligned tensors (got address " + std::to_string(base) + ")");
+    CUtensorMap map;
+    const cuuint32_t element_strides[3] = {1, 1, 1};
+    check_cuda(driver().cuTensorMapEncodeTiled(
+                   &map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, rank,
+                   reinterpret_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+               "cuTensorMapEncodeTiled");
+    return map;
+}
+
+}  // namespace
+
+CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int box_rows) {
+    // An empty matrix still needs a valid map; nothing reads it.
+    const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(std::max<int64_t>(rows, 1))};
+    const cuuint64_t strides[1] = {cuuint64_t(cols) * 2};
+    const cuuint32_t box[2] = {64, cuuint32_t(box_rows)};
+    return encode(dtype, base, 2, dims, strides, box);
+}
+
+CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows) {
+    const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(rows), cuuint64_t(count)};
+    const cuuint64_t strides[2] = {cuuint64_t(cols) * 2, cuuint64_t(cols) * rows * 2};
+    const cuuint32_t box[3] = {64, cuuint32_t(box_rows), 1};
+    return encode(dtype, base, 3, dims, strides, box);
+}
+
+}  // namespace moejit

@@ -1,0 +1,123 @@
+#pragma once
+// Hopper (sm_90a) PTX the fast path uses: mbarriers, TMA tensor loads, proxy fences, register
+// reallocation and the wgmma bookkeeping. The wgmma instructions themselves are in mma/sm90_wgmma.cuh.
+#include "common/ptx.cuh"
+
+namespace moejit::sm90 {
+
+using uint64 = unsigned long long;
+
+// CUtensorMap without cuda.h: 128 opaque bytes, 64-byte aligned, built on the host by
+// cuTensorMapEncodeTiled and passed by value as a __grid_constant__ kernel parameter.
+struct alignas(64) TensorMap {
+    uint64 opaque[16];
+};
+
+// --- mbarrier ---------------------------------------------------------------------------------
+
+__device__ __forceinline__ void mbarrier_init(uint32 barrier, int arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(barrier), "r"(arrivals));
+}
+
+// Makes the initialized barriers visible to the TMA unit (async proxy) before first use.
+__device__ __forceinline__ void fence_barrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::); }
+
+// Blocks until the barrier's phase with this parity has completed. A fresh barrier counts its
+// "previous" phase (parity 1) as complete, which is what lets producers start on empty slots.
+__device__ __forceinline__ void mbarrier_wait(uint32 barrier, int parity) {
+    uint32 done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(barrier), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+__device__ __forceinline__ void mbarrier_arrive(uint32 barrier) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(barrier) : "memory");
+}
+
+// One arrival plus `bytes` the copy engine will deliver before the phase can complete.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32 barrier, uint32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barrier), "r"(bytes) : "memory");
+}
+
+// This thread's arrival, made once all of its earlier cp.async copies have landed.
+__device__ __forceinline__ void cp_async_arrive(uint32 barrier) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(barrier) : "memory");
+}
+
+// --- TMA ----------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void prefetch_tensor_map(const TensorMap& map) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64>(&map)) : "memory");
+}
+
+// Box at (c0 innermost, c1) -> shared `destination`; completes `bytes` of the barrier's transaction count.
+__device__ __forceinline__ void tma_load_2d(uint32 destination, const TensorMap& map, int c0, int c1, uint32 barrier) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            destination),
+        "l"(reinterpret_cast<uint64>(&map)), "r"(c0), "r"(c1), "r"(barrier)
+        : "memory");
+}
+
+__device__ __forceinline__ void tma_load_3d(uint32 destination, const TensorMap& map, int c0, int c1, int c2,
+                                            uint32 barrier) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+        "[%5];\n" ::"r"(destination),
+        "l"(reinterpret_cast<uint64>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(barrier)
+        : "memory");
+}
+
+// Orders this thread's generic-proxy shared accesses (cp.async, st.shared) with async-proxy ones (wgmma, TMA).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// --- register reallocation ----------------------------------------------------------------------
+
+template <int Registers>
+__device__ __forceinline__ void release_registers() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Registers));
+}
+template <int Registers>
+__device__ __forceinline__ void claim_registers() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Registers));
+}
+
+// --- wgmma bookkeeping ----------------------------------------------------------------------------
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
+}
+
+// Keeps the compiler from moving reads or writes of accumulators across wgmma_wait / wgmma_fence:
+// the asynchronous wgmma writes them behind the compiler's back.
+template <int Count>
+__device__ __forceinline__ void fence_accumulators(float (&accumulators)[Count]) {
+#pragma unroll
+    for (int i = 0; i < Count; ++i) asm volatile("" : "+f"(accumulators[i])::"memory");
+}
+
+// Shared-memory matrix descriptor for the 128-byte swizzle (the layout TMA writes with
+// CU_TENSOR_MAP_SWIZZLE_128B into a 1024-byte aligned tile). K-major tiles: rows of 64 elements,
+// 8-row groups `stride_bytes` (1024) apart, leading offset unused. MN-major tiles: 64 MN-contiguous
+// elements per 128-byte row, one row per k, 8-k groups `stride_bytes` (1024) apart and the next
+// 64 MN elements `leading_bytes` apart.
+__device__ __forceinline__ uint64 smem_descriptor(uint32 address, uint32 leading_bytes, uint32 stride_bytes) {
+    return uint64((address & 0x3FFFF) >> 4) | (uint64((leading_bytes >> 4) & 0x3FFF) << 16) |
+           (uint64((stride_bytes >> 4) & 0x3FFF) << 32) | (uint64(1) << 62);
+}
+
+// Byte offset of 16-byte chunk `chunk` of 128-byte row `row` in a 128-byte-swizzled tile: the
+// same placement TMA uses, so gathered (cp.async) and TMA-loaded slices look alike to wgmma.
+__device__ __forceinline__ uint32 swizzled_offset(int row, int chunk) {
+    return uint32(row) * 128 + (uint32(chunk ^ (row & 7)) << 4);
+}
+
+}  // namespace moejit::sm90

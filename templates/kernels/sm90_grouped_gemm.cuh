@@ -1,0 +1,201 @@
+#pragma once
+// Row-grouped GEMMs on Hopper (sm_90a): the forward pass and dX, warp-specialized and persistent.
+//
+//   forward: C[r] = A[r] @ W[e]^T   A = X [M or T, K] (K-major), W [E, N, K] K-major, C [M, N]
+//   dX:      C[r] = A[r] @ W[e]     A = dY [M, N],  W read N-major as [N][K] boxes, C [M, K]
+//
+// Warpgroup 0 fills a Stages-deep ring of (A, B) slices 64 deep in the reduction: B always by TMA
+// through one 3-D map over all experts' weights ([E][N][K], so reads past N are zeros, never the
+// next expert), A by TMA over the routed rows, or gathered with cp.async where the rows are
+// indirect (permute_x forward, permute_y dX). Warpgroups 1..TileM/64 each own 64 rows of the tile
+// and issue m64 x TileN x k16 wgmma. Tiles come from GroupedTileScheduler: experts by prefix sums of
+// m_sizes read on the device, m tiles fastest so concurrently running CTAs share one weight tile in L2.
+#include "common/arguments.cuh"
+#include "mma/sm90_pipeline.cuh"
+#include "scheduler/grouped_tiles.cuh"
+
+namespace moejit {
+
+template <class Element_, RowGroupedPass Pass_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_,
+          int TileN_, int Stages_>
+struct Sm90RowGroupedConfig {
+    using Element = Element_;
+    static constexpr RowGroupedPass Pass = Pass_;
+    static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
+    static constexpr bool Forward = Pass == RowGroupedPass::forward;
+    static constexpr bool Gated = Forward && (Flags & kGated);
+    static constexpr bool GatherA = Forward ? (Flags & kPermuteX) != 0 : (Flags & kPermuteY) != 0;
+    static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
+    static constexpr int Consumers = TileM / 64;
+    static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
+
+    static constexpr int Reduction = Forward ? K : N;
+    static constexpr int OutCols = Forward ? (Gated ? N / 2 : N) : K;
+    static constexpr int TileOutCols = Gated ? TileN / 2 : TileN;
+    static constexpr int NTiles = (OutCols + TileOutCols - 1) / TileOutCols;
+    static constexpr int Slices = (Reduction + sm90::kSliceK - 1) / sm90::kSliceK;
+
+    static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow;
+    static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow;
+    static constexpr int StageBytes = BytesA + BytesB;
+    static constexpr int SharedBytes = Stages * StageBytes + 1024;  // + slack to align the ring to 1024
+
+    // The producer keeps only addresses; consumers hold TileN/2 accumulators each.
+    static constexpr int ProducerRegisters = GatherA ? 56 : 40;
+    static constexpr int ConsumerRegisters = Consumers == 1 ? 256 : (GatherA ? 224 : 232);
+
+    using Mma = sm90::Wgmma<Element, TileN, 0, Forward ? 0 : 1>;
+    using Gather = sm90::GatherPlan<TileM, 1>;
+
+    static_assert(sizeof(Element) == 2, "16-bit inputs");
+    static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
+    static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
+    static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
+    static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
+    static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
+    static_assert(Stages >= 2, "at least double buffering");
+};
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::Threads, 1)
+    sm90_row_grouped_gemm(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_a,
+                          const __grid_constant__ sm90::TensorMap map_b) {
+    using Element = typename Cfg::Element;
+    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, Cfg::TileM, Cfg::NTiles>;
+    using Gather = typename Cfg::Gather;
+    constexpr int Flags = Cfg::Flags;
+
+    __shared__ typename Scheduler::Shared scheduler_storage;
+    __shared__ sm90::StageBarriers<Cfg::Stages> barriers;
+    extern __shared__ __align__(1024) unsigned char shared_raw[];
+    // TMA's 128-byte swizzle repeats every 1024 bytes; descriptors assume tiles start on that period.
+    const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;  // [Stages] x (A tile, B tile)
+
+    const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
+    const int thread = threadIdx.x % sm90::kWarpgroupThreads;
+    if (threadIdx.x == 0) {
+        barriers.init(Cfg::GatherA ? 1 + sm90::kWarpgroupThreads : 1, Cfg::Consumers);
+        sm90::prefetch_tensor_map(map_b);
+        if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
+    }
+    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
+
+    if (warpgroup == 0) {
+        sm90::release_registers<Cfg::ProducerRegisters>();
+        if (!Cfg::GatherA && thread != 0) return;
+        const Element* a = static_cast<const Element*>(args.a);
+        sm90::RingPosition<Cfg::Stages> position;
+        for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
+            const GroupedTile tile = scheduler.tile(tile_index);
+            const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
+            const int out_col0 = tile.n_tile * Cfg::TileOutCols;
+
+            const Element* gA[Cfg::GatherA ? Gather::Copies : 1];  // this thread's gathered rows
+            if constexpr (Cfg::GatherA) {
+#pragma unroll
+                for (int i = 0; i < Gather::Copies; ++i) {
+                    const int row = tile_row + Gather::row(thread, i);
+                    const int64 routed = static_cast<int64>(tile.row_begin) + row;
+                    const bool valid = row < tile.expert_rows && routed < args.rows;
+                    const int64 source = !valid ? 0 : Cfg::Forward ? token_row<Cfg::Topk>(args, routed) : slot_row(args, routed);
+                    gA[i] = valid ? a + source * Cfg::Reduction : nullptr;
+                }
+            }
+            for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
+                sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
+                const uint32 sA = ring + position.stage * Cfg::StageBytes;
+                const uint32 sB = sA + Cfg::BytesA;
+                const uint32 full = barriers.full_address(position.stage);
+                const int k0 = slice * sm90::kSliceK;
+                if (thread == 0) {
+                    sm90::mbarrier_arrive_expect_tx(full, (Cfg::GatherA ? 0 : Cfg::BytesA) + Cfg::BytesB);
+                    if (!Cfg::GatherA) sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
+                    if constexpr (Cfg::Gated) {  // gate rows, then the matching up rows N/2 further on
+                        sm90::tma_load_3d(sB, map_b, k0, out_col0, tile.expert, full);
+                        sm90::tma_load_3d(sB + Cfg::BytesB / 2, map_b, k0, Cfg::N / 2 + out_col0, tile.expert, full);
+                    } else if constexpr (Cfg::Forward) {
+                        sm90::tma_load_3d(sB, map_b, k0, out_col0, tile.expert, full);
+                    } else {  // dX: TileN/64 boxes of [64 n][64 k]
+#pragma unroll
+                        for (int box = 0; box < Cfg::TileN / 64; ++box)
+                            sm90::tma_load_3d(sB + box * 64 * sm90::kSliceBytesPerRow, map_b, out_col0 + box * 64, k0,
+                                              tile.expert, full);
+                    }
+                }
+                if constexpr (Cfg::GatherA) {
+#pragma unroll
+                    for (int i = 0; i < Gather::Copies; ++i) {
+                        const int col = k0 + (thread % 8) * 8;
+                        const bool valid = gA[i] != nullptr && col < Cfg::Reduction;
+                        ptx::cp_async_16(sA + Gather::offset(thread, i), valid ? gA[i] + col : a, valid);
+                    }
+                    sm90::cp_async_arrive(full);
+                }
+            }
+        }
+        return;
+    }
+
+    sm90::claim_registers<Cfg::ConsumerRegisters>();
+    const int consumer = warpgroup - 1;  // owns tile rows [64 * consumer, 64 * consumer + 64)
+    const int lane = threadIdx.x % 32, warp = thread / 32;
+    Element* c = static_cast<Element*>(args.c);
+    float accumulators[Cfg::Mma::Registers];
+    sm90::RingPosition<Cfg::Stages> position;
+    for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
+        const GroupedTile tile = scheduler.tile(tile_index);
+        for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
+            sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+            if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // cp.async wrote A through the generic proxy
+            const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
+            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
+            if constexpr (Cfg::Forward)
+                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 0, 32, slice > 0);
+            else  // B N-major: 16 reduction rows per k step, the next 64 output columns one box further
+                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
+                                                     16 * sm90::kSliceBytesPerRow, slice > 0);
+            sm90::wgmma_wait<0>();
+            sm90::fence_accumulators(accumulators);
+            if (thread == 0) sm90::mbarrier_arrive(barriers.empty_address(position.stage));
+        }
+
+        // Epilogue: thread holds rows lane/4 and lane/4 + 8 of its warp's 16, two columns per 8.
+        const int out_col0 = tile.n_tile * Cfg::TileOutCols;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = tile.m_tile * Cfg::TileM + consumer * 64 + warp * 16 + half * 8 + lane / 4;
+            const int64 routed = static_cast<int64>(tile.row_begin) + row;
+            if (row >= tile.expert_rows || routed >= args.rows) continue;
+            const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
+            const int64 out_row = scatter ? slot_row(args, routed) : routed;
+            const float scale = (Flags & kFuseMulPost) ? args.topk_weights[slot_row(args, routed)] : 1.0f;
+            Element* c_row = c + out_row * Cfg::OutCols;
+            if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
+                Element* p_row = static_cast<Element*>(args.preactivation) + out_row * Cfg::N;
+#pragma unroll
+                for (int j = 0; j < Cfg::TileN / 16; ++j) {
+                    const int col = out_col0 + j * 8 + (lane % 4) * 2;
+                    if (col >= Cfg::OutCols) continue;
+                    const float* gate = &accumulators[j * 4 + half * 2];
+                    const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
+                    *reinterpret_cast<uint32*>(c_row + col) =
+                        pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+                    if (args.preactivation != nullptr) {
+                        *reinterpret_cast<uint32*>(p_row + col) = pack2<Element>(gate[0], gate[1]);
+                        *reinterpret_cast<uint32*>(p_row + Cfg::N / 2 + col) = pack2<Element>(up[0], up[1]);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < Cfg::TileN / 8; ++j) {
+                    const int col = out_col0 + j * 8 + (lane % 4) * 2;
+                    const float* v = &accumulators[j * 4 + half * 2];
+                    if (col < Cfg::OutCols)
+                        *reinterpret_cast<uint32*>(c_row + col) = pack2<Element>(v[0] * scale, v[1] * scale);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace moejit

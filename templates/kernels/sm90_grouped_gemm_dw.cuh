@@ -1,0 +1,202 @@
+#pragma once
+// k-grouped weight gradient on Hopper (sm_90a), warp-specialized and persistent:
+//
+//   dW[e] = dY_e^T @ X_e      dY [M, N], X [M or T, K], dW [E, N, K]
+//
+// reducing over the routed rows of expert e, 64 rows per stage. Both operands arrive MN-major:
+// a slice is [64 routed rows][TileM of N] of dY and [64 routed rows][TileN of K] of X, stored as
+// 64-column boxes with the 128-byte swizzle, and wgmma reads both transposed. Full slices come by
+// TMA; a slice whose rows are indirect (permute_y for dY, permute_x for X) or that runs past the
+// expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
+// since TMA cannot stop at an expert boundary. Empty experts write zeros.
+#include "common/arguments.cuh"
+#include "mma/sm90_pipeline.cuh"
+#include "scheduler/grouped_tiles.cuh"
+
+namespace moejit {
+
+template <class Element_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_, int TileN_, int Stages_>
+struct Sm90WeightGradConfig {
+    using Element = Element_;
+    static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
+    static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
+    static constexpr int Consumers = TileM / 64;
+    static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
+    static constexpr int NTiles = (N + TileM - 1) / TileM, KTiles = (K + TileN - 1) / TileN;
+    static constexpr int TilesPerExpert = NTiles * KTiles;
+
+    static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;  // TileM/64 boxes of 8 KB
+    static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;
+    static constexpr int StageBytes = BytesA + BytesB;
+    static constexpr int SharedBytes = Stages * StageBytes + 1024;
+    static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
+
+    static constexpr int ProducerRegisters = 56;
+    static constexpr int ConsumerRegisters = Consumers == 1 ? 256 : 224;
+
+    using Mma = sm90::Wgmma<Element, TileN, 1, 1>;
+    using GatherA = sm90::GatherPlan<sm90::kSliceK, TileM / 64>;
+    using GatherB = sm90::GatherPlan<sm90::kSliceK, TileN / 64>;
+
+    static_assert(sizeof(Element) == 2, "16-bit inputs");
+    static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
+    static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
+    static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
+    static_assert(Stages >= 2, "at least double buffering");
+};
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::Threads, 1)
+    sm90_grouped_gemm_dw(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_dy,
+                         const __grid_constant__ sm90::TensorMap map_x) {
+    using Element = typename Cfg::Element;
+    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;  // row offsets only
+    constexpr int Flags = Cfg::Flags;
+    constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
+    constexpr int TotalTiles = Cfg::Experts * Cfg::TilesPerExpert;
+
+    __shared__ typename Scheduler::Shared scheduler_storage;
+    __shared__ sm90::StageBarriers<Cfg::Stages> barriers;
+    extern __shared__ __align__(1024) unsigned char shared_raw[];
+    const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;
+
+    const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
+    const int thread = threadIdx.x % sm90::kWarpgroupThreads;
+    if (threadIdx.x == 0) {
+        barriers.init(1 + sm90::kWarpgroupThreads, Cfg::Consumers);
+        if (!(Flags & kPermuteY)) sm90::prefetch_tensor_map(map_dy);
+        if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
+    }
+    const Scheduler scheduler(scheduler_storage, args.m_sizes);
+
+    auto tile_origin = [](int tile_index, int& expert, int& n0, int& k0) {
+        expert = tile_index / Cfg::TilesPerExpert;
+        const int within = tile_index - expert * Cfg::TilesPerExpert;
+        n0 = (within / Cfg::KTiles) * Cfg::TileM;
+        k0 = (within % Cfg::KTiles) * Cfg::TileN;
+    };
+
+    if (warpgroup == 0) {
+        sm90::release_registers<Cfg::ProducerRegisters>();
+        const Element* dy = static_cast<const Element*>(args.a);
+        const Element* x = static_cast<const Element*>(args.b);
+        sm90::RingPosition<Cfg::Stages> position;
+        for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
+            int expert, n0, k0;
+            tile_origin(tile_index, expert, n0, k0);
+            const int row_begin = scheduler.row_begin(expert);
+            const int expert_rows = scheduler.rows(expert);
+            const int slices = (expert_rows + sm90::kSliceK - 1) / sm90::kSliceK;
+            for (int slice = 0; slice < slices; ++slice, position.advance()) {
+                sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
+                const uint32 sA = ring + position.stage * Cfg::StageBytes;
+                const uint32 sB = sA + Cfg::BytesA;
+                const uint32 full = barriers.full_address(position.stage);
+                const int slice_row = slice * sm90::kSliceK;  // within the expert
+                const bool whole = slice_row + sm90::kSliceK <= expert_rows &&
+                                   static_cast<int64>(row_begin) + slice_row + sm90::kSliceK <= args.rows;
+                const bool tma_a = whole && !(Flags & kPermuteY);
+                const bool tma_b = whole && !(Flags & kPermuteX);
+                if (thread == 0) {
+                    sm90::mbarrier_arrive_expect_tx(full, (tma_a ? Cfg::BytesA : 0) + (tma_b ? Cfg::BytesB : 0));
+                    const int row = row_begin + slice_row;
+                    if (tma_a)
+#pragma unroll
+                        for (int box = 0; box < Cfg::TileM / 64; ++box)
+                            sm90::tma_load_2d(sA + box * Cfg::BoxBytes, map_dy, n0 + box * 64, row, full);
+                    if (tma_b)
+#pragma unroll
+                        for (int box = 0; box < Cfg::TileN / 64; ++box)
+                            sm90::tma_load_2d(sB + box * Cfg::BoxBytes, map_x, k0 + box * 64, row, full);
+                }
+                // This thread's four slice rows (t/8 + 16q): source rows, or -1 past the expert's end.
+                auto source_rows = [&](bool x_side, int64 (&source)[4]) {
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        const int row = slice_row + thread / 8 + 16 * q;
+                        const int64 routed = static_cast<int64>(row_begin) + row;
+                        const bool valid = row < expert_rows && routed < args.rows;
+                        source[q] = !valid                              ? -1
+                                    : (x_side && (Flags & kPermuteX))   ? token_row<Cfg::Topk>(args, routed)
+                                    : (!x_side && (Flags & kPermuteY))  ? slot_row(args, routed)
+                                                                        : routed;
+                    }
+                };
+                if (!tma_a) {
+                    int64 source[4];
+                    source_rows(false, source);
+                    using Gather = typename Cfg::GatherA;
+#pragma unroll
+                    for (int i = 0; i < Gather::Copies; ++i) {
+                        const int col = n0 + Gather::box(thread, i) * 64 + (thread % 8) * 8;
+                        const int64 row = source[i % 4];
+                        const bool valid = row >= 0 && col < Cfg::N;
+                        ptx::cp_async_16(sA + Gather::offset(thread, i), valid ? dy + row * Cfg::N + col : dy, valid);
+                    }
+                }
+                if (!tma_b) {
+                    int64 source[4];
+                    source_rows(true, source);
+                    using Gather = typename Cfg::GatherB;
+#pragma unroll
+                    for (int i = 0; i < Gather::Copies; ++i) {
+                        const int col = k0 + Gather::box(thread, i) * 64 + (thread % 8) * 8;
+                        const int64 row = source[i % 4];
+                        const bool valid = row >= 0 && col < Cfg::K;
+                        ptx::cp_async_16(sB + Gather::offset(thread, i), valid ? x + row * Cfg::K + col : x, valid);
+                    }
+                }
+                sm90::cp_async_arrive(full);  // every producer thread, gathering this slice or not
+            }
+        }
+        return;
+    }
+
+    sm90::claim_registers<Cfg::ConsumerRegisters>();
+    const int consumer = warpgroup - 1;  // owns dW rows n0 + [64 * consumer, 64 * consumer + 64)
+    const int lane = threadIdx.x % 32, warp = thread / 32;
+    float accumulators[Cfg::Mma::Registers];
+    sm90::RingPosition<Cfg::Stages> position;
+    for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
+        int expert, n0, k0;
+        tile_origin(tile_index, expert, n0, k0);
+        const int slices = (scheduler.rows(expert) + sm90::kSliceK - 1) / sm90::kSliceK;
+#pragma unroll
+        for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
+        for (int slice = 0; slice < slices; ++slice, position.advance()) {
+            sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+            sm90::fence_proxy_async();  // gathered slices were written through the generic proxy
+            const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
+            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
+            sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,
+                                                 Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
+            sm90::wgmma_wait<0>();
+            sm90::fence_accumulators(accumulators);
+            if (thread == 0) sm90::mbarrier_arrive(barriers.empty_address(position.stage));
+        }
+
+        const int64 expert_offset = static_cast<int64>(expert) * Cfg::N * Cfg::K;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int n = n0 + consumer * 64 + warp * 16 + half * 8 + lane / 4;
+            if (n >= Cfg::N) continue;
+#pragma unroll
+            for (int j = 0; j < Cfg::TileN / 8; ++j) {
+                const int k = k0 + j * 8 + (lane % 4) * 2;
+                if (k >= Cfg::K) continue;
+                const float* v = &accumulators[j * 4 + half * 2];
+                const int64 offset = expert_offset + static_cast<int64>(n) * Cfg::K + k;
+                if constexpr (OutFp32) {
+                    float2 pair;
+                    pair.x = v[0];
+                    pair.y = v[1];
+                    *reinterpret_cast<float2*>(static_cast<float*>(args.c) + offset) = pair;
+                } else {
+                    *reinterpret_cast<uint32*>(static_cast<Element*>(args.c) + offset) = pack2<Element>(v[0], v[1]);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace moejit

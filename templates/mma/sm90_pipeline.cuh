@@ -1,0 +1,79 @@
+#pragma once
+// The pieces every sm_90a grouped GEMM shares: the shared-memory stage ring with its full/empty
+// mbarriers, the cp.async row gather that stands in for TMA where rows are indirect or must be
+// masked, and one consumer step of four wgmma k16 instructions.
+//
+// Roles: warpgroup 0 produces (one thread issues TMA; all 128 gather), warpgroups 1.. consume.
+// Slot s is free when `empty[s]` completes (one arrival per consumer warpgroup) and filled when
+// `full[s]` completes (the TMA bytes plus, for gathering kernels, one arrival per producer thread).
+#include "common/sm90_ptx.cuh"
+#include "mma/sm90_wgmma.cuh"
+
+namespace moejit::sm90 {
+
+constexpr int kSliceK = 64;             // reduction elements per stage: one 128-byte swizzled row
+constexpr int kSliceBytesPerRow = 128;
+constexpr int kWarpgroupThreads = 128;
+
+// Position in the ring; producer and consumers advance identical copies in the same order.
+template <int Stages>
+struct RingPosition {
+    int stage = 0;
+    int parity = 0;
+    __device__ __forceinline__ void advance() {
+        if (++stage == Stages) {
+            stage = 0;
+            parity ^= 1;
+        }
+    }
+};
+
+template <int Stages>
+struct StageBarriers {
+    unsigned long long full[Stages];
+    unsigned long long empty[Stages];
+
+    __device__ uint32 full_address(int stage) const { return ptx::shared_address(&full[stage]); }
+    __device__ uint32 empty_address(int stage) const { return ptx::shared_address(&empty[stage]); }
+
+    // One thread, before the block-wide barrier that precedes the role split.
+    __device__ void init(int full_arrivals, int empty_arrivals) {
+        for (int s = 0; s < Stages; ++s) {
+            mbarrier_init(full_address(s), full_arrivals);
+            mbarrier_init(empty_address(s), empty_arrivals);
+        }
+        fence_barrier_init();
+    }
+};
+
+// A producer warpgroup gathering Rows rows x (Boxes x 64) columns of one slice into Boxes
+// 128-byte-swizzled [Rows][64] boxes placed Rows*128 bytes apart. Thread t copies chunk t % 8
+// of the rows and boxes that `row(t, i)` and `box(t, i)` name for i < Copies.
+template <int Rows, int Boxes>
+struct GatherPlan {
+    static constexpr int Copies = Rows * Boxes * 8 / kWarpgroupThreads;
+    static_assert(Copies * kWarpgroupThreads == Rows * Boxes * 8, "tile must split evenly over 128 threads");
+    __device__ __forceinline__ static int row(int thread, int i) { return ((thread + i * kWarpgroupThreads) / 8) % Rows; }
+    __device__ __forceinline__ static int box(int thread, int i) { return (thread + i * kWarpgroupThreads) / (8 * Rows); }
+    __device__ __forceinline__ static uint32 offset(int thread, int i) {
+        return uint32(box(thread, i)) * Rows * kSliceBytesPerRow + swizzled_offset(row(thread, i), thread % 8);
+    }
+};
+
+// One consumer step over a filled slot: four k16 wgmma into `accumulators`. `a_step` / `b_step`
+// are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
+template <class Mma, int Registers>
+__device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
+                                            uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
+                                            bool accumulate) {
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kSliceK / 16; ++k) {
+        const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, 1024);
+        const uint64 desc_b = smem_descriptor(b_address + k * b_step, b_leading, 1024);
+        Mma::mma(accumulators, desc_a, desc_b, (accumulate || k > 0) ? 1 : 0);
+    }
+    wgmma_commit();
+}
+
+}  // namespace moejit::sm90
