@@ -82,7 +82,7 @@ std::vector<int> random_sizes(int experts, int rows, double empty_fraction) {
 
 }  // namespace
 
-TEST_CASE("forward matches float64 on random routing, both dtypes", "[gpu]") {
+TEST_CASE("forward matches float64 on random routing, both dtypes", "[gpu][gemm]") {
     for (DType dtype : {DType::bf16, DType::fp16}) {
         for (auto shape : {std::pair<int64_t, int64_t>{256, 512}, {1536, 2048}, {56, 776}, {8, 8}, {392, 136}}) {
             const auto sizes = random_sizes(16, 1000, 0.25);
@@ -93,7 +93,7 @@ TEST_CASE("forward matches float64 on random routing, both dtypes", "[gpu]") {
     }
 }
 
-TEST_CASE("forward handles empty, skewed and tile-straddling experts", "[gpu]") {
+TEST_CASE("forward handles empty, skewed and tile-straddling experts", "[gpu][gemm]") {
     const DType dtype = DType::bf16;
     SECTION("all rows on one expert") {
         std::vector<int> sizes(32, 0);
@@ -110,7 +110,7 @@ TEST_CASE("forward handles empty, skewed and tile-straddling experts", "[gpu]") 
     }
 }
 
-TEST_CASE("forward with no rows launches nothing and leaves the output alone", "[gpu]") {
+TEST_CASE("forward with no rows launches nothing and leaves the output alone", "[gpu][gemm]") {
     Problem problem;
     problem.n = 64;
     problem.k = 64;
@@ -123,7 +123,7 @@ TEST_CASE("forward with no rows launches nothing and leaves the output alone", "
     for (uint16_t bits : dy.to_host<uint16_t>()) REQUIRE(bits == kPoison);
 }
 
-TEST_CASE("forward rejects bad pointers and sizes before launching", "[gpu]") {
+TEST_CASE("forward rejects bad pointers and sizes before launching", "[gpu][gemm]") {
     Problem problem;
     problem.n = 64;
     problem.k = 64;
@@ -140,7 +140,7 @@ TEST_CASE("forward rejects bad pointers and sizes before launching", "[gpu]") {
     CHECK_THROWS_AS(GroupedGemm(odd), Error);
 }
 
-TEST_CASE("forward indexes experts past 2^31 weight elements in 64 bits", "[gpu]") {
+TEST_CASE("forward indexes experts past 2^31 weight elements in 64 bits", "[gpu][gemm]") {
     // E*N*K = 129 * 4096 * 4096 > 2^31. Only experts 0 and 128 hold data; every other expert is NaN,
     // so a wrapped offset shows up as NaN in the output.
     const DType dtype = DType::bf16;

@@ -246,7 +246,7 @@ void check_training_flag_sets(DType dtype, int64_t n, int64_t k, const HostRouti
 
 }  // namespace
 
-TEST_CASE("passes: every allowed flag combination, forward, dX and dW, bf16 and fp16", "[gpu]") {
+TEST_CASE("passes: every allowed flag combination, forward, dX and dW, bf16 and fp16", "[gpu][gemm]") {
     for (DType dtype : {DType::bf16, DType::fp16}) {
         // 8 experts, top-2, 301 tokens (M = 602); expert 5 never chosen; about half of the tokens
         // put expert 0 first. N and K are not multiples of the tiles.
@@ -257,7 +257,7 @@ TEST_CASE("passes: every allowed flag combination, forward, dX and dW, bf16 and 
     }
 }
 
-TEST_CASE("passes: the Hopper path is chosen on sm_90a for every pass and row count", "[gpu]") {
+TEST_CASE("passes: the Hopper path is chosen on sm_90a for every pass and row count", "[gpu][gemm][hopper]") {
     const Problem problem = make_problem(DType::bf16, 1536, 2048, 128, 8, kGatedPermuteX);
     const GroupedGemm gemm(problem);
     const bool hopper_device = gemm.problem().arch.sm() == 90;
@@ -275,7 +275,7 @@ TEST_CASE("passes: the Hopper path is chosen on sm_90a for every pass and row co
     }
 }
 
-TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu]") {
+TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu][gemm][hopper]") {
     const Problem probe = make_problem(DType::bf16, 208, 136, 8, 2, kNone);
     if (GroupedGemm(probe).problem().arch.sm() != 90) {
         WARN("not an sm_90a device: no Hopper kernels to test");
@@ -295,7 +295,7 @@ TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu]") {
     }
 }
 
-TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty experts, M = 0", "[gpu]") {
+TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty experts, M = 0", "[gpu][gemm]") {
     const DType dtype = DType::bf16;
     const int64_t n = 208, k = 136;
     SECTION("one expert, top-1, 37 tokens") {
@@ -325,7 +325,7 @@ TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty expert
     }
 }
 
-TEST_CASE("passes: qwen3-30b-a3b gate_up and down shapes, 64 tokens x top-8 of 128", "[gpu][model]") {
+TEST_CASE("passes: qwen3-30b-a3b gate_up and down shapes, 64 tokens x top-8 of 128", "[gpu][gemm][model]") {
     const HostRouting routing = make_routing(128, 8, random_choices(64, 8, all_experts(128)));
     SECTION("gate_up N 1536 K 2048") { check_passes(DType::bf16, 1536, 2048, routing, kGatedPermuteX, kFwd | kDx | kDw); }
     SECTION("down N 2048 K 768") {
@@ -334,20 +334,20 @@ TEST_CASE("passes: qwen3-30b-a3b gate_up and down shapes, 64 tokens x top-8 of 1
     }
 }
 
-TEST_CASE("passes: mixtral-8x7b gate_up shape, 12 tokens x top-2 of 8", "[gpu][model]") {
+TEST_CASE("passes: mixtral-8x7b gate_up shape, 12 tokens x top-2 of 8", "[gpu][gemm][model]") {
     // M*N*K = 24 * 28672 * 4096 = 2.8e9 multiply-adds per host reference.
     const HostRouting routing = make_routing(8, 2, random_choices(12, 2, all_experts(8)));
     check_passes(DType::bf16, 28672, 4096, routing, kGatedPermuteX, kFwd | kDx | kDw);
 }
 
-TEST_CASE("passes: deepseek-v3 down shape, 8 tokens x top-8 of 256", "[gpu][model]") {
+TEST_CASE("passes: deepseek-v3 down shape, 8 tokens x top-8 of 256", "[gpu][gemm][model]") {
     // W and dW are [256, 7168, 2048] = 3.8e9 elements: 64-bit offsets on every pass.
     const HostRouting routing = make_routing(256, 8, random_choices(8, 8, all_experts(256)));
     check_passes(DType::bf16, 7168, 2048, routing, kPermuteYMulPost, kFwd | kDx);
     check_passes(DType::bf16, 7168, 2048, routing, kPermuteY, kDw);
 }
 
-TEST_CASE("passes: dX and dW index experts past 2^31 weight elements in 64 bits", "[gpu][model]") {
+TEST_CASE("passes: dX and dW index experts past 2^31 weight elements in 64 bits", "[gpu][gemm][model]") {
     // E*N*K = 129 * 4096 * 4096 = 2.16e9 > 2^31. Only experts 0 and 128 have rows; every other
     // expert's W is NaN, so a wrapped offset shows up as NaN, and their dW must be exactly zero.
     std::vector<int> sizes(129, 0);
@@ -357,7 +357,7 @@ TEST_CASE("passes: dX and dW index experts past 2^31 weight elements in 64 bits"
     check_passes(DType::bf16, 4096, 4096, routing, kNone, kFwd | kDx | kDw);
 }
 
-TEST_CASE("passes: combine_topk sums the top-k slots, deterministically", "[gpu]") {
+TEST_CASE("passes: combine_topk sums the top-k slots, deterministically", "[gpu][gemm]") {
     INFO("seed " << test_seed());
     for (DType dtype : {DType::bf16, DType::fp16}) {
         for (const auto& [width, topk, tokens] :
@@ -388,7 +388,7 @@ TEST_CASE("passes: combine_topk sums the top-k slots, deterministically", "[gpu]
     }
 }
 
-TEST_CASE("passes: gated_activation_backward matches float64", "[gpu]") {
+TEST_CASE("passes: gated_activation_backward matches float64", "[gpu][gemm]") {
     INFO("seed " << test_seed());
     for (DType dtype : {DType::bf16, DType::fp16}) {
         for (const auto& [half, rows] : {std::pair<int64_t, int64_t>{8, 1}, {768, 37}, {1536, 300}, {104, 0}}) {
@@ -520,7 +520,7 @@ double worst_finite_difference(const Mlp& mlp, MlpTensors p, int tensor, const s
 
 }  // namespace
 
-TEST_CASE("passes: gated MoE MLP gradients through the library match float64 and finite differences", "[gpu]") {
+TEST_CASE("passes: gated MoE MLP gradients through the library match float64 and finite differences", "[gpu][gemm]") {
     // gate_up GroupedGemm (permute_x, gated, preactivation saved) -> down GroupedGemm (permute_y,
     // fuse_mul_post) into slot order -> combine_topk; loss = sum(out * R). Backward with the library:
     // down.dx (gathers dY = R per slot, scales by topk_weights) -> gated_activation_backward ->
@@ -610,7 +610,7 @@ void call_pass(const GroupedGemm& gemm, Op op, CUdeviceptr a, CUdeviceptr b, CUd
 
 }  // namespace
 
-TEST_CASE("passes: bad problems and arguments throw moejit::Error before any launch", "[gpu]") {
+TEST_CASE("passes: bad problems and arguments throw moejit::Error before any launch", "[gpu][gemm]") {
     Problem base;
     base.n = 64;
     base.k = 64;
