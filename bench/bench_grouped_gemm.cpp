@@ -16,6 +16,7 @@
 #include "runtime/module.hpp"
 #include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/tensor_map.hpp"
 #include "tests/support/device.hpp"
 #include "tests/support/half.hpp"
 
@@ -201,13 +202,16 @@ int main(int argc, char** argv) try {
         };
         const double api_us = per_call_us([&] { gemm.forward(dx.get(), dw.get(), dy.get(), Routing{dm.get(), 0, 0, 16}, nullptr); });
         // The floor: the same kernel through cuLaunchKernelEx alone, no validation or lookup.
-        auto kernel = Runtime::instance().kernel(gemm.problem(), Config::parse(gemm.config()));
+        const Config config = Config::parse(gemm.config(Op::fwd, 16));
+        auto kernel = Runtime::instance().kernel(gemm.problem(), config);
         CUdeviceptr x = dx.get(), w = dw.get(), y = dy.get(), m = dm.get();
         long long total_rows = 16;
         GroupedGemmArguments packed{reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(w),
                                     reinterpret_cast<void*>(y), nullptr, reinterpret_cast<const int*>(m), nullptr,
                                     nullptr, total_rows};
-        void* arguments[] = {&packed};
+        HopperTensorMaps maps;
+        if (config.hopper()) maps = hopper_tensor_maps(gemm.problem(), config, x, w, total_rows);
+        void* arguments[] = {&packed, &maps.a, &maps.b};
         const double raw_us = per_call_us([&] { kernel->launch(132, nullptr, arguments); });
         std::printf("\nhost cost of a cached forward call (median of 20 batches of 200): %.2f us "
                     "(cuLaunchKernelEx alone: %.2f us)\n", api_us, raw_us);

@@ -39,33 +39,6 @@ std::shared_ptr<const Kernel> elementwise_kernel(Problem problem, const DeviceIn
     return Runtime::instance().kernel(problem, choose_config(problem));
 }
 
-// The two operand maps of a Hopper kernel (templates/kernels/sm90_*.cuh). Operands the kernel
-// gathers row by row with cp.async get no map (an all-zero one that is never read).
-struct HopperTensorMaps {
-    CUtensorMap a{};
-    CUtensorMap b{};
-};
-
-HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUdeviceptr a, CUdeviceptr b,
-                                    int64_t rows) {
-    HopperTensorMaps maps;
-    switch (p.op) {
-        case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
-            if (!p.permute_x) maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, config.tile_m);
-            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, p.gated ? config.tile_n / 2 : config.tile_n);
-            break;
-        case Op::dx:  // A = dY [M, N] by m tiles; B = W [E][N][K] as [64 n][64 k] boxes
-            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.tile_m);
-            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
-            break;
-        default:  // dW: A = dY [M, N], B = X [M, K], both as [64 rows][64 columns] boxes
-            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, 64);
-            if (!p.permute_x) maps.b = matrix_tensor_map(p.dtype, b, p.k, rows, 64);
-            break;
-    }
-    return maps;
-}
-
 }  // namespace
 
 // One kernel per rows bucket: decode-sized calls take a weight-streaming tiling, large ones the

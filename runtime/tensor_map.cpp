@@ -40,4 +40,24 @@ CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int6
     return encode(dtype, base, 3, dims, strides, box);
 }
 
+HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUdeviceptr a, CUdeviceptr b,
+                                    int64_t rows) {
+    HopperTensorMaps maps;
+    switch (p.op) {
+        case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
+            if (!p.permute_x) maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, config.tile_m);
+            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, p.gated ? config.tile_n / 2 : config.tile_n);
+            break;
+        case Op::dx:  // A = dY [M, N] by m tiles; B = W [E][N][K] as [64 n][64 k] boxes
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.tile_m);
+            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
+            break;
+        default:  // dW: A = dY [M, N], B = X [M, K], both as [64 rows][64 columns] boxes
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, 64);
+            if (!p.permute_x) maps.b = matrix_tensor_map(p.dtype, b, p.k, rows, 64);
+            break;
+    }
+    return maps;
+}
+
 }  // namespace moejit

@@ -3,6 +3,8 @@
 // 128-byte-swizzled boxes, exactly the layout the templates' wgmma descriptors expect.
 #include <moejit/problem.hpp>
 
+#include "codegen/config.hpp"
+
 #include <cuda.h>
 
 #include <cstdint>
@@ -16,5 +18,15 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
 // `count` stacked [rows][cols] matrices (the experts' weights [E][N][K]): a 3-D map whose reads
 // past `rows` are zeros instead of the next matrix.
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows);
+
+// The two operand maps of a Hopper grouped-GEMM kernel (templates/kernels/sm90_*.cuh) for a call
+// with A at `a`, B at `b` and `rows` routed rows. Operands the kernel gathers row by row with
+// cp.async get no map (an all-zero one that is never read).
+struct HopperTensorMaps {
+    CUtensorMap a{};
+    CUtensorMap b{};
+};
+HopperTensorMaps hopper_tensor_maps(const Problem& problem, const Config& config, CUdeviceptr a, CUdeviceptr b,
+                                    int64_t rows);
 
 }  // namespace moejit
