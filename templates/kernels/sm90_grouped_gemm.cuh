@@ -144,7 +144,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     sm90::RingPosition<Cfg::Stages> position;
     for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
         const GroupedTile tile = scheduler.tile(tile_index);
-        for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
+        constexpr int slices = Cfg::Slices;
+        int previous_stage = 0;
+        for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // cp.async wrote A through the generic proxy
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
@@ -154,10 +156,15 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             else  // B N-major: 16 reduction rows per k step, the next 64 output columns one box further
                 sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
                                                      16 * sm90::kSliceBytesPerRow, slice > 0);
-            sm90::wgmma_wait<0>();
+            // Keep this slice's wgmma in flight while the previous one retires and frees its slot.
+            sm90::wgmma_wait<1>();
             sm90::fence_accumulators(accumulators);
-            if (thread == 0) sm90::mbarrier_arrive(barriers.empty_address(position.stage));
+            if (slice > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
+            previous_stage = position.stage;
         }
+        sm90::wgmma_wait<0>();
+        sm90::fence_accumulators(accumulators);
+        if (slices > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
 
         // Epilogue: thread holds rows lane/4 and lane/4 + 8 of its warp's 16, two columns per 8.
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;

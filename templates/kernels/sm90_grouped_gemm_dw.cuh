@@ -163,6 +163,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const int slices = (scheduler.rows(expert) + sm90::kSliceK - 1) / sm90::kSliceK;
 #pragma unroll
         for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
+        int previous_stage = 0;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             sm90::fence_proxy_async();  // gathered slices were written through the generic proxy
@@ -170,10 +171,15 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
             sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,
                                                  Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
-            sm90::wgmma_wait<0>();
+            // Keep this slice's wgmma in flight while the previous one retires and frees its slot.
+            sm90::wgmma_wait<1>();
             sm90::fence_accumulators(accumulators);
-            if (thread == 0) sm90::mbarrier_arrive(barriers.empty_address(position.stage));
+            if (slice > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
+            previous_stage = position.stage;
         }
+        sm90::wgmma_wait<0>();
+        sm90::fence_accumulators(accumulators);
+        if (slices > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
 
         const int64 expert_offset = static_cast<int64>(expert) * Cfg::N * Cfg::K;
 #pragma unroll
