@@ -47,6 +47,7 @@ template <bool Condition, class IfTrue, class IfFalse> struct conditional_type {
 template <class IfTrue, class IfFalse> struct conditional_type<false, IfTrue, IfFalse> { using type = IfFalse; };
 
 template <class T> __device__ __forceinline__ T max_of(T a, T b) { return a > b ? a : b; }
+template <class T> __device__ __forceinline__ T min_of(T a, T b) { return a < b ? a : b; }
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace moejit

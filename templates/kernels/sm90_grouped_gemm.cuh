@@ -38,7 +38,10 @@ struct Sm90RowGroupedConfig {
     static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow;
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow;
     static constexpr int StageBytes = BytesA + BytesB;
-    static constexpr int SharedBytes = Stages * StageBytes + 1024;  // + slack to align the ring to 1024
+    // Output rows are staged in shared memory and sent with one bulk copy per row (rows may scatter).
+    static constexpr int StagingPitch = TileN * 2 + 16;  // bytes; the 16 spreads the rows over all banks
+    static constexpr int StagingBytes = 64 * StagingPitch;  // per consumer warpgroup
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;  // + ring alignment
 
     // The producer keeps only addresses; consumers hold TileN/2 accumulators each.
     static constexpr int ProducerRegisters = GatherA ? 56 : 40;
@@ -166,43 +169,68 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::fence_accumulators(accumulators);
         if (slices > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
 
-        // Epilogue: thread holds rows lane/4 and lane/4 + 8 of its warp's 16, two columns per 8.
+        // Epilogue. The thread holds rows lane/4 and lane/4 + 8 of its warp's 16 and two columns of
+        // every 8. They go to this warpgroup's staging rows; then each lane of warp 0 sends two whole
+        // rows to their (possibly scattered) global rows with bulk copies, which run on while the
+        // next tile's mainloop starts.
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;
+        const uint32 staging = ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes;
+        if (warp == 0) sm90::bulk_wait_read();  // the previous tile's rows have left the staging buffer
+        sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int row = tile.m_tile * Cfg::TileM + consumer * 64 + warp * 16 + half * 8 + lane / 4;
+            const int local_row = warp * 16 + half * 8 + lane / 4;
+            const int row = tile.m_tile * Cfg::TileM + consumer * 64 + local_row;
             const int64 routed = static_cast<int64>(tile.row_begin) + row;
-            if (row >= tile.expert_rows || routed >= args.rows) continue;
-            const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
-            const int64 out_row = scatter ? slot_row(args, routed) : routed;
-            const float scale = (Flags & kFuseMulPost) ? args.topk_weights[slot_row(args, routed)] : 1.0f;
-            Element* c_row = c + out_row * Cfg::OutCols;
+            const bool valid = row < tile.expert_rows && routed < args.rows;
+            const uint32 staging_row = staging + local_row * Cfg::StagingPitch + (lane % 4) * 4;
             if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
-                Element* p_row = static_cast<Element*>(args.preactivation) + out_row * Cfg::N;
 #pragma unroll
                 for (int j = 0; j < Cfg::TileN / 16; ++j) {
-                    const int col = out_col0 + j * 8 + (lane % 4) * 2;
-                    if (col >= Cfg::OutCols) continue;
                     const float* gate = &accumulators[j * 4 + half * 2];
                     const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
-                    *reinterpret_cast<uint32*>(c_row + col) =
-                        pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
-                    if (args.preactivation != nullptr) {
+                    ptx::store_shared_32(staging_row + j * 16, pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]));
+                }
+                if (args.preactivation != nullptr && valid) {  // training only: gate|up, straight to global
+                    const int64 out_row = (Flags & kPermuteY) ? slot_row(args, routed) : routed;
+                    Element* p_row = static_cast<Element*>(args.preactivation) + out_row * Cfg::N;
+#pragma unroll
+                    for (int j = 0; j < Cfg::TileN / 16; ++j) {
+                        const int col = out_col0 + j * 8 + (lane % 4) * 2;
+                        if (col >= Cfg::OutCols) continue;
+                        const float* gate = &accumulators[j * 4 + half * 2];
+                        const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
                         *reinterpret_cast<uint32*>(p_row + col) = pack2<Element>(gate[0], gate[1]);
                         *reinterpret_cast<uint32*>(p_row + Cfg::N / 2 + col) = pack2<Element>(up[0], up[1]);
                     }
                 }
             } else {
+                const float scale = (Flags & kFuseMulPost) && valid ? args.topk_weights[slot_row(args, routed)] : 1.0f;
 #pragma unroll
                 for (int j = 0; j < Cfg::TileN / 8; ++j) {
-                    const int col = out_col0 + j * 8 + (lane % 4) * 2;
                     const float* v = &accumulators[j * 4 + half * 2];
-                    if (col < Cfg::OutCols)
-                        *reinterpret_cast<uint32*>(c_row + col) = pack2<Element>(v[0] * scale, v[1] * scale);
+                    ptx::store_shared_32(staging_row + j * 16, pack2<Element>(v[0] * scale, v[1] * scale));
                 }
             }
         }
+        sm90::fence_proxy_async();  // the bulk copies read the staging rows through the async proxy
+        sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
+        if (warp == 0) {
+            const uint32 bytes = min_of(Cfg::TileOutCols, Cfg::OutCols - out_col0) * 2;
+#pragma unroll
+            for (int pass = 0; pass < 2; ++pass) {
+                const int local_row = lane + 32 * pass;
+                const int row = tile.m_tile * Cfg::TileM + consumer * 64 + local_row;
+                const int64 routed = static_cast<int64>(tile.row_begin) + row;
+                if (row >= tile.expert_rows || routed >= args.rows) continue;
+                const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
+                const int64 out_row = scatter ? slot_row(args, routed) : routed;
+                sm90::bulk_store(c + out_row * Cfg::OutCols + out_col0, staging + local_row * Cfg::StagingPitch, bytes);
+            }
+            sm90::bulk_commit();
+        }
     }
+    if (warp == 0) sm90::bulk_wait();  // every row written before the kernel ends
 }
 
 }  // namespace moejit

@@ -28,7 +28,13 @@ struct Sm90WeightGradConfig {
     static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;  // TileM/64 boxes of 8 KB
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;
     static constexpr int StageBytes = BytesA + BytesB;
-    static constexpr int SharedBytes = Stages * StageBytes + 1024;
+    // Output rows are staged in shared memory, TileN/Chunks columns at a time, and sent with one
+    // bulk copy per row: fp32 in two chunks so the staging rows take no more room than bf16 ones.
+    static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
+    static constexpr int Chunks = OutFp32 ? 2 : 1, ChunkCols = TileN / Chunks;
+    static constexpr int StagingPitch = TileN * 2 + 16;  // bytes; the 16 spreads the rows over all banks
+    static constexpr int StagingBytes = 64 * StagingPitch;  // per consumer warpgroup
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;
     static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
 
     static constexpr int ProducerRegisters = 56;
@@ -52,7 +58,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     using Element = typename Cfg::Element;
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;  // row offsets only
     constexpr int Flags = Cfg::Flags;
-    constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
+    constexpr bool OutFp32 = Cfg::OutFp32;
     constexpr int TotalTiles = Cfg::Experts * Cfg::TilesPerExpert;
 
     __shared__ typename Scheduler::Shared scheduler_storage;
@@ -181,28 +187,49 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::fence_accumulators(accumulators);
         if (slices > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
 
-        const int64 expert_offset = static_cast<int64>(expert) * Cfg::N * Cfg::K;
+        // Epilogue, per column chunk: fragments to this warpgroup's staging rows, then each lane of
+        // warp 0 sends two whole rows to dW[expert][n][k0 + chunk...] with bulk copies.
+        using Out = typename conditional_type<OutFp32, float, Element>::type;
+        Out* dw = static_cast<Out*>(args.c) + static_cast<int64>(expert) * Cfg::N * Cfg::K;
+        const uint32 staging = ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int n = n0 + consumer * 64 + warp * 16 + half * 8 + lane / 4;
-            if (n >= Cfg::N) continue;
+        for (int chunk = 0; chunk < Cfg::Chunks; ++chunk) {
+            if (warp == 0) sm90::bulk_wait_read();  // earlier rows have left the staging buffer
+            sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
 #pragma unroll
-            for (int j = 0; j < Cfg::TileN / 8; ++j) {
-                const int k = k0 + j * 8 + (lane % 4) * 2;
-                if (k >= Cfg::K) continue;
-                const float* v = &accumulators[j * 4 + half * 2];
-                const int64 offset = expert_offset + static_cast<int64>(n) * Cfg::K + k;
-                if constexpr (OutFp32) {
-                    float2 pair;
-                    pair.x = v[0];
-                    pair.y = v[1];
-                    *reinterpret_cast<float2*>(static_cast<float*>(args.c) + offset) = pair;
-                } else {
-                    *reinterpret_cast<uint32*>(static_cast<Element*>(args.c) + offset) = pack2<Element>(v[0], v[1]);
+            for (int half = 0; half < 2; ++half) {
+                const uint32 staging_row =
+                    staging + (warp * 16 + half * 8 + lane / 4) * Cfg::StagingPitch + (lane % 4) * 2 * sizeof(Out);
+#pragma unroll
+                for (int j = 0; j < Cfg::ChunkCols / 8; ++j) {
+                    const float* v = &accumulators[(chunk * Cfg::ChunkCols / 8 + j) * 4 + half * 2];
+                    const uint32 address = staging_row + j * 8 * sizeof(Out);
+                    if constexpr (OutFp32) {
+                        ptx::store_shared_32(address, __float_as_uint(v[0]));
+                        ptx::store_shared_32(address + 4, __float_as_uint(v[1]));
+                    } else {
+                        ptx::store_shared_32(address, pack2<Element>(v[0], v[1]));
+                    }
                 }
+            }
+            sm90::fence_proxy_async();
+            sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
+            const int k = k0 + chunk * Cfg::ChunkCols;
+            if (warp == 0 && k < Cfg::K) {
+                const uint32 bytes = min_of(Cfg::ChunkCols, Cfg::K - k) * sizeof(Out);
+#pragma unroll
+                for (int pass = 0; pass < 2; ++pass) {
+                    const int local_row = lane + 32 * pass;
+                    const int n = n0 + consumer * 64 + local_row;
+                    if (n < Cfg::N)
+                        sm90::bulk_store(dw + static_cast<int64>(n) * Cfg::K + k, staging + local_row * Cfg::StagingPitch,
+                                         bytes);
+                }
+                sm90::bulk_commit();
             }
         }
     }
+    if (warp == 0) sm90::bulk_wait();  // every row written before the kernel ends
 }
 
 }  // namespace moejit
