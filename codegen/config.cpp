@@ -159,6 +159,7 @@ void check_config(const Problem& problem, const Config& config) {
             throw Error(what + ": hopper tiles are m64 or m128 by n64, n128 or n256");
         if (problem.gated && problem.op == Op::fwd && config.tile_n < 128)
             throw Error(what + ": the gated epilogue needs n128 or n256");
+        if (config.stages < 3) throw Error(what + ": hopper kernels need at least 3 stages");
     } else if (config.tile_m < 16 || config.tile_n < 16 || config.warps_m < 1 || config.warps_n < 1 ||
                config.threads() > 1024) {
         throw Error(what + ": tiles must be at least 16, at most 32 warps");

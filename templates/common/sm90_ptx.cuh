@@ -44,11 +44,6 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32 barrier, uint32
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barrier), "r"(bytes) : "memory");
 }
 
-// This thread's arrival, made once all of its earlier cp.async copies have landed.
-__device__ __forceinline__ void cp_async_arrive(uint32 barrier) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(barrier) : "memory");
-}
-
 // --- TMA ----------------------------------------------------------------------------------------
 
 __device__ __forceinline__ void prefetch_tensor_map(const TensorMap& map) {

@@ -56,7 +56,7 @@ struct Sm90RowGroupedConfig {
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
     static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
-    static_assert(Stages >= 2, "at least double buffering");
+    static_assert(Stages >= 3, "gathered slices are announced one slice late: three slots keep the ring moving");
 };
 
 template <class Cfg>
@@ -88,6 +88,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         if (!Cfg::GatherA && thread != 0) return;
         const Element* a = static_cast<const Element*>(args.a);
         sm90::RingPosition<Cfg::Stages> position;
+        sm90::GatherAnnouncer gathered;
         for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
             const GroupedTile tile = scheduler.tile(tile_index);
             const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
@@ -132,10 +133,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                         const bool valid = gA[i] != nullptr && col < Cfg::Reduction;
                         ptx::cp_async_16(sA + Gather::offset(thread, i), valid ? gA[i] + col : a, valid);
                     }
-                    sm90::cp_async_arrive(full);
+                    gathered.issued(full);
                 }
             }
         }
+        if constexpr (Cfg::GatherA) gathered.flush();
         return;
     }
 
@@ -151,7 +153,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         int previous_stage = 0;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-            if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // cp.async wrote A through the generic proxy
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
             const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
             if constexpr (Cfg::Forward)

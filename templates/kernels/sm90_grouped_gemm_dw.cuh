@@ -48,7 +48,7 @@ struct Sm90WeightGradConfig {
     static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
     static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
     static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
-    static_assert(Stages >= 2, "at least double buffering");
+    static_assert(Stages >= 3, "gathered slices are announced one slice late: three slots keep the ring moving");
 };
 
 template <class Cfg>
@@ -87,6 +87,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const Element* dy = static_cast<const Element*>(args.a);
         const Element* x = static_cast<const Element*>(args.b);
         sm90::RingPosition<Cfg::Stages> position;
+        sm90::GatherAnnouncer gathered;
         for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
             int expert, n0, k0;
             tile_origin(tile_index, expert, n0, k0);
@@ -152,9 +153,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                         ptx::cp_async_16(sB + Gather::offset(thread, i), valid ? x + row * Cfg::K + col : x, valid);
                     }
                 }
-                sm90::cp_async_arrive(full);  // every producer thread, gathering this slice or not
+                gathered.issued(full);  // every producer thread, gathering this slice or not
             }
         }
+        gathered.flush();
         return;
     }
 
@@ -172,7 +174,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         int previous_stage = 0;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-            sm90::fence_proxy_async();  // gathered slices were written through the generic proxy
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
             const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
             sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,

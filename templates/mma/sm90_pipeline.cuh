@@ -60,6 +60,31 @@ struct GatherPlan {
     }
 };
 
+// A producer thread's cp.async gathers reach wgmma through the async proxy, so the thread itself
+// waits for them, fences, and only then arrives on the slot's full barrier. Announcing one slice
+// late keeps two slices of copies in flight per thread instead of stalling on each.
+struct GatherAnnouncer {
+    uint32 pending_full = 0;  // full barrier of the slice whose copies are still in flight, 0: none
+
+    // After issuing (or not) this thread's copies of the slice whose full barrier is `full`.
+    __device__ __forceinline__ void issued(uint32 full) {
+        ptx::cp_async_commit();
+        if (pending_full != 0) {
+            ptx::cp_async_wait<1>();
+            fence_proxy_async();
+            mbarrier_arrive(pending_full);
+        }
+        pending_full = full;
+    }
+    __device__ __forceinline__ void flush() {
+        if (pending_full == 0) return;
+        ptx::cp_async_wait<0>();
+        fence_proxy_async();
+        mbarrier_arrive(pending_full);
+        pending_full = 0;
+    }
+};
+
 // One consumer step over a filled slot: four k16 wgmma into `accumulators`. `a_step` / `b_step`
 // are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
 template <class Mma, int Registers>
