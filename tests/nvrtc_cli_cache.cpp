@@ -335,7 +335,7 @@ TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and 
     const Binary compiled = first.get(problem, config);
     CHECK_FALSE(compiled.from_disk);
     REQUIRE(!compiled.cubin.empty());
-    CHECK(compiled.kernel_name.find("sm80_row_grouped_gemm") != std::string::npos);
+    CHECK(compiled.kernel_name.find("sm90_row_grouped_gemm") != std::string::npos);  // sm_90a: the Hopper path
     CHECK(compiled.log.find("registers") != std::string::npos);
     const std::string entry = first.disk().entry_path(compiled.key);
     REQUIRE(fs::is_regular_file(entry));
@@ -566,28 +566,28 @@ TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
 
     const Result expanded = run_cli({"source", kSpec, "--expand"}, cache.path);
     CHECK(expanded.status == 0);
-    CHECK(expanded.out.find("sm80_row_grouped_gemm") != std::string::npos);
+    CHECK(expanded.out.find("sm90_row_grouped_gemm") != std::string::npos);
     CHECK(expanded.out.find("GroupedTileScheduler") != std::string::npos);
     CHECK(expanded.out.find("struct alignas(2) bf16") != std::string::npos);  // common/types.cuh
     CHECK(count_of(expanded.out, "struct alignas(2) bf16") == 1);             // each header once
-    CHECK(expanded.out.find("Sm80RowGroupedConfig<") != std::string::npos);  // the generated part
+    CHECK(expanded.out.find("Sm90RowGroupedConfig<") != std::string::npos);  // the generated part
     CHECK_FALSE(std::regex_search(expanded.out, std::regex(R"((^|\n)\s*#\s*include\s*")")));
     // The expansion is the whole translation unit: it compiles on its own to the same kernel.
     Source standalone = source;
     standalone.text = expanded.out;
     const NvrtcOutput output = nvrtc_compile(standalone, nvrtc_options(problem.arch));
     CHECK(!output.cubin.empty());
-    CHECK(output.lowered_name.find("sm80_row_grouped_gemm") != std::string::npos);
+    CHECK(output.lowered_name.find("sm90_row_grouped_gemm") != std::string::npos);
 
     const Result ptx = run_cli({"ptx", kSpec}, cache.path);
     CHECK(ptx.status == 0);
-    CHECK(ptx.out.find("mma.sync") != std::string::npos);
+    CHECK(ptx.out.find("wgmma.mma_async") != std::string::npos);
     CHECK(ptx.out.find(".target sm_90a") != std::string::npos);
     CHECK(ptx.out.find(output.lowered_name) != std::string::npos);
 
     const Result sass = run_cli({"sass", kSpec}, cache.path);
     if (sass.status == 0) {
-        CHECK(sass.out.find("HMMA") != std::string::npos);
+        CHECK(sass.out.find("HGMMA") != std::string::npos);
     } else {
         CHECK(sass.status == 1);
         CHECK(sass.err.find("moejit: neither nvdisasm nor cuobjdump was found") != std::string::npos);

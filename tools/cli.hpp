@@ -64,5 +64,7 @@ int cmd_sass(const std::vector<std::string>& argv);
 int cmd_compile(const std::vector<std::string>& argv);
 int cmd_precompile(const std::vector<std::string>& argv);
 int cmd_cache(const std::vector<std::string>& argv);
+int cmd_bench(const std::vector<std::string>& argv);  // needs a GPU
+int cmd_tune(const std::vector<std::string>& argv);   // needs a GPU
 
 }  // namespace moejit::cli

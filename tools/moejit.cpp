@@ -73,8 +73,8 @@ const char* const kSpecHelp =
     "    --dtype DTYPE      bf16 (default) or fp16\n"
     "    --arch ARCH        sm_80, sm_86, sm_89, sm_90a (default), sm_100a\n"
     "Either way:\n"
-    "    --config CONFIG    tiling instead of the heuristic's, e.g. m128n128s4w2x4\n"
-    "                       (tile M, tile N, stages, warps M x warps N)\n";
+    "    --config CONFIG    tiling instead of the heuristic's: portable m128n128s4w2x4 (tile M,\n"
+    "                       tile N, stages, warps M x warps N) or Hopper h:m128n256s3 (sm_90a)\n";
 
 DType parse_dtype(const std::string& text) {
     if (text == "bf16") return DType::bf16;
@@ -152,12 +152,17 @@ const char* const kUsage =
     "  precompile --model NAME  compile every kernel a model needs into the cache\n"
     "  cache ls|stats|verify|clear\n"
     "                           list, summarize, check or empty the kernel cache\n"
+    "  bench --model NAME [--tokens T]\n"
+    "                           time the model's grouped GEMMs on this GPU beside cuBLAS (needs a GPU)\n"
+    "  tune --model NAME [--tokens T]\n"
+    "                           time every tiling, store the fastest for later processes (needs a GPU)\n"
     "\n"
     "SPEC: fwd:bf16:n1536:k2048:e128:topk8:sm_90a, or --model NAME --gemm gate_up|down [--pass fwd]\n"
     "      [--dtype bf16|fp16] [--arch sm_90a]\n"
     "\n"
     "environment: MOEJIT_CACHE_DIR (writable cache root), MOEJIT_CACHE_PATH (read-only roots,\n"
-    "colon-separated, searched first), MOEJIT_DUMP_DIR, MOEJIT_LOG=off|info|debug\n"
+    "colon-separated, searched first), MOEJIT_DUMP_DIR, MOEJIT_LOG=off|info|debug,\n"
+    "MOEJIT_KERNEL_PATH=auto|portable\n"
     "\n"
     "'moejit <command> --help' describes a command.\n";
 
@@ -169,6 +174,7 @@ struct Command {
 const Command kCommands[] = {
     {"source", cmd_source},         {"ptx", cmd_ptx},     {"sass", cmd_sass},
     {"compile", cmd_compile},       {"precompile", cmd_precompile}, {"cache", cmd_cache},
+    {"bench", cmd_bench},           {"tune", cmd_tune},
 };
 
 int dispatch(const std::vector<std::string>& args) {

@@ -1,0 +1,29 @@
+#pragma once
+// Autotuning the grouped GEMM: time every candidate tiling of each pass on this GPU and keep the
+// fastest. Winners are stored per (problem, rows bucket, device, library version) in the cache
+// directory (<cache>/tuning/), and every GroupedGemm created afterwards, in this process or a later
+// one, uses them instead of the heuristic. MOEJIT_KERNEL_PATH=portable ignores them.
+#include <moejit/problem.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moejit {
+
+struct TunedPass {
+    std::string pass;            // "fwd", "dx", "dw" or "dw fp32"
+    std::string heuristic;       // the untuned choice and its time
+    double heuristic_ms = 0;
+    std::string best;            // the winner and its time
+    double best_ms = 0;
+    int candidates = 0;          // tilings timed
+    std::string stored;          // where the winner was written
+};
+
+// Tunes forward, dX, dW and fp32 dW of `forward` (op fwd, with its fusion flags) for `tokens`
+// tokens of uniform random routing, on the current device. Each candidate is timed with CUDA events
+// over inputs rotating among three sets (so caches do not flatter it); the median counts.
+std::vector<TunedPass> tune_grouped_gemm(Problem forward, int64_t tokens);
+
+}  // namespace moejit

@@ -1,0 +1,191 @@
+// `moejit bench` and `moejit tune`: the grouped GEMMs of a model preset on this GPU, timed beside
+// cuBLAS (bench), or every candidate tiling timed and the winners stored (tune).
+#include "tools/cli.hpp"
+
+#include <moejit/grouped_gemm.hpp>
+#include <moejit/tuning.hpp>
+
+#include "bench/cublas.hpp"
+#include "codegen/models.hpp"
+#include "moe/synthetic.hpp"
+#include "runtime/device_buffer.hpp"
+
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+namespace moejit::cli {
+
+namespace {
+
+int64_t parse_tokens(const Args& args) {
+    const std::string text = args.value("--tokens").value_or("8192");
+    size_t used = 0;
+    long long tokens = -1;
+    try {
+        tokens = std::stoll(text, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != text.size() || tokens < 1) throw Error("--tokens must be a positive integer, got '" + text + "'");
+    return tokens;
+}
+
+// Device-to-device copy rate, counting bytes read plus bytes written: the ceiling for weight reads.
+double copy_gb_per_s(EventTimer& timer) {
+    const size_t bytes = size_t(1) << 30;
+    DeviceBuffer from(bytes), to(bytes);
+    const double ms = timer.median_ms([&](int) { check_cuda(driver().cuMemcpyDtoD(to.get(), from.get(), bytes), "copy"); },
+                                      2, 10);
+    return 2.0 * bytes / ms / 1e6;
+}
+
+bool print_help(const Args& args, const char* usage, const char* description) {
+    if (!args.help()) return false;
+    std::printf("usage: moejit %s %s\n\n%s", args.command().c_str(), usage, description);
+    return true;
+}
+
+void upload(CUdeviceptr to, const void* from, size_t bytes) { check_cuda(driver().cuMemcpyHtoD(to, from, bytes), "HtoD"); }
+
+}  // namespace
+
+int cmd_bench(const std::vector<std::string>& argv) {
+    const Args args("bench", argv,
+                    {{"--model", true}, {"--tokens", true}, {"--dtype", true}, {"--skew", true},
+                     {"--config", true}, {"--cublas", true}});
+    if (print_help(args, "--model NAME [--tokens T]",
+                   "Times forward, dX and dW of the model's two expert GEMMs on this GPU at T tokens (default\n"
+                   "8192) of random routing, plain and with the model's fusions, and prints TFLOP/s beside\n"
+                   "cuBLAS: dense cublasGemmEx at the same FLOPs, and cublasGemmGroupedBatchedEx (one group per\n"
+                   "expert) for the plain forward. Weight GB/s (bytes of the experts that got rows, over the\n"
+                   "time) is shown against the measured device copy rate: the number that matters at decode.\n"
+                   "  --skew F       route every token to the first F of the experts only (e.g. 0.25)\n"
+                   "  --config C     force one tiling for every pass instead of the library's choice\n"
+                   "  --dtype D      bf16 (default) or fp16\n"
+                   "  --cublas PATH  libcublas.so to compare with (default: the usual sonames)\n"))
+        return 0;
+    args.expect_positionals(0, 0, "");
+    if (!args.value("--model")) throw Error("'moejit bench' needs --model NAME (see moejit bench --help)");
+    const ModelPreset& model = find_model(*args.value("--model"));
+    const int64_t tokens = parse_tokens(args);
+    const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
+    const double skew = std::stod(args.value("--skew").value_or("1"));
+    if (!(skew > 0 && skew <= 1)) throw Error("--skew must be in (0, 1]");
+    const std::string config = args.value("--config").value_or("");
+    const DeviceInfo& device = current_device();
+    bench::Cublas cublas(args.value("--cublas").value_or(""));
+    cublas.set_uploader(upload);
+    EventTimer timer;
+
+    const int active = std::max(model.topk, int(model.experts * skew + 0.5));
+    const SyntheticRouting synthetic = random_routing(tokens, model.experts, model.topk, 1234, active);
+    const int64_t rows = tokens * model.topk;
+    int used_experts = 0;
+    for (int size : synthetic.m_sizes) used_experts += size > 0;
+    const double copy_rate = copy_gb_per_s(timer);
+    std::printf("device %s (%s, %d SMs), copy %.0f GB/s; %s, %lld tokens, M = %lld routed rows on %d of %d experts\n\n",
+                device.name.c_str(), device.arch.name().c_str(), device.sm_count, copy_rate, model.name.c_str(),
+                (long long)tokens, (long long)rows, used_experts, model.experts);
+    std::printf("| gemm | pass | fusions | config | ms | TFLOP/s | cuBLAS dense TFLOP/s | ratio | cuBLAS grouped "
+                "TFLOP/s | weights GB/s | of copy |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+
+    DeviceBuffer m_sizes = DeviceBuffer::from(synthetic.m_sizes), gather = DeviceBuffer::from(synthetic.gather_idx);
+    DeviceBuffer topk_weights = DeviceBuffer::from(std::vector<float>(size_t(rows), 0.5f));
+    const Routing routing{m_sizes.get(), gather.get(), topk_weights.get(), rows};
+    std::vector<DeviceBuffer> pointer_storage;
+    std::vector<CUdeviceptr> pointer_arrays;
+    for (int i = 0; i < 3; ++i) {
+        pointer_storage.emplace_back(size_t(model.experts) * sizeof(void*));
+        pointer_arrays.push_back(pointer_storage.back().get());
+    }
+    for (ModelGemm which : model_gemms()) {
+        const Problem fused = model_gemm(model, which, Op::fwd, dtype, device.arch);
+        Problem plain = fused;
+        plain.permute_x = plain.permute_y = plain.fuse_mul_post = plain.gated = false;
+        const int64_t n = plain.n, k = plain.k;
+        DeviceBuffer x = DeviceBuffer::from(random_halves(dtype, size_t(rows) * k, 1));
+        DeviceBuffer w = DeviceBuffer::from(random_halves(dtype, size_t(plain.experts) * n * k, 2));
+        DeviceBuffer dy = DeviceBuffer::from(random_halves(dtype, size_t(rows) * n, 3));
+        DeviceBuffer y(size_t(rows) * n * 2), dx(size_t(rows) * k * 2), dw(size_t(plain.experts) * n * k * 2);
+        const double flops = 2.0 * double(rows) * double(n) * double(k);
+        const double weight_bytes = double(used_experts) * double(n) * double(k) * 2;
+        // Dense C [m, n] = A [m, k] @ B [n, k]^T at the same FLOPs, in each pass's orientation.
+        auto dense_ms = [&](int64_t m_, int64_t n_, int64_t k_, const DeviceBuffer& a, const DeviceBuffer& b,
+                            const DeviceBuffer& c) {
+            return timer.median_ms([&](int) {
+                cublas.gemm(dtype == DType::bf16, int(m_), int(n_), int(k_), reinterpret_cast<void*>(a.get()),
+                            reinterpret_cast<void*>(b.get()), reinterpret_cast<void*>(c.get()), nullptr);
+            });
+        };
+        const double dense[3] = {dense_ms(rows, n, k, x, w, y), dense_ms(rows, k, n, dy, w, dx),
+                                 dense_ms(n, k, rows, dy, x, dw)};
+        double grouped_ms = 0;
+        if (cublas.has_grouped())
+            grouped_ms = timer.median_ms([&](int) {
+                cublas.grouped_forward(dtype == DType::bf16, synthetic.m_sizes, int(n), int(k), x.get(), w.get(),
+                                       y.get(), pointer_arrays);
+            });
+        auto report = [&](const char* pass, const Problem& problem, const std::string& tiling, double ms, double dense_ms,
+                          double grouped, bool reads_weights) {
+            std::string spec = to_spec(problem), fusions;
+            for (const char* flag : {"permute_x", "permute_y", "mul_post", "gated"})
+                if (spec.find(flag) != std::string::npos) fusions += (fusions.empty() ? "" : ":") + std::string(flag);
+            char grouped_text[32] = "-", weights_text[32] = "-", share_text[32] = "-";
+            if (grouped > 0) std::snprintf(grouped_text, sizeof grouped_text, "%.1f", flops / grouped / 1e9);
+            if (reads_weights) {
+                std::snprintf(weights_text, sizeof weights_text, "%.0f", weight_bytes / ms / 1e6);
+                std::snprintf(share_text, sizeof share_text, "%.0f%%", 100.0 * weight_bytes / ms / 1e6 / copy_rate);
+            }
+            std::printf("| %s | %s | %s | %s | %.3f | %.1f | %.1f | %.2f | %s | %s | %s |\n", to_string(which), pass,
+                        fusions.empty() ? "-" : fusions.c_str(), tiling.c_str(), ms, flops / ms / 1e9,
+                        flops / dense_ms / 1e9, dense_ms / ms, grouped_text, weights_text, share_text);
+            std::fflush(stdout);
+        };
+        const GroupedGemm gemm(plain, config), fused_gemm(fused, config);
+        const double fwd_ms = timer.median_ms([&](int) { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); });
+        report("fwd", plain, gemm.config(Op::fwd, rows), fwd_ms, dense[0], grouped_ms, true);
+        const double fused_ms =
+            timer.median_ms([&](int) { fused_gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); });
+        report("fwd", fused, fused_gemm.config(Op::fwd, rows), fused_ms, dense[0], 0, true);
+        const double dx_ms = timer.median_ms([&](int) { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); });
+        report("dx", plain, gemm.config(Op::dx, rows), dx_ms, dense[1], 0, true);
+        const double dw_ms = timer.median_ms([&](int) { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); });
+        report("dw", plain, gemm.config(Op::dw, rows), dw_ms, dense[2], 0, false);
+    }
+    return 0;
+}
+
+int cmd_tune(const std::vector<std::string>& argv) {
+    const Args args("tune", argv, {{"--model", true}, {"--tokens", true}, {"--dtype", true}});
+    if (print_help(args, "--model NAME [--tokens T]",
+                   "Times every candidate tiling of forward, dX and dW of the model's two expert GEMMs (with the\n"
+                   "model's fusions) at T tokens (default 8192) of uniform random routing on this GPU, with\n"
+                   "CUDA events over rotating inputs, and stores each winner in the cache directory\n"
+                   "(<cache>/tuning/), keyed by problem, token-count bucket, device and library version. Later\n"
+                   "processes on this device use the winners instead of the heuristic.\n"))
+        return 0;
+    args.expect_positionals(0, 0, "");
+    if (!args.value("--model")) throw Error("'moejit tune' needs --model NAME (see moejit tune --help)");
+    const ModelPreset& model = find_model(*args.value("--model"));
+    const int64_t tokens = parse_tokens(args);
+    const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
+    const DeviceInfo& device = current_device();
+    std::printf("device %s (%s); %s, %lld tokens\n\n| gemm | pass | candidates | heuristic | ms | tuned | ms | "
+                "heuristic / tuned |\n|---|---|---|---|---|---|---|---|\n",
+                device.name.c_str(), device.arch.name().c_str(), model.name.c_str(), (long long)tokens);
+    std::string stored;
+    for (ModelGemm which : model_gemms()) {
+        const Problem forward = model_gemm(model, which, Op::fwd, dtype, device.arch);
+        for (const TunedPass& pass : tune_grouped_gemm(forward, tokens)) {
+            std::printf("| %s | %s | %d | %s | %.3f | %s | %.3f | %.3f |\n", to_string(which), pass.pass.c_str(),
+                        pass.candidates, pass.heuristic.c_str(), pass.heuristic_ms, pass.best.c_str(), pass.best_ms,
+                        pass.heuristic_ms / pass.best_ms);
+            std::fflush(stdout);
+            stored = pass.stored;
+        }
+    }
+    if (!stored.empty()) std::printf("\nwinners stored beside %s\n", stored.c_str());
+    return 0;
+}
+
+}  // namespace moejit::cli
