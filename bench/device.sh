@@ -28,13 +28,13 @@ if [ "$mode" = all ] || [ "$mode" = tests ]; then
   ctest --test-dir build-device -L gpu --output-on-failure 2>&1 | tee -a "$out/gpu-tests.log" | tail -8
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   ./build-device/moejit sass --model qwen3-30b-a3b --gemm gate_up --arch sm_90a > "$out/sass.txt" 2>&1
-  echo "sass: $(grep -c HMMA "$out/sass.txt") HMMA, $(grep -c -E 'LDL|STL' "$out/sass.txt") local-memory instructions"
+  echo "sass: $(grep -c HGMMA "$out/sass.txt") HGMMA, $(grep -c -E 'LDL|STL' "$out/sass.txt") local-memory instructions"
 fi
 if [ "$mode" = all ] || [ "$mode" = bench ]; then
   echo "== benchmark"
   cublas=$(ls /usr/local/cuda/lib64/libcublas.so.* 2>/dev/null | head -1)
   [ -n "$cublas" ] || cublas=$(find / -name 'libcublas.so.1*' -not -path '*/proc/*' 2>/dev/null | head -1)
-  ./build-device/bench/bench_grouped_gemm --cublas "$cublas" "$@" 2>&1 | tee "$out/bench.log"
+  ./build-device/moejit bench --cublas "$cublas" "$@" 2>&1 | tee "$out/bench.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 exit $status
