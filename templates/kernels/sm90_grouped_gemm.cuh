@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
     if (threadIdx.x == 0) {
-        barriers.init(Cfg::GatherA ? 1 + sm90::kWarpgroupThreads : 1, Cfg::Consumers);
+        barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers);
         sm90::prefetch_tensor_map(map_b);
         if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
     }

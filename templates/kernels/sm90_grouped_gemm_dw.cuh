@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
     if (threadIdx.x == 0) {
-        barriers.init(1 + sm90::kWarpgroupThreads, Cfg::Consumers);
+        barriers.init(1 + sm90::kGatherArrivals, Cfg::Consumers);
         if (!(Flags & kPermuteY)) sm90::prefetch_tensor_map(map_dy);
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
     }

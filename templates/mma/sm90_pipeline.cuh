@@ -61,26 +61,33 @@ struct GatherPlan {
 };
 
 // A producer thread's cp.async gathers reach wgmma through the async proxy, so the thread itself
-// waits for them, fences, and only then arrives on the slot's full barrier. Announcing one slice
-// late keeps two slices of copies in flight per thread instead of stalling on each.
+// waits for them and fences; then its warp arrives once on the slot's full barrier (lane 0, after
+// the warp has synchronized: four arrivals per slice instead of 128 on one shared word).
+// Announcing one slice late keeps two slices of copies in flight per thread instead of stalling.
+// Every lane of the producer warpgroup must call issued() for every slice and flush() once.
+constexpr int kGatherArrivals = kWarpgroupThreads / 32;
+
 struct GatherAnnouncer {
     uint32 pending_full = 0;  // full barrier of the slice whose copies are still in flight, 0: none
 
+    __device__ __forceinline__ void announce(uint32 full) {
+        fence_proxy_async();
+        __syncwarp();
+        if (threadIdx.x % 32 == 0) mbarrier_arrive(full);
+    }
     // After issuing (or not) this thread's copies of the slice whose full barrier is `full`.
     __device__ __forceinline__ void issued(uint32 full) {
         ptx::cp_async_commit();
         if (pending_full != 0) {
             ptx::cp_async_wait<1>();
-            fence_proxy_async();
-            mbarrier_arrive(pending_full);
+            announce(pending_full);
         }
         pending_full = full;
     }
     __device__ __forceinline__ void flush() {
         if (pending_full == 0) return;
         ptx::cp_async_wait<0>();
-        fence_proxy_async();
-        mbarrier_arrive(pending_full);
+        announce(pending_full);
         pending_full = 0;
     }
 };

@@ -3,7 +3,8 @@
 //
 // Every CTA scans m_sizes [E] once into shared memory (row offsets and tile offsets per expert),
 // then maps a linear tile index to (expert, m tile, n tile) by binary search. Tiles are ordered
-// expert-major, m fastest, so the CTAs resident at one time share one or two experts' weights in L2.
+// expert-major, then in bands of m tiles (see kBandMTiles), so the CTAs resident at one time share
+// one or two experts' weights and a few row blocks in L2.
 #include "common/types.cuh"
 
 namespace moejit {
@@ -21,6 +22,10 @@ struct GroupedTileScheduler {
     static_assert(Threads % 32 == 0, "whole warps");
     static constexpr int kWarps = Threads / 32;
     static constexpr int kExpertsPerThread = (Experts + Threads - 1) / Threads;
+    // Within an expert, tiles go in bands of this many m tiles, m fastest, then n: the CTAs running
+    // at one time share a few row blocks of A and a few column blocks of W, so both stay in L2 even
+    // when one expert holds thousands of rows (m fastest over the whole expert re-read A per n tile).
+    static constexpr int kBandMTiles = 8;
 
     struct Shared {
         int row_start[Experts + 1];   // exclusive prefix sum of m_sizes
@@ -98,8 +103,11 @@ struct GroupedTileScheduler {
         result.expert_rows = shared.row_start[low + 1] - result.row_begin;
         const int local = index - shared.tile_start[low];
         const int m_tiles = ceil_div(result.expert_rows, TileM);
-        result.n_tile = local / m_tiles;
-        result.m_tile = local - result.n_tile * m_tiles;
+        const int band = local / (kBandMTiles * NTiles);
+        const int band_m_tiles = min_of(kBandMTiles, m_tiles - band * kBandMTiles);
+        const int within = local - band * kBandMTiles * NTiles;
+        result.n_tile = within / band_m_tiles;
+        result.m_tile = band * kBandMTiles + (within - result.n_tile * band_m_tiles);
         return result;
     }
 };
