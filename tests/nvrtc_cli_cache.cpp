@@ -596,6 +596,27 @@ TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
     CHECK(files_under(cache.path).empty());
 }
 
+TEST_CASE("moejit precompile --tokens adds the tilings of decode-sized calls", "[cli]") {
+    TempDir tmp;
+    const std::string cache = tmp.path + "/cache";
+    const Result result = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "1,8192"}, cache);
+    REQUIRE(result.status == 0);
+    // Every kernel once per distinct tiling: forward and dX of both GEMMs have a decode tiling of
+    // their own on sm_90a; dW and the elementwise kernels keep one.
+    size_t expected = 0;
+    for (const Problem& problem :
+         model_kernels(find_model("qwen3-30b-a3b"), Arch::parse("sm_90a"), DType::bf16)) {
+        const Config decode = choose_config(problem, rows_bucket(8, 128));
+        const Config large = choose_config(problem, RowsBucket::large);
+        expected += decode == large ? 1 : 2;
+        CHECK(result.out.find(to_spec(problem) + " " + decode.to_string() + "  compiled") != std::string::npos);
+        CHECK(result.out.find(to_spec(problem) + " " + large.to_string() + "  compiled") != std::string::npos);
+    }
+    CHECK(expected == 12);
+    CHECK(result.out.find(std::to_string(expected) + " compiled, 0 already cached") != std::string::npos);
+    CHECK(run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "0"}, cache).status == 1);
+}
+
 TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]") {
     TempDir tmp;
     const std::string cache = tmp / "cache";
@@ -655,7 +676,7 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
         Compiler compiler(DiskCache::from_environment());
         for (const Problem& problem : kernels) CHECK(compiler.get(problem, choose_config(problem)).from_disk);
     }
-    const Result cached = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "1,128,8192"}, cache);
+    const Result cached = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "4096,8192"}, cache);
     CHECK(cached.status == 0);
     CHECK(count_of(cached.out, "  cached ") == 8);
     CHECK(cached.out.find("0 compiled, 8 already cached") != std::string::npos);

@@ -167,7 +167,8 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "    --model NAME     %s\n"
             "    --arch ARCH      sm_80, sm_86, sm_89, sm_90a (default), sm_100a\n"
             "    --dtype DTYPE    bf16 (default) or fp16\n"
-            "    --tokens T,...   token counts to expect (accepted; kernels do not depend on them yet)\n",
+            "    --tokens T,...   token counts to expect: the tilings their calls take (on sm_90a decode-sized\n"
+            "                     calls take their own); default: large calls only\n",
             models.c_str());
         return 0;
     }
@@ -177,25 +178,39 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     const ModelPreset& model = find_model(*model_name);
     const Arch arch = Arch::parse(args.value("--arch").value_or("sm_90a"));
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
+    // Token counts pick the tilings: each count's rows bucket (decode-sized calls take other tiles on
+    // sm_90a). Without --tokens: the large-call tilings only.
+    std::vector<RowsBucket> buckets;
     if (const auto tokens = args.value("--tokens")) {
-        // Validated so a typo fails now rather than once token counts start to matter.
         size_t begin = 0;
         while (begin <= tokens->size()) {
             size_t end = tokens->find(',', begin);
             if (end == std::string::npos) end = tokens->size();
             const std::string item = tokens->substr(begin, end - begin);
-            if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9)
+            if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9 ||
+                std::stoll(item) < 1)
                 throw Error("bad --tokens '" + *tokens + "': expected positive integers separated by commas");
+            const RowsBucket bucket = rows_bucket(std::stoll(item) * model.topk, model.experts);
+            if (std::find(buckets.begin(), buckets.end(), bucket) == buckets.end()) buckets.push_back(bucket);
             begin = end + 1;
         }
+    } else {
+        buckets.push_back(RowsBucket::large);
     }
 
+    std::vector<std::pair<Problem, Config>> kernels;
+    for (const Problem& problem : model_kernels(model, arch, dtype))
+        for (RowsBucket bucket : buckets) {
+            const Config config = choose_config(problem, bucket);
+            const bool seen = std::any_of(kernels.begin(), kernels.end(), [&](const auto& kernel) {
+                return kernel.first == problem && kernel.second == config;
+            });
+            if (!seen) kernels.emplace_back(problem, config);
+        }
     Compiler compiler(DiskCache::from_environment());
-    const std::vector<Problem> kernels = model_kernels(model, arch, dtype);
     size_t compiled = 0, cached = 0, elsewhere = 0;
     for (size_t i = 0; i < kernels.size(); ++i) {
-        const Problem& problem = kernels[i];
-        const Config config = choose_config(problem);
+        const auto& [problem, config] = kernels[i];
         const Binary binary = compiler.get(problem, config);
         std::string where;
         if (binary.from_disk) {
