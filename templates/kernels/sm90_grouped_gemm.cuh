@@ -50,13 +50,9 @@ struct Sm90RowGroupedConfig {
     using Mma = sm90::Wgmma<Element, TileN, 0, Forward ? 0 : 1>;
     using Gather = sm90::GatherPlan<TileM, 1>;
 
-    static_assert(sizeof(Element) == 2, "16-bit inputs");
-    static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
-    static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
+    static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
-    static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
-    static_assert(Stages >= 3, "gathered slices are announced one slice late: three slots keep the ring moving");
 };
 
 template <class Cfg>

@@ -44,11 +44,7 @@ struct Sm90WeightGradConfig {
     using GatherA = sm90::GatherPlan<sm90::kSliceK, TileM / 64>;
     using GatherB = sm90::GatherPlan<sm90::kSliceK, TileN / 64>;
 
-    static_assert(sizeof(Element) == 2, "16-bit inputs");
-    static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
-    static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
-    static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
-    static_assert(Stages >= 3, "gathered slices are announced one slice late: three slots keep the ring moving");
+    static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
 };
 
 template <class Cfg>
@@ -129,30 +125,23 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                                                                         : routed;
                     }
                 };
-                if (!tma_a) {
+                // This thread's share of a [64 rows][columns from col0] slice of `matrix` (rows `pitch` long).
+                auto gather = [&](auto plan, uint32 destination, const Element* matrix, int pitch, int col0,
+                                  bool x_side) {
+                    using Gather = decltype(plan);
                     int64 source[4];
-                    source_rows(false, source);
-                    using Gather = typename Cfg::GatherA;
+                    source_rows(x_side, source);
 #pragma unroll
                     for (int i = 0; i < Gather::Copies; ++i) {
-                        const int col = n0 + Gather::box(thread, i) * 64 + (thread % 8) * 8;
+                        const int col = col0 + Gather::box(thread, i) * 64 + (thread % 8) * 8;
                         const int64 row = source[i % 4];
-                        const bool valid = row >= 0 && col < Cfg::N;
-                        ptx::cp_async_16(sA + Gather::offset(thread, i), valid ? dy + row * Cfg::N + col : dy, valid);
+                        const bool valid = row >= 0 && col < pitch;
+                        ptx::cp_async_16(destination + Gather::offset(thread, i),
+                                         valid ? matrix + row * pitch + col : matrix, valid);
                     }
-                }
-                if (!tma_b) {
-                    int64 source[4];
-                    source_rows(true, source);
-                    using Gather = typename Cfg::GatherB;
-#pragma unroll
-                    for (int i = 0; i < Gather::Copies; ++i) {
-                        const int col = k0 + Gather::box(thread, i) * 64 + (thread % 8) * 8;
-                        const int64 row = source[i % 4];
-                        const bool valid = row >= 0 && col < Cfg::K;
-                        ptx::cp_async_16(sB + Gather::offset(thread, i), valid ? x + row * Cfg::K + col : x, valid);
-                    }
-                }
+                };
+                if (!tma_a) gather(typename Cfg::GatherA{}, sA, dy, Cfg::N, n0, false);
+                if (!tma_b) gather(typename Cfg::GatherB{}, sB, x, Cfg::K, k0, true);
                 gathered.issued(full);  // every producer thread, gathering this slice or not
             }
         }

@@ -15,6 +15,17 @@ constexpr int kSliceK = 64;             // reduction elements per stage: one 128
 constexpr int kSliceBytesPerRow = 128;
 constexpr int kWarpgroupThreads = 128;
 
+// What every sm_90a grouped-GEMM tile shape must satisfy.
+template <class Element, int TileM, int TileN, int N, int K, int Stages>
+struct TileRequirements {
+    static_assert(sizeof(Element) == 2, "16-bit inputs");
+    static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
+    static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
+    static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
+    static_assert(Stages >= 3, "gathered slices are announced one slice late: three slots keep the ring moving");
+    static constexpr bool met = true;
+};
+
 // Position in the ring; producer and consumers advance identical copies in the same order.
 template <int Stages>
 struct RingPosition {
