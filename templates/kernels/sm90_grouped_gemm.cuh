@@ -143,10 +143,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     Element* c = static_cast<Element*>(args.c);
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
+    sm90::SlotReleaser<Cfg::Stages> release;
     for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
         const GroupedTile tile = scheduler.tile(tile_index);
         constexpr int slices = Cfg::Slices;
-        int previous_stage = 0;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
@@ -156,15 +156,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             else  // B N-major: 16 reduction rows per k step, the next 64 output columns one box further
                 sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
                                                      16 * sm90::kSliceBytesPerRow, slice > 0);
-            // Keep this slice's wgmma in flight while the previous one retires and frees its slot.
-            sm90::wgmma_wait<1>();
-            sm90::fence_accumulators(accumulators);
-            if (slice > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
-            previous_stage = position.stage;
+            release.issued(accumulators, barriers, position.stage, thread == 0);
         }
-        sm90::wgmma_wait<0>();
-        sm90::fence_accumulators(accumulators);
-        if (slices > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
+        release.drain(accumulators, barriers, thread == 0);
 
         // Epilogue. The thread holds rows lane/4 and lane/4 + 8 of its warp's 16 and two columns of
         // every 8. They go to this warpgroup's staging rows; then each lane of warp 0 sends two whole

@@ -154,28 +154,22 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     const int lane = threadIdx.x % 32, warp = thread / 32;
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
+    sm90::SlotReleaser<Cfg::Stages> release;
     for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
         int expert, n0, k0;
         tile_origin(tile_index, expert, n0, k0);
         const int slices = (scheduler.rows(expert) + sm90::kSliceK - 1) / sm90::kSliceK;
 #pragma unroll
         for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
-        int previous_stage = 0;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
             const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
             sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,
                                                  Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
-            // Keep this slice's wgmma in flight while the previous one retires and frees its slot.
-            sm90::wgmma_wait<1>();
-            sm90::fence_accumulators(accumulators);
-            if (slice > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
-            previous_stage = position.stage;
+            release.issued(accumulators, barriers, position.stage, thread == 0);
         }
-        sm90::wgmma_wait<0>();
-        sm90::fence_accumulators(accumulators);
-        if (slices > 0 && thread == 0) sm90::mbarrier_arrive(barriers.empty_address(previous_stage));
+        release.drain(accumulators, barriers, thread == 0);
 
         // Epilogue, per column chunk: fragments to this warpgroup's staging rows, then each lane of
         // warp 0 sends two whole rows to dW[expert][n][k0 + chunk...] with bulk copies.

@@ -103,6 +103,31 @@ struct GatherAnnouncer {
     }
 };
 
+// Consumer side of the ring: each slice's wgmma batch stays in flight while the previous batch
+// retires, and only then is the previous slot handed back to the producer.
+template <int Stages>
+struct SlotReleaser {
+    int previous = -1;  // slot whose wgmma batch may still be reading it
+
+    template <int Registers>
+    __device__ __forceinline__ void issued(float (&accumulators)[Registers], const StageBarriers<Stages>& barriers,
+                                           int stage, bool leader) {
+        wgmma_wait<1>();
+        fence_accumulators(accumulators);
+        if (previous >= 0 && leader) mbarrier_arrive(barriers.empty_address(previous));
+        previous = stage;
+    }
+    // At the end of a tile: every batch retired, the last slot handed back.
+    template <int Registers>
+    __device__ __forceinline__ void drain(float (&accumulators)[Registers], const StageBarriers<Stages>& barriers,
+                                          bool leader) {
+        wgmma_wait<0>();
+        fence_accumulators(accumulators);
+        if (previous >= 0 && leader) mbarrier_arrive(barriers.empty_address(previous));
+        previous = -1;
+    }
+};
+
 // One consumer step over a filled slot: four k16 wgmma into `accumulators`. `a_step` / `b_step`
 // are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
 template <class Mma, int Registers>
