@@ -2,6 +2,8 @@
 // cuBLAS opened at run time, for side-by-side baselines only: the library never depends on it.
 #include <cublas_v2.h>
 
+#include "runtime/driver.hpp"
+
 #include <dlfcn.h>
 
 #include <stdexcept>
@@ -41,8 +43,8 @@ public:
     bool has_grouped() const { return grouped_ != nullptr; }
 
     // Row-major Y_e [m_e, N] = X_e [m_e, K] @ W_e [N, K]^T for every expert with m_e > 0, as one
-    // cublasGemmGroupedBatchedEx call (one group per expert). `pointers` holds the device arrays of
-    // A, B and C pointers (3 x experts entries), filled here from the host offsets.
+    // cublasGemmGroupedBatchedEx call (one group per expert). `pointer_arrays` are three device
+    // arrays of `experts` pointers (A, B, C), filled here from the host offsets.
     void grouped_forward(bool bf16, const std::vector<int>& m_sizes, int n, int k, CUdeviceptr x, CUdeviceptr w,
                          CUdeviceptr y, const std::vector<CUdeviceptr>& pointer_arrays) {
         const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
@@ -74,9 +76,9 @@ public:
         const int groups = int(sizes.size());
         if (groups == 0) return;
         // Pointer arrays live on the device.
-        upload_(pointer_arrays[0], a.data(), groups * sizeof(void*));
-        upload_(pointer_arrays[1], b.data(), groups * sizeof(void*));
-        upload_(pointer_arrays[2], c.data(), groups * sizeof(void*));
+        moejit::check_cuda(moejit::driver().cuMemcpyHtoD(pointer_arrays[0], a.data(), groups * sizeof(void*)), "HtoD");
+        moejit::check_cuda(moejit::driver().cuMemcpyHtoD(pointer_arrays[1], b.data(), groups * sizeof(void*)), "HtoD");
+        moejit::check_cuda(moejit::driver().cuMemcpyHtoD(pointer_arrays[2], c.data(), groups * sizeof(void*)), "HtoD");
         const cublasStatus_t status = grouped_(
             handle_, transa.data(), transb.data(), ms.data(), ns.data(), ks.data(), alphas.data(),
             reinterpret_cast<const void* const*>(pointer_arrays[0]), type, ldas.data(),
@@ -87,11 +89,7 @@ public:
             throw std::runtime_error("cublasGemmGroupedBatchedEx failed: " + std::to_string(status));
     }
 
-    // How grouped_forward copies host pointer arrays to the device (the caller's driver table).
-    void set_uploader(void (*upload)(CUdeviceptr, const void*, size_t)) { upload_ = upload; }
-
 private:
-    void (*upload_)(CUdeviceptr, const void*, size_t) = nullptr;
     decltype(&cublasGemmGroupedBatchedEx) grouped_ = nullptr;
     void* library_ = nullptr;
     cublasHandle_t handle_ = nullptr;

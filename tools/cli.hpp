@@ -44,6 +44,9 @@ std::vector<OptionSpec> kernel_options();
 // Help text describing SPEC and kernel_options().
 extern const char* const kSpecHelp;
 
+// With --help: prints "usage: moejit COMMAND USAGE", the description and `trailer`; returns true.
+bool print_command_help(const Args& args, const char* usage, const char* description, const char* trailer = "");
+
 struct Kernel {
     Problem problem;
     Config config;

@@ -39,21 +39,13 @@ double copy_gb_per_s(EventTimer& timer) {
     return 2.0 * bytes / ms / 1e6;
 }
 
-bool print_help(const Args& args, const char* usage, const char* description) {
-    if (!args.help()) return false;
-    std::printf("usage: moejit %s %s\n\n%s", args.command().c_str(), usage, description);
-    return true;
-}
-
-void upload(CUdeviceptr to, const void* from, size_t bytes) { check_cuda(driver().cuMemcpyHtoD(to, from, bytes), "HtoD"); }
-
 }  // namespace
 
 int cmd_bench(const std::vector<std::string>& argv) {
     const Args args("bench", argv,
                     {{"--model", true}, {"--tokens", true}, {"--dtype", true}, {"--skew", true},
                      {"--config", true}, {"--cublas", true}});
-    if (print_help(args, "--model NAME [--tokens T]",
+    if (print_command_help(args, "--model NAME [--tokens T]",
                    "Times forward, dX and dW of the model's two expert GEMMs on this GPU at T tokens (default\n"
                    "8192) of random routing, plain and with the model's fusions, and prints TFLOP/s beside\n"
                    "cuBLAS: dense cublasGemmEx at the same FLOPs, and cublasGemmGroupedBatchedEx (one group per\n"
@@ -74,7 +66,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const std::string config = args.value("--config").value_or("");
     const DeviceInfo& device = current_device();
     bench::Cublas cublas(args.value("--cublas").value_or(""));
-    cublas.set_uploader(upload);
     EventTimer timer;
 
     const int active = std::max(model.topk, int(model.experts * skew + 0.5));
@@ -157,7 +148,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
 
 int cmd_tune(const std::vector<std::string>& argv) {
     const Args args("tune", argv, {{"--model", true}, {"--tokens", true}, {"--dtype", true}});
-    if (print_help(args, "--model NAME [--tokens T]",
+    if (print_command_help(args, "--model NAME [--tokens T]",
                    "Times every candidate tiling of forward, dX and dW of the model's two expert GEMMs (with the\n"
                    "model's fusions) at T tokens (default 8192) of uniform random routing on this GPU, with\n"
                    "CUDA events over rotating inputs, and stores each winner in the cache directory\n"

@@ -28,10 +28,9 @@ std::vector<OptionSpec> with_kernel_options(std::vector<OptionSpec> extra) {
     return options;
 }
 
+// The kernel commands' help ends with what SPEC can be.
 bool print_help(const Args& args, const char* usage, const char* description) {
-    if (!args.help()) return false;
-    std::printf("usage: moejit %s %s\n\n%s\n%s", args.command().c_str(), usage, description, kSpecHelp);
-    return true;
+    return print_command_help(args, usage, description, (std::string("\n") + kSpecHelp).c_str());
 }
 
 // --- source --expand ------------------------------------------------------------------------------

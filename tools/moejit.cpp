@@ -62,6 +62,12 @@ std::vector<OptionSpec> kernel_options() {
             {"--dtype", true}, {"--arch", true}, {"--config", true}};
 }
 
+bool print_command_help(const Args& args, const char* usage, const char* description, const char* trailer) {
+    if (!args.help()) return false;
+    std::printf("usage: moejit %s %s\n\n%s%s", args.command().c_str(), usage, description, trailer);
+    return true;
+}
+
 const char* const kSpecHelp =
     "SPEC names one kernel, either as a spec string\n"
     "    fwd:bf16:n1536:k2048:e128:topk8:sm_90a      (op:dtype:nN:kK:eEXPERTS:topkK:arch)\n"
