@@ -77,8 +77,8 @@ Config hopper_config(int tile_m, int tile_n, int stages) {
 int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most) {
     const size_t static_bytes = size_t(problem.experts + 1) * 8 + 1024;
     const size_t stage_bytes = size_t(tile_m + tile_n) * Config::tile_k * 2;
-    const size_t staging_bytes = size_t(tile_m) * (tile_n * 2 + 16);
-    const size_t room = max_shared_bytes(problem.arch) - 1024 - static_bytes - staging_bytes;
+    // shared_bytes() of a ring with no stages: the output staging rows and the alignment slack.
+    const size_t room = max_shared_bytes(problem.arch) - static_bytes - hopper_config(tile_m, tile_n, 0).shared_bytes();
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
 }
 

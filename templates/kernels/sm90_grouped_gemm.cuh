@@ -39,8 +39,8 @@ struct Sm90RowGroupedConfig {
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow;
     static constexpr int StageBytes = BytesA + BytesB;
     // Output rows are staged in shared memory and sent with one bulk copy per row (rows may scatter).
-    static constexpr int StagingPitch = TileN * 2 + 16;  // bytes; the 16 spreads the rows over all banks
-    static constexpr int StagingBytes = 64 * StagingPitch;  // per consumer warpgroup
+    static constexpr int StagingPitch = sm90::staging_pitch(TileN);
+    static constexpr int StagingBytes = sm90::kStagingRows * StagingPitch;  // per consumer warpgroup
     static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;  // + ring alignment
 
     // The producer keeps only addresses; consumers hold TileN/2 accumulators each.

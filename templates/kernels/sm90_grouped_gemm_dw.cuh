@@ -32,8 +32,8 @@ struct Sm90WeightGradConfig {
     // bulk copy per row: fp32 in two chunks so the staging rows take no more room than bf16 ones.
     static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
     static constexpr int Chunks = OutFp32 ? 2 : 1, ChunkCols = TileN / Chunks;
-    static constexpr int StagingPitch = TileN * 2 + 16;  // bytes; the 16 spreads the rows over all banks
-    static constexpr int StagingBytes = 64 * StagingPitch;  // per consumer warpgroup
+    static constexpr int StagingPitch = sm90::staging_pitch(TileN);
+    static constexpr int StagingBytes = sm90::kStagingRows * StagingPitch;  // per consumer warpgroup
     static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;
     static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
 
