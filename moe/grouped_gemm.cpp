@@ -48,6 +48,25 @@ struct GroupedGemm::Pass {
         Config config;
         std::once_flag compiled;
         std::shared_ptr<const Kernel> kernel;
+
+        // Hopper only: the tensor maps of the last call. Steady-state callers (a training loop, a
+        // captured graph's rebuild) pass the same buffers every time, and encoding two maps costs
+        // more than the rest of the host path.
+        std::mutex maps_mutex;
+        CUdeviceptr maps_a = 0, maps_b = 0;
+        int64_t maps_rows = -1;
+        HopperTensorMaps maps;
+
+        HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, int64_t rows) {
+            std::lock_guard<std::mutex> lock(maps_mutex);
+            if (a != maps_a || b != maps_b || rows != maps_rows) {
+                maps = hopper_tensor_maps(problem, config, a, b, rows);
+                maps_a = a;
+                maps_b = b;
+                maps_rows = rows;
+            }
+            return maps;
+        }
     };
     Problem problem;
     Variant variants[3];  // indexed by RowsBucket
@@ -159,7 +178,7 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         kernel.launch(grid, stream, parameters);
         return;
     }
-    const HopperTensorMaps maps = hopper_tensor_maps(problem, config, a, b, routing.rows);
+    const HopperTensorMaps maps = variant.tensor_maps(problem, a, b, routing.rows);
     void* parameters[] = {&arguments, const_cast<CUtensorMap*>(&maps.a), const_cast<CUtensorMap*>(&maps.b)};
     kernel.launch(grid, stream, parameters);
 }
