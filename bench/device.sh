@@ -2,10 +2,15 @@
 # Everything the GPU machine does, in one call (device time is short): unpack the carried .deb
 # files, build, run the gpu tests, run the benchmark. Logs go to $OUT (or /tmp/moejit-out).
 #
-#   bench/device.sh [all|tests|bench|build] [bench arguments...]   (build: build only)
+#   bench/device.sh MODES [bench arguments...]   MODES: all (tests and bench), build, or a comma list
+#   of tests, bench, profile
+# profile: Nsight Compute on the first launch of the plain forward, the fused forward and dW of
+# the model's gate_up GEMM while `moejit bench` runs (the bench times 23 launches per pass).
 # e.g. from the device tool: bash bench/device.sh all --model qwen3-30b-a3b --tokens 8192
 set -uo pipefail
 mode=${1:-all}; shift || true
+bench_args=("$@")
+wants() { [ "$mode" = all ] || [[ ",$mode," == *",$1,"* ]]; }
 out=${OUT:-/tmp/moejit-out}
 mkdir -p "$out"
 deps=/tmp/moejit-deps
@@ -22,7 +27,7 @@ cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DXXHASH_INCLUDE_
 
 export MOEJIT_CACHE_DIR=/tmp/moejit-cache
 status=0
-if [ "$mode" = all ] || [ "$mode" = tests ]; then
+if wants tests; then
   echo "== gpu tests"
   # test_gpu on the default (fastest) path, gpu_portable_gemm the grouped GEMMs on the portable
   # kernels, and the gpu-labelled examples.
@@ -31,11 +36,22 @@ if [ "$mode" = all ] || [ "$mode" = tests ]; then
   ./build-device/moejit sass --model qwen3-30b-a3b --gemm gate_up --arch sm_90a > "$out/sass.txt" 2>&1
   echo "sass: $(grep -c HGMMA "$out/sass.txt") HGMMA, $(grep -c -E 'LDL|STL' "$out/sass.txt") local-memory instructions"
 fi
-if [ "$mode" = all ] || [ "$mode" = bench ]; then
+if wants bench; then
   echo "== benchmark"
   cublas=$(ls /usr/local/cuda/lib64/libcublas.so.* 2>/dev/null | head -1)
   [ -n "$cublas" ] || cublas=$(find / -name 'libcublas.so.1*' -not -path '*/proc/*' 2>/dev/null | head -1)
-  ./build-device/moejit bench --cublas "$cublas" "$@" 2>&1 | tee "$out/bench.log"
+  ./build-device/moejit bench --cublas "$cublas" "${bench_args[@]}" 2>&1 | tee "$out/bench.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if [[ ",$mode," == *",profile,"* ]]; then
+  echo "== profile"
+  sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats"
+  for pick in "plain-fwd regex:sm90_row 0" "fused-fwd regex:sm90_row 23" "dw regex:sm90_grouped_gemm_dw 0"; do
+    set -- $pick
+    timeout 120 ncu --clock-control none -k "$2" -s "$3" -c 1 $sections ./build-device/moejit bench "${bench_args[@]}" \
+      > "$out/ncu-$1.txt" 2>&1
+    echo "ncu $1: rc $?"
+    grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" "$out/ncu-$1.txt" | head -12
+  done
 fi
 exit $status

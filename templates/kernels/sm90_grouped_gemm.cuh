@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         if (!Cfg::GatherA && thread != 0) return;
         const Element* a = static_cast<const Element*>(args.a);
         sm90::RingPosition<Cfg::Stages> position;
-        sm90::GatherAnnouncer gathered;
+        sm90::GatherAnnouncer<Cfg::Stages - 1> gathered;
         for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
             const GroupedTile tile = scheduler.tile(tile_index);
             const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
@@ -147,6 +147,16 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
         const GroupedTile tile = scheduler.tile(tile_index);
         constexpr int slices = Cfg::Slices;
+        // In an expert's last m tile, a warpgroup whose 64 rows are all past the expert's end only
+        // hands the slots back: the other warpgroup then has the tensor cores to itself, so the tile
+        // costs half, which halves the padding an expert's row count leaves in its last tile.
+        if (tile.m_tile * Cfg::TileM + consumer * 64 >= tile.expert_rows) {
+            for (int slice = 0; slice < slices; ++slice, position.advance()) {
+                sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+                if (thread == 0) sm90::mbarrier_arrive(barriers.empty_address(position.stage));
+            }
+            continue;
+        }
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;

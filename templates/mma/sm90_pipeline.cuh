@@ -28,7 +28,7 @@ struct TileRequirements {
     static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
     static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
     static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
-    static_assert(Stages >= 3, "gathered slices are announced one slice late: three slots keep the ring moving");
+    static_assert(Stages >= 3, "two or more slices of gathers in flight, and a slot for the consumers");
     static constexpr bool met = true;
 };
 
@@ -80,14 +80,18 @@ struct GatherPlan {
 // A producer thread's cp.async gathers reach wgmma through the async proxy, so the thread itself
 // waits for them and fences; then its warp arrives once on the slot's full barrier (lane 0, after
 // the warp has synchronized: four arrivals per slice instead of 128 on one shared word).
-// Announcing one slice late keeps two slices of copies in flight per thread instead of stalling.
+// A slice is announced Lag slices after it was issued, so a thread keeps Lag + 1 slices of copies
+// in flight: gathers wait on memory latency, and with Lag = Stages - 1 every slot of the ring
+// can be loading at once (a larger Lag would wait on a slot that only this slice's arrival frees).
 // Every lane of the producer warpgroup must call issued() for every slice and flush() once.
 constexpr int kGatherArrivals = kWarpgroupThreads / 32;
 
+template <int Lag>
 struct GatherAnnouncer {
-    uint32 pending_full = 0;  // full barrier of the slice whose copies are still in flight, 0: none
+    static_assert(Lag >= 1, "");
+    uint32 pending[Lag] = {};  // full barriers of slices still in flight, oldest first; 0: none
 
-    __device__ __forceinline__ void announce(uint32 full) {
+    __device__ __forceinline__ static void announce(uint32 full) {
         fence_proxy_async();
         __syncwarp();
         if (threadIdx.x % 32 == 0) mbarrier_arrive(full);
@@ -95,17 +99,21 @@ struct GatherAnnouncer {
     // After issuing (or not) this thread's copies of the slice whose full barrier is `full`.
     __device__ __forceinline__ void issued(uint32 full) {
         ptx::cp_async_commit();
-        if (pending_full != 0) {
-            ptx::cp_async_wait<1>();
-            announce(pending_full);
+        if (pending[0] != 0) {  // Lag + 1 groups outstanding: the oldest must land first
+            ptx::cp_async_wait<Lag>();
+            announce(pending[0]);
         }
-        pending_full = full;
+#pragma unroll
+        for (int i = 0; i + 1 < Lag; ++i) pending[i] = pending[i + 1];
+        pending[Lag - 1] = full;
     }
     __device__ __forceinline__ void flush() {
-        if (pending_full == 0) return;
         ptx::cp_async_wait<0>();
-        announce(pending_full);
-        pending_full = 0;
+#pragma unroll
+        for (int i = 0; i < Lag; ++i) {
+            if (pending[i] != 0) announce(pending[i]);
+            pending[i] = 0;
+        }
     }
 };
 
