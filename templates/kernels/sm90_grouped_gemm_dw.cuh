@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const Element* dy = static_cast<const Element*>(args.a);
         const Element* x = static_cast<const Element*>(args.b);
         sm90::RingPosition<Cfg::Stages> position;
-        sm90::GatherAnnouncer<Cfg::Stages - 1> gathered;
+        sm90::GatherAnnouncer<Cfg::Stages - 2> gathered;
         for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
             int expert, n0, k0;
             tile_origin(tile_index, expert, n0, k0);

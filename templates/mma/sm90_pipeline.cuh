@@ -81,8 +81,9 @@ struct GatherPlan {
 // waits for them and fences; then its warp arrives once on the slot's full barrier (lane 0, after
 // the warp has synchronized: four arrivals per slice instead of 128 on one shared word).
 // A slice is announced Lag slices after it was issued, so a thread keeps Lag + 1 slices of copies
-// in flight: gathers wait on memory latency, and with Lag = Stages - 1 every slot of the ring
-// can be loading at once (a larger Lag would wait on a slot that only this slice's arrival frees).
+// in flight against memory latency. Lag is at most Stages - 2: the consumers hand a slot back only
+// after the next slice's wgmma is issued (SlotReleaser), so issuing slice s waits on the
+// announcement of slice s - Stages + 1, which a larger Lag would put after slice s itself.
 // Every lane of the producer warpgroup must call issued() for every slice and flush() once.
 constexpr int kGatherArrivals = kWarpgroupThreads / 32;
 
