@@ -44,14 +44,12 @@ HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUde
                                     int64_t rows) {
     HopperTensorMaps maps;
     switch (p.op) {
-        case Op::fwd:  // A = X [M, K] by m tiles, or X [T, K] row by row; B = W [E][N][K] by n tiles
-                       // (two half boxes when gated)
-            maps.a = p.permute_x ? matrix_tensor_map(p.dtype, a, p.k, (rows + p.topk - 1) / p.topk, 1)
-                                 : matrix_tensor_map(p.dtype, a, p.k, rows, config.tile_m);
+        case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
+            if (!p.permute_x) maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, config.tile_m);
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, p.gated ? config.tile_n / 2 : config.tile_n);
             break;
-        case Op::dx:  // A = dY [M, N] by m tiles (row by row in slot order); B = W [E][N][K] as [64 n][64 k] boxes
-            maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, p.permute_y ? 1 : config.tile_m);
+        case Op::dx:  // A = dY [M, N] by m tiles; B = W [E][N][K] as [64 n][64 k] boxes
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.tile_m);
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
             break;
         default:  // dW: A = dY [M, N], B = X [M, K], both as [64 rows][64 columns] boxes

@@ -20,9 +20,8 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows);
 
 // The two operand maps of a Hopper grouped-GEMM kernel (templates/kernels/sm90_*.cuh) for a call
-// with A at `a`, B at `b` and `rows` routed rows. Row-grouped kernels load gathered A rows one
-// box row at a time; dW gathers its indirect operands with cp.async, and those get no map (an
-// all-zero one that is never read).
+// with A at `a`, B at `b` and `rows` routed rows. Operands the kernel gathers row by row with
+// cp.async get no map (an all-zero one that is never read).
 struct HopperTensorMaps {
     CUtensorMap a{};
     CUtensorMap b{};

@@ -44,6 +44,12 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32 barrier, uint32
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barrier), "r"(bytes) : "memory");
 }
 
+// One arrival on `barrier`, made by the hardware once every cp.async this thread issued before has
+// landed: the thread does not wait. "noinc": the arrival is one of those the barrier was initialized with.
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32 barrier) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(barrier) : "memory");
+}
+
 // --- TMA ----------------------------------------------------------------------------------------
 
 __device__ __forceinline__ void prefetch_tensor_map(const TensorMap& map) {

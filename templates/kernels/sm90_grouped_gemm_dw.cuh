@@ -83,7 +83,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const Element* dy = static_cast<const Element*>(args.a);
         const Element* x = static_cast<const Element*>(args.b);
         sm90::RingPosition<Cfg::Stages> position;
-        sm90::GatherAnnouncer<Cfg::Stages - 2> gathered;
         for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
             int expert, n0, k0;
             tile_origin(tile_index, expert, n0, k0);
@@ -142,10 +141,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 };
                 if (!tma_a) gather(typename Cfg::GatherA{}, sA, dy, Cfg::N, n0, false);
                 if (!tma_b) gather(typename Cfg::GatherB{}, sB, x, Cfg::K, k0, true);
-                gathered.issued(full);  // every producer thread, gathering this slice or not
+                sm90::cp_async_arrive_noinc(full);  // every producer thread, gathering this slice or not
             }
         }
-        gathered.flush();
         return;
     }
 
@@ -163,6 +161,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+            sm90::fence_proxy_async();  // rows gathered by cp.async
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
             const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
             sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,

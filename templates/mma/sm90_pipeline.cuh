@@ -28,7 +28,7 @@ struct TileRequirements {
     static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
     static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
     static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
-    static_assert(Stages >= 3, "two or more slices of gathers in flight, and a slot for the consumers");
+    static_assert(Stages >= 3, "two slots loading while the consumers hold one");
     static constexpr bool met = true;
 };
 
@@ -77,46 +77,12 @@ struct GatherPlan {
     }
 };
 
-// A producer thread's cp.async gathers reach wgmma through the async proxy, so the thread itself
-// waits for them and fences; then its warp arrives once on the slot's full barrier (lane 0, after
-// the warp has synchronized: four arrivals per slice instead of 128 on one shared word).
-// A slice is announced Lag slices after it was issued, so a thread keeps Lag + 1 slices of copies
-// in flight against memory latency. Lag is at most Stages - 2: the consumers hand a slot back only
-// after the next slice's wgmma is issued (SlotReleaser), so issuing slice s waits on the
-// announcement of slice s - Stages + 1, which a larger Lag would put after slice s itself.
-// Every lane of the producer warpgroup must call issued() for every slice and flush() once.
-constexpr int kGatherArrivals = kWarpgroupThreads / 32;
-
-template <int Lag>
-struct GatherAnnouncer {
-    static_assert(Lag >= 1, "");
-    uint32 pending[Lag] = {};  // full barriers of slices still in flight, oldest first; 0: none
-
-    __device__ __forceinline__ static void announce(uint32 full) {
-        fence_proxy_async();
-        __syncwarp();
-        if (threadIdx.x % 32 == 0) mbarrier_arrive(full);
-    }
-    // After issuing (or not) this thread's copies of the slice whose full barrier is `full`.
-    __device__ __forceinline__ void issued(uint32 full) {
-        ptx::cp_async_commit();
-        if (pending[0] != 0) {  // Lag + 1 groups outstanding: the oldest must land first
-            ptx::cp_async_wait<Lag>();
-            announce(pending[0]);
-        }
-#pragma unroll
-        for (int i = 0; i + 1 < Lag; ++i) pending[i] = pending[i + 1];
-        pending[Lag - 1] = full;
-    }
-    __device__ __forceinline__ void flush() {
-        ptx::cp_async_wait<0>();
-#pragma unroll
-        for (int i = 0; i < Lag; ++i) {
-            if (pending[i] != 0) announce(pending[i]);
-            pending[i] = 0;
-        }
-    }
-};
+// Gathering producers: every thread of the producer warpgroup issues its cp.async copies for a slice
+// (or none) and then makes one cp_async_arrive_noinc on the slot's full barrier, so the copies of as
+// many slices as the ring holds are in flight at once and no producer thread waits on memory. The
+// copies are generic-proxy writes: consumers fence (fence_proxy_async) after the full barrier and
+// before wgmma reads the slot.
+constexpr int kGatherArrivals = kWarpgroupThreads;
 
 // Consumer side of the ring: each slice's wgmma batch stays in flight while the previous batch
 // retires, and only then is the previous slot handed back to the producer.
