@@ -73,12 +73,20 @@ Config hopper_config(int tile_m, int tile_n, int stages) {
     return config;
 }
 
-// As many stages as fit next to the static shared memory (scheduler prefix sums, barriers).
+// The Hopper kernels' static shared memory, which shares the block's budget with the dynamic
+// part: the scheduler's prefix sums over the experts (8 bytes each), then at most 8 stages of
+// barrier pairs and 12 warps of totals (224 bytes).
+size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.experts + 1) * 8 + 256; }
+
+size_t block_shared_bytes(const Problem& problem, const Config& config) {
+    return config.shared_bytes() + (config.hopper() ? hopper_static_bytes(problem) : 0);
+}
+
+// As many stages as fit next to the static shared memory.
 int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most) {
-    const size_t static_bytes = size_t(problem.experts + 1) * 8 + 1024;
     const size_t stage_bytes = size_t(tile_m + tile_n) * Config::tile_k * 2;
-    // shared_bytes() of a ring with no stages: the output staging rows and the alignment slack.
-    const size_t room = max_shared_bytes(problem.arch) - static_bytes - hopper_config(tile_m, tile_n, 0).shared_bytes();
+    // A ring with no stages: the output staging rows, the alignment slack and the static part.
+    const size_t room = max_shared_bytes(problem.arch) - block_shared_bytes(problem, hopper_config(tile_m, tile_n, 0));
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
 }
 
@@ -144,7 +152,7 @@ std::vector<Config> candidate_configs(const Problem& problem) {
             Config config;
             config.tile_n = tile_n;
             config.stages = stages;
-            if (config.shared_bytes() <= max_shared_bytes(problem.arch)) configs.push_back(config);
+            if (block_shared_bytes(problem, config) <= max_shared_bytes(problem.arch)) configs.push_back(config);
         }
     return configs;
 }
@@ -165,8 +173,8 @@ void check_config(const Problem& problem, const Config& config) {
         throw Error(what + ": tiles must be at least 16, at most 32 warps");
     }
     if (config.stages < 2) throw Error(what + ": at least 2 stages");
-    if (config.shared_bytes() > max_shared_bytes(problem.arch))
-        throw Error(what + " needs " + std::to_string(config.shared_bytes()) + " bytes of shared memory; " +
+    if (block_shared_bytes(problem, config) > max_shared_bytes(problem.arch))
+        throw Error(what + " needs " + std::to_string(block_shared_bytes(problem, config)) + " bytes of shared memory; " +
                     problem.arch.name() + " allows " + std::to_string(max_shared_bytes(problem.arch)));
 }
 
