@@ -9,7 +9,7 @@ namespace moejit {
 
 std::string Config::to_string() const {
     const std::string tiles = "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages);
-    if (hopper()) return "h:" + tiles;
+    if (hopper()) return "h:" + tiles + (cluster > 1 ? "c" + std::to_string(cluster) : "");
     return tiles + "w" + std::to_string(warps_m) + "x" + std::to_string(warps_n);
 }
 
@@ -21,6 +21,10 @@ Config Config::parse(const std::string& text) {
         config.path = KernelPath::hopper;
         parsed = std::sscanf(text.c_str(), "h:m%dn%ds%d%n", &config.tile_m, &config.tile_n, &config.stages,
                              &consumed) == 3;
+        int suffix = 0;  // optional "c<cluster>"
+        if (parsed && static_cast<size_t>(consumed) < text.size())
+            parsed = std::sscanf(text.c_str() + consumed, "c%d%n", &config.cluster, &suffix) == 1;
+        consumed += suffix;
     } else {
         parsed = std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%n", &config.tile_m, &config.tile_n, &config.stages,
                              &config.warps_m, &config.warps_n, &consumed) == 5;
@@ -28,7 +32,7 @@ Config Config::parse(const std::string& text) {
     if (!parsed || static_cast<size_t>(consumed) != text.size() || config.to_string() != text)
         throw Error("bad config '" + text +
                     "': expected e.g. m128n128s4w2x4 (portable: tile M, tile N, stages, warps) or h:m128n256s4 "
-                    "(hopper: tile M, tile N, stages)");
+                    "(hopper: tile M, tile N, stages; a c2 suffix pairs CTAs in clusters)");
     return config;
 }
 
@@ -141,9 +145,15 @@ std::vector<Config> candidate_configs(const Problem& problem) {
     if (hopper_path_available(problem)) {
         for (int tile_m : {64, 128})
             for (int tile_n : {128, 256}) {
-                configs.push_back(hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8)));
+                const Config deepest = hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8));
+                configs.push_back(deepest);
                 const int fewer = hopper_stages(problem, tile_m, tile_n, 4);
-                if (fewer != configs.back().stages) configs.push_back(hopper_config(tile_m, tile_n, fewer));
+                if (fewer != deepest.stages) configs.push_back(hopper_config(tile_m, tile_n, fewer));
+                if (tile_m == 128 && problem.op != Op::dw) {  // the same tiles in CTA pairs
+                    Config paired = deepest;
+                    paired.cluster = 2;
+                    configs.push_back(paired);
+                }
             }
         return configs;
     }
@@ -168,6 +178,11 @@ void check_config(const Problem& problem, const Config& config) {
         if (problem.gated && problem.op == Op::fwd && config.tile_n < 128)
             throw Error(what + ": the gated epilogue needs n128 or n256");
         if (config.stages < 3) throw Error(what + ": hopper kernels need at least 3 stages");
+        if (config.cluster != 1 && config.cluster != 2) throw Error(what + ": clusters are of 1 or 2 CTAs");
+        if (config.cluster == 2 && problem.op == Op::dw) throw Error(what + ": dW kernels run without clusters");
+        if (config.cluster == 2 && config.tile_n < 128) throw Error(what + ": a CTA pair needs n128 or n256");
+    } else if (config.cluster != 1) {
+        throw Error(what + ": only hopper kernels run in clusters");
     } else if (config.tile_m < 16 || config.tile_n < 16 || config.warps_m < 1 || config.warps_n < 1 ||
                config.threads() > 1024) {
         throw Error(what + ": tiles must be at least 16, at most 32 warps");

@@ -18,6 +18,9 @@ struct Config {
     int stages = 3;
     int warps_m = 2;  // portable only; a hopper tile has tile_m/64 consumer warpgroups
     int warps_n = 4;
+    // Hopper row-grouped passes only: CTAs per cluster. In a pair, the two CTAs take neighbouring
+    // tiles and, where both need the same weight tile, each loads half of it for both (TMA multicast).
+    int cluster = 1;
     static constexpr int tile_k = 64;  // fixed by the templates' 128-byte swizzled rows
 
     bool hopper() const { return path == KernelPath::hopper; }
@@ -30,10 +33,10 @@ struct Config {
         const size_t ring = size_t(stages) * (tile_m + tile_n) * tile_k * 2;
         return hopper() ? ring + size_t(tile_m) * (tile_n * 2 + 16) + 1024 : ring;
     }
-    std::string to_string() const;  // "m128n128s3w2x4" (portable), "h:m128n256s4" (hopper)
+    std::string to_string() const;  // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2" (hopper)
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
-        return path == o.path && tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages &&
+        return path == o.path && tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages && cluster == o.cluster &&
                (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
     }
 };

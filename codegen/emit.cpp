@@ -40,7 +40,8 @@ Source emit_source(const Problem& problem, const Config& config) {
             header = "kernels/" + family + "_grouped_gemm.cuh";
             config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "RowGroupedConfig<\n    " +
                           element + ", moejit::RowGroupedPass::" + (problem.op == Op::fwd ? "forward" : "dx") + ",\n" +
-                          gemm_parameters(problem, config) + ">";
+                          gemm_parameters(problem, config) +
+                          (config.hopper() ? ", /*Cluster=*/" + std::to_string(config.cluster) : "") + ">";
             kernel = "moejit::" + family + "_row_grouped_gemm";
             break;
         }

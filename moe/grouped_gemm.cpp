@@ -99,6 +99,7 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
             Config& chosen = pass->variants[static_cast<int>(bucket)].config;
             chosen = config_override_.empty() ? select_config(pass->problem, bucket, device)
                                               : Config::parse(config_override_);
+            if (ops[i] == Op::dw) chosen.cluster = 1;  // CTA pairs are for the row-grouped passes
             check_config(pass->problem, chosen);
         }
         passes_[i] = std::move(pass);
@@ -162,8 +163,10 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
                                 std::min<int64_t>(problem.experts, routing.rows);
         tiles = m_tiles * ((out_cols + tile_out_cols - 1) / tile_out_cols);
     }
-    const int64_t resident = int64_t(sm_count_) * kernel.blocks_per_sm();
-    const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(tiles, resident)));
+    // Persistent: no more blocks than run at once, in whole clusters.
+    const int64_t cluster = kernel.cluster();
+    const int64_t blocks = std::min(tiles, kernel.resident_blocks(sm_count_));
+    const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, (blocks + cluster - 1) / cluster) * cluster);
 
     GroupedGemmArguments arguments{reinterpret_cast<const void*>(a),
                                    reinterpret_cast<const void*>(b),

@@ -29,14 +29,20 @@ struct LaunchShape {
 
 class Kernel {
 public:
-    // Raises the dynamic shared-memory limit to `shared_bytes` and reads occupancy once.
-    Kernel(std::shared_ptr<const Module> module, const std::string& lowered_name, int threads, size_t shared_bytes);
+    // Raises the dynamic shared-memory limit to `shared_bytes` and reads occupancy once. A kernel
+    // with cluster > 1 is launched in clusters of that many consecutive blocks along x.
+    Kernel(std::shared_ptr<const Module> module, const std::string& lowered_name, int threads, size_t shared_bytes,
+           int cluster = 1);
 
+    // `grid` must be a multiple of cluster().
     void launch(unsigned grid, CUstream stream, void** arguments) const;
 
     int threads() const { return threads_; }
     size_t shared_bytes() const { return shared_bytes_; }
     int blocks_per_sm() const { return blocks_per_sm_; }
+    int cluster() const { return cluster_; }
+    // Blocks that can run at once on the whole device (whole clusters only), given `sm_count`.
+    int64_t resident_blocks(int sm_count) const;
     int registers() const { return registers_; }
 
 private:
@@ -46,6 +52,8 @@ private:
     size_t shared_bytes_ = 0;
     int blocks_per_sm_ = 0;
     int registers_ = 0;
+    int cluster_ = 1;
+    int resident_clusters_ = 0;  // cluster kernels: clusters the device holds at once
 };
 
 }  // namespace moejit

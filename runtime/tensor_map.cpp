@@ -46,7 +46,9 @@ HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUde
     switch (p.op) {
         case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
             if (!p.permute_x) maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, config.tile_m);
-            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, p.gated ? config.tile_n / 2 : config.tile_n);
+            // Half-tile boxes when gated (gate rows, up rows) or when a CTA pair multicasts halves.
+            maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts,
+                                        p.gated || config.cluster > 1 ? config.tile_n / 2 : config.tile_n);
             break;
         case Op::dx:  // A = dY [M, N] by m tiles; B = W [E][N][K] as [64 n][64 k] boxes
             if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.tile_m);

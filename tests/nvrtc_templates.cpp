@@ -99,6 +99,8 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                         CHECK((output.ptx.find("cp.async.bulk.tensor") != std::string::npos) == any_tma);
                         CHECK(output.ptx.find("setmaxnreg.inc.sync.aligned.u32") != std::string::npos);
                         CHECK(output.log.find("C7508") == std::string::npos);  // setmaxnreg honoured
+                        // CTA pairs load shared weight tiles once, multicast to both.
+                        CHECK((output.ptx.find(".multicast::cluster") != std::string::npos) == (config.cluster == 2));
                         continue;
                     }
                     CHECK(output.ptx.find(dtype == DType::bf16 ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"

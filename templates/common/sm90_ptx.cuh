@@ -74,6 +74,42 @@ __device__ __forceinline__ void tma_load_3d(uint32 destination, const TensorMap&
         : "memory");
 }
 
+// The same box, written at the same shared offset into every CTA of the cluster named in `ctas`
+// (bit i: rank i), completing bytes on the barrier at the same offset in each of them.
+__device__ __forceinline__ void tma_load_3d_multicast(uint32 destination, const TensorMap& map, int c0, int c1, int c2,
+                                                      uint32 barrier, unsigned short ctas) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, "
+        "%3, %4}], [%5], %6;\n" ::"r"(destination),
+        "l"(reinterpret_cast<uint64>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(barrier), "h"(ctas)
+        : "memory");
+}
+
+// --- clusters -----------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32 cluster_rank() {
+    uint32 rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+    return rank;
+}
+
+// The shared::cluster address of the variable at `address` (shared::cta) in the cluster's CTA `rank`.
+__device__ __forceinline__ uint32 map_to_cta(uint32 address, uint32 rank) {
+    uint32 mapped;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(mapped) : "r"(address), "r"(rank));
+    return mapped;
+}
+
+// An arrival on a barrier of another CTA of the cluster, releasing this thread's earlier accesses.
+__device__ __forceinline__ void mbarrier_arrive_remote(uint32 cluster_address) {
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_address) : "memory");
+}
+
+// Every thread of every CTA in the cluster (exited threads aside) reaches this point.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
 // Orders this thread's generic-proxy shared accesses (cp.async, st.shared) with async-proxy ones (wgmma, TMA).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 

@@ -19,7 +19,7 @@
 namespace moejit {
 
 template <class Element_, RowGroupedPass Pass_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_,
-          int TileN_, int Stages_>
+          int TileN_, int Stages_, int Cluster_>
 struct Sm90RowGroupedConfig {
     using Element = Element_;
     static constexpr RowGroupedPass Pass = Pass_;
@@ -28,6 +28,7 @@ struct Sm90RowGroupedConfig {
     static constexpr bool Gated = Forward && (Flags & kGated);
     static constexpr bool GatherA = Forward ? (Flags & kPermuteX) != 0 : (Flags & kPermuteY) != 0;
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
+    static constexpr int Cluster = Cluster_;  // CTAs per cluster (1, or a pair sharing weight tiles)
     static constexpr int Consumers = TileM / 64;
     static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
 
@@ -55,105 +56,95 @@ struct Sm90RowGroupedConfig {
     static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
+    static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits weight tiles into halves of 64+ rows");
 };
 
-template <class Cfg>
-__global__ void __launch_bounds__(Cfg::Threads, 1)
-    sm90_row_grouped_gemm(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_a,
-                          const __grid_constant__ sm90::TensorMap map_b) {
-    using Element = typename Cfg::Element;
-    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, Cfg::TileM, Cfg::NTiles>;
-    using Gather = typename Cfg::Gather;
-    constexpr int Flags = Cfg::Flags;
+// The tile a CTA of a pair works on in round `pair`: CTA `rank` takes tile 2 * pair + rank (one CTA
+// per cluster: tile `pair`). Neighbouring tiles are neighbouring m tiles of one expert and n tile
+// (the scheduler's band order), so a pair mostly needs one weight tile: then `shares_b` and each
+// CTA loads half of it for both. A CTA past the last tile still walks the ring with its partner.
+template <class Scheduler, int Cluster>
+struct PairTile {
+    GroupedTile tile;
+    bool exists = false;
+    bool shares_b = false;
 
-    __shared__ typename Scheduler::Shared scheduler_storage;
-    __shared__ sm90::StageBarriers<Cfg::Stages> barriers;
-    extern __shared__ __align__(1024) unsigned char shared_raw[];
-    // TMA's 128-byte swizzle repeats every 1024 bytes; descriptors assume tiles start on that period.
-    const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;  // [Stages] x (A tile, B tile)
-
-    const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
-    const int thread = threadIdx.x % sm90::kWarpgroupThreads;
-    if (threadIdx.x == 0) {
-        barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers);
-        sm90::prefetch_tensor_map(map_b);
-        if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
-    }
-    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
-
-    if (warpgroup == 0) {
-        sm90::release_registers<Cfg::ProducerRegisters>();
-        if (!Cfg::GatherA && thread != 0) return;
-        const Element* a = static_cast<const Element*>(args.a);
-        sm90::RingPosition<Cfg::Stages> position;
-        for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
-            const GroupedTile tile = scheduler.tile(tile_index);
-            const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
-            const int out_col0 = tile.n_tile * Cfg::TileOutCols;
-
-            const Element* gA[Cfg::GatherA ? Gather::Copies : 1];  // this thread's gathered rows
-            if constexpr (Cfg::GatherA) {
-#pragma unroll
-                for (int i = 0; i < Gather::Copies; ++i) {
-                    const int row = tile_row + Gather::row(thread, i);
-                    const int64 routed = static_cast<int64>(tile.row_begin) + row;
-                    const bool valid = row < tile.expert_rows && routed < args.rows;
-                    const int64 source = !valid ? 0 : Cfg::Forward ? token_row<Cfg::Topk>(args, routed) : slot_row(args, routed);
-                    gA[i] = valid ? a + source * Cfg::Reduction : nullptr;
-                }
-            }
-            for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
-                sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
-                const uint32 sA = ring + position.stage * Cfg::StageBytes;
-                const uint32 sB = sA + Cfg::BytesA;
-                const uint32 full = barriers.full_address(position.stage);
-                const int k0 = slice * sm90::kSliceK;
-                if (thread == 0) {
-                    sm90::mbarrier_arrive_expect_tx(full, (Cfg::GatherA ? 0 : Cfg::BytesA) + Cfg::BytesB);
-                    if (!Cfg::GatherA) sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
-                    if constexpr (Cfg::Gated) {  // gate rows, then the matching up rows N/2 further on
-                        sm90::tma_load_3d(sB, map_b, k0, out_col0, tile.expert, full);
-                        sm90::tma_load_3d(sB + Cfg::BytesB / 2, map_b, k0, Cfg::N / 2 + out_col0, tile.expert, full);
-                    } else if constexpr (Cfg::Forward) {
-                        sm90::tma_load_3d(sB, map_b, k0, out_col0, tile.expert, full);
-                    } else {  // dX: TileN/64 boxes of [64 n][64 k]
-#pragma unroll
-                        for (int box = 0; box < Cfg::TileN / 64; ++box)
-                            sm90::tma_load_3d(sB + box * 64 * sm90::kSliceBytesPerRow, map_b, out_col0 + box * 64, k0,
-                                              tile.expert, full);
-                    }
-                }
-                if constexpr (Cfg::GatherA) {
-#pragma unroll
-                    for (int i = 0; i < Gather::Copies; ++i) {
-                        const int col = k0 + (thread % 8) * 8;
-                        const bool valid = gA[i] != nullptr && col < Cfg::Reduction;
-                        ptx::cp_async_16(sA + Gather::offset(thread, i), valid ? gA[i] + col : a, valid);
-                    }
-                    sm90::cp_async_arrive_noinc(full);
-                }
+    __device__ PairTile(const Scheduler& scheduler, int pair, int rank) {
+        const int total = scheduler.total_tiles();
+        const int index = pair * Cluster + rank;
+        exists = index < total;
+        if (exists) tile = scheduler.tile(index);
+        if constexpr (Cluster == 2) {
+            const int other = pair * Cluster + (rank ^ 1);
+            if (exists && other < total) {
+                const GroupedTile partner = scheduler.tile(other);
+                shares_b = partner.expert == tile.expert && partner.n_tile == tile.n_tile;
             }
         }
-        return;
     }
+};
 
-    sm90::claim_registers<Cfg::ConsumerRegisters>();
-    const int consumer = warpgroup - 1;  // owns tile rows [64 * consumer, 64 * consumer + 64)
+// One slice of the weight tile into sB: [TileN rows][64 k] K-major (forward), or TileN/64 boxes of
+// [64 n][64 k] (dX). When the pair shares the tile, this CTA loads its half and multicasts it, and
+// the partner's half arrives the same way; either way `full` receives BytesB.
+template <class Cfg>
+__device__ __forceinline__ void load_weight_slice(const sm90::TensorMap& map_b, uint32 sB, uint32 full, int k0,
+                                                  int out_col0, int expert, bool shared, int rank) {
+    constexpr unsigned short kBoth = 0x3;
+    if constexpr (Cfg::Forward) {
+        // Half boxes of TileN/2 rows when gated (the gate rows, then the up rows N/2 further on)
+        // or when clustered; otherwise one box.
+        if constexpr (!Cfg::Gated && Cfg::Cluster == 1) {
+            sm90::tma_load_3d(sB, map_b, k0, out_col0, expert, full);
+        } else {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int row0 = Cfg::Gated ? half * (Cfg::N / 2) + out_col0 : out_col0 + half * (Cfg::TileN / 2);
+                const uint32 destination = sB + half * (Cfg::BytesB / 2);
+                if (!shared) sm90::tma_load_3d(destination, map_b, k0, row0, expert, full);
+                else if (half == rank) sm90::tma_load_3d_multicast(destination, map_b, k0, row0, expert, full, kBoth);
+            }
+        }
+    } else {
+        constexpr int Boxes = Cfg::TileN / 64;
+#pragma unroll
+        for (int box = 0; box < Boxes; ++box) {
+            const uint32 destination = sB + box * 64 * sm90::kSliceBytesPerRow;
+            if (!shared) sm90::tma_load_3d(destination, map_b, out_col0 + box * 64, k0, expert, full);
+            else if (box / (Boxes / 2) == rank)
+                sm90::tma_load_3d_multicast(destination, map_b, out_col0 + box * 64, k0, expert, full, kBoth);
+        }
+    }
+}
+
+// Consumer warpgroup `consumer` (tile rows [64 * consumer, 64 * consumer + 64)): wgmma over the
+// ring's slices, then the epilogue. The thread holds rows lane/4 and lane/4 + 8 of its warp's 16
+// and two columns of every 8; they go to this warpgroup's staging rows, and each lane of warp 0
+// sends two whole rows to their (possibly scattered) global rows with bulk copies, which run on
+// while the next tile's mainloop starts.
+template <class Cfg, class Scheduler, class Barriers>
+__device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, const Scheduler& scheduler,
+                                              const Barriers& barriers, uint32 ring, int consumer, int rank,
+                                              int first_pair, int pair_stride, int pairs) {
+    using Element = typename Cfg::Element;
+    constexpr int Flags = Cfg::Flags;
+    const int thread = threadIdx.x % sm90::kWarpgroupThreads;
     const int lane = threadIdx.x % 32, warp = thread / 32;
     Element* c = static_cast<Element*>(args.c);
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
     sm90::SlotReleaser<Cfg::Stages> release;
-    for (int tile_index = blockIdx.x; tile_index < scheduler.total_tiles(); tile_index += gridDim.x) {
-        const GroupedTile tile = scheduler.tile(tile_index);
+    for (int pair = first_pair; pair < pairs; pair += pair_stride) {
+        const PairTile<Scheduler, Cfg::Cluster> work(scheduler, pair, rank);
+        const GroupedTile& tile = work.tile;
         constexpr int slices = Cfg::Slices;
-        // In an expert's last m tile, a warpgroup whose 64 rows are all past the expert's end only
-        // hands the slots back: the other warpgroup then has the tensor cores to itself, so the tile
-        // costs half, which halves the padding an expert's row count leaves in its last tile.
-        if (tile.m_tile * Cfg::TileM + consumer * 64 >= tile.expert_rows) {
+        // A warpgroup whose 64 rows are all past its expert's end (or a CTA with no tile this round)
+        // only hands the slots back. In an expert's last m tile the other warpgroup then has the
+        // tensor cores to itself, so the tile costs half: half the padding a row count leaves.
+        if (!work.exists || tile.m_tile * Cfg::TileM + consumer * 64 >= tile.expert_rows) {
             for (int slice = 0; slice < slices; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-                if (thread == 0) sm90::mbarrier_arrive(barriers.empty_address(position.stage));
+                if (thread == 0) barriers.release(position.stage);
             }
             continue;
         }
@@ -171,10 +162,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         }
         release.drain(accumulators, barriers, thread == 0);
 
-        // Epilogue. The thread holds rows lane/4 and lane/4 + 8 of its warp's 16 and two columns of
-        // every 8. They go to this warpgroup's staging rows; then each lane of warp 0 sends two whole
-        // rows to their (possibly scattered) global rows with bulk copies, which run on while the
-        // next tile's mainloop starts.
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;
         const uint32 staging = ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes;
         if (warp == 0) sm90::bulk_wait_read();  // the previous tile's rows have left the staging buffer
@@ -233,6 +220,95 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         }
     }
     if (warp == 0) sm90::bulk_wait();  // every row written before the kernel ends
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::Threads, 1)
+    sm90_row_grouped_gemm(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_a,
+                          const __grid_constant__ sm90::TensorMap map_b) {
+    using Element = typename Cfg::Element;
+    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, Cfg::TileM, Cfg::NTiles>;
+    using Gather = typename Cfg::Gather;
+    using Pair = PairTile<Scheduler, Cfg::Cluster>;
+    constexpr int Flags = Cfg::Flags;
+    constexpr int Cluster = Cfg::Cluster;
+
+    __shared__ typename Scheduler::Shared scheduler_storage;
+    __shared__ sm90::StageBarriers<Cfg::Stages, Cluster> barriers;
+    extern __shared__ __align__(1024) unsigned char shared_raw[];
+    // TMA's 128-byte swizzle repeats every 1024 bytes; descriptors assume tiles start on that period.
+    const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;  // [Stages] x (A tile, B tile)
+
+    const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
+    const int thread = threadIdx.x % sm90::kWarpgroupThreads;
+    if (threadIdx.x == 0) {
+        barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers * Cluster);
+        sm90::prefetch_tensor_map(map_b);
+        if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
+    }
+    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
+    // The partner's barriers are initialized before anything arrives on them or multicasts to them.
+    if constexpr (Cluster > 1) sm90::cluster_sync();
+    const int rank = Cluster > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
+    const int first_pair = blockIdx.x / Cluster, pair_stride = gridDim.x / Cluster;
+    const int pairs = ceil_div(scheduler.total_tiles(), Cluster);
+
+    if (warpgroup == 0) {
+        sm90::release_registers<Cfg::ProducerRegisters>();
+        // Thread 0 issues the TMA loads; with a gathered A every producer thread copies rows too.
+        if (Cfg::GatherA || thread == 0) {
+            const Element* a = static_cast<const Element*>(args.a);
+            sm90::RingPosition<Cfg::Stages> position;
+            for (int pair = first_pair; pair < pairs; pair += pair_stride) {
+                const Pair work(scheduler, pair, rank);
+                const GroupedTile& tile = work.tile;
+                const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
+                const int out_col0 = tile.n_tile * Cfg::TileOutCols;
+
+                const Element* gA[Cfg::GatherA ? Gather::Copies : 1];  // this thread's gathered rows
+                if constexpr (Cfg::GatherA) {
+#pragma unroll
+                    for (int i = 0; i < Gather::Copies; ++i) {
+                        const int row = tile_row + Gather::row(thread, i);
+                        const int64 routed = static_cast<int64>(tile.row_begin) + row;
+                        const bool valid = work.exists && row < tile.expert_rows && routed < args.rows;
+                        const int64 source =
+                            !valid ? 0 : Cfg::Forward ? token_row<Cfg::Topk>(args, routed) : slot_row(args, routed);
+                        gA[i] = valid ? a + source * Cfg::Reduction : nullptr;
+                    }
+                }
+                for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
+                    sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
+                    const uint32 sA = ring + position.stage * Cfg::StageBytes;
+                    const uint32 sB = sA + Cfg::BytesA;
+                    const uint32 full = barriers.full_address(position.stage);
+                    const int k0 = slice * sm90::kSliceK;
+                    if (thread == 0) {
+                        const int bytes = work.exists ? (Cfg::GatherA ? 0 : Cfg::BytesA) + Cfg::BytesB : 0;
+                        sm90::mbarrier_arrive_expect_tx(full, bytes);
+                        if (work.exists) {
+                            if (!Cfg::GatherA) sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
+                            load_weight_slice<Cfg>(map_b, sB, full, k0, out_col0, tile.expert, work.shares_b, rank);
+                        }
+                    }
+                    if constexpr (Cfg::GatherA) {
+#pragma unroll
+                        for (int i = 0; i < Gather::Copies; ++i) {
+                            const int col = k0 + (thread % 8) * 8;
+                            const bool valid = gA[i] != nullptr && col < Cfg::Reduction;
+                            ptx::cp_async_16(sA + Gather::offset(thread, i), valid ? gA[i] + col : a, valid);
+                        }
+                        sm90::cp_async_arrive_noinc(full);
+                    }
+                }
+            }
+        }
+    } else {
+        sm90::claim_registers<Cfg::ConsumerRegisters>();
+        consume_tiles<Cfg>(args, scheduler, barriers, ring, warpgroup - 1, rank, first_pair, pair_stride, pairs);
+    }
+    // Neither CTA of a pair leaves while the other may still arrive on its barriers.
+    if constexpr (Cluster > 1) sm90::cluster_sync();
 }
 
 }  // namespace moejit

@@ -45,13 +45,23 @@ struct RingPosition {
     }
 };
 
-template <int Stages>
+// In a CTA pair (Cluster == 2) each producer may multicast into the partner's slot, so a slot is
+// free only when the consumers of both CTAs are done with it: empty barriers count the arrivals of
+// both, and release() arrives on both. The pair walks the ring in lockstep.
+template <int Stages, int Cluster = 1>
 struct StageBarriers {
+    static_assert(Cluster == 1 || Cluster == 2, "");
     unsigned long long full[Stages];
     unsigned long long empty[Stages];
 
     __device__ uint32 full_address(int stage) const { return ptx::shared_address(&full[stage]); }
     __device__ uint32 empty_address(int stage) const { return ptx::shared_address(&empty[stage]); }
+
+    // A consumer warpgroup (one thread of it) hands slot `stage` back.
+    __device__ __forceinline__ void release(int stage) const {
+        mbarrier_arrive(empty_address(stage));
+        if constexpr (Cluster == 2) mbarrier_arrive_remote(map_to_cta(empty_address(stage), cluster_rank() ^ 1));
+    }
 
     // One thread, before the block-wide barrier that precedes the role split.
     __device__ void init(int full_arrivals, int empty_arrivals) {
@@ -90,21 +100,20 @@ template <int Stages>
 struct SlotReleaser {
     int previous = -1;  // slot whose wgmma batch may still be reading it
 
-    template <int Registers>
-    __device__ __forceinline__ void issued(float (&accumulators)[Registers], const StageBarriers<Stages>& barriers,
-                                           int stage, bool leader) {
+    template <int Registers, class Barriers>
+    __device__ __forceinline__ void issued(float (&accumulators)[Registers], const Barriers& barriers, int stage,
+                                           bool leader) {
         wgmma_wait<1>();
         fence_accumulators(accumulators);
-        if (previous >= 0 && leader) mbarrier_arrive(barriers.empty_address(previous));
+        if (previous >= 0 && leader) barriers.release(previous);
         previous = stage;
     }
     // At the end of a tile: every batch retired, the last slot handed back.
-    template <int Registers>
-    __device__ __forceinline__ void drain(float (&accumulators)[Registers], const StageBarriers<Stages>& barriers,
-                                          bool leader) {
+    template <int Registers, class Barriers>
+    __device__ __forceinline__ void drain(float (&accumulators)[Registers], const Barriers& barriers, bool leader) {
         wgmma_wait<0>();
         fence_accumulators(accumulators);
-        if (previous >= 0 && leader) mbarrier_arrive(barriers.empty_address(previous));
+        if (previous >= 0 && leader) barriers.release(previous);
         previous = -1;
     }
 };
