@@ -44,7 +44,7 @@ int cache_hit_probe(const std::string& spec) {
     const Binary binary = compiler.get(problem, config);
     const double read = now_ms();
     auto module = std::make_shared<const Module>(binary.cubin);
-    Kernel kernel(module, binary.kernel_name, config.threads(), config.shared_bytes(problem.op));
+    Kernel kernel(module, binary.kernel_name, config.threads(), config.shared_bytes());
     const double loaded = now_ms();
     std::printf("cache-hit %s from_disk=%d read_ms=%.3f load_ms=%.3f total_ms=%.3f\n", spec.c_str(),
                 binary.from_disk ? 1 : 0, read - start, loaded - read, loaded - start);

@@ -83,7 +83,7 @@ Config hopper_config(int tile_m, int tile_n, int stages) {
 size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.experts + 1) * 8 + 256; }
 
 size_t block_shared_bytes(const Problem& problem, const Config& config) {
-    return config.shared_bytes(problem.op) + (config.hopper() ? hopper_static_bytes(problem) : 0);
+    return config.shared_bytes() + (config.hopper() ? hopper_static_bytes(problem) : 0);
 }
 
 // As many stages as fit next to the static shared memory.

@@ -26,13 +26,12 @@ struct Config {
     bool hopper() const { return path == KernelPath::hopper; }
     // Hopper: one producer warpgroup plus one consumer warpgroup per 64 tile rows.
     int threads() const { return hopper() ? 128 * (1 + tile_m / 64) : warps_m * warps_n * 32; }
-    // Portable: the ring of A and B slices. Hopper: the ring plus 1 KB to align it to the 1024-byte
-    // swizzle period; the row-grouped kernels stage output rows in a held ring slot, dW in rows of
-    // its own per consumer warpgroup (64 rows of tile_n halves + 16 bytes against bank conflicts).
-    size_t shared_bytes(Op op) const {
+    // Portable: the ring of A and B slices. Hopper: the ring, the output staging rows of each
+    // consumer warpgroup (64 rows of tile_n halves + 16 bytes of padding against bank conflicts)
+    // and 1 KB to align the ring to the 1024-byte swizzle period.
+    size_t shared_bytes() const {
         const size_t ring = size_t(stages) * (tile_m + tile_n) * tile_k * 2;
-        if (!hopper()) return ring;
-        return ring + 1024 + (op == Op::dw ? size_t(tile_m) * (tile_n * 2 + 16) : 0);
+        return hopper() ? ring + size_t(tile_m) * (tile_n * 2 + 16) + 1024 : ring;
     }
     std::string to_string() const;  // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2" (hopper)
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error

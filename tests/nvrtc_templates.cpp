@@ -127,7 +127,7 @@ TEST_CASE("the heuristic's choice compiles for every supported arch and odd shap
             problem.arch = Arch::parse(arch);
             const Config config = choose_config(problem);
             INFO(to_spec(problem) << " " << config.to_string());
-            CHECK(config.shared_bytes(problem.op) <= max_shared_bytes(problem.arch));
+            CHECK(config.shared_bytes() <= max_shared_bytes(problem.arch));
             const NvrtcOutput output = nvrtc_compile(emit_source(problem, config), nvrtc_options(problem.arch));
             CHECK(!output.cubin.empty());
             require_no_spills(output.log);

@@ -41,16 +41,10 @@ struct Sm90RowGroupedConfig {
     static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow;
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow;
     static constexpr int StageBytes = BytesA + BytesB;
-    // Output rows are staged in the tile's last ring slot, which the consumers hold until the bulk
-    // copies (one per row: rows may scatter) have read it: RoundCols columns of 64 rows per consumer
-    // warpgroup at a time, as many as fit the slot.
-    static constexpr int RoundCols =
-        TileOutCols >= 128 && Consumers * sm90::kStagingRows * sm90::staging_pitch(128) <= StageBytes ? 128
-                                                                                                      : (TileOutCols < 64 ? TileOutCols : 64);
-    static constexpr int Rounds = TileOutCols / RoundCols;
-    static constexpr int StagingPitch = sm90::staging_pitch(RoundCols);
+    // Output rows are staged in shared memory and sent with one bulk copy per row (rows may scatter).
+    static constexpr int StagingPitch = sm90::staging_pitch(TileN);
     static constexpr int StagingBytes = sm90::kStagingRows * StagingPitch;  // per consumer warpgroup
-    static constexpr int SharedBytes = Stages * StageBytes + 1024;  // + ring alignment
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;  // + ring alignment
 
     // The producer keeps only addresses; consumers hold TileN/2 accumulators each.
     static constexpr int ProducerRegisters = GatherA ? 56 : 40;
@@ -63,8 +57,6 @@ struct Sm90RowGroupedConfig {
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
     static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits weight tiles into halves of 64+ rows");
-    static_assert(Consumers * StagingBytes <= StageBytes && Rounds * RoundCols == TileOutCols, "");
-    static_assert(!Gated || Rounds == 1, "the gated epilogue stages all its columns at once");
 };
 
 // The tile a CTA of a pair works on in round `pair`: CTA `rank` takes tile 2 * pair + rank (one CTA
@@ -130,9 +122,6 @@ __device__ __forceinline__ void load_weight_slice(const sm90::TensorMap& map_b, 
 // and two columns of every 8; they go to this warpgroup's staging rows, and each lane of warp 0
 // sends two whole rows to their (possibly scattered) global rows with bulk copies, which run on
 // while the next tile's mainloop starts.
-// Named barrier of both consumer warpgroups (ids 1 and 2 are each warpgroup's own).
-constexpr int kConsumersBarrier = 3;
-
 template <class Cfg, class Scheduler, class Barriers>
 __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, const Scheduler& scheduler,
                                               const Barriers& barriers, uint32 ring, int consumer, int rank,
@@ -145,16 +134,6 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
     sm90::SlotReleaser<Cfg::Stages> release;
-    int held = -1;  // the previous tile's last slot, holding its staged output rows
-    // Hands the held slot back once warp 0's bulk copies have read it: after the next tile's first
-    // wgmma batch is issued, so the wait is off the critical path.
-    auto release_held = [&] {
-        if (held < 0) return;
-        if (warp == 0) sm90::bulk_wait_read();
-        __syncwarp();
-        if (thread == 0) barriers.release(held);
-        held = -1;
-    };
     for (int pair = first_pair; pair < pairs; pair += pair_stride) {
         const PairTile<Scheduler, Cfg::Cluster> work(scheduler, pair, rank);
         const GroupedTile& tile = work.tile;
@@ -163,7 +142,6 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         // only hands the slots back. In an expert's last m tile the other warpgroup then has the
         // tensor cores to itself, so the tile costs half: half the padding a row count leaves.
         if (!work.exists || tile.m_tile * Cfg::TileM + consumer * 64 >= tile.expert_rows) {
-            release_held();
             for (int slice = 0; slice < slices; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
                 if (thread == 0) barriers.release(position.stage);
@@ -181,22 +159,13 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
                                                      16 * sm90::kSliceBytesPerRow, slice > 0);
             release.issued(accumulators, barriers, position.stage, thread == 0);
-            if (slice == 0) release_held();
         }
-        held = release.drain_and_hold(accumulators);
+        release.drain(accumulators, barriers, thread == 0);
 
-        // Both warpgroups' wgmma read the whole held slot: stage only when both have retired theirs.
-        const bool pair_active = Cfg::Consumers == 2 && tile.m_tile * Cfg::TileM + 64 < tile.expert_rows;
-        if (pair_active) sm90::named_barrier(kConsumersBarrier, 2 * sm90::kWarpgroupThreads);
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;
-        const uint32 staging = ring + held * Cfg::StageBytes + consumer * Cfg::StagingBytes;
-#pragma unroll
-        for (int round = 0; round < Cfg::Rounds; ++round) {
-        if (round > 0) {  // the previous round's rows have left the staging rows
-            if (warp == 0) sm90::bulk_wait_read();
-            sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
-        }
-        const int round_col0 = out_col0 + round * Cfg::RoundCols;
+        const uint32 staging = ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes;
+        if (warp == 0) sm90::bulk_wait_read();  // the previous tile's rows have left the staging buffer
+        sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int local_row = warp * 16 + half * 8 + lane / 4;
@@ -206,7 +175,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             const uint32 staging_row = staging + local_row * Cfg::StagingPitch + (lane % 4) * 4;
             if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
 #pragma unroll
-                for (int j = 0; j < Cfg::TileN / 16; ++j) {  // one round: RoundCols == TileN / 2
+                for (int j = 0; j < Cfg::TileN / 16; ++j) {
                     const float* gate = &accumulators[j * 4 + half * 2];
                     const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
                     ptx::store_shared_32(staging_row + j * 16, pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]));
@@ -227,16 +196,16 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             } else {
                 const float scale = (Flags & kFuseMulPost) && valid ? args.topk_weights[slot_row(args, routed)] : 1.0f;
 #pragma unroll
-                for (int j = 0; j < Cfg::RoundCols / 8; ++j) {
-                    const float* v = &accumulators[(round * Cfg::RoundCols / 8 + j) * 4 + half * 2];
+                for (int j = 0; j < Cfg::TileN / 8; ++j) {
+                    const float* v = &accumulators[j * 4 + half * 2];
                     ptx::store_shared_32(staging_row + j * 16, pack2<Element>(v[0] * scale, v[1] * scale));
                 }
             }
         }
         sm90::fence_proxy_async();  // the bulk copies read the staging rows through the async proxy
         sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
-        if (warp == 0 && round_col0 < Cfg::OutCols) {
-            const uint32 bytes = min_of(Cfg::RoundCols, Cfg::OutCols - round_col0) * 2;
+        if (warp == 0) {
+            const uint32 bytes = min_of(Cfg::TileOutCols, Cfg::OutCols - out_col0) * 2;
 #pragma unroll
             for (int pass = 0; pass < 2; ++pass) {
                 const int local_row = lane + 32 * pass;
@@ -245,13 +214,11 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 if (row >= tile.expert_rows || routed >= args.rows) continue;
                 const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
                 const int64 out_row = scatter ? slot_row(args, routed) : routed;
-                sm90::bulk_store(c + out_row * Cfg::OutCols + round_col0, staging + local_row * Cfg::StagingPitch, bytes);
+                sm90::bulk_store(c + out_row * Cfg::OutCols + out_col0, staging + local_row * Cfg::StagingPitch, bytes);
             }
             sm90::bulk_commit();
         }
-        }  // round
     }
-    release_held();
     if (warp == 0) sm90::bulk_wait();  // every row written before the kernel ends
 }
 

@@ -116,15 +116,6 @@ struct SlotReleaser {
         if (previous >= 0 && leader) barriers.release(previous);
         previous = -1;
     }
-    // The same, except that the last slot is kept (returned) for the caller to reuse and release.
-    template <int Registers>
-    __device__ __forceinline__ int drain_and_hold(float (&accumulators)[Registers]) {
-        wgmma_wait<0>();
-        fence_accumulators(accumulators);
-        const int held = previous;
-        previous = -1;
-        return held;
-    }
 };
 
 // One consumer step over a filled slot: four k16 wgmma into `accumulators`. `a_step` / `b_step`
