@@ -138,10 +138,9 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         const PairTile<Scheduler, Cfg::Cluster> work(scheduler, pair, rank);
         const GroupedTile& tile = work.tile;
         constexpr int slices = Cfg::Slices;
-        // A warpgroup whose 64 rows are all past its expert's end (or a CTA with no tile this round)
-        // only hands the slots back. In an expert's last m tile the other warpgroup then has the
-        // tensor cores to itself, so the tile costs half: half the padding a row count leaves.
-        if (!work.exists || tile.m_tile * Cfg::TileM + consumer * 64 >= tile.expert_rows) {
+        // A CTA with no tile this round only hands the slots back, in step with its partner. (Doing
+        // the same for a warpgroup whose rows all lie past its expert's end measured no faster.)
+        if (!work.exists) {
             for (int slice = 0; slice < slices; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
                 if (thread == 0) barriers.release(position.stage);
