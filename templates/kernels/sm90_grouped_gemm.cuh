@@ -229,7 +229,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, Cfg::TileM, Cfg::NTiles>;
     using Gather = typename Cfg::Gather;
     using Pair = PairTile<Scheduler, Cfg::Cluster>;
-    constexpr int Flags = Cfg::Flags;
     constexpr int Cluster = Cfg::Cluster;
 
     __shared__ typename Scheduler::Shared scheduler_storage;
