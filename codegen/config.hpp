@@ -31,7 +31,8 @@ struct Config {
     // and 1 KB to align the ring to the 1024-byte swizzle period.
     size_t shared_bytes() const {
         const size_t ring = size_t(stages) * (tile_m + tile_n) * tile_k * 2;
-        return hopper() ? ring + size_t(tile_m) * (tile_n * 2 + 16) + 1024 : ring;
+        // Hopper: 144 bytes of epilogue staging per tile row (sm90_epilogue.cuh) and the ring's alignment slack.
+        return hopper() ? ring + size_t(tile_m) * 144 + 1024 : ring;
     }
     std::string to_string() const;  // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2" (hopper)
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error

@@ -113,21 +113,6 @@ __device__ __forceinline__ void cluster_sync() {
 // Orders this thread's generic-proxy shared accesses (cp.async, st.shared) with async-proxy ones (wgmma, TMA).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// --- bulk stores (shared -> global, no tensor map: rows may scatter) ------------------------------
-
-// `bytes` (a multiple of 16) from shared `source` to `destination`, asynchronously; tracked by this
-// thread's bulk groups.
-__device__ __forceinline__ void bulk_store(void* destination, uint32 source, uint32 bytes) {
-    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(destination), "r"(source),
-                 "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-// Until this thread's bulk stores have read their shared source (the buffer may be rewritten).
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-// Until they have completed (written global memory).
-__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
-
 // Barrier among `threads` threads (whole warps) under hardware barrier `id` (0 is __syncthreads).
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");

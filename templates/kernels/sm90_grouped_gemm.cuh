@@ -13,6 +13,7 @@
 // experts by prefix sums of m_sizes read on the device, in bands of m tiles so concurrently
 // running CTAs share weight tiles in L2.
 #include "common/arguments.cuh"
+#include "mma/sm90_epilogue.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
@@ -41,10 +42,7 @@ struct Sm90RowGroupedConfig {
     static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow;
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow;
     static constexpr int StageBytes = BytesA + BytesB;
-    // Output rows are staged in shared memory and sent with one bulk copy per row (rows may scatter).
-    static constexpr int StagingPitch = sm90::staging_pitch(TileN);
-    static constexpr int StagingBytes = sm90::kStagingRows * StagingPitch;  // per consumer warpgroup
-    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;  // + ring alignment
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * sm90::kStagingBytes + 1024;  // + ring alignment
 
     // The producer keeps only addresses; consumers hold TileN/2 accumulators each.
     static constexpr int ProducerRegisters = GatherA ? 56 : 40;
@@ -118,10 +116,8 @@ __device__ __forceinline__ void load_weight_slice(const sm90::TensorMap& map_b, 
 }
 
 // Consumer warpgroup `consumer` (tile rows [64 * consumer, 64 * consumer + 64)): wgmma over the
-// ring's slices, then the epilogue. The thread holds rows lane/4 and lane/4 + 8 of its warp's 16
-// and two columns of every 8; they go to this warpgroup's staging rows, and each lane of warp 0
-// sends two whole rows to their (possibly scattered) global rows with bulk copies, which run on
-// while the next tile's mainloop starts.
+// ring's slices, then the epilogue, 64 output columns at a time through the warpgroup's staging
+// rows (sm90_epilogue.cuh) to their (possibly scattered) global rows.
 template <class Cfg, class Scheduler, class Barriers>
 __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, const Scheduler& scheduler,
                                               const Barriers& barriers, uint32 ring, int consumer, int rank,
@@ -129,7 +125,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
     using Element = typename Cfg::Element;
     constexpr int Flags = Cfg::Flags;
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
-    const int lane = threadIdx.x % 32, warp = thread / 32;
+    const int lane = threadIdx.x % 32;
     Element* c = static_cast<Element*>(args.c);
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
@@ -162,24 +158,29 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         release.drain(accumulators, barriers, thread == 0);
 
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;
-        const uint32 staging = ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes;
-        if (warp == 0) sm90::bulk_wait_read();  // the previous tile's rows have left the staging buffer
-        sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
+        const int tile_row0 = tile.m_tile * Cfg::TileM + consumer * 64;  // within the expert
+        // The global rows this thread copies out of the staging rows (null past the expert's end).
+        unsigned char* destination[sm90::kCopiesPerThread];
+#pragma unroll
+        for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
+            const int row = tile_row0 + sm90::StagedRows::copy_row(thread, i);
+            const int64 routed = static_cast<int64>(tile.row_begin) + row;
+            const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
+            const int64 out_row = scatter && row < tile.expert_rows && routed < args.rows ? slot_row(args, routed) : routed;
+            destination[i] = row < tile.expert_rows && routed < args.rows
+                                 ? reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutCols + out_col0)
+                                 : nullptr;
+        }
+        float scale[2] = {1.0f, 1.0f};  // per fragment row: the routing weight when fused
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int local_row = warp * 16 + half * 8 + lane / 4;
-            const int row = tile.m_tile * Cfg::TileM + consumer * 64 + local_row;
+            const int row = tile_row0 + sm90::StagedRows::fragment_row(thread, half);
             const int64 routed = static_cast<int64>(tile.row_begin) + row;
             const bool valid = row < tile.expert_rows && routed < args.rows;
-            const uint32 staging_row = staging + local_row * Cfg::StagingPitch + (lane % 4) * 4;
-            if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
-#pragma unroll
-                for (int j = 0; j < Cfg::TileN / 16; ++j) {
-                    const float* gate = &accumulators[j * 4 + half * 2];
-                    const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
-                    ptx::store_shared_32(staging_row + j * 16, pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]));
-                }
-                if (args.preactivation != nullptr && valid) {  // training only: gate|up, straight to global
+            if constexpr ((Flags & kFuseMulPost) != 0)
+                if (valid) scale[half] = args.topk_weights[slot_row(args, routed)];
+            if constexpr (Cfg::Gated) {  // training only: gate|up before the activation, straight to global
+                if (args.preactivation != nullptr && valid) {
                     const int64 out_row = (Flags & kPermuteY) ? slot_row(args, routed) : routed;
                     Element* p_row = static_cast<Element*>(args.preactivation) + out_row * Cfg::N;
 #pragma unroll
@@ -192,34 +193,41 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                         *reinterpret_cast<uint32*>(p_row + Cfg::N / 2 + col) = pack2<Element>(up[0], up[1]);
                     }
                 }
-            } else {
-                const float scale = (Flags & kFuseMulPost) && valid ? args.topk_weights[slot_row(args, routed)] : 1.0f;
+            }
+        }
+        // 64 output columns per chunk; fragment column block j holds output columns 8j..8j+7.
+        const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
+        constexpr int BlocksPerChunk = sm90::kStagingRowBytes / 16;
 #pragma unroll
-                for (int j = 0; j < Cfg::TileN / 8; ++j) {
-                    const float* v = &accumulators[j * 4 + half * 2];
-                    ptx::store_shared_32(staging_row + j * 16, pack2<Element>(v[0] * scale, v[1] * scale));
+        for (int chunk = 0; chunk < Cfg::TileOutCols / 64; ++chunk) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int staging_row = sm90::StagedRows::fragment_row(thread, half);
+#pragma unroll
+                for (int b = 0; b < BlocksPerChunk; ++b) {
+                    const int j = chunk * BlocksPerChunk + b;
+                    uint32 packed;
+                    if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
+                        const float* gate = &accumulators[j * 4 + half * 2];
+                        const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
+                        packed = pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+                    } else {
+                        const float* v = &accumulators[j * 4 + half * 2];
+                        packed = pack2<Element>(v[0] * scale[half], v[1] * scale[half]);
+                    }
+                    staging.store_32(staging_row, b * 16 + (lane % 4) * 4, packed);
                 }
             }
-        }
-        sm90::fence_proxy_async();  // the bulk copies read the staging rows through the async proxy
-        sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
-        if (warp == 0) {
-            const uint32 bytes = min_of(Cfg::TileOutCols, Cfg::OutCols - out_col0) * 2;
+            const int chunk_col0 = out_col0 + chunk * 64;
+            unsigned char* chunk_destination[sm90::kCopiesPerThread];
 #pragma unroll
-            for (int pass = 0; pass < 2; ++pass) {
-                const int local_row = lane + 32 * pass;
-                const int row = tile.m_tile * Cfg::TileM + consumer * 64 + local_row;
-                const int64 routed = static_cast<int64>(tile.row_begin) + row;
-                if (row >= tile.expert_rows || routed >= args.rows) continue;
-                const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
-                const int64 out_row = scatter ? slot_row(args, routed) : routed;
-                sm90::bulk_store(c + out_row * Cfg::OutCols + out_col0, staging + local_row * Cfg::StagingPitch, bytes);
-            }
-            sm90::bulk_commit();
+            for (int i = 0; i < sm90::kCopiesPerThread; ++i)
+                chunk_destination[i] = destination[i] == nullptr ? nullptr : destination[i] + chunk * sm90::kStagingRowBytes;
+            staging.copy_out(1 + consumer, chunk_destination, thread, (Cfg::OutCols - chunk_col0) * 2);
         }
     }
-    if (warp == 0) sm90::bulk_wait();  // every row written before the kernel ends
 }
+
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads, 1)

@@ -10,6 +10,7 @@
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
 #include "common/arguments.cuh"
+#include "mma/sm90_epilogue.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
@@ -28,13 +29,8 @@ struct Sm90WeightGradConfig {
     static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;  // TileM/64 boxes of 8 KB
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;
     static constexpr int StageBytes = BytesA + BytesB;
-    // Output rows are staged in shared memory, TileN/Chunks columns at a time, and sent with one
-    // bulk copy per row: fp32 in two chunks so the staging rows take no more room than bf16 ones.
     static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
-    static constexpr int Chunks = OutFp32 ? 2 : 1, ChunkCols = TileN / Chunks;
-    static constexpr int StagingPitch = sm90::staging_pitch(TileN);
-    static constexpr int StagingBytes = sm90::kStagingRows * StagingPitch;  // per consumer warpgroup
-    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * sm90::kStagingBytes + 1024;
     static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
 
     static constexpr int ProducerRegisters = 56;
@@ -149,7 +145,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
 
     sm90::claim_registers<Cfg::ConsumerRegisters>();
     const int consumer = warpgroup - 1;  // owns dW rows n0 + [64 * consumer, 64 * consumer + 64)
-    const int lane = threadIdx.x % 32, warp = thread / 32;
+    const int lane = threadIdx.x % 32;
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
     sm90::SlotReleaser<Cfg::Stages> release;
@@ -170,49 +166,44 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         }
         release.drain(accumulators, barriers, thread == 0);
 
-        // Epilogue, per column chunk: fragments to this warpgroup's staging rows, then each lane of
-        // warp 0 sends two whole rows to dW[expert][n][k0 + chunk...] with bulk copies.
+        // Epilogue, 128 bytes of each dW row (64 bf16 or 32 fp32 columns) at a time, through this
+        // warpgroup's staging rows to dW[expert][n][k0 + ...].
         using Out = typename conditional_type<OutFp32, float, Element>::type;
+        constexpr int ChunkCols = sm90::kStagingRowBytes / sizeof(Out);
         Out* dw = static_cast<Out*>(args.c) + static_cast<int64>(expert) * Cfg::N * Cfg::K;
-        const uint32 staging = ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes;
+        unsigned char* destination[sm90::kCopiesPerThread];
 #pragma unroll
-        for (int chunk = 0; chunk < Cfg::Chunks; ++chunk) {
-            if (warp == 0) sm90::bulk_wait_read();  // earlier rows have left the staging buffer
-            sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
+        for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
+            const int n = n0 + consumer * 64 + sm90::StagedRows::copy_row(thread, i);
+            destination[i] = n < Cfg::N ? reinterpret_cast<unsigned char*>(dw + static_cast<int64>(n) * Cfg::K + k0) : nullptr;
+        }
+        const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
+#pragma unroll
+        for (int chunk = 0; chunk < Cfg::TileN / ChunkCols; ++chunk) {
+            const int k = k0 + chunk * ChunkCols;
+            if (k >= Cfg::K) break;  // the same for the whole warpgroup
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                const uint32 staging_row =
-                    staging + (warp * 16 + half * 8 + lane / 4) * Cfg::StagingPitch + (lane % 4) * 2 * sizeof(Out);
+                const int staging_row = sm90::StagedRows::fragment_row(thread, half);
 #pragma unroll
-                for (int j = 0; j < Cfg::ChunkCols / 8; ++j) {
-                    const float* v = &accumulators[(chunk * Cfg::ChunkCols / 8 + j) * 4 + half * 2];
-                    const uint32 address = staging_row + j * 8 * sizeof(Out);
+                for (int b = 0; b < ChunkCols / 8; ++b) {
+                    const float* v = &accumulators[(chunk * ChunkCols / 8 + b) * 4 + half * 2];
                     if constexpr (OutFp32) {
-                        ptx::store_shared_32(address, __float_as_uint(v[0]));
-                        ptx::store_shared_32(address + 4, __float_as_uint(v[1]));
+                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8, __float_as_uint(v[0]));
+                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8 + 4, __float_as_uint(v[1]));
                     } else {
-                        ptx::store_shared_32(address, pack2<Element>(v[0], v[1]));
+                        staging.store_32(staging_row, b * 16 + (lane % 4) * 4, pack2<Element>(v[0], v[1]));
                     }
                 }
             }
-            sm90::fence_proxy_async();
-            sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
-            const int k = k0 + chunk * Cfg::ChunkCols;
-            if (warp == 0 && k < Cfg::K) {
-                const uint32 bytes = min_of(Cfg::ChunkCols, Cfg::K - k) * sizeof(Out);
+            unsigned char* chunk_destination[sm90::kCopiesPerThread];
 #pragma unroll
-                for (int pass = 0; pass < 2; ++pass) {
-                    const int local_row = lane + 32 * pass;
-                    const int n = n0 + consumer * 64 + local_row;
-                    if (n < Cfg::N)
-                        sm90::bulk_store(dw + static_cast<int64>(n) * Cfg::K + k, staging + local_row * Cfg::StagingPitch,
-                                         bytes);
-                }
-                sm90::bulk_commit();
-            }
+            for (int i = 0; i < sm90::kCopiesPerThread; ++i)
+                chunk_destination[i] = destination[i] == nullptr ? nullptr : destination[i] + chunk * sm90::kStagingRowBytes;
+            staging.copy_out(1 + consumer, chunk_destination, thread, (Cfg::K - k) * static_cast<int>(sizeof(Out)));
         }
     }
-    if (warp == 0) sm90::bulk_wait();  // every row written before the kernel ends
 }
+
 
 }  // namespace moejit

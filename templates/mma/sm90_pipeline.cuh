@@ -16,12 +16,6 @@ constexpr int kSliceK = 64;             // reduction elements per stage: one 128
 constexpr int kSliceBytesPerRow = 128;
 constexpr int kWarpgroupThreads = 128;
 
-// Output rows are staged in shared memory for the epilogue's bulk copies, 64 rows (one consumer
-// warpgroup) at a time: TileN halves (or TileN/2 floats) per row plus 16 bytes, which puts the eight
-// rows one warp store touches on different banks. The host mirrors this in Config::shared_bytes.
-constexpr int kStagingRows = 64;
-__host__ __device__ constexpr int staging_pitch(int tile_n) { return tile_n * 2 + 16; }
-
 // What every sm_90a grouped-GEMM tile shape must satisfy.
 template <class Element, int TileM, int TileN, int N, int K, int Stages>
 struct TileRequirements {
