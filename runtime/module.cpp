@@ -1,5 +1,7 @@
 #include "runtime/module.hpp"
 
+#include "runtime/log.hpp"
+
 #include <moejit/error.hpp>
 
 #include "runtime/driver.hpp"
@@ -71,6 +73,9 @@ Kernel::Kernel(std::shared_ptr<const Module> module, const std::string& lowered_
             throw Error("kernel " + lowered_name + " cannot run: no cluster of " + std::to_string(cluster_) +
                         " blocks fits the device");
     }
+    log::debug("kernel " + lowered_name + ": " + std::to_string(blocks_per_sm_) + " block(s) per multiprocessor" +
+               (cluster_ > 1 ? ", " + std::to_string(resident_clusters_) + " resident clusters of " + std::to_string(cluster_)
+                             : std::string()));
 }
 
 int64_t Kernel::resident_blocks(int sm_count) const {
