@@ -100,9 +100,11 @@ __device__ __forceinline__ uint32 map_to_cta(uint32 address, uint32 rank) {
     return mapped;
 }
 
-// An arrival on a barrier of another CTA of the cluster, releasing this thread's earlier accesses.
+// An arrival on a barrier of another CTA of the cluster. Release at CTA scope (the default), as for
+// a local arrival: a slot's consumers only read it, through wgmma that has retired; a cluster-scope
+// release would also wait for this thread's outstanding global stores, on every slot handed back.
 __device__ __forceinline__ void mbarrier_arrive_remote(uint32 cluster_address) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_address) : "memory");
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_address) : "memory");
 }
 
 // Every thread of every CTA in the cluster (exited threads aside) reaches this point.
