@@ -67,11 +67,14 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     }
     const Scheduler scheduler(scheduler_storage, args.m_sizes);
 
+    // Expert-major; within an expert, bands of N tiles (grouped_tiles.cuh) so that the CTAs running
+    // at one time share blocks of both dY and X in L2.
     auto tile_origin = [](int tile_index, int& expert, int& n0, int& k0) {
         expert = tile_index / Cfg::TilesPerExpert;
-        const int within = tile_index - expert * Cfg::TilesPerExpert;
-        n0 = (within / Cfg::KTiles) * Cfg::TileM;
-        k0 = (within % Cfg::KTiles) * Cfg::TileN;
+        int n_tile, k_tile;
+        band_order(tile_index - expert * Cfg::TilesPerExpert, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
+        n0 = n_tile * Cfg::TileM;
+        k0 = k_tile * Cfg::TileN;
     };
 
     if (warpgroup == 0) {

@@ -3,11 +3,28 @@
 //
 // Every CTA scans m_sizes [E] once into shared memory (row offsets and tile offsets per expert),
 // then maps a linear tile index to (expert, m tile, n tile) by binary search. Tiles are ordered
-// expert-major, then in bands of m tiles (see kBandMTiles), so the CTAs resident at one time share
-// one or two experts' weights and a few row blocks in L2.
+// expert-major, then in bands (band_order), so the CTAs resident at one time share one or two
+// experts' weights and a few row blocks in L2.
 #include "common/types.cuh"
 
 namespace moejit {
+
+// Within one expert's grid of tiles, the CTAs running at one time (132 on H100) should share
+// operands in L2: tiles go in bands of kBandTiles rows, rows fastest within a band, then columns.
+// A round of C resident CTAs then reads kBandTiles row blocks and C / kBandTiles column blocks;
+// with 128-row and 256-column blocks, 16 keeps that sum near its least (16 x 128 + 8 x 256 rows of
+// operands against 8 x 128 + 16.5 x 256 for bands of 8), which matters where an expert's operands
+// outgrow L2 (mixtral-8x7b: 2048 rows x 14336).
+constexpr int kBandTiles = 16;
+
+// Tile `local` of a `rows` x `columns` grid of tiles in band order.
+__device__ __forceinline__ void band_order(int local, int rows, int columns, int& row, int& column) {
+    const int band = local / (kBandTiles * columns);
+    const int band_rows = min_of(kBandTiles, rows - band * kBandTiles);
+    const int within = local - band * kBandTiles * columns;
+    column = within / band_rows;
+    row = band * kBandTiles + (within - column * band_rows);
+}
 
 struct GroupedTile {
     int expert;
@@ -22,11 +39,6 @@ struct GroupedTileScheduler {
     static_assert(Threads % 32 == 0, "whole warps");
     static constexpr int kWarps = Threads / 32;
     static constexpr int kExpertsPerThread = (Experts + Threads - 1) / Threads;
-    // Within an expert, tiles go in bands of this many m tiles, m fastest, then n: the CTAs running
-    // at one time share a few row blocks of A and a few column blocks of W, so both stay in L2 even
-    // when one expert holds thousands of rows (m fastest over the whole expert re-read A per n tile).
-    static constexpr int kBandMTiles = 8;
-
     struct Shared {
         int row_start[Experts + 1];   // exclusive prefix sum of m_sizes
         int tile_start[Experts + 1];  // exclusive prefix sum of tiles per expert
@@ -101,13 +113,8 @@ struct GroupedTileScheduler {
         result.expert = low;
         result.row_begin = shared.row_start[low];
         result.expert_rows = shared.row_start[low + 1] - result.row_begin;
-        const int local = index - shared.tile_start[low];
-        const int m_tiles = ceil_div(result.expert_rows, TileM);
-        const int band = local / (kBandMTiles * NTiles);
-        const int band_m_tiles = min_of(kBandMTiles, m_tiles - band * kBandMTiles);
-        const int within = local - band * kBandMTiles * NTiles;
-        result.n_tile = within / band_m_tiles;
-        result.m_tile = band * kBandMTiles + (within - result.n_tile * band_m_tiles);
+        band_order(index - shared.tile_start[low], ceil_div(result.expert_rows, TileM), NTiles, result.m_tile,
+                   result.n_tile);
         return result;
     }
 };
