@@ -124,10 +124,11 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
         case RowsBucket::small: return hopper_config(64, tile_n, hopper_stages(problem, 64, tile_n, 6));
         case RowsBucket::large: break;
     }
-    // Rows gathered by the producer warpgroup's cp.async: three stages of 128x256 measured faster
-    // than four (qwen3-30b-a3b gated permute_x forward, 0.90 against 0.98 ms on H100).
-    const bool gathers_a = problem.op == Op::fwd ? problem.permute_x : problem.permute_y;
-    return hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, gathers_a && tile_n == 256 ? 3 : 4));
+    // The forward that gathers token rows (permute_x) by cp.async: three stages of 128x256 measured
+    // faster than four (qwen3-30b-a3b gated forward, 0.90 against 0.98 ms on H100). dX gathering
+    // dY rows (permute_y) measured the other way (qwen3-30b-a3b down dX, 0.368 with four, 0.396 with three).
+    const bool gathers_tokens = problem.op == Op::fwd && problem.permute_x;
+    return hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, gathers_tokens && tile_n == 256 ? 3 : 4));
 }
 
 }  // namespace
