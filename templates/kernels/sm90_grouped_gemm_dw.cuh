@@ -63,15 +63,12 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
 
     __shared__ typename Scheduler::Shared scheduler_storage;
     __shared__ sm90::StageBarriers<Cfg::Stages> barriers;
-    // mainloop_done[c]: warpgroup c has waited on every slot of its current tile (one arrival a tile).
-    __shared__ unsigned long long mainloop_done[2];
     extern __shared__ __align__(1024) unsigned char shared_raw[];
     const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;
 
     const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
     if (threadIdx.x == 0) {
-        for (int c = 0; c < 2; ++c) sm90::mbarrier_init(ptx::shared_address(&mainloop_done[c]), 1);
         barriers.init(1 + sm90::kGatherArrivals, 1);  // a slot belongs to one warpgroup's tile
         if (!(Flags & kPermuteY)) sm90::prefetch_tensor_map(map_dy);
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
@@ -171,11 +168,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             position.advance(slices);
             continue;
         }
-        // Mainloops take turns: this one starts once the other warpgroup has seen its tile's slots
-        // full. That also keeps this warpgroup's full-barrier waits at most one phase ahead of the
-        // barriers (a wait on parity p returns at once while the barrier is still in the phase before).
-        if (Cfg::Consumers == 2 && turn > 0)
-            sm90::mbarrier_wait(ptx::shared_address(&mainloop_done[consumer ^ 1]), ((turn - 1) / 2) & 1);
 #pragma unroll
         for (int block = 0; block < Cfg::MBlocks; ++block)
 #pragma unroll
@@ -190,7 +182,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                                                  16 * sm90::kSliceBytesPerRow, true);
             release.issued(accumulators, barriers, position.stage, thread == 0);
         }
-        if (Cfg::Consumers == 2 && thread == 0) sm90::mbarrier_arrive(ptx::shared_address(&mainloop_done[consumer]));
         release.drain(accumulators, barriers, thread == 0);
 
         // Epilogue, per m64 block and 128 bytes of each dW row (64 bf16 or 32 fp32 columns) at a
