@@ -112,9 +112,8 @@ Config choose_portable(const Problem& problem) {
 }
 
 Config choose_hopper(const Problem& problem, RowsBucket bucket) {
-    // dW tiles are (N, K) blocks of one expert, whatever the token count; each consumer warpgroup
-    // holds a whole tile (ping-pong), so 128x128 is the largest.
-    if (problem.op == Op::dw) return hopper_config(128, 128, hopper_stages(problem, 128, 128, 6));
+    // dW tiles are (N, K) blocks of one expert, whatever the token count: the largest tile.
+    if (problem.op == Op::dw) return hopper_config(128, 256, hopper_stages(problem, 128, 256, 4));
     const int64_t out_cols = problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
     // 128-wide wgmma where a 256-wide tile would be mostly padding (gated tiles hold half as many outputs).
     const int tile_out_cols_256 = problem.gated ? 128 : 256;
@@ -150,7 +149,6 @@ std::vector<Config> candidate_configs(const Problem& problem) {
     if (hopper_path_available(problem)) {
         for (int tile_m : {64, 128})
             for (int tile_n : {128, 256}) {
-                if (problem.op == Op::dw && tile_m * tile_n > kMaxWeightGradTile) continue;
                 const Config deepest = hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8));
                 configs.push_back(deepest);
                 for (int fewer : {4, 3})  // the deepest ring is not always fastest (gathered rows: 3 of 128x256)
@@ -186,8 +184,6 @@ void check_config(const Problem& problem, const Config& config) {
         if (config.stages < 3) throw Error(what + ": hopper kernels need at least 3 stages");
         if (config.cluster != 1 && config.cluster != 2) throw Error(what + ": clusters are of 1 or 2 CTAs");
         if (config.cluster == 2 && problem.op == Op::dw) throw Error(what + ": dW kernels run without clusters");
-        if (problem.op == Op::dw && config.tile_m * config.tile_n > kMaxWeightGradTile)
-            throw Error(what + ": a dW warpgroup holds its whole tile, at most 128x128 (or 64x256)");
         if (config.cluster == 2 && config.tile_n < 128) throw Error(what + ": a CTA pair needs n128 or n256");
     } else if (config.cluster != 1) {
         throw Error(what + ": only hopper kernels run in clusters");

@@ -42,9 +42,6 @@ struct Config {
     }
 };
 
-// Hopper dW: each consumer warpgroup accumulates a whole tile (ping-pong), 128 registers a thread.
-constexpr int kMaxWeightGradTile = 128 * 128;
-
 // Dynamic shared memory one block may opt into on each supported arch.
 size_t max_shared_bytes(const Arch& arch);
 

@@ -99,13 +99,7 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
             Config& chosen = pass->variants[static_cast<int>(bucket)].config;
             chosen = config_override_.empty() ? select_config(pass->problem, bucket, device)
                                               : Config::parse(config_override_);
-            // A forced tiling reaches dW only where dW's kernel can take it: no CTA pairs, and a
-            // tile one warpgroup holds; otherwise dW keeps its own choice.
-            if (ops[i] == Op::dw && !config_override_.empty()) {
-                chosen.cluster = 1;
-                if (chosen.hopper() && chosen.tile_m * chosen.tile_n > kMaxWeightGradTile)
-                    chosen = select_config(pass->problem, bucket, device);
-            }
+            if (ops[i] == Op::dw) chosen.cluster = 1;  // CTA pairs are for the row-grouped passes
             check_config(pass->problem, chosen);
         }
         passes_[i] = std::move(pass);

@@ -41,8 +41,7 @@ public:
     explicit GroupedGemm(Problem forward);
     // With an explicit tiling for every pass and row count instead of the heuristic's (or the
     // tuned one), e.g. "m128n128s3w2x4" (portable path) or "h:m128n256s4" (Hopper path), or
-    // "h:m128n256s3c2": forward and dX in CTA pairs that share weight tiles. dW runs unpaired, and
-    // keeps its own tiling where one warpgroup could not hold the forced tile (over 128x128).
+    // "h:m128n256s3c2": forward and dX in CTA pairs that share weight tiles (dW runs unpaired).
     GroupedGemm(Problem forward, const std::string& config);
     ~GroupedGemm();
 

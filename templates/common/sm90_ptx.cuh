@@ -147,11 +147,6 @@ __device__ __forceinline__ void fence_accumulators(float (&accumulators)[Count])
 #pragma unroll
     for (int i = 0; i < Count; ++i) asm volatile("" : "+f"(accumulators[i])::"memory");
 }
-template <int Blocks, int Count>
-__device__ __forceinline__ void fence_accumulators(float (&accumulators)[Blocks][Count]) {
-#pragma unroll
-    for (int b = 0; b < Blocks; ++b) fence_accumulators(accumulators[b]);
-}
 
 // Shared-memory matrix descriptor for the 128-byte swizzle (the layout TMA writes with
 // CU_TENSOR_MAP_SWIZZLE_128B into a 1024-byte aligned tile). K-major tiles: rows of 64 elements,

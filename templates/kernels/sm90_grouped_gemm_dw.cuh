@@ -9,12 +9,6 @@
 // TMA; a slice whose rows are indirect (permute_y for dY, permute_x for X) or that runs past the
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
-//
-// Ping-pong: each consumer warpgroup owns whole TileM x TileN tiles, and the warpgroups take the
-// CTA's tiles in turn. The producer fills the ring in tile order, so one warpgroup's epilogue runs
-// while the other's wgmma reads the next tile's slices. Reductions here are short (an expert's
-// rows: 512 in qwen3-30b-a3b at 8192 tokens, 8 slices), and the epilogue of a cooperative tile,
-// which both warpgroups reached together, left the tensor cores idle for much of each tile.
 #include "common/arguments.cuh"
 #include "mma/sm90_epilogue.cuh"
 #include "mma/sm90_pipeline.cuh"
@@ -27,8 +21,7 @@ struct Sm90WeightGradConfig {
     using Element = Element_;
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
-    static constexpr int Consumers = TileM / 64;  // warpgroups taking tiles in turn (the host counts staging so)
-    static constexpr int MBlocks = TileM / 64;    // m64 accumulator blocks per warpgroup
+    static constexpr int Consumers = TileM / 64;
     static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
     static constexpr int NTiles = (N + TileM - 1) / TileM, KTiles = (K + TileN - 1) / TileN;
     static constexpr int TilesPerExpert = NTiles * KTiles;
@@ -48,7 +41,6 @@ struct Sm90WeightGradConfig {
     using GatherB = sm90::GatherPlan<sm90::kSliceK, TileN / 64>;
 
     static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
-    static_assert(TileM * TileN <= 128 * 128, "one warpgroup holds a whole tile: at most 128 accumulators per thread");
 };
 
 template <class Cfg>
@@ -69,7 +61,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
     if (threadIdx.x == 0) {
-        barriers.init(1 + sm90::kGatherArrivals, 1);  // a slot belongs to one warpgroup's tile
+        barriers.init(1 + sm90::kGatherArrivals, Cfg::Consumers);
         if (!(Flags & kPermuteY)) sm90::prefetch_tensor_map(map_dy);
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
     }
@@ -155,77 +147,66 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     }
 
     sm90::claim_registers<Cfg::ConsumerRegisters>();
-    const int consumer = warpgroup - 1;  // takes this CTA's tiles consumer, consumer + Consumers, ...
+    const int consumer = warpgroup - 1;  // owns dW rows n0 + [64 * consumer, 64 * consumer + 64)
     const int lane = threadIdx.x % 32;
-    float accumulators[Cfg::MBlocks][Cfg::Mma::Registers];  // dW rows n0 + 64 * block + ...
+    float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
     sm90::SlotReleaser<Cfg::Stages> release;
-    for (int turn = 0, tile_index = blockIdx.x; tile_index < TotalTiles; ++turn, tile_index += gridDim.x) {
+    for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
         int expert, n0, k0;
         tile_origin(tile_index, expert, n0, k0);
         const int slices = (scheduler.rows(expert) + sm90::kSliceK - 1) / sm90::kSliceK;
-        if (turn % Cfg::Consumers != consumer) {  // another warpgroup's tile: its slots, in ring order
-            position.advance(slices);
-            continue;
-        }
 #pragma unroll
-        for (int block = 0; block < Cfg::MBlocks; ++block)
-#pragma unroll
-            for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[block][i] = 0.0f;  // empty experts: zeros
+        for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             sm90::fence_proxy_async();  // rows gathered by cp.async
-            const uint32 sA = ring + position.stage * Cfg::StageBytes;
-            const uint32 sB = sA + Cfg::BytesA;
-            sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, Cfg::BoxBytes,
-                                                 16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
-                                                 16 * sm90::kSliceBytesPerRow, true);
+            const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
+            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
+            sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,
+                                                 Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
             release.issued(accumulators, barriers, position.stage, thread == 0);
         }
         release.drain(accumulators, barriers, thread == 0);
 
-        // Epilogue, per m64 block and 128 bytes of each dW row (64 bf16 or 32 fp32 columns) at a
-        // time, through this warpgroup's staging rows to dW[expert][n][k0 + ...].
+        // Epilogue, 128 bytes of each dW row (64 bf16 or 32 fp32 columns) at a time, through this
+        // warpgroup's staging rows to dW[expert][n][k0 + ...].
         using Out = typename conditional_type<OutFp32, float, Element>::type;
         constexpr int ChunkCols = sm90::kStagingRowBytes / sizeof(Out);
         Out* dw = static_cast<Out*>(args.c) + static_cast<int64>(expert) * Cfg::N * Cfg::K;
+        unsigned char* destination[sm90::kCopiesPerThread];
+#pragma unroll
+        for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
+            const int n = n0 + consumer * 64 + sm90::StagedRows::copy_row(thread, i);
+            destination[i] = n < Cfg::N ? reinterpret_cast<unsigned char*>(dw + static_cast<int64>(n) * Cfg::K + k0) : nullptr;
+        }
         const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
 #pragma unroll
-        for (int block = 0; block < Cfg::MBlocks; ++block) {
-            unsigned char* destination[sm90::kCopiesPerThread];
+        for (int chunk = 0; chunk < Cfg::TileN / ChunkCols; ++chunk) {
+            const int k = k0 + chunk * ChunkCols;
+            if (k >= Cfg::K) break;  // the same for the whole warpgroup
 #pragma unroll
-            for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
-                const int n = n0 + block * 64 + sm90::StagedRows::copy_row(thread, i);
-                destination[i] =
-                    n < Cfg::N ? reinterpret_cast<unsigned char*>(dw + static_cast<int64>(n) * Cfg::K + k0) : nullptr;
-            }
+            for (int half = 0; half < 2; ++half) {
+                const int staging_row = sm90::StagedRows::fragment_row(thread, half);
 #pragma unroll
-            for (int chunk = 0; chunk < Cfg::TileN / ChunkCols; ++chunk) {
-                const int k = k0 + chunk * ChunkCols;
-                if (k >= Cfg::K) break;  // the same for the whole warpgroup
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int staging_row = sm90::StagedRows::fragment_row(thread, half);
-#pragma unroll
-                    for (int b = 0; b < ChunkCols / 8; ++b) {
-                        const float* v = &accumulators[block][(chunk * ChunkCols / 8 + b) * 4 + half * 2];
-                        if constexpr (OutFp32) {
-                            staging.store_32(staging_row, b * 32 + (lane % 4) * 8, __float_as_uint(v[0]));
-                            staging.store_32(staging_row, b * 32 + (lane % 4) * 8 + 4, __float_as_uint(v[1]));
-                        } else {
-                            staging.store_32(staging_row, b * 16 + (lane % 4) * 4, pack2<Element>(v[0], v[1]));
-                        }
+                for (int b = 0; b < ChunkCols / 8; ++b) {
+                    const float* v = &accumulators[(chunk * ChunkCols / 8 + b) * 4 + half * 2];
+                    if constexpr (OutFp32) {
+                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8, __float_as_uint(v[0]));
+                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8 + 4, __float_as_uint(v[1]));
+                    } else {
+                        staging.store_32(staging_row, b * 16 + (lane % 4) * 4, pack2<Element>(v[0], v[1]));
                     }
                 }
-                unsigned char* chunk_destination[sm90::kCopiesPerThread];
-#pragma unroll
-                for (int i = 0; i < sm90::kCopiesPerThread; ++i)
-                    chunk_destination[i] =
-                        destination[i] == nullptr ? nullptr : destination[i] + chunk * sm90::kStagingRowBytes;
-                staging.copy_out(1 + consumer, chunk_destination, thread, (Cfg::K - k) * static_cast<int>(sizeof(Out)));
             }
+            unsigned char* chunk_destination[sm90::kCopiesPerThread];
+#pragma unroll
+            for (int i = 0; i < sm90::kCopiesPerThread; ++i)
+                chunk_destination[i] = destination[i] == nullptr ? nullptr : destination[i] + chunk * sm90::kStagingRowBytes;
+            staging.copy_out(1 + consumer, chunk_destination, thread, (Cfg::K - k) * static_cast<int>(sizeof(Out)));
         }
     }
 }
+
 
 }  // namespace moejit

@@ -38,12 +38,6 @@ struct RingPosition {
             parity ^= 1;
         }
     }
-    // Past `count` slots that another warpgroup consumes.
-    __device__ __forceinline__ void advance(int count) {
-        const int total = stage + count;
-        parity ^= (total / Stages) & 1;
-        stage = total % Stages;
-    }
 };
 
 // In a CTA pair (Cluster == 2) each producer may multicast into the partner's slot, so a slot is
@@ -101,8 +95,8 @@ template <int Stages>
 struct SlotReleaser {
     int previous = -1;  // slot whose wgmma batch may still be reading it
 
-    template <class Accumulators, class Barriers>
-    __device__ __forceinline__ void issued(Accumulators& accumulators, const Barriers& barriers, int stage,
+    template <int Registers, class Barriers>
+    __device__ __forceinline__ void issued(float (&accumulators)[Registers], const Barriers& barriers, int stage,
                                            bool leader) {
         wgmma_wait<1>();
         fence_accumulators(accumulators);
@@ -110,8 +104,8 @@ struct SlotReleaser {
         previous = stage;
     }
     // At the end of a tile: every batch retired, the last slot handed back.
-    template <class Accumulators, class Barriers>
-    __device__ __forceinline__ void drain(Accumulators& accumulators, const Barriers& barriers, bool leader) {
+    template <int Registers, class Barriers>
+    __device__ __forceinline__ void drain(float (&accumulators)[Registers], const Barriers& barriers, bool leader) {
         wgmma_wait<0>();
         fence_accumulators(accumulators);
         if (previous >= 0 && leader) barriers.release(previous);
@@ -119,32 +113,20 @@ struct SlotReleaser {
     }
 };
 
-// One consumer step over a filled slot: four k16 wgmma into each of `Blocks` m64 accumulator blocks
-// (block b reads A `a_block_step` bytes further on). `a_step` / `b_step` are the descriptor advances
-// per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
-template <class Mma, int Blocks, int Registers>
-__device__ __forceinline__ void wgmma_slice(float (&accumulators)[Blocks][Registers], uint32 a_address,
-                                            uint32 a_block_step, uint32 a_leading, uint32 a_step, uint32 b_address,
-                                            uint32 b_leading, uint32 b_step, bool accumulate) {
-    wgmma_fence();
-#pragma unroll
-    for (int k = 0; k < kSliceK / 16; ++k) {
-        const uint64 desc_b = smem_descriptor(b_address + k * b_step, b_leading, 1024);
-#pragma unroll
-        for (int block = 0; block < Blocks; ++block) {
-            const uint64 desc_a = smem_descriptor(a_address + block * a_block_step + k * a_step, a_leading, 1024);
-            Mma::mma(accumulators[block], desc_a, desc_b, (accumulate || k > 0) ? 1 : 0);
-        }
-    }
-    wgmma_commit();
-}
-
+// One consumer step over a filled slot: four k16 wgmma into `accumulators`. `a_step` / `b_step`
+// are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
 template <class Mma, int Registers>
 __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
                                             uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
                                             bool accumulate) {
-    wgmma_slice<Mma>(reinterpret_cast<float(&)[1][Registers]>(accumulators), a_address, 0, a_leading, a_step,
-                     b_address, b_leading, b_step, accumulate);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kSliceK / 16; ++k) {
+        const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, 1024);
+        const uint64 desc_b = smem_descriptor(b_address + k * b_step, b_leading, 1024);
+        Mma::mma(accumulators, desc_a, desc_b, (accumulate || k > 0) ? 1 : 0);
+    }
+    wgmma_commit();
 }
 
 }  // namespace moejit::sm90
