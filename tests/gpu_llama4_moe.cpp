@@ -40,6 +40,11 @@ double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 struct Reference {
     std::vector<double> logits, output, grad_hidden, grad_router, grad_gate_up, grad_down, grad_shared_gate_up,
         grad_shared_down;
+    // grad_router with every product of the score's dot product taken by magnitude: the scale of
+    // its rounding error. A router gradient is one dot product per token (H terms that cancel), so
+    // at T = 1 its relative error alone says little: 5% was seen on one seed of 7 with every other
+    // output of the block within 1%.
+    std::vector<double> grad_router_scale;
 };
 
 // The block in float64 from the rounded inputs. Routing decisions (top-k) and the scores are taken
@@ -58,6 +63,7 @@ Reference reference(const Llama4MoeConfig& c, int64_t T, const std::vector<float
     std::vector<int> expert(M);
     std::vector<double> score(M), act(M * I), dgu(M * 2 * I), shared_act(T * Is), shared_dgu(T * 2 * Is);
     std::vector<double> grad_logits(T * E, 0);
+    std::vector<double> grad_logits_scale(T * E, 0);
     parallel_for(T, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
             const float* xt = &x[t * H];
@@ -110,10 +116,14 @@ Reference reference(const Llama4MoeConfig& c, int64_t T, const std::vector<float
                     d[I + i] = da[i] * silu(g[i]);
                     for (int64_t h = 0; h < H; ++h) dxs[h] += double(gu[i * H + h]) * d[i] + double(gu[(I + i) * H + h]) * d[I + i];
                 }
-                double grad_score = 0;
-                for (int64_t h = 0; h < H; ++h) grad_score += dxs[h] * xt[h];
+                double grad_score = 0, grad_score_scale = 0;
+                for (int64_t h = 0; h < H; ++h) {
+                    grad_score += dxs[h] * xt[h];
+                    grad_score_scale += std::abs(dxs[h] * xt[h]);
+                }
                 const double gl = grad_score * sc * (1 - sc);
                 grad_logits[t * E + e] = gl;
+                grad_logits_scale[t * E + e] = grad_score_scale * sc * (1 - sc);
                 for (int64_t h = 0; h < H; ++h) dxt[h] += sc * dxs[h] + gl * wr[e * H + h];
             }
             // Shared expert.
@@ -189,10 +199,14 @@ Reference reference(const Llama4MoeConfig& c, int64_t T, const std::vector<float
             }
     });
     r.grad_router.assign(E * H, 0);
+    r.grad_router_scale.assign(E * H, 0);
     for (int64_t t = 0; t < T; ++t)
         for (int64_t e = 0; e < E; ++e)
             if (grad_logits[t * E + e] != 0)
-                for (int64_t h = 0; h < H; ++h) r.grad_router[e * H + h] += grad_logits[t * E + e] * x[t * H + h];
+                for (int64_t h = 0; h < H; ++h) {
+                    r.grad_router[e * H + h] += grad_logits[t * E + e] * x[t * H + h];
+                    r.grad_router_scale[e * H + h] += grad_logits_scale[t * E + e] * std::abs(x[t * H + h]);
+                }
     return r;
 }
 
@@ -250,7 +264,8 @@ void check_block(const Llama4MoeConfig& c, int64_t T) {
     CHECK(relative_error(logits, ref.logits) < 2e-2);
     CHECK(relative_error(bf16_floats(run.d_out.to_host<uint16_t>()), ref.output) < 2e-2);
     CHECK(relative_error(bf16_floats(run.g_x.to_host<uint16_t>()), ref.grad_hidden) < 2e-2);
-    CHECK(relative_error(run.g_r.to_host<float>(), ref.grad_router) < 2e-2);
+    const std::vector<float> grad_router = run.g_r.to_host<float>();
+    CHECK(relative_error(grad_router, ref.grad_router, ref.grad_router_scale) < 2e-2);
     CHECK(relative_error(run.g_gu.to_host<float>(), ref.grad_gate_up) < 2e-2);
     CHECK(relative_error(run.g_d.to_host<float>(), ref.grad_down) < 2e-2);
     CHECK(relative_error(run.g_sgu.to_host<float>(), ref.grad_shared_gate_up) < 2e-2);

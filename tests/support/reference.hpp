@@ -30,4 +30,17 @@ inline double relative_error(const std::vector<float>& out, const std::vector<do
     return norm == 0 ? std::sqrt(diff) : std::sqrt(diff / norm);
 }
 
+// ||out - ref||_F / ||scale||_F: the error against the size of the terms that made ref (where
+// they cancel, ||ref|| understates how large a rounding error is fair). NaN as above.
+inline double relative_error(const std::vector<float>& out, const std::vector<double>& ref,
+                             const std::vector<double>& scale) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+        if (!std::isfinite(out[i])) return NAN;
+        diff += (out[i] - ref[i]) * (out[i] - ref[i]);
+        norm += scale[i] * scale[i];
+    }
+    return norm == 0 ? std::sqrt(diff) : std::sqrt(diff / norm);
+}
+
 }  // namespace moejit::testing
