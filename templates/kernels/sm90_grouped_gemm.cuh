@@ -13,7 +13,7 @@
 // experts by prefix sums of m_sizes read on the device, in bands of m tiles so concurrently
 // running CTAs share weight tiles in L2.
 #include "common/arguments.cuh"
-#include "mma/sm90_epilogue.cuh"
+#include "epilogue/sm90_staged_rows.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
@@ -117,7 +117,7 @@ __device__ __forceinline__ void load_weight_slice(const sm90::TensorMap& map_b, 
 
 // Consumer warpgroup `consumer` (tile rows [64 * consumer, 64 * consumer + 64)): wgmma over the
 // ring's slices, then the epilogue, 64 output columns at a time through the warpgroup's staging
-// rows (sm90_epilogue.cuh) to their (possibly scattered) global rows.
+// rows (epilogue/sm90_staged_rows.cuh) to their (possibly scattered) global rows.
 template <class Cfg, class Scheduler, class Barriers>
 __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, const Scheduler& scheduler,
                                               const Barriers& barriers, uint32 ring, int consumer, int rank,

@@ -10,7 +10,7 @@
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
 #include "common/arguments.cuh"
-#include "mma/sm90_epilogue.cuh"
+#include "epilogue/sm90_staged_rows.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
