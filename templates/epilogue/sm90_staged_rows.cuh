@@ -34,21 +34,23 @@ struct StagedRows {
         ptx::store_shared_32(base + row * kStagingPitch + bytes_in_row, value);
     }
 
-    // Waits for the fragments of the warpgroup (named barrier `barrier_id`), then copies them to
-    // destination[i] + this thread's piece, where destination[i] is not null and the piece lies in
-    // the first `valid_bytes` of the row, then waits until every thread has read its pieces.
+    // Waits for the fragments of the warpgroup (named barrier `barrier_id`), then copies chunk
+    // `chunk` of each row (bytes [128 * chunk, 128 * chunk + 128) from destination[i]) where
+    // destination[i] is not null and this thread's piece lies in the first `row_bytes`, then waits
+    // until every thread has read its pieces.
     __device__ __forceinline__ void copy_out(int barrier_id, unsigned char* const (&destination)[kCopiesPerThread],
-                                             int thread, int valid_bytes) const {
+                                             int chunk, int thread, int row_bytes) const {
         named_barrier(barrier_id, kWarpgroupThreads);
         const int piece_bytes = copy_piece(thread) * 16;
+        const int row_offset = chunk * kStagingRowBytes + piece_bytes;
 #pragma unroll
         for (int i = 0; i < kCopiesPerThread; ++i) {
-            if (destination[i] == nullptr || piece_bytes >= valid_bytes) continue;
+            if (destination[i] == nullptr || row_offset >= row_bytes) continue;
             uint32 v0, v1, v2, v3;
             asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
                          : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3)
                          : "r"(base + copy_row(thread, i) * kStagingPitch + piece_bytes));
-            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(destination[i] + piece_bytes), "r"(v0),
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(destination[i] + row_offset), "r"(v0),
                          "r"(v1), "r"(v2), "r"(v3)
                          : "memory");
         }

@@ -165,11 +165,12 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
             const int row = tile_row0 + sm90::StagedRows::copy_row(thread, i);
             const int64 routed = static_cast<int64>(tile.row_begin) + row;
-            const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
-            const int64 out_row = scatter && row < tile.expert_rows && routed < args.rows ? slot_row(args, routed) : routed;
-            destination[i] = row < tile.expert_rows && routed < args.rows
-                                 ? reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutCols + out_col0)
-                                 : nullptr;
+            constexpr bool scatter = Cfg::Forward ? (Flags & kPermuteY) != 0 : (Flags & kPermuteX) != 0;
+            destination[i] = nullptr;
+            if (row < tile.expert_rows && routed < args.rows) {
+                const int64 out_row = scatter ? slot_row(args, routed) : routed;
+                destination[i] = reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutCols + out_col0);
+            }
         }
         float scale[2] = {1.0f, 1.0f};  // per fragment row: the routing weight when fused
 #pragma unroll
@@ -218,16 +219,10 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                     staging.store_32(staging_row, b * 16 + (lane % 4) * 4, packed);
                 }
             }
-            const int chunk_col0 = out_col0 + chunk * 64;
-            unsigned char* chunk_destination[sm90::kCopiesPerThread];
-#pragma unroll
-            for (int i = 0; i < sm90::kCopiesPerThread; ++i)
-                chunk_destination[i] = destination[i] == nullptr ? nullptr : destination[i] + chunk * sm90::kStagingRowBytes;
-            staging.copy_out(1 + consumer, chunk_destination, thread, (Cfg::OutCols - chunk_col0) * 2);
+            staging.copy_out(1 + consumer, destination, chunk, thread, (Cfg::OutCols - out_col0) * 2);
         }
     }
 }
-
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads, 1)

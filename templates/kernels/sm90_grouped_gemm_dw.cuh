@@ -183,8 +183,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
 #pragma unroll
         for (int chunk = 0; chunk < Cfg::TileN / ChunkCols; ++chunk) {
-            const int k = k0 + chunk * ChunkCols;
-            if (k >= Cfg::K) break;  // the same for the whole warpgroup
+            if (k0 + chunk * ChunkCols >= Cfg::K) break;  // the same for the whole warpgroup
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int staging_row = sm90::StagedRows::fragment_row(thread, half);
@@ -199,14 +198,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                     }
                 }
             }
-            unsigned char* chunk_destination[sm90::kCopiesPerThread];
-#pragma unroll
-            for (int i = 0; i < sm90::kCopiesPerThread; ++i)
-                chunk_destination[i] = destination[i] == nullptr ? nullptr : destination[i] + chunk * sm90::kStagingRowBytes;
-            staging.copy_out(1 + consumer, chunk_destination, thread, (Cfg::K - k) * static_cast<int>(sizeof(Out)));
+            staging.copy_out(1 + consumer, destination, chunk, thread, (Cfg::K - k0) * static_cast<int>(sizeof(Out)));
         }
     }
 }
-
 
 }  // namespace moejit

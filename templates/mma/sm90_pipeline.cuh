@@ -5,8 +5,8 @@
 //
 // Roles: warpgroup 0 produces (one thread issues TMA; all 128 gather), warpgroups 1.. consume.
 // Slot s is free when `empty[s]` completes (one arrival per consumer warpgroup, of both CTAs in a
-// pair: see StageBarriers) and filled when
-// `full[s]` completes (the TMA bytes plus, for gathering kernels, one arrival per producer thread).
+// pair: see StageBarriers) and filled when `full[s]` completes (the TMA bytes plus, for gathering
+// kernels, one arrival per producer thread).
 #include "common/sm90_ptx.cuh"
 #include "mma/sm90_wgmma.cuh"
 

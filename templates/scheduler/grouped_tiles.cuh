@@ -39,6 +39,7 @@ struct GroupedTileScheduler {
     static_assert(Threads % 32 == 0, "whole warps");
     static constexpr int kWarps = Threads / 32;
     static constexpr int kExpertsPerThread = (Experts + Threads - 1) / Threads;
+
     struct Shared {
         int row_start[Experts + 1];   // exclusive prefix sum of m_sizes
         int tile_start[Experts + 1];  // exclusive prefix sum of tiles per expert
