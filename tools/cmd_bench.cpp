@@ -10,6 +10,7 @@
 #include "moe/synthetic.hpp"
 #include "runtime/device_buffer.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -39,18 +40,49 @@ double copy_gb_per_s(EventTimer& timer) {
     return 2.0 * bytes / ms / 1e6;
 }
 
+// Our kernel and its cuBLAS reference timed in alternating rounds (CUDA-event medians of 10 calls
+// each), so that clock and temperature drift within a run touch both alike; the ratio reported is
+// the median of the rounds' ratios, with their range.
+struct Paired {
+    double ms = 0, reference_ms = 0, ratio = 0, lowest_ratio = 0, highest_ratio = 0;
+};
+
+template <class Ours, class Reference>
+Paired time_paired(EventTimer& timer, Ours&& ours, Reference&& reference, int rounds = 5) {
+    std::vector<double> ms, reference_ms, ratios;
+    for (int round = 0; round < rounds; ++round) {
+        ms.push_back(timer.median_ms([&](int) { ours(); }, 2, 10));
+        reference_ms.push_back(timer.median_ms([&](int) { reference(); }, 2, 10));
+        ratios.push_back(reference_ms.back() / ms.back());
+    }
+    auto median = [](std::vector<double> values) {
+        std::sort(values.begin(), values.end());
+        return values[values.size() / 2];
+    };
+    Paired paired;
+    paired.ms = median(ms);
+    paired.reference_ms = median(reference_ms);
+    paired.ratio = median(ratios);
+    paired.lowest_ratio = *std::min_element(ratios.begin(), ratios.end());
+    paired.highest_ratio = *std::max_element(ratios.begin(), ratios.end());
+    return paired;
+}
+
 }  // namespace
 
 int cmd_bench(const std::vector<std::string>& argv) {
     const Args args("bench", argv,
                     {{"--model", true}, {"--tokens", true}, {"--dtype", true}, {"--skew", true},
-                     {"--config", true}, {"--cublas", true}});
+                     {"--config", true}, {"--cublas", true}, {"--pass", true}});
     if (print_command_help(args, "--model NAME [--tokens T]",
                    "Times forward, dX and dW of the model's two expert GEMMs on this GPU at T tokens (default\n"
                    "8192) of random routing, plain and with the model's fusions, and prints TFLOP/s beside\n"
                    "cuBLAS: dense cublasGemmEx at the same FLOPs, and cublasGemmGroupedBatchedEx (one group per\n"
-                   "expert) for the plain forward. Weight GB/s (bytes of the experts that got rows, over the\n"
-                   "time) is shown against the measured device copy rate: the number that matters at decode.\n"
+                   "expert) for the plain forward. Each pass and its dense reference are timed in 5 alternating\n"
+                   "rounds; the ratio is the median of the rounds' ratios (range beside it). Weight GB/s (bytes\n"
+                   "of the experts that got rows, over the time) is shown against the measured device copy rate:\n"
+                   "the number that matters at decode.\n"
+                   "  --pass P       time only pass P (fwd, dx or dw)\n"
                    "  --skew F       route every token to the first F of the experts only (e.g. 0.25)\n"
                    "  --config C     force one tiling for every pass instead of the library's choice\n"
                    "  --dtype D      bf16 (default) or fp16\n"
@@ -64,6 +96,10 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const double skew = std::stod(args.value("--skew").value_or("1"));
     if (!(skew > 0 && skew <= 1)) throw Error("--skew must be in (0, 1]");
     const std::string config = args.value("--config").value_or("");
+    const std::string only_pass = args.value("--pass").value_or("");
+    if (!only_pass.empty() && only_pass != "fwd" && only_pass != "dx" && only_pass != "dw")
+        throw Error("--pass must be fwd, dx or dw, got '" + only_pass + "'");
+    auto wants = [&](const char* pass) { return only_pass.empty() || only_pass == pass; };
     const DeviceInfo& device = current_device();
     bench::Cublas cublas(args.value("--cublas").value_or(""));
     EventTimer timer;
@@ -77,7 +113,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     std::printf("device %s (%s, %d SMs), copy %.0f GB/s; %s, %lld tokens, M = %lld routed rows on %d of %d experts\n\n",
                 device.name.c_str(), device.arch.name().c_str(), device.sm_count, copy_rate, model.name.c_str(),
                 (long long)tokens, (long long)rows, used_experts, model.experts);
-    std::printf("| gemm | pass | fusions | config | ms | TFLOP/s | cuBLAS dense TFLOP/s | ratio | cuBLAS grouped "
+    std::printf("| gemm | pass | fusions | config | ms | TFLOP/s | cuBLAS dense TFLOP/s | ratio (range) | cuBLAS grouped "
                 "TFLOP/s | weights GB/s | of copy |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
 
     DeviceBuffer m_sizes = DeviceBuffer::from(synthetic.m_sizes), gather = DeviceBuffer::from(synthetic.gather_idx);
@@ -101,22 +137,16 @@ int cmd_bench(const std::vector<std::string>& argv) {
         const double flops = 2.0 * double(rows) * double(n) * double(k);
         const double weight_bytes = double(used_experts) * double(n) * double(k) * 2;
         // Dense C [m, n] = A [m, k] @ B [n, k]^T at the same FLOPs, in each pass's orientation.
-        auto dense_ms = [&](int64_t m_, int64_t n_, int64_t k_, const DeviceBuffer& a, const DeviceBuffer& b,
-                            const DeviceBuffer& c) {
-            return timer.median_ms([&](int) {
+        auto dense = [&](int64_t m_, int64_t n_, int64_t k_, const DeviceBuffer& a, const DeviceBuffer& b,
+                         const DeviceBuffer& c) {
+            return [&, m_, n_, k_] {
                 cublas.gemm(dtype == DType::bf16, int(m_), int(n_), int(k_), reinterpret_cast<void*>(a.get()),
                             reinterpret_cast<void*>(b.get()), reinterpret_cast<void*>(c.get()), nullptr);
-            });
+            };
         };
-        const double dense[3] = {dense_ms(rows, n, k, x, w, y), dense_ms(rows, k, n, dy, w, dx),
-                                 dense_ms(n, k, rows, dy, x, dw)};
-        double grouped_ms = 0;
-        if (cublas.has_grouped())
-            grouped_ms = timer.median_ms([&](int) {
-                cublas.grouped_forward(dtype == DType::bf16, synthetic.m_sizes, int(n), int(k), x.get(), w.get(),
-                                       y.get(), pointer_arrays);
-            });
-        auto report = [&](const char* pass, const Problem& problem, const std::string& tiling, double ms, double dense_ms,
+        const auto dense_fwd = dense(rows, n, k, x, w, y), dense_dx = dense(rows, k, n, dy, w, dx),
+                   dense_dw = dense(n, k, rows, dy, x, dw);
+        auto report = [&](const char* pass, const Problem& problem, const std::string& tiling, const Paired& t,
                           double grouped, bool reads_weights) {
             std::string spec = to_spec(problem), fusions;
             for (const char* flag : {"permute_x", "permute_y", "mul_post", "gated"})
@@ -124,24 +154,39 @@ int cmd_bench(const std::vector<std::string>& argv) {
             char grouped_text[32] = "-", weights_text[32] = "-", share_text[32] = "-";
             if (grouped > 0) std::snprintf(grouped_text, sizeof grouped_text, "%.1f", flops / grouped / 1e9);
             if (reads_weights) {
-                std::snprintf(weights_text, sizeof weights_text, "%.0f", weight_bytes / ms / 1e6);
-                std::snprintf(share_text, sizeof share_text, "%.0f%%", 100.0 * weight_bytes / ms / 1e6 / copy_rate);
+                std::snprintf(weights_text, sizeof weights_text, "%.0f", weight_bytes / t.ms / 1e6);
+                std::snprintf(share_text, sizeof share_text, "%.0f%%", 100.0 * weight_bytes / t.ms / 1e6 / copy_rate);
             }
-            std::printf("| %s | %s | %s | %s | %.3f | %.1f | %.1f | %.2f | %s | %s | %s |\n", to_string(which), pass,
-                        fusions.empty() ? "-" : fusions.c_str(), tiling.c_str(), ms, flops / ms / 1e9,
-                        flops / dense_ms / 1e9, dense_ms / ms, grouped_text, weights_text, share_text);
+            std::printf("| %s | %s | %s | %s | %.3f | %.1f | %.1f | %.2f (%.2f-%.2f) | %s | %s | %s |\n",
+                        to_string(which), pass, fusions.empty() ? "-" : fusions.c_str(), tiling.c_str(), t.ms,
+                        flops / t.ms / 1e9, flops / t.reference_ms / 1e9, t.ratio, t.lowest_ratio, t.highest_ratio,
+                        grouped_text, weights_text, share_text);
             std::fflush(stdout);
         };
         const GroupedGemm gemm(plain, config), fused_gemm(fused, config);
-        const double fwd_ms = timer.median_ms([&](int) { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); });
-        report("fwd", plain, gemm.config(Op::fwd, rows), fwd_ms, dense[0], grouped_ms, true);
-        const double fused_ms =
-            timer.median_ms([&](int) { fused_gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); });
-        report("fwd", fused, fused_gemm.config(Op::fwd, rows), fused_ms, dense[0], 0, true);
-        const double dx_ms = timer.median_ms([&](int) { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); });
-        report("dx", plain, gemm.config(Op::dx, rows), dx_ms, dense[1], 0, true);
-        const double dw_ms = timer.median_ms([&](int) { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); });
-        report("dw", plain, gemm.config(Op::dw, rows), dw_ms, dense[2], 0, false);
+        if (wants("fwd")) {
+            double grouped_ms = 0;
+            if (cublas.has_grouped())
+                grouped_ms = timer.median_ms([&](int) {
+                    cublas.grouped_forward(dtype == DType::bf16, synthetic.m_sizes, int(n), int(k), x.get(), w.get(),
+                                           y.get(), pointer_arrays);
+                });
+            report("fwd", plain, gemm.config(Op::fwd, rows),
+                   time_paired(timer, [&] { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); }, dense_fwd),
+                   grouped_ms, true);
+            report("fwd", fused, fused_gemm.config(Op::fwd, rows),
+                   time_paired(timer, [&] { fused_gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); },
+                               dense_fwd),
+                   0, true);
+        }
+        if (wants("dx"))
+            report("dx", plain, gemm.config(Op::dx, rows),
+                   time_paired(timer, [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); }, dense_dx), 0,
+                   true);
+        if (wants("dw"))
+            report("dw", plain, gemm.config(Op::dw, rows),
+                   time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw), 0,
+                   false);
     }
     return 0;
 }
