@@ -36,19 +36,6 @@ Config Config::parse(const std::string& text) {
     return config;
 }
 
-// Portable: the ring of A and B slices. Hopper: the ring, 1 KB to align it to the 1024-byte
-// swizzle period, and each consumer warpgroup's output staging, mirroring the templates:
-// - row-grouped (epilogue/sm90_staged_rows.cuh): 64 rows of 128 + 16 bytes, so 144 bytes a tile row;
-// - dW (epilogue/sm90_tma_store.cuh): up to four [64 rows][128 bytes] boxes, one per 128 bytes of
-//   the tile's output row.
-size_t Config::shared_bytes(const Problem& problem) const {
-    const size_t ring = size_t(stages) * (tile_m + tile_n) * tile_k * 2;
-    if (!hopper()) return ring;
-    if (problem.op != Op::dw) return ring + size_t(tile_m) * 144 + 1024;
-    const int boxes = std::min(4, tile_n * (problem.out_fp32 ? 4 : 2) / 128);
-    return ring + size_t(tile_m / 64) * boxes * 64 * 128 + 1024;
-}
-
 size_t max_shared_bytes(const Arch& arch) {
     switch (arch.sm()) {
         case 80: return 163 * 1024;
@@ -96,7 +83,7 @@ Config hopper_config(int tile_m, int tile_n, int stages) {
 size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.experts + 1) * 8 + 256; }
 
 size_t block_shared_bytes(const Problem& problem, const Config& config) {
-    return config.shared_bytes(problem) + (config.hopper() ? hopper_static_bytes(problem) : 0);
+    return config.shared_bytes() + (config.hopper() ? hopper_static_bytes(problem) : 0);
 }
 
 // As many stages as fit next to the static shared memory.

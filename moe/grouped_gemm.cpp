@@ -50,21 +50,19 @@ struct GroupedGemm::Pass {
         std::shared_ptr<const Kernel> kernel;
 
         // Hopper only: the tensor maps of the last call. Steady-state callers (a training loop, a
-        // captured graph's rebuild) pass the same buffers every time, and encoding the maps costs
+        // captured graph's rebuild) pass the same buffers every time, and encoding two maps costs
         // more than the rest of the host path.
         std::mutex maps_mutex;
-        CUdeviceptr maps_a = 0, maps_b = 0, maps_c = 0;
+        CUdeviceptr maps_a = 0, maps_b = 0;
         int64_t maps_rows = -1;
         HopperTensorMaps maps;
 
-        HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,
-                                     int64_t rows) {
+        HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, int64_t rows) {
             std::lock_guard<std::mutex> lock(maps_mutex);
-            if (a != maps_a || b != maps_b || c != maps_c || rows != maps_rows) {
-                maps = hopper_tensor_maps(problem, config, a, b, c, rows);
+            if (a != maps_a || b != maps_b || rows != maps_rows) {
+                maps = hopper_tensor_maps(problem, config, a, b, rows);
                 maps_a = a;
                 maps_b = b;
-                maps_c = c;
                 maps_rows = rows;
             }
             return maps;
@@ -183,10 +181,8 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         kernel.launch(grid, stream, parameters);
         return;
     }
-    const HopperTensorMaps maps = variant.tensor_maps(problem, a, b, c, routing.rows);
-    // Kernels read as many parameters as they declare: the row-grouped ones no output map.
-    void* parameters[] = {&arguments, const_cast<CUtensorMap*>(&maps.a), const_cast<CUtensorMap*>(&maps.b),
-                          const_cast<CUtensorMap*>(&maps.c)};
+    const HopperTensorMaps maps = variant.tensor_maps(problem, a, b, routing.rows);
+    void* parameters[] = {&arguments, const_cast<CUtensorMap*>(&maps.a), const_cast<CUtensorMap*>(&maps.b)};
     kernel.launch(grid, stream, parameters);
 }
 

@@ -19,20 +19,14 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
 // past `rows` are zeros instead of the next matrix.
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows);
 
-// dW [count][rows][cols] (bf16/fp16, or fp32), written by TMA store in [64 rows][128 bytes] boxes;
-// writes past `rows` or `cols` are dropped.
-CUtensorMap weight_gradient_tensor_map(DType dtype, bool fp32, CUdeviceptr base, int64_t cols, int64_t rows,
-                                       int64_t count);
-
-// The maps of a Hopper grouped-GEMM kernel (templates/kernels/sm90_*.cuh) for a call
-// with A at `a`, B at `b`, output at `c` and `rows` routed rows. Operands the kernel gathers row by
-// row with cp.async get no map (an all-zero one that is never read); only dW has an output map.
+// The two operand maps of a Hopper grouped-GEMM kernel (templates/kernels/sm90_*.cuh) for a call
+// with A at `a`, B at `b` and `rows` routed rows. Operands the kernel gathers row by row with
+// cp.async get no map (an all-zero one that is never read).
 struct HopperTensorMaps {
     CUtensorMap a{};
     CUtensorMap b{};
-    CUtensorMap c{};
 };
 HopperTensorMaps hopper_tensor_maps(const Problem& problem, const Config& config, CUdeviceptr a, CUdeviceptr b,
-                                    CUdeviceptr c, int64_t rows);
+                                    int64_t rows);
 
 }  // namespace moejit

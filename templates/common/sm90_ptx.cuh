@@ -85,21 +85,6 @@ __device__ __forceinline__ void tma_load_3d_multicast(uint32 destination, const 
         : "memory");
 }
 
-// Box at (c0 innermost, c1, c2) <- shared `source` (laid out as the map's swizzle says). The
-// write is asynchronous: commit it into a bulk group, and wait on the group before `source` is
-// written again (bulk_wait_read) and before the kernel ends (bulk_wait_all).
-__device__ __forceinline__ void tma_store_3d(const TensorMap& map, uint32 source, int c0, int c1, int c2) {
-    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
-                     reinterpret_cast<uint64>(&map)),
-                 "r"(c0), "r"(c1), "r"(c2), "r"(source)
-                 : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-// Until every committed group of this thread has finished reading its shared source.
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-// Until every committed group of this thread has finished writing global memory.
-__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
-
 // --- clusters -----------------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32 cluster_rank() {

@@ -10,7 +10,7 @@
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
 #include "common/arguments.cuh"
-#include "epilogue/sm90_tma_store.cuh"
+#include "epilogue/sm90_staged_rows.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
@@ -30,9 +30,7 @@ struct Sm90WeightGradConfig {
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;
     static constexpr int StageBytes = BytesA + BytesB;
     static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
-    using Out = typename conditional_type<OutFp32, float, Element>::type;
-    using Staging = sm90::TmaStoreStaging<TileN * int(sizeof(Out))>;  // each consumer's output boxes
-    static constexpr int SharedBytes = Stages * StageBytes + Consumers * Staging::Bytes + 1024;
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * sm90::kStagingBytes + 1024;
     static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
 
     static constexpr int ProducerRegisters = 56;
@@ -48,8 +46,7 @@ struct Sm90WeightGradConfig {
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads, 1)
     sm90_grouped_gemm_dw(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_dy,
-                         const __grid_constant__ sm90::TensorMap map_x,
-                         const __grid_constant__ sm90::TensorMap map_dw) {
+                         const __grid_constant__ sm90::TensorMap map_x) {
     using Element = typename Cfg::Element;
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;  // row offsets only
     constexpr int Flags = Cfg::Flags;
@@ -67,7 +64,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         barriers.init(1 + sm90::kGatherArrivals, Cfg::Consumers);
         if (!(Flags & kPermuteY)) sm90::prefetch_tensor_map(map_dy);
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
-        sm90::prefetch_tensor_map(map_dw);
     }
     const Scheduler scheduler(scheduler_storage, args.m_sizes);
 
@@ -79,16 +75,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         band_order(tile_index - expert * Cfg::TilesPerExpert, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
         n0 = n_tile * Cfg::TileM;
         k0 = k_tile * Cfg::TileN;
-    };
-
-    // A slice of 64 rows inside both the expert and the routed rows comes by TMA where its operand
-    // is not indirect; any other slice is gathered (cp.async), and consumers must fence before wgmma.
-    auto whole_slice = [&](int row_begin, int expert_rows, int slice) {
-        const int end = (slice + 1) * sm90::kSliceK;
-        return end <= expert_rows && static_cast<int64>(row_begin) + end <= args.rows;
-    };
-    auto gathered = [&](int row_begin, int expert_rows, int slice) {
-        return (Flags & (kPermuteX | kPermuteY)) != 0 || !whole_slice(row_begin, expert_rows, slice);
     };
 
     if (warpgroup == 0) {
@@ -108,7 +94,8 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const uint32 sB = sA + Cfg::BytesA;
                 const uint32 full = barriers.full_address(position.stage);
                 const int slice_row = slice * sm90::kSliceK;  // within the expert
-                const bool whole = whole_slice(row_begin, expert_rows, slice);
+                const bool whole = slice_row + sm90::kSliceK <= expert_rows &&
+                                   static_cast<int64>(row_begin) + slice_row + sm90::kSliceK <= args.rows;
                 const bool tma_a = whole && !(Flags & kPermuteY);
                 const bool tma_b = whole && !(Flags & kPermuteX);
                 if (thread == 0) {
@@ -168,57 +155,52 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
         int expert, n0, k0;
         tile_origin(tile_index, expert, n0, k0);
-        const int row_begin = scheduler.row_begin(expert);
-        const int expert_rows = scheduler.rows(expert);
-        const int slices = (expert_rows + sm90::kSliceK - 1) / sm90::kSliceK;
+        const int slices = (scheduler.rows(expert) + sm90::kSliceK - 1) / sm90::kSliceK;
 #pragma unroll
         for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-            if (gathered(row_begin, expert_rows, slice)) sm90::fence_proxy_async();  // cp.async writes
+            sm90::fence_proxy_async();  // rows gathered by cp.async
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
             const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
-            // The last slice's rows past the expert's end are zeros: its k16 steps of only those are skipped.
-            const int steps = min_of(sm90::kSliceK / 16, ceil_div(expert_rows - slice * sm90::kSliceK, 16));
             sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,
-                                                 Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true, steps);
+                                                 Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
             release.issued(accumulators, barriers, position.stage, thread == 0);
         }
         release.drain(accumulators, barriers, thread == 0);
 
-        // Epilogue: 128 bytes of each dW row (64 bf16 or 32 fp32 columns) per box, by TMA store to
-        // dW[expert][n0 + 64 * consumer + row][k0 + ...]; boxes past K are not written at all.
-        using Staging = typename Cfg::Staging;
-        constexpr int ChunkCols = sm90::kStoreBoxRowBytes / int(sizeof(typename Cfg::Out));
-        const Staging staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * Staging::Bytes};
-        const int chunks = min_of(Staging::Chunks, ceil_div(Cfg::K - k0, ChunkCols));
+        // Epilogue, 128 bytes of each dW row (64 bf16 or 32 fp32 columns) at a time, through this
+        // warpgroup's staging rows to dW[expert][n][k0 + ...].
+        using Out = typename conditional_type<OutFp32, float, Element>::type;
+        constexpr int ChunkCols = sm90::kStagingRowBytes / sizeof(Out);
+        Out* dw = static_cast<Out*>(args.c) + static_cast<int64>(expert) * Cfg::N * Cfg::K;
+        unsigned char* destination[sm90::kCopiesPerThread];
 #pragma unroll
-        for (int round = 0; round < Staging::Chunks / Staging::Boxes; ++round) {
-            const int first = round * Staging::Boxes;
-            if (first >= chunks) break;  // the same for the whole warpgroup
-            staging.acquire(1 + consumer, thread);
+        for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
+            const int n = n0 + consumer * 64 + sm90::StagedRows::copy_row(thread, i);
+            destination[i] = n < Cfg::N ? reinterpret_cast<unsigned char*>(dw + static_cast<int64>(n) * Cfg::K + k0) : nullptr;
+        }
+        const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
 #pragma unroll
-            for (int box = 0; box < Staging::Boxes; ++box) {
-                const int chunk = first + box;
+        for (int chunk = 0; chunk < Cfg::TileN / ChunkCols; ++chunk) {
+            if (k0 + chunk * ChunkCols >= Cfg::K) break;  // the same for the whole warpgroup
 #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int row = Staging::fragment_row(thread, half);
+            for (int half = 0; half < 2; ++half) {
+                const int staging_row = sm90::StagedRows::fragment_row(thread, half);
 #pragma unroll
-                    for (int b = 0; b < ChunkCols / 8; ++b) {
-                        const float* v = &accumulators[(chunk * ChunkCols / 8 + b) * 4 + half * 2];
-                        if constexpr (OutFp32)
-                            staging.store_64(chunk, row, b * 32 + (lane % 4) * 8, __float_as_uint(v[0]),
-                                             __float_as_uint(v[1]));
-                        else
-                            staging.store_32(chunk, row, b * 16 + (lane % 4) * 4, pack2<Element>(v[0], v[1]));
+                for (int b = 0; b < ChunkCols / 8; ++b) {
+                    const float* v = &accumulators[(chunk * ChunkCols / 8 + b) * 4 + half * 2];
+                    if constexpr (OutFp32) {
+                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8, __float_as_uint(v[0]));
+                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8 + 4, __float_as_uint(v[1]));
+                    } else {
+                        staging.store_32(staging_row, b * 16 + (lane % 4) * 4, pack2<Element>(v[0], v[1]));
                     }
                 }
             }
-            staging.store(1 + consumer, thread, map_dw, first, min_of(first + Staging::Boxes, chunks), k0, ChunkCols,
-                          n0 + consumer * 64, expert);
+            staging.copy_out(1 + consumer, destination, chunk, thread, (Cfg::K - k0) * static_cast<int>(sizeof(Out)));
         }
     }
-    if (thread == 0) sm90::bulk_wait_all();  // the last stores have left shared memory and landed
 }
 
 }  // namespace moejit

@@ -113,17 +113,15 @@ struct SlotReleaser {
     }
 };
 
-// One consumer step over a filled slot: four k16 wgmma into `accumulators`, or the first `steps`
-// of them where the rest of the slice is known to be zeros. `a_step` / `b_step` are the descriptor
-// advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
+// One consumer step over a filled slot: four k16 wgmma into `accumulators`. `a_step` / `b_step`
+// are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
 template <class Mma, int Registers>
 __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
                                             uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
-                                            bool accumulate, int steps = kSliceK / 16) {
+                                            bool accumulate) {
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kSliceK / 16; ++k) {
-        if (k >= steps) break;  // the same for the whole warpgroup
         const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, 1024);
         const uint64 desc_b = smem_descriptor(b_address + k * b_step, b_leading, 1024);
         Mma::mma(accumulators, desc_a, desc_b, (accumulate || k > 0) ? 1 : 0);
