@@ -79,8 +79,8 @@ Config hopper_config(int tile_m, int tile_n, int stages) {
 
 // The Hopper kernels' static shared memory, which shares the block's budget with the dynamic
 // part: the scheduler's prefix sums over the experts (8 bytes each), then at most 8 stages of
-// barrier pairs and 12 warps of totals (224 bytes).
-size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.experts + 1) * 8 + 256; }
+// barrier pairs, 12 warps of totals and the tile queue's two slots (264 bytes).
+size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.experts + 1) * 8 + 320; }
 
 size_t block_shared_bytes(const Problem& problem, const Config& config) {
     return config.shared_bytes() + (config.hopper() ? hopper_static_bytes(problem) : 0);

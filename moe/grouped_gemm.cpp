@@ -4,12 +4,14 @@
 #include "codegen/config.hpp"
 #include "moe/check_routing.hpp"
 #include "runtime/device.hpp"
+#include "runtime/device_buffer.hpp"
 #include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/tensor_map.hpp"
 #include "moe/tuning.hpp"
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 
 namespace moejit {
@@ -48,17 +50,29 @@ struct GroupedGemm::Pass {
         Config config;
         std::once_flag compiled;
         std::shared_ptr<const Kernel> kernel;
+        std::mutex mutex;  // guards the counters and the tensor maps below
+
+        // Per stream, [2] zeros between launches (templates/scheduler/tile_queue.cuh): the Hopper
+        // kernels that gather A claim tiles from it and their last CTA resets it. Launches on one
+        // stream never overlap; launches on two streams get two counters.
+        std::map<CUstream, DeviceBuffer> tile_counters;
+
+        int* tile_counter(CUstream stream) {
+            std::lock_guard<std::mutex> lock(mutex);
+            DeviceBuffer& counter = tile_counters[stream];
+            if (counter.get() == 0) counter = DeviceBuffer::from(std::vector<int>(2, 0));
+            return reinterpret_cast<int*>(counter.get());
+        }
 
         // Hopper only: the tensor maps of the last call. Steady-state callers (a training loop, a
         // captured graph's rebuild) pass the same buffers every time, and encoding two maps costs
         // more than the rest of the host path.
-        std::mutex maps_mutex;
         CUdeviceptr maps_a = 0, maps_b = 0;
         int64_t maps_rows = -1;
         HopperTensorMaps maps;
 
         HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, int64_t rows) {
-            std::lock_guard<std::mutex> lock(maps_mutex);
+            std::lock_guard<std::mutex> lock(mutex);
             if (a != maps_a || b != maps_b || rows != maps_rows) {
                 maps = hopper_tensor_maps(problem, config, a, b, rows);
                 maps_a = a;
@@ -175,7 +189,8 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
                                    reinterpret_cast<const int*>(routing.m_sizes),
                                    reinterpret_cast<const int*>(routing.gather_idx),
                                    reinterpret_cast<const float*>(routing.topk_weights),
-                                   routing.rows};
+                                   routing.rows,
+                                   config.hopper() ? variant.tile_counter(stream) : nullptr};
     if (!config.hopper()) {
         void* parameters[] = {&arguments};
         kernel.launch(grid, stream, parameters);

@@ -15,6 +15,7 @@ struct GroupedGemmArguments {
     const int* gather_idx;
     const float* topk_weights;
     long long rows;
+    int* tile_counter;
 };
 
 struct CombineTopkArguments {
