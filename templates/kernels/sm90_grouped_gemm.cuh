@@ -63,9 +63,6 @@ struct Sm90RowGroupedConfig {
     static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits weight tiles into halves of 64+ rows");
 };
 
-// Named barrier of the producer warpgroup (consumers use 1 + their index).
-constexpr int kProducerBarrier = 7;
-
 // The tile a CTA of a pair works on in round `pair`: CTA `rank` takes tile 2 * pair + rank (one CTA
 // per cluster: tile `pair`). Neighbouring tiles are neighbouring m tiles of one expert and n tile
 // (the scheduler's band order), so a pair mostly needs one weight tile: then `shares_b` and each
@@ -279,7 +276,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 if constexpr (Cfg::Dynamic) {
                     if (thread == 0) pair = queue.publish(round, upcoming);
                     if constexpr (Cfg::GatherA) {  // every producer thread gathers: share the claim
-                        sm90::named_barrier(kProducerBarrier, sm90::kWarpgroupThreads);
+                        sm90::named_barrier(sm90::kProducerBarrier, sm90::kWarpgroupThreads);
                         pair = queue.peek(round);
                     }
                     if (thread == 0 && pair < pairs) upcoming = sm90::TileQueue::claim(args.tile_counter);

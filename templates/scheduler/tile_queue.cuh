@@ -16,6 +16,10 @@
 
 namespace moejit::sm90 {
 
+// Named barrier of a gathering producer warpgroup, whose threads all learn thread 0's claims
+// through it (consumer warpgroups use 1 + their index).
+constexpr int kProducerBarrier = 7;
+
 struct TileQueue {
     static constexpr int kSlots = 2;
     int index[kSlots];
