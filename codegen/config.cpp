@@ -45,6 +45,11 @@ size_t max_shared_bytes(const Arch& arch) {
     }
 }
 
+bool claims_tiles(const Problem& problem, const Config& config) {
+    const bool gathers_a = (problem.op == Op::fwd && problem.permute_x) || (problem.op == Op::dx && problem.permute_y);
+    return config.hopper() && config.cluster == 1 && config.tile_m == 128 && gathers_a;
+}
+
 bool hopper_path_available(const Problem& problem) {
     const bool gemm = problem.op == Op::fwd || problem.op == Op::dx || problem.op == Op::dw;
     return gemm && problem.arch.sm() == 90 && problem.arch.arch_specific;

@@ -41,6 +41,11 @@ struct Config {
     }
 };
 
+// Whether the kernel claims its tiles at run time from a counter zeroed before each launch: the
+// Hopper row-grouped kernels that gather A into 128-row tiles, without clusters. Mirrors `Dynamic`
+// in templates/kernels/sm90_grouped_gemm.cuh.
+bool claims_tiles(const Problem& problem, const Config& config);
+
 // Dynamic shared memory one block may opt into on each supported arch.
 size_t max_shared_bytes(const Arch& arch);
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <thread>
 
 namespace moejit {
 
@@ -50,19 +51,7 @@ struct GroupedGemm::Pass {
         Config config;
         std::once_flag compiled;
         std::shared_ptr<const Kernel> kernel;
-        std::mutex mutex;  // guards the counters and the tensor maps below
-
-        // Per stream, [2] zeros between launches (templates/scheduler/tile_queue.cuh): the Hopper
-        // kernels that gather A claim tiles from it and their last CTA resets it. Launches on one
-        // stream never overlap; launches on two streams get two counters.
-        std::map<CUstream, DeviceBuffer> tile_counters;
-
-        int* tile_counter(CUstream stream) {
-            std::lock_guard<std::mutex> lock(mutex);
-            DeviceBuffer& counter = tile_counters[stream];
-            if (counter.get() == 0) counter = DeviceBuffer::from(std::vector<int>(2, 0));
-            return reinterpret_cast<int*>(counter.get());
-        }
+        std::mutex maps_mutex;
 
         // Hopper only: the tensor maps of the last call. Steady-state callers (a training loop, a
         // captured graph's rebuild) pass the same buffers every time, and encoding two maps costs
@@ -72,7 +61,7 @@ struct GroupedGemm::Pass {
         HopperTensorMaps maps;
 
         HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, int64_t rows) {
-            std::lock_guard<std::mutex> lock(mutex);
+            std::lock_guard<std::mutex> lock(maps_mutex);
             if (a != maps_a || b != maps_b || rows != maps_rows) {
                 maps = hopper_tensor_maps(problem, config, a, b, rows);
                 maps_a = a;
@@ -94,6 +83,38 @@ struct GroupedGemm::Pass {
     }
 };
 
+// Counters of the kernels that claim tiles at run time (claims_tiles), one per stream: launches on
+// one stream never overlap, so one counter, zeroed on the stream before each such launch, serves
+// them all, and launches on two streams at once use two. Allocated with the GroupedGemm, never
+// during a call (which may be under graph capture); a stream beyond the 64th takes over the slot
+// assigned longest ago. A captured launch keeps its stream's counter: replaying its graph while
+// the same GroupedGemm runs on that stream shares it.
+struct GroupedGemm::TileCounters {
+    static constexpr int kSlots = 64;
+    DeviceBuffer counters{kSlots * sizeof(int)};
+    std::mutex mutex;
+    std::map<std::pair<CUstream, std::thread::id>, int> slots;
+    int next_slot = 0;
+
+    CUdeviceptr for_stream(CUstream stream) {
+        std::lock_guard<std::mutex> lock(mutex);
+        // The per-thread default stream is one handle for a different stream on each host thread.
+        const auto key = std::make_pair(stream, stream == CU_STREAM_PER_THREAD ? std::this_thread::get_id()
+                                                                               : std::thread::id());
+        auto found = slots.find(key);
+        if (found == slots.end()) {
+            for (auto it = slots.begin(); it != slots.end(); ++it)
+                if (it->second == next_slot) {
+                    slots.erase(it);
+                    break;
+                }
+            found = slots.emplace(key, next_slot).first;
+            next_slot = (next_slot + 1) % kSlots;
+        }
+        return counters.get() + size_t(found->second) * sizeof(int);
+    }
+};
+
 GroupedGemm::GroupedGemm(Problem forward) : GroupedGemm(forward, std::string()) {}
 
 GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(forward), config_override_(config) {
@@ -102,6 +123,7 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
     forward_.arch = device.arch;
     sm_count_ = device.sm_count;
     forward_.validate();
+    tile_counters_ = std::make_unique<TileCounters>();
     const Op ops[4] = {Op::fwd, Op::dx, Op::dw, Op::dw};
     for (int i = 0; i < 4; ++i) {
         auto pass = std::make_unique<Pass>();
@@ -190,11 +212,16 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
                                    reinterpret_cast<const int*>(routing.gather_idx),
                                    reinterpret_cast<const float*>(routing.topk_weights),
                                    routing.rows,
-                                   config.hopper() ? variant.tile_counter(stream) : nullptr};
+                                   nullptr};
     if (!config.hopper()) {
         void* parameters[] = {&arguments};
         kernel.launch(grid, stream, parameters);
         return;
+    }
+    if (claims_tiles(problem, config)) {
+        const CUdeviceptr counter = tile_counters_->for_stream(stream);
+        check_cuda(driver().cuMemsetD32Async(counter, 0, 1, stream), "cuMemsetD32Async (tile counter)");
+        arguments.tile_counter = reinterpret_cast<int*>(counter);
     }
     const HopperTensorMaps maps = variant.tensor_maps(problem, a, b, routing.rows);
     void* parameters[] = {&arguments, const_cast<CUtensorMap*>(&maps.a), const_cast<CUtensorMap*>(&maps.b)};

@@ -295,16 +295,21 @@ TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu][gemm][
     }
 }
 
-TEST_CASE("passes: a gathering forward on two streams at once matches one on the default stream", "[gpu][gemm]") {
-    // The Hopper kernels that gather A claim tiles from a counter the library keeps per stream
-    // (templates/scheduler/tile_queue.cuh); launches on two streams must not share one.
+TEST_CASE("passes: a tile-claiming forward on two streams at once matches one on the default stream", "[gpu][gemm][hopper]") {
+    // Hopper kernels that gather A into 128-row tiles claim tiles from a counter the library keeps
+    // per stream (templates/scheduler/tile_queue.cuh); launches on two streams must not share one.
     const DType dtype = DType::bf16;
-    const int64_t n = 512, k = 256;
-    const HostRouting routing = make_routing(16, 4, random_choices(700, 4, all_experts(16)));
+    const int64_t n = 1024, k = 256;
+    const HostRouting routing = make_routing(16, 4, random_choices(2048, 4, all_experts(16)));
     const Problem problem = make_problem(dtype, n, k, routing.experts, routing.topk, kPermuteX);
-    const GroupedGemm gemm(problem);
+    if (GroupedGemm(problem).problem().arch.sm() != 90) {
+        WARN("not an sm_90a device: no Hopper kernels to test");
+        return;
+    }
+    const GroupedGemm gemm(problem, "h:m128n256s3");
     const int64_t rows = routing.rows();
-    INFO("fwd config " << gemm.config(Op::fwd, rows) << ", seed " << test_seed());
+    REQUIRE(claims_tiles(gemm.problem(), Config::parse(gemm.config(Op::fwd, rows))));
+    INFO("seed " << test_seed() << ": about " << rows / 128 * (n / 256) / 132 << " tiles a CTA");
     const DeviceBuffer m_sizes = upload(routing.m_sizes), gather_idx = upload(routing.gather_idx);
     const Routing device_routing{m_sizes.get(), gather_idx.get(), 0, rows};
     const DeviceBuffer x = upload(random_halves(dtype, size_t(routing.tokens) * k));

@@ -101,11 +101,8 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                         CHECK(output.log.find("C7508") == std::string::npos);  // setmaxnreg honoured
                         // CTA pairs load shared weight tiles once, multicast to both.
                         CHECK((output.ptx.find(".multicast::cluster") != std::string::npos) == (config.cluster == 2));
-                        // Row-grouped kernels that gather A claim their tiles from a global counter.
-                        const bool gathers_a = (problem.op == Op::fwd && problem.permute_x) ||
-                                               (problem.op == Op::dx && problem.permute_y);
-                        CHECK((output.ptx.find("atom.global.add") != std::string::npos) ==
-                              (gathers_a && config.cluster == 1));
+                        // Kernels that gather A into 128-row tiles claim their tiles from a global counter.
+                        CHECK((output.ptx.find("atom.global.add") != std::string::npos) == claims_tiles(problem, config));
                         continue;
                     }
                     CHECK(output.ptx.find(dtype == DType::bf16 ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"

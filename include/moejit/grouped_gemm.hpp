@@ -65,6 +65,7 @@ public:
 
 private:
     struct Pass;
+    struct TileCounters;
     // A pass compiles its kernel at its first call, also through a const GroupedGemm.
     Pass& pass(Op op, bool fp32_output = false) const;
     void launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c, CUdeviceptr preactivation,
@@ -74,6 +75,7 @@ private:
     std::string config_override_;
     int sm_count_ = 0;
     std::unique_ptr<Pass> passes_[4];  // fwd, dx, dw, dw fp32; each compiled at its first use
+    std::unique_ptr<TileCounters> tile_counters_;  // for the kernels that claim tiles at run time
 };
 
 // out[t] = sum_j w[t*topk + j] * slots[t*topk + j] (fp32, fixed order j = 0..topk-1, deterministic).

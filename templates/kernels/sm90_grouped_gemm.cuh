@@ -31,11 +31,12 @@ struct Sm90RowGroupedConfig {
     static constexpr bool GatherA = Forward ? (Flags & kPermuteX) != 0 : (Flags & kPermuteY) != 0;
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
     static constexpr int Cluster = Cluster_;  // CTAs per cluster (1, or a pair sharing weight tiles)
-    // Where A is gathered, single CTAs claim tiles at run time (tile_queue.cuh): the gathers'
-    // cost varies from tile to tile, and under a static stride the CTAs drift apart (measured
-    // 8-14% faster on the gated permute_x forward, H100). With TMA-loaded A the static stride
-    // measured 3-8% faster; CTA pairs walk it in lockstep.
-    static constexpr bool Dynamic = Cluster == 1 && GatherA;
+    // Where A is gathered into 128-row tiles, single CTAs claim tiles at run time (tile_queue.cuh):
+    // the gathers' cost varies from tile to tile, and under a static stride the CTAs drift apart
+    // (measured 8-14% faster on the gated permute_x forward, H100). With TMA-loaded A the static
+    // stride measured 3-8% faster; CTA pairs walk it in lockstep; 64-row tiles (decode and small
+    // calls) have few tiles a CTA. The host mirrors this (codegen/config.cpp, claims_tiles).
+    static constexpr bool Dynamic = Cluster == 1 && GatherA && TileM == 128;
     static constexpr int Consumers = TileM / 64;
     static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
 
@@ -61,6 +62,7 @@ struct Sm90RowGroupedConfig {
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
     static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits weight tiles into halves of 64+ rows");
+    static_assert(!Dynamic || GatherA, "all producer threads take part in the tile queue");
 };
 
 // The tile a CTA of a pair works on in round `pair`: CTA `rank` takes tile 2 * pair + rank (one CTA
@@ -270,16 +272,16 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         if (Cfg::GatherA || thread == 0) {
             const Element* a = static_cast<const Element*>(args.a);
             sm90::RingPosition<Cfg::Stages> position;
-            int upcoming = Cfg::Dynamic && thread == 0 ? sm90::TileQueue::claim(args.tile_counter) : 0;
+            int upcoming = 0;  // Dynamic: thread 0's claim for the next round
             for (int round = 0;; ++round) {
-                int pair = first_pair + round * pair_stride;
-                if constexpr (Cfg::Dynamic) {
-                    if (thread == 0) pair = queue.publish(round, upcoming);
-                    if constexpr (Cfg::GatherA) {  // every producer thread gathers: share the claim
-                        sm90::named_barrier(sm90::kProducerBarrier, sm90::kWarpgroupThreads);
-                        pair = queue.peek(round);
-                    }
+                int pair;
+                if constexpr (Cfg::Dynamic) {  // every producer thread gathers: all learn the tile
+                    if (thread == 0) queue.publish(round, round == 0 ? static_cast<int>(blockIdx.x) : upcoming);
+                    sm90::named_barrier(sm90::kProducerBarrier, sm90::kWarpgroupThreads);
+                    pair = queue.peek(round);
                     if (thread == 0 && pair < pairs) upcoming = sm90::TileQueue::claim(args.tile_counter);
+                } else {
+                    pair = first_pair + round * pair_stride;
                 }
                 if (pair >= pairs) break;
                 const Pair work(scheduler, pair, rank);
@@ -324,8 +326,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                     }
                 }
             }
-            if constexpr (Cfg::Dynamic)
-                if (thread == 0) sm90::TileQueue::finish(args.tile_counter);
         }
     } else {
         sm90::claim_registers<Cfg::ConsumerRegisters>();
