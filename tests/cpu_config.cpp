@@ -42,6 +42,26 @@ TEST_CASE("check_config accepts CTA pairs only for Hopper forward and dX tiles o
     CHECK_THROWS_AS(check_config(ampere, Config::parse("h:m128n256s3")), Error);
 }
 
+TEST_CASE("claims_tiles: Hopper kernels that gather A into 128-row tiles, without clusters", "[cpu]") {
+    const Problem plain = parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_90a");
+    Problem gathered = plain, scattered = plain, dx_gathered = plain, dw = plain;
+    gathered.permute_x = true;
+    scattered.permute_y = true;  // the forward scatters its output rows: A is read by TMA
+    dx_gathered.op = Op::dx;
+    dx_gathered.permute_y = true;  // dX reads dY rows through gather_idx
+    dw.op = Op::dw;
+    dw.permute_x = true;
+    const Config big = Config::parse("h:m128n256s3");
+    CHECK(claims_tiles(gathered, big));
+    CHECK(claims_tiles(dx_gathered, big));
+    CHECK_FALSE(claims_tiles(plain, big));
+    CHECK_FALSE(claims_tiles(scattered, big));
+    CHECK_FALSE(claims_tiles(dw, big));
+    CHECK_FALSE(claims_tiles(gathered, Config::parse("h:m128n256s3c2")));
+    CHECK_FALSE(claims_tiles(gathered, Config::parse("h:m64n128s8")));
+    CHECK_FALSE(claims_tiles(gathered, Config::parse("m128n128s3w2x4")));
+}
+
 TEST_CASE("every Hopper candidate passes check_config; pairs only for the row-grouped passes", "[cpu]") {
     for (const char* spec : {"fwd:bf16:n1536:k2048:e128:topk8:sm_90a", "dx:bf16:n2048:k768:e128:topk8:sm_90a",
                              "dw:bf16:n2048:k768:e128:topk8:sm_90a", "fwd:bf16:n14336:k4096:e8:topk2:sm_90a"}) {
