@@ -51,11 +51,11 @@ struct GroupedGemm::Pass {
         Config config;
         std::once_flag compiled;
         std::shared_ptr<const Kernel> kernel;
-        std::mutex maps_mutex;
 
         // Hopper only: the tensor maps of the last call. Steady-state callers (a training loop, a
         // captured graph's rebuild) pass the same buffers every time, and encoding two maps costs
         // more than the rest of the host path.
+        std::mutex maps_mutex;
         CUdeviceptr maps_a = 0, maps_b = 0;
         int64_t maps_rows = -1;
         HopperTensorMaps maps;
@@ -90,26 +90,24 @@ struct GroupedGemm::Pass {
 // assigned longest ago. A captured launch keeps its stream's counter: replaying its graph while
 // the same GroupedGemm runs on that stream shares it.
 struct GroupedGemm::TileCounters {
+    using Key = std::pair<CUstream, std::thread::id>;
     static constexpr int kSlots = 64;
     DeviceBuffer counters{kSlots * sizeof(int)};
     std::mutex mutex;
-    std::map<std::pair<CUstream, std::thread::id>, int> slots;
-    int next_slot = 0;
+    std::map<Key, int> slots;
+    Key owners[kSlots] = {};  // the key each assigned slot belongs to
+    int assigned = 0;         // slots handed out so far; the next goes to assigned % kSlots
 
     CUdeviceptr for_stream(CUstream stream) {
         std::lock_guard<std::mutex> lock(mutex);
         // The per-thread default stream is one handle for a different stream on each host thread.
-        const auto key = std::make_pair(stream, stream == CU_STREAM_PER_THREAD ? std::this_thread::get_id()
-                                                                               : std::thread::id());
+        const Key key(stream, stream == CU_STREAM_PER_THREAD ? std::this_thread::get_id() : std::thread::id());
         auto found = slots.find(key);
         if (found == slots.end()) {
-            for (auto it = slots.begin(); it != slots.end(); ++it)
-                if (it->second == next_slot) {
-                    slots.erase(it);
-                    break;
-                }
-            found = slots.emplace(key, next_slot).first;
-            next_slot = (next_slot + 1) % kSlots;
+            const int slot = assigned++ % kSlots;
+            if (assigned > kSlots) slots.erase(owners[slot]);
+            owners[slot] = key;
+            found = slots.emplace(key, slot).first;
         }
         return counters.get() + size_t(found->second) * sizeof(int);
     }

@@ -62,7 +62,6 @@ struct Sm90RowGroupedConfig {
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
     static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits weight tiles into halves of 64+ rows");
-    static_assert(!Dynamic || GatherA, "all producer threads take part in the tile queue");
 };
 
 // The tile a CTA of a pair works on in round `pair`: CTA `rank` takes tile 2 * pair + rank (one CTA
