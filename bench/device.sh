@@ -6,6 +6,8 @@
 #   of tests, bench, profile
 # profile: Nsight Compute on the first launch of the plain forward, the fused forward and dW of
 # the model's gate_up GEMM while `moejit bench` runs (the bench times 23 launches per pass).
+# pipes: Nsight Compute metrics of 12 launches (ours and the cuBLAS reference, after 40 skipped)
+# while `moejit bench` runs: tensor-pipe activity, SM clock, L2 and DRAM rates. Pass --pass too.
 # e.g. from the device tool: bash bench/device.sh all --model qwen3-30b-a3b --tokens 8192
 set -uo pipefail
 mode=${1:-all}; shift || true
@@ -53,5 +55,15 @@ if [[ ",$mode," == *",profile,"* ]]; then
     echo "ncu $1: rc $?"
     grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" "$out/ncu-$1.txt" | head -12
   done
+fi
+if [[ ",$mode," == *",pipes,"* ]]; then
+  echo "== pipes"
+  metrics=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed,gpc__cycles_elapsed.avg.per_second
+  metrics=$metrics,lts__t_bytes.sum.per_second,dram__bytes.sum.per_second,gpu__time_duration.sum
+  cublas=$(ls /usr/local/cuda/lib64/libcublas.so.* 2>/dev/null | head -1)
+  timeout 200 ncu --clock-control none --metrics "$metrics" -s 40 -c 12 ./build-device/moejit bench --cublas "$cublas" \
+    "${bench_args[@]}" > "$out/ncu-pipes.txt" 2>&1
+  echo "ncu pipes: rc $?"
+  grep -E "^  [a-zA-Z_].*\(|hmma|gpc__|lts__|dram__|duration" "$out/ncu-pipes.txt" | sed 's/  */ /g' | cut -c1-120 | head -72
 fi
 exit $status
