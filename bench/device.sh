@@ -28,6 +28,9 @@ cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DXXHASH_INCLUDE_
   { tail -40 "$out/build.log"; exit 1; }
 
 export MOEJIT_CACHE_DIR=/tmp/moejit-cache
+# The cuBLAS that bench and pipes compare with.
+cublas=$(ls /usr/local/cuda/lib64/libcublas.so.* 2>/dev/null | head -1)
+[ -n "$cublas" ] || cublas=$(find / -name 'libcublas.so.1*' -not -path '*/proc/*' 2>/dev/null | head -1)
 status=0
 if wants tests; then
   echo "== gpu tests"
@@ -40,8 +43,6 @@ if wants tests; then
 fi
 if wants bench; then
   echo "== benchmark"
-  cublas=$(ls /usr/local/cuda/lib64/libcublas.so.* 2>/dev/null | head -1)
-  [ -n "$cublas" ] || cublas=$(find / -name 'libcublas.so.1*' -not -path '*/proc/*' 2>/dev/null | head -1)
   ./build-device/moejit bench --cublas "$cublas" "${bench_args[@]}" 2>&1 | tee "$out/bench.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
@@ -60,7 +61,6 @@ if [[ ",$mode," == *",pipes,"* ]]; then
   echo "== pipes"
   metrics=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed,gpc__cycles_elapsed.avg.per_second
   metrics=$metrics,lts__t_bytes.sum.per_second,dram__bytes.sum.per_second,gpu__time_duration.sum
-  cublas=$(ls /usr/local/cuda/lib64/libcublas.so.* 2>/dev/null | head -1)
   timeout 200 ncu --clock-control none --metrics "$metrics" -s 40 -c 12 ./build-device/moejit bench --cublas "$cublas" \
     "${bench_args[@]}" > "$out/ncu-pipes.txt" 2>&1
   echo "ncu pipes: rc $?"
