@@ -44,7 +44,7 @@ int cache_hit_probe(const std::string& spec) {
     const Binary binary = compiler.get(problem, config);
     const double read = now_ms();
     auto module = std::make_shared<const Module>(binary.cubin);
-    Kernel kernel(module, binary.kernel_name, config.threads(), config.shared_bytes());
+    Kernel kernel(module, binary.kernel_name, config.threads(), dynamic_shared_bytes(problem, config));
     const double loaded = now_ms();
     std::printf("cache-hit %s from_disk=%d read_ms=%.3f load_ms=%.3f total_ms=%.3f\n", spec.c_str(),
                 binary.from_disk ? 1 : 0, read - start, loaded - read, loaded - start);
@@ -107,7 +107,7 @@ int main(int argc, char** argv) try {
                                     reinterpret_cast<void*>(y), nullptr, reinterpret_cast<const int*>(m), nullptr,
                                     nullptr, total_rows, nullptr};  // a plain forward claims no tiles
         HopperTensorMaps maps;
-        if (config.hopper()) maps = hopper_tensor_maps(gemm.problem(), config, x, w, total_rows);
+        if (config.hopper()) maps = hopper_tensor_maps(gemm.problem(), config, x, w, y, total_rows);
         void* arguments[] = {&packed, &maps.a, &maps.b};
         const double raw_us = per_call_us([&] { kernel->launch(132, nullptr, arguments); });
         std::printf("\nhost cost of a cached forward call (median of 20 batches of 200): %.2f us "

@@ -26,13 +26,6 @@ struct Config {
     bool hopper() const { return path == KernelPath::hopper; }
     // Hopper: one producer warpgroup plus one consumer warpgroup per 64 tile rows.
     int threads() const { return hopper() ? 128 * (1 + tile_m / 64) : warps_m * warps_n * 32; }
-    // Portable: the ring of A and B slices. Hopper: the ring, the epilogue's staging rows of each
-    // consumer warpgroup (epilogue/sm90_staged_rows.cuh: 64 rows of 128 + 16 bytes, so 144 bytes a
-    // tile row) and 1 KB to align the ring to the 1024-byte swizzle period.
-    size_t shared_bytes() const {
-        const size_t ring = size_t(stages) * (tile_m + tile_n) * tile_k * 2;
-        return hopper() ? ring + size_t(tile_m) * 144 + 1024 : ring;
-    }
     std::string to_string() const;  // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2" (hopper)
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
@@ -48,6 +41,11 @@ bool claims_tiles(const Problem& problem, const Config& config);
 
 // Dynamic shared memory one block may opt into on each supported arch.
 size_t max_shared_bytes(const Arch& arch);
+
+// The dynamic shared memory the kernel of `problem` with `config` launches with. Portable: the
+// ring of A and B slices. Hopper: the ring, the epilogue's staging of each consumer warpgroup
+// and 1 KB to align the ring to the 1024-byte swizzle period.
+size_t dynamic_shared_bytes(const Problem& problem, const Config& config);
 
 // Kernels that are not GEMMs: 256 threads, no shared tiles, a grid-stride loop over their elements.
 inline bool is_elementwise(Op op) { return op == Op::combine || op == Op::gated_backward || op == Op::check_routing ||

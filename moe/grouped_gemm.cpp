@@ -56,16 +56,17 @@ struct GroupedGemm::Pass {
         // captured graph's rebuild) pass the same buffers every time, and encoding two maps costs
         // more than the rest of the host path.
         std::mutex maps_mutex;
-        CUdeviceptr maps_a = 0, maps_b = 0;
+        CUdeviceptr maps_a = 0, maps_b = 0, maps_c = 0;
         int64_t maps_rows = -1;
         HopperTensorMaps maps;
 
-        HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, int64_t rows) {
+        HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c, int64_t rows) {
             std::lock_guard<std::mutex> lock(maps_mutex);
-            if (a != maps_a || b != maps_b || rows != maps_rows) {
-                maps = hopper_tensor_maps(problem, config, a, b, rows);
+            if (a != maps_a || b != maps_b || c != maps_c || rows != maps_rows) {
+                maps = hopper_tensor_maps(problem, config, a, b, c, rows);
                 maps_a = a;
                 maps_b = b;
+                maps_c = c;
                 maps_rows = rows;
             }
             return maps;
@@ -221,8 +222,8 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         check_cuda(driver().cuMemsetD32Async(counter, 0, 1, stream), "cuMemsetD32Async (tile counter)");
         arguments.tile_counter = reinterpret_cast<int*>(counter);
     }
-    const HopperTensorMaps maps = variant.tensor_maps(problem, a, b, routing.rows);
-    void* parameters[] = {&arguments, const_cast<CUtensorMap*>(&maps.a), const_cast<CUtensorMap*>(&maps.b)};
+    HopperTensorMaps maps = variant.tensor_maps(problem, a, b, c, routing.rows);
+    void* parameters[] = {&arguments, &maps.a, &maps.b, &maps.c};  // the row-grouped kernels take two maps
     kernel.launch(grid, stream, parameters);
 }
 

@@ -19,7 +19,7 @@ std::shared_ptr<const Kernel> Runtime::kernel(const Problem& problem, const Conf
     return loaded_.get_or_make(key, [&] {
         const Binary binary = compiler_.get(problem, config);
         auto module = std::make_shared<const Module>(binary.cubin);
-        return std::make_shared<const Kernel>(module, binary.kernel_name, config.threads(), config.shared_bytes(),
+        return std::make_shared<const Kernel>(module, binary.kernel_name, config.threads(), dynamic_shared_bytes(problem, config),
                                            config.cluster);
     });
 }

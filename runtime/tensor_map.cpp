@@ -10,14 +10,17 @@ namespace moejit {
 
 namespace {
 
-CUtensorMap encode(DType dtype, CUdeviceptr base, cuuint32_t rank, const cuuint64_t* dims, const cuuint64_t* strides,
-                   const cuuint32_t* box) {
+CUtensorMapDataType map_type(DType dtype) {
+    return dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+}
+
+CUtensorMap encode(CUtensorMapDataType type, CUdeviceptr base, cuuint32_t rank, const cuuint64_t* dims,
+                   const cuuint64_t* strides, const cuuint32_t* box) {
     if (base % 16 != 0) throw Error("TMA needs 16-byte aligned tensors (got address " + std::to_string(base) + ")");
     CUtensorMap map;
     const cuuint32_t element_strides[3] = {1, 1, 1};
     check_cuda(driver().cuTensorMapEncodeTiled(
-                   &map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, rank,
-                   reinterpret_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                   &map, type, rank, reinterpret_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
                "cuTensorMapEncodeTiled");
     return map;
@@ -30,18 +33,27 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
     const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(std::max<int64_t>(rows, 1))};
     const cuuint64_t strides[1] = {cuuint64_t(cols) * 2};
     const cuuint32_t box[2] = {64, cuuint32_t(box_rows)};
-    return encode(dtype, base, 2, dims, strides, box);
+    return encode(map_type(dtype), base, 2, dims, strides, box);
 }
 
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows) {
     const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(rows), cuuint64_t(count)};
     const cuuint64_t strides[2] = {cuuint64_t(cols) * 2, cuuint64_t(cols) * rows * 2};
     const cuuint32_t box[3] = {64, cuuint32_t(box_rows), 1};
-    return encode(dtype, base, 3, dims, strides, box);
+    return encode(map_type(dtype), base, 3, dims, strides, box);
+}
+
+CUtensorMap weight_gradient_tensor_map(DType dtype, bool fp32, CUdeviceptr base, int64_t cols, int64_t rows,
+                                       int64_t count) {
+    const cuuint64_t element_bytes = fp32 ? 4 : 2;
+    const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(rows), cuuint64_t(count)};
+    const cuuint64_t strides[2] = {cuuint64_t(cols) * element_bytes, cuuint64_t(cols) * rows * element_bytes};
+    const cuuint32_t box[3] = {cuuint32_t(128 / element_bytes), 64, 1};
+    return encode(fp32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : map_type(dtype), base, 3, dims, strides, box);
 }
 
 HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUdeviceptr a, CUdeviceptr b,
-                                    int64_t rows) {
+                                    CUdeviceptr c, int64_t rows) {
     HopperTensorMaps maps;
     switch (p.op) {
         case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
@@ -54,9 +66,10 @@ HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUde
             if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.tile_m);
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
             break;
-        default:  // dW: A = dY [M, N], B = X [M, K], both as [64 rows][64 columns] boxes
+        default:  // dW: A = dY [M, N], B = X [M, K], both as [64 rows][64 columns] boxes; C = dW [E][N][K]
             if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, 64);
             if (!p.permute_x) maps.b = matrix_tensor_map(p.dtype, b, p.k, rows, 64);
+            maps.c = weight_gradient_tensor_map(p.dtype, p.out_fp32, c, p.k, p.n, p.experts);
             break;
     }
     return maps;

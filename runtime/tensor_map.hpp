@@ -19,14 +19,21 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
 // past `rows` are zeros instead of the next matrix.
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows);
 
-// The two operand maps of a Hopper grouped-GEMM kernel (templates/kernels/sm90_*.cuh) for a call
-// with A at `a`, B at `b` and `rows` routed rows. Operands the kernel gathers row by row with
-// cp.async get no map (an all-zero one that is never read).
+// The dW output [count][rows][cols] (bf16, fp16, or fp32 where `fp32`) as the dW epilogue stores
+// it (epilogue/sm90_box_store.cuh): [64 rows][128 bytes] boxes; writes past `rows` or `cols` are dropped.
+CUtensorMap weight_gradient_tensor_map(DType dtype, bool fp32, CUdeviceptr base, int64_t cols, int64_t rows,
+                                       int64_t count);
+
+// The tensor maps of a Hopper grouped-GEMM kernel (templates/kernels/sm90_*.cuh) for a call with A
+// at `a`, B at `b`, the output at `c` and `rows` routed rows: the two operands, and for dW the
+// output. Operands the kernel gathers row by row with cp.async, and the row-grouped passes'
+// output, get no map (an all-zero one that is never read).
 struct HopperTensorMaps {
     CUtensorMap a{};
     CUtensorMap b{};
+    CUtensorMap c{};
 };
 HopperTensorMaps hopper_tensor_maps(const Problem& problem, const Config& config, CUdeviceptr a, CUdeviceptr b,
-                                    int64_t rows);
+                                    CUdeviceptr c, int64_t rows);
 
 }  // namespace moejit

@@ -76,3 +76,17 @@ TEST_CASE("every Hopper candidate passes check_config; pairs only for the row-gr
         CHECK(paired == (problem.op != Op::dw));
     }
 }
+
+TEST_CASE("dW's 128x256 heuristic keeps four stages, staging two boxes a warpgroup where they fit", "[cpu]") {
+    constexpr size_t kRing = 4 * (128 + 256) * 64 * 2, kBox = 8192;
+    // 128 experts: two boxes for each of the two consumer warpgroups.
+    const Problem qwen3 = parse_spec("dw:bf16:n1536:k2048:e128:topk8:sm_90a");
+    CHECK(choose_config(qwen3).to_string() == "h:m128n256s4");
+    CHECK(dynamic_shared_bytes(qwen3, choose_config(qwen3)) == kRing + 2 * 2 * kBox + 1024);
+    // 256 experts' prefix sums leave room for one box each, not for a second beside four stages.
+    const Problem deepseek = parse_spec("dw:bf16:n4096:k7168:e256:topk8:sm_90a");
+    CHECK(choose_config(deepseek).to_string() == "h:m128n256s4");
+    CHECK(dynamic_shared_bytes(deepseek, choose_config(deepseek)) == kRing + 2 * kBox + 1024);
+    CHECK(dynamic_shared_bytes(deepseek, Config::parse("h:m128n256s3")) == kRing * 3 / 4 + 2 * 2 * kBox + 1024);
+    CHECK_NOTHROW(check_config(deepseek, choose_config(deepseek)));
+}

@@ -91,12 +91,18 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                     require_no_spills(output.log);
                     if (!gemm) continue;
                     if (config.hopper()) {
-                        // wgmma on TMA-loaded tiles; the epilogue's 16-byte row stores from staging.
+                        // wgmma on TMA-loaded tiles. The epilogue: dW stores boxes by TMA, the
+                        // row-grouped passes 16-byte row stores from staging (rows may scatter).
                         CHECK(output.ptx.find(dtype == DType::bf16 ? "wgmma.mma_async.sync.aligned.m64n" : "f32.f16.f16") !=
                               std::string::npos);
-                        CHECK(output.ptx.find("st.global.v4.b32") != std::string::npos);
+                        const bool dw = problem.op == Op::dw;
+                        CHECK((output.ptx.find("st.global.v4.b32") != std::string::npos) == !dw);
+                        CHECK((output.ptx.find("cp.async.bulk.tensor.3d.global.shared::cta") != std::string::npos) == dw);
+                        CHECK((output.ptx.find("stmatrix.sync.aligned") != std::string::npos) == (dw && !problem.out_fp32));
                         const bool any_tma = !(problem.op == Op::dw && problem.permute_x && problem.permute_y);
-                        CHECK((output.ptx.find("cp.async.bulk.tensor") != std::string::npos) == any_tma);
+                        CHECK((output.ptx.find("cp.async.bulk.tensor.2d.shared::cluster.global") != std::string::npos ||
+                               output.ptx.find("cp.async.bulk.tensor.3d.shared::cluster.global") != std::string::npos) ==
+                              any_tma);
                         CHECK(output.ptx.find("setmaxnreg.inc.sync.aligned.u32") != std::string::npos);
                         CHECK(output.log.find("C7508") == std::string::npos);  // setmaxnreg honoured
                         // CTA pairs load shared weight tiles once, multicast to both.
@@ -129,7 +135,7 @@ TEST_CASE("the heuristic's choice compiles for every supported arch and odd shap
             problem.arch = Arch::parse(arch);
             const Config config = choose_config(problem);
             INFO(to_spec(problem) << " " << config.to_string());
-            CHECK(config.shared_bytes() <= max_shared_bytes(problem.arch));
+            CHECK(dynamic_shared_bytes(problem, config) <= max_shared_bytes(problem.arch));
             const NvrtcOutput output = nvrtc_compile(emit_source(problem, config), nvrtc_options(problem.arch));
             CHECK(!output.cubin.empty());
             require_no_spills(output.log);

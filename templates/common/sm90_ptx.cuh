@@ -85,6 +85,33 @@ __device__ __forceinline__ void tma_load_3d_multicast(uint32 destination, const 
         : "memory");
 }
 
+// Box at (c0 innermost, c1, c2) <- shared `source`, in this thread's current bulk group. Elements
+// past the map's bounds are not written, which clips a tile at the matrix's last row and column.
+__device__ __forceinline__ void tma_store_3d(const TensorMap& map, uint32 source, int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+                     reinterpret_cast<uint64>(&map)),
+                 "r"(source), "r"(c0), "r"(c1), "r"(c2)
+                 : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+
+// Until at most `Pending` of this thread's bulk groups have not finished reading shared memory.
+template <int Pending>
+__device__ __forceinline__ void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(Pending) : "memory");
+}
+// Until every bulk group of this thread has completed, its writes included.
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+// Four 8x8 b16 matrices from the registers of a warp; lanes 8j..8j+7 give the row addresses of matrix j,
+// and each lane holds two columns of one row of each: the layout of an mma / wgmma accumulator fragment.
+__device__ __forceinline__ void stmatrix_x4(uint32 address, uint32 r0, uint32 r1, uint32 r2, uint32 r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r0),
+                 "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+
 // --- clusters -----------------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32 cluster_rank() {

@@ -10,7 +10,7 @@
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
 #include "common/arguments.cuh"
-#include "epilogue/sm90_staged_rows.cuh"
+#include "epilogue/sm90_box_store.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
@@ -30,7 +30,15 @@ struct Sm90WeightGradConfig {
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;
     static constexpr int StageBytes = BytesA + BytesB;
     static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
-    static constexpr int SharedBytes = Stages * StageBytes + Consumers * sm90::kStagingBytes + 1024;
+    using Out = typename conditional_type<OutFp32, float, Element>::type;
+    // The epilogue's staging per consumer warpgroup: two boxes where they fit beside the ring and
+    // the static shared memory (the scheduler's prefix sums and a 320-byte allowance), else one,
+    // rather than a shallower ring. The host mirrors this (dw_staging_boxes in codegen/config.cpp).
+    static constexpr int StagingBoxes =
+        Stages * StageBytes + Consumers * 2 * sm90::kBoxStoreBytes + 1024 + (Experts + 1) * 8 + 320 <= 227 * 1024 ? 2 : 1;
+    static constexpr int StagingBytes = StagingBoxes * sm90::kBoxStoreBytes;
+    static constexpr int BoxesPerRow = TileN * sizeof(Out) / sm90::kBoxStoreRowBytes;
+    using Store = sm90::BoxStore<Out, TileN, (BoxesPerRow < StagingBoxes ? BoxesPerRow : StagingBoxes)>;
     static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
 
     static constexpr int ProducerRegisters = 56;
@@ -46,11 +54,11 @@ struct Sm90WeightGradConfig {
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads, 1)
     sm90_grouped_gemm_dw(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_dy,
-                         const __grid_constant__ sm90::TensorMap map_x) {
+                         const __grid_constant__ sm90::TensorMap map_x,
+                         const __grid_constant__ sm90::TensorMap map_dw) {
     using Element = typename Cfg::Element;
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;  // row offsets only
     constexpr int Flags = Cfg::Flags;
-    constexpr bool OutFp32 = Cfg::OutFp32;
     constexpr int TotalTiles = Cfg::Experts * Cfg::TilesPerExpert;
 
     __shared__ typename Scheduler::Shared scheduler_storage;
@@ -64,6 +72,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         barriers.init(1 + sm90::kGatherArrivals, Cfg::Consumers);
         if (!(Flags & kPermuteY)) sm90::prefetch_tensor_map(map_dy);
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
+        sm90::prefetch_tensor_map(map_dw);
     }
     const Scheduler scheduler(scheduler_storage, args.m_sizes);
 
@@ -148,10 +157,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
 
     sm90::claim_registers<Cfg::ConsumerRegisters>();
     const int consumer = warpgroup - 1;  // owns dW rows n0 + [64 * consumer, 64 * consumer + 64)
-    const int lane = threadIdx.x % 32;
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
     sm90::SlotReleaser<Cfg::Stages> release;
+    const typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
+                                    1 + consumer};
     for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
         int expert, n0, k0;
         tile_origin(tile_index, expert, n0, k0);
@@ -169,38 +179,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         }
         release.drain(accumulators, barriers, thread == 0);
 
-        // Epilogue, 128 bytes of each dW row (64 bf16 or 32 fp32 columns) at a time, through this
-        // warpgroup's staging rows to dW[expert][n][k0 + ...].
-        using Out = typename conditional_type<OutFp32, float, Element>::type;
-        constexpr int ChunkCols = sm90::kStagingRowBytes / sizeof(Out);
-        Out* dw = static_cast<Out*>(args.c) + static_cast<int64>(expert) * Cfg::N * Cfg::K;
-        unsigned char* destination[sm90::kCopiesPerThread];
-#pragma unroll
-        for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
-            const int n = n0 + consumer * 64 + sm90::StagedRows::copy_row(thread, i);
-            destination[i] = n < Cfg::N ? reinterpret_cast<unsigned char*>(dw + static_cast<int64>(n) * Cfg::K + k0) : nullptr;
-        }
-        const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
-#pragma unroll
-        for (int chunk = 0; chunk < Cfg::TileN / ChunkCols; ++chunk) {
-            if (k0 + chunk * ChunkCols >= Cfg::K) break;  // the same for the whole warpgroup
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int staging_row = sm90::StagedRows::fragment_row(thread, half);
-#pragma unroll
-                for (int b = 0; b < ChunkCols / 8; ++b) {
-                    const float* v = &accumulators[(chunk * ChunkCols / 8 + b) * 4 + half * 2];
-                    if constexpr (OutFp32) {
-                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8, __float_as_uint(v[0]));
-                        staging.store_32(staging_row, b * 32 + (lane % 4) * 8 + 4, __float_as_uint(v[1]));
-                    } else {
-                        staging.store_32(staging_row, b * 16 + (lane % 4) * 4, pack2<Element>(v[0], v[1]));
-                    }
-                }
-            }
-            staging.copy_out(1 + consumer, destination, chunk, thread, (Cfg::K - k0) * static_cast<int>(sizeof(Out)));
-        }
+        // dW[expert][n0 + 64 * consumer + row][k0 + column]; TMA clips rows past N and columns past K.
+        store.store(accumulators, map_dw, k0, n0 + consumer * 64, expert, Cfg::K, thread);
     }
+    store.finish(thread);
 }
 
 }  // namespace moejit

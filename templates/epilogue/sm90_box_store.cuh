@@ -1,0 +1,94 @@
+#pragma once
+// The dW epilogue on sm_90a: a consumer warpgroup writes its 64 accumulator rows as 128-byte-
+// swizzled [64 rows][128 bytes] boxes into shared memory (stmatrix for 16-bit output, eight bytes a
+// store for fp32), and one thread hands each box to TMA, which writes it to global memory and clips
+// the rows and columns past the expert's matrix. Nobody waits for global memory: the only wait is
+// the issuing thread's, before a box buffer is rewritten, until TMA has finished reading it. That
+// keeps the epilogue short, which matters in dW, where a tile holds as few as four slices of work.
+#include "common/sm90_ptx.cuh"
+#include "mma/sm90_pipeline.cuh"
+
+namespace moejit::sm90 {
+
+constexpr int kBoxStoreRows = 64;      // one consumer warpgroup's rows
+constexpr int kBoxStoreRowBytes = 128;  // one swizzle period
+constexpr int kBoxStoreBytes = kBoxStoreRows * kBoxStoreRowBytes;
+
+// Out: the stored type (16-bit or float). TileN accumulator columns per row, `Buffers` boxes of
+// shared memory (1024-byte aligned) at `base`: the tile goes out Buffers boxes at a time.
+template <class Out, int TileN, int Buffers>
+struct BoxStore {
+    static constexpr int BoxCols = kBoxStoreRowBytes / sizeof(Out);
+    static constexpr int Boxes = TileN / BoxCols;
+    static_assert(Boxes % Buffers == 0, "whole batches of boxes");
+
+    uint32 base;
+    int barrier_id;  // named barrier of this warpgroup
+
+    // Accumulator columns [0, TileN) of this warpgroup's rows go to map coordinates (col0 + column,
+    // row0 + row, matrix); boxes starting at or past `cols` are skipped (the same for every thread).
+    template <int Registers>
+    __device__ __forceinline__ void store(const float (&accumulators)[Registers], const TensorMap& map, int col0,
+                                          int row0, int matrix, int cols, int thread) const {
+        static_assert(Registers == TileN / 2, "m64 x TileN fp32 fragment");
+#pragma unroll
+        for (int first = 0; first < Boxes; first += Buffers) {
+            if (col0 + first * BoxCols >= cols) break;
+            if (thread == 0) bulk_wait_read<0>();  // the previous batch has left the buffers
+            named_barrier(barrier_id, kWarpgroupThreads);
+#pragma unroll
+            for (int b = 0; b < Buffers; ++b) write_box(accumulators, first + b, base + b * kBoxStoreBytes, thread);
+            fence_proxy_async();  // the generic-proxy writes, before TMA reads them
+            named_barrier(barrier_id, kWarpgroupThreads);
+            if (thread == 0) {
+#pragma unroll
+                for (int b = 0; b < Buffers; ++b)
+                    if (col0 + (first + b) * BoxCols < cols)
+                        tma_store_3d(map, base + b * kBoxStoreBytes, col0 + (first + b) * BoxCols, row0, matrix);
+                bulk_commit();
+            }
+        }
+    }
+
+    // Before the block exits: the last stores of the issuing thread have completed.
+    __device__ __forceinline__ void finish(int thread) const {
+        if (thread == 0) bulk_wait_all();
+    }
+
+  private:
+    // Accumulator columns [box * BoxCols, box * BoxCols + BoxCols) into the box at `address`. The
+    // fragment of thread t holds rows 16 * warp + t / 4 (+ 8) and columns 8g + 2(t % 4) (+ 1) of
+    // each 8-column group g, as registers 4g .. 4g + 3.
+    template <int Registers>
+    __device__ __forceinline__ static void write_box(const float (&accumulators)[Registers], int box, uint32 address,
+                                                     int thread) {
+        const int warp = thread / 32, lane = thread % 32;
+        if constexpr (sizeof(Out) == 2) {
+            // stmatrix x4 over two column groups: matrices (rows 0-7 | 8-15) x (group g | g + 1).
+            const int matrix = lane / 8;
+            const int row = warp * 16 + (matrix % 2) * 8 + lane % 8;
+#pragma unroll
+            for (int pair = 0; pair < BoxCols / 16; ++pair) {
+                const float* v = &accumulators[(box * BoxCols / 8 + pair * 2) * 4];
+                stmatrix_x4(address + swizzled_offset(row, pair * 2 + matrix / 2), pack2<Out>(v[0], v[1]),
+                            pack2<Out>(v[2], v[3]), pack2<Out>(v[4], v[5]), pack2<Out>(v[6], v[7]));
+            }
+        } else {
+#pragma unroll
+            for (int group = 0; group < BoxCols / 8; ++group) {
+                const float* v = &accumulators[(box * BoxCols / 8 + group) * 4];
+                const int byte = group * 32 + (lane % 4) * 8;  // within the 128-byte row
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int row = warp * 16 + half * 8 + lane / 4;
+                    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(address + swizzled_offset(row, byte / 16) +
+                                                                          byte % 16),
+                                 "r"(__float_as_uint(v[half * 2])), "r"(__float_as_uint(v[half * 2 + 1]))
+                                 : "memory");
+                }
+            }
+        }
+    }
+};
+
+}  // namespace moejit::sm90
