@@ -89,15 +89,6 @@ size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.exper
 
 size_t ring_bytes(const Config& config) { return size_t(config.stages) * (config.tile_m + config.tile_n) * Config::tile_k * 2; }
 
-// dW's staging boxes (epilogue/sm90_box_store.cuh: 8 KB each) per consumer warpgroup: two where
-// they fit beside the ring, else one, rather than a shallower ring (deepseek-v3's 256 experts take
-// the room for the second box at four stages). Mirrors StagingBoxes in kernels/sm90_grouped_gemm_dw.cuh.
-constexpr size_t kBoxBytes = 8192;
-constexpr size_t kSm90SharedBytes = 227 * 1024;
-size_t dw_staging_boxes(const Problem& problem, const Config& config) {
-    const size_t two = ring_bytes(config) + size_t(config.tile_m / 64) * 2 * kBoxBytes + 1024 + hopper_static_bytes(problem);
-    return two <= kSm90SharedBytes ? 2 : 1;
-}
 
 size_t block_shared_bytes(const Problem& problem, const Config& config) {
     return dynamic_shared_bytes(problem, config) + (config.hopper() ? hopper_static_bytes(problem) : 0);
@@ -109,7 +100,7 @@ int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most) {
     // A ring with no stages: the smallest output staging, the alignment slack and the static part.
     Config empty = hopper_config(tile_m, tile_n, 0);
     size_t room = max_shared_bytes(problem.arch) - block_shared_bytes(problem, empty);
-    if (problem.op == Op::dw) room += size_t(tile_m / 64) * (dw_staging_boxes(problem, empty) - 1) * kBoxBytes;
+    if (problem.op == Op::dw) room += size_t(tile_m / 64) * (dw_staging_boxes(problem, empty) - 1) * kStagingBoxBytes;
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
 }
 
@@ -152,11 +143,18 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
 
 }  // namespace
 
+int dw_staging_boxes(const Problem& problem, const Config& config) {
+    const size_t two = ring_bytes(config) + size_t(config.tile_m / 64) * 2 * kStagingBoxBytes + 1024 +
+                       hopper_static_bytes(problem);
+    return two <= max_shared_bytes(problem.arch) ? 2 : 1;
+}
+
 size_t dynamic_shared_bytes(const Problem& problem, const Config& config) {
     if (!config.hopper()) return ring_bytes(config);
     // The row-grouped passes stage 64 rows of 128 + 16 bytes per consumer (epilogue/sm90_staged_rows.cuh).
-    const size_t staging = problem.op == Op::dw ? size_t(config.tile_m / 64) * dw_staging_boxes(problem, config) * kBoxBytes
-                                                : size_t(config.tile_m) * 144;
+    const size_t staging = problem.op == Op::dw
+                               ? size_t(config.tile_m / 64) * dw_staging_boxes(problem, config) * kStagingBoxBytes
+                               : size_t(config.tile_m) * 144;
     return ring_bytes(config) + staging + 1024;
 }
 

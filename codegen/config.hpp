@@ -42,6 +42,12 @@ bool claims_tiles(const Problem& problem, const Config& config);
 // Dynamic shared memory one block may opt into on each supported arch.
 size_t max_shared_bytes(const Arch& arch);
 
+// dW on Hopper: the epilogue's staging boxes (epilogue/sm90_box_store.cuh, 8 KB each) per consumer
+// warpgroup, passed to the template: two where they fit beside the ring, else one, rather than a
+// shallower ring (deepseek-v3's 256 experts leave room for one beside four 128x256 stages).
+constexpr size_t kStagingBoxBytes = 8192;
+int dw_staging_boxes(const Problem& problem, const Config& config);
+
 // The dynamic shared memory the kernel of `problem` with `config` launches with. Portable: the
 // ring of A and B slices. Hopper: the ring, the epilogue's staging of each consumer warpgroup
 // and 1 KB to align the ring to the 1024-byte swizzle period.

@@ -53,14 +53,15 @@ struct GroupedGemm::Pass {
         std::shared_ptr<const Kernel> kernel;
 
         // Hopper only: the tensor maps of the last call. Steady-state callers (a training loop, a
-        // captured graph's rebuild) pass the same buffers every time, and encoding two maps costs
-        // more than the rest of the host path.
+        // captured graph's rebuild) pass the same buffers every time, and encoding the maps costs
+        // more than the rest of the host path. Only dW has a map over its output.
         std::mutex maps_mutex;
         CUdeviceptr maps_a = 0, maps_b = 0, maps_c = 0;
         int64_t maps_rows = -1;
         HopperTensorMaps maps;
 
         HopperTensorMaps tensor_maps(const Problem& problem, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c, int64_t rows) {
+            if (problem.op != Op::dw) c = 0;
             std::lock_guard<std::mutex> lock(maps_mutex);
             if (a != maps_a || b != maps_b || c != maps_c || rows != maps_rows) {
                 maps = hopper_tensor_maps(problem, config, a, b, c, rows);

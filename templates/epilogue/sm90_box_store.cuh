@@ -2,9 +2,10 @@
 // The dW epilogue on sm_90a: a consumer warpgroup writes its 64 accumulator rows as 128-byte-
 // swizzled [64 rows][128 bytes] boxes into shared memory (stmatrix for 16-bit output, eight bytes a
 // store for fp32), and one thread hands each box to TMA, which writes it to global memory and clips
-// the rows and columns past the expert's matrix. Nobody waits for global memory: the only wait is
-// the issuing thread's, before a box buffer is rewritten, until TMA has finished reading it. That
-// keeps the epilogue short, which matters in dW, where a tile holds as few as four slices of work.
+// the rows and columns past the expert's matrix. No thread waits for global memory during the
+// tiles: the issuing thread waits, before a box buffer is rewritten, only until TMA has read it
+// (and for the stores to complete once, before the block exits). That keeps the epilogue short,
+// which matters in dW, where a tile holds as few as four slices of work.
 #include "common/sm90_ptx.cuh"
 #include "mma/sm90_pipeline.cuh"
 
@@ -57,8 +58,8 @@ struct BoxStore {
 
   private:
     // Accumulator columns [box * BoxCols, box * BoxCols + BoxCols) into the box at `address`. The
-    // fragment of thread t holds rows 16 * warp + t / 4 (+ 8) and columns 8g + 2(t % 4) (+ 1) of
-    // each 8-column group g, as registers 4g .. 4g + 3.
+    // fragment of the thread with lane l in warp w of the warpgroup holds rows 16w + l / 4 (+ 8) and
+    // columns 8g + 2(l % 4) (+ 1) of each 8-column group g, as registers 4g .. 4g + 3.
     template <int Registers>
     __device__ __forceinline__ static void write_box(const float (&accumulators)[Registers], int box, uint32 address,
                                                      int thread) {

@@ -1,6 +1,6 @@
 #pragma once
-// The sm_90a epilogue's staging: a consumer warpgroup turns its accumulator fragments into rows of
-// global memory 128 bytes of each row (64 bf16 or 32 fp32 columns) at a time. The fragments go to
+// The sm_90a forward and dX epilogue's staging: a consumer warpgroup turns its accumulator
+// fragments into rows of global memory 128 bytes (64 16-bit columns) of each row at a time. The fragments go to
 // this warpgroup's 64 staging rows, a named barrier, then every thread copies four 16-byte pieces
 // to their global rows (which may scatter) with ordinary vector stores, and a second barrier frees
 // the rows for the next chunk. One small buffer per warpgroup (9 KB) instead of a whole tile's rows

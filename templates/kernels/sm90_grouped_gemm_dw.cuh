@@ -16,7 +16,8 @@
 
 namespace moejit {
 
-template <class Element_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_, int TileN_, int Stages_>
+template <class Element_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_, int TileN_, int Stages_,
+          int StagingBoxes_>
 struct Sm90WeightGradConfig {
     using Element = Element_;
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
@@ -31,12 +32,15 @@ struct Sm90WeightGradConfig {
     static constexpr int StageBytes = BytesA + BytesB;
     static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
     using Out = typename conditional_type<OutFp32, float, Element>::type;
-    // The epilogue's staging per consumer warpgroup: two boxes where they fit beside the ring and
-    // the static shared memory (the scheduler's prefix sums and a 320-byte allowance), else one,
-    // rather than a shallower ring. The host mirrors this (dw_staging_boxes in codegen/config.cpp).
-    static constexpr int StagingBoxes =
-        Stages * StageBytes + Consumers * 2 * sm90::kBoxStoreBytes + 1024 + (Experts + 1) * 8 + 320 <= 227 * 1024 ? 2 : 1;
+    // The epilogue's staging boxes per consumer warpgroup, as the host chose them (two where they
+    // fit beside the ring, else one) and launches with: codegen/config.cpp, dw_staging_boxes.
+    static constexpr int StagingBoxes = StagingBoxes_;
     static constexpr int StagingBytes = StagingBoxes * sm90::kBoxStoreBytes;
+    // The ring, the staging, the alignment slack and the static shared memory (the scheduler's
+    // prefix sums and the barriers, within 320 bytes) fit in sm_90's 227 KB.
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;
+    static_assert(StagingBoxes == 1 || StagingBoxes == 2, "");
+    static_assert(SharedBytes + (Experts + 1) * 8 + 320 <= 227 * 1024, "shared memory");
     static constexpr int BoxesPerRow = TileN * sizeof(Out) / sm90::kBoxStoreRowBytes;
     using Store = sm90::BoxStore<Out, TileN, (BoxesPerRow < StagingBoxes ? BoxesPerRow : StagingBoxes)>;
     static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
