@@ -89,16 +89,15 @@ size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.exper
 
 size_t ring_bytes(const Config& config) { return size_t(config.stages) * (config.tile_m + config.tile_n) * Config::tile_k * 2; }
 
-
 size_t block_shared_bytes(const Problem& problem, const Config& config) {
     return dynamic_shared_bytes(problem, config) + (config.hopper() ? hopper_static_bytes(problem) : 0);
 }
 
 // As many stages as fit next to the static shared memory.
 int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most) {
-    const size_t stage_bytes = size_t(tile_m + tile_n) * Config::tile_k * 2;
+    const size_t stage_bytes = ring_bytes(hopper_config(tile_m, tile_n, 1));
     // A ring with no stages: the smallest output staging, the alignment slack and the static part.
-    Config empty = hopper_config(tile_m, tile_n, 0);
+    const Config empty = hopper_config(tile_m, tile_n, 0);
     size_t room = max_shared_bytes(problem.arch) - block_shared_bytes(problem, empty);
     if (problem.op == Op::dw) room += size_t(tile_m / 64) * (dw_staging_boxes(problem, empty) - 1) * kStagingBoxBytes;
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));

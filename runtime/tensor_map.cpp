@@ -26,6 +26,16 @@ CUtensorMap encode(CUtensorMapDataType type, CUdeviceptr base, cuuint32_t rank, 
     return map;
 }
 
+// `count` stacked [rows][cols] matrices of `element_bytes` elements in 128-byte-wide boxes of
+// `box_rows` rows: a 3-D map, so that nothing past `rows` belongs to the next matrix.
+CUtensorMap stacked(CUtensorMapDataType type, cuuint64_t element_bytes, CUdeviceptr base, int64_t cols, int64_t rows,
+                    int64_t count, int box_rows) {
+    const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(rows), cuuint64_t(count)};
+    const cuuint64_t strides[2] = {cuuint64_t(cols) * element_bytes, cuuint64_t(cols) * rows * element_bytes};
+    const cuuint32_t box[3] = {cuuint32_t(128 / element_bytes), cuuint32_t(box_rows), 1};
+    return encode(type, base, 3, dims, strides, box);
+}
+
 }  // namespace
 
 CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int box_rows) {
@@ -37,19 +47,13 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
 }
 
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows) {
-    const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(rows), cuuint64_t(count)};
-    const cuuint64_t strides[2] = {cuuint64_t(cols) * 2, cuuint64_t(cols) * rows * 2};
-    const cuuint32_t box[3] = {64, cuuint32_t(box_rows), 1};
-    return encode(map_type(dtype), base, 3, dims, strides, box);
+    return stacked(map_type(dtype), 2, base, cols, rows, count, box_rows);
 }
 
 CUtensorMap weight_gradient_tensor_map(DType dtype, bool fp32, CUdeviceptr base, int64_t cols, int64_t rows,
                                        int64_t count) {
-    const cuuint64_t element_bytes = fp32 ? 4 : 2;
-    const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(rows), cuuint64_t(count)};
-    const cuuint64_t strides[2] = {cuuint64_t(cols) * element_bytes, cuuint64_t(cols) * rows * element_bytes};
-    const cuuint32_t box[3] = {cuuint32_t(128 / element_bytes), 64, 1};
-    return encode(fp32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : map_type(dtype), base, 3, dims, strides, box);
+    return fp32 ? stacked(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, cols, rows, count, 64)
+                : stacked(map_type(dtype), 2, base, cols, rows, count, 64);
 }
 
 HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUdeviceptr a, CUdeviceptr b,
