@@ -66,7 +66,10 @@ void Problem::validate() const {
     auto fail = [&](const std::string& what) { throw Error("invalid problem " + to_spec(*this) + ": " + what); };
     if (n <= 0 || n % 8 != 0) fail("N must be a positive multiple of 8 (16-byte rows), got " + std::to_string(n));
     if (k <= 0 || k % 8 != 0) fail("K must be a positive multiple of 8 (16-byte rows), got " + std::to_string(k));
-    if (n > (int64_t{1} << 31) || k > (int64_t{1} << 31)) fail("N and K must each be below 2^31");
+    // The kernels take N and K as int template arguments and index with int within a row.
+    if (n > std::numeric_limits<int>::max() || k > std::numeric_limits<int>::max())
+        fail("N and K must each be below 2^31 (the kernels hold them in int), got N = " + std::to_string(n) +
+             ", K = " + std::to_string(k));
     if (experts < 1 || experts > 4096) fail("experts must be in 1..4096, got " + std::to_string(experts));
     if (topk < 1 || topk > experts) fail("topk must be in 1..experts, got " + std::to_string(topk));
     if (permute_x && permute_y)

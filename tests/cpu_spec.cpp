@@ -1,4 +1,5 @@
-// Kernel spec strings at the edges: numbers that do not fit their field, repeated and missing fields.
+// Kernel spec strings and Problem::validate at the edges: numbers that do not fit their field,
+// repeated and missing fields, and N or K too large for the kernels' int arithmetic.
 #include <moejit/error.hpp>
 #include <moejit/problem.hpp>
 
@@ -22,6 +23,15 @@ std::string spec_error(const std::string& spec) {
 
 // What a thrown message must say; Catch2 v2 and v3 spell their string matchers differently.
 bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+std::string validate_error(const Problem& problem) {
+    try {
+        problem.validate();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "";
+}
 
 }  // namespace
 
@@ -85,4 +95,22 @@ TEST_CASE("a spec without topk is rejected instead of meaning topk1", "[cpu][spe
         INFO(to_spec(problem));
         CHECK(parse_spec(to_spec(problem)) == problem);
     }
+}
+
+TEST_CASE("N and K must fit the kernels' int: 2^31 - 8 passes, 2^31 does not", "[cpu][spec]") {
+    Problem problem;
+    problem.n = 1536;
+    problem.k = 2048;
+    problem.experts = 8;
+    problem.topk = 2;
+    problem.n = int64_t{1} << 31;
+    CHECK(mentions(validate_error(problem), "N and K must each be below 2^31"));
+    CHECK(mentions(validate_error(problem), "N = 2147483648"));
+    problem.n = (int64_t{1} << 31) - 8;
+    CHECK_NOTHROW(problem.validate());
+    problem.k = int64_t{1} << 31;
+    CHECK(mentions(validate_error(problem), "K = 2147483648"));
+    CHECK(mentions(spec_error("fwd:bf16:n2147483648:k2048:e8:topk2:sm_90a"), "below 2^31"));
+    CHECK(mentions(spec_error("fwd:bf16:n2048:k2147483648:e8:topk2:sm_90a"), "below 2^31"));
+    CHECK(spec_error("fwd:bf16:n2147483640:k2147483640:e8:topk2:sm_90a").empty());
 }
