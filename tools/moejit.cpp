@@ -118,7 +118,8 @@ Kernel resolve_kernel(const Args& args) {
                     "or --model NAME --gemm gate_up|down");
     }
     const auto config = args.value("--config");
-    kernel.config = config ? Config::parse(*config) : choose_config(kernel.problem);
+    kernel.config =
+        config ? Config::parse(*config) : choose_config(kernel.problem, RowsBucket::large, preferred_path());
     check_config(kernel.problem, kernel.config);
     return kernel;
 }

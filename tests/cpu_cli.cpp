@@ -1,0 +1,44 @@
+// The `moejit` command line where it needs neither NVRTC nor a GPU: how it picks tilings, which
+// kernels it can show, how it parses options and how it reports failures.
+#include "tests/catch.hpp"
+#include "tests/support/process.hpp"
+
+#include <string>
+
+using namespace moejit::test;
+
+namespace {
+
+const char* const kHopperSpec = "fwd:bf16:n1536:k2048:e128:topk8:sm_90a";
+
+bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+// The first line of `moejit source`: "// moejit kernel SPEC with config CONFIG".
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+}  // namespace
+
+TEST_CASE("the CLI picks tilings on MOEJIT_KERNEL_PATH's path, as the library does", "[cpu][cli]") {
+    const ProcessResult automatic = run_cli({"source", kHopperSpec});
+    INFO(automatic.err);
+    REQUIRE(automatic.status == 0);
+    CHECK(mentions(first_line(automatic.out), "with config h:m128n256s4"));
+
+    const ProcessResult portable = run_cli({"source", kHopperSpec}, {{"MOEJIT_KERNEL_PATH", "portable"}});
+    INFO(portable.err);
+    REQUIRE(portable.status == 0);
+    CHECK(mentions(first_line(portable.out), "with config m128n128s3w2x2"));
+    CHECK(mentions(portable.out, "kernels/sm80_grouped_gemm.cuh"));
+
+    for (const std::vector<std::string>& command :
+         {std::vector<std::string>{"source", kHopperSpec}, {"precompile", "--model", "qwen3-30b-a3b"}}) {
+        ScratchDir cache;
+        const ProcessResult bogus =
+            run_cli(command, {{"MOEJIT_KERNEL_PATH", "bogus"}, {"MOEJIT_CACHE_DIR", cache.path}});
+        INFO(command[0] << ": " << bogus.err);
+        CHECK(bogus.status == 1);
+        CHECK(mentions(bogus.err, "moejit: MOEJIT_KERNEL_PATH must be auto or portable, got 'bogus'"));
+        CHECK(bogus.out.empty());
+        CHECK(std::filesystem::is_empty(cache.path));  // nothing compiled on a path nobody asked for
+    }
+}
