@@ -42,3 +42,33 @@ TEST_CASE("the CLI picks tilings on MOEJIT_KERNEL_PATH's path, as the library do
         CHECK(std::filesystem::is_empty(cache.path));  // nothing compiled on a path nobody asked for
     }
 }
+
+TEST_CASE("the CLI shows the elementwise kernels its parser names, and takes no --config for them", "[cpu][cli]") {
+    const std::pair<const char*, const char*> kernels[] = {
+        {"combine", "kernels/combine_topk.cuh"},
+        {"gated_backward", "kernels/gated_activation_backward.cuh"},
+        {"check_routing", "kernels/check_routing.cuh"},
+        {"combine_backward", "kernels/combine_backward.cuh"},
+        {"route_topk", "kernels/route_topk.cuh"},
+        {"router_backward", "kernels/router_backward.cuh"},
+        {"routing_histogram", "kernels/routing_histogram.cuh"},
+        {"routing_indices", "kernels/routing_indices.cuh"},
+        {"permute_rows", "kernels/permute_rows.cuh"},
+        {"unpermute_rows", "kernels/permute_rows.cuh"},
+    };
+    for (const auto& [op, header] : kernels) {
+        const std::string spec = std::string(op) + ":bf16:n2048:k2048:e8:topk8:sm_90a";
+        const ProcessResult source = run_cli({"source", spec});
+        INFO(spec << ": " << source.err);
+        CHECK(source.status == 0);
+        CHECK(mentions(first_line(source.out), "// moejit kernel " + spec));
+        CHECK(mentions(source.out, std::string("#include \"") + header + "\""));
+    }
+    const ProcessResult forced = run_cli({"source", "combine:bf16:n2048:k2048:e8:topk8:sm_90a", "--config",
+                                          "m128n128s3w2x4"});
+    INFO(forced.err);
+    CHECK(forced.status == 1);
+    CHECK(mentions(forced.err, "--config does not apply to combine:bf16:n2048:k2048:e8:topk8:sm_90a: combine is an "
+                               "elementwise kernel"));
+    CHECK(forced.out.empty());
+}

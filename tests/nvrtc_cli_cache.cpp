@@ -617,6 +617,15 @@ TEST_CASE("moejit precompile --tokens adds the tilings of decode-sized calls", "
     CHECK(run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "0"}, cache).status == 1);
 }
 
+TEST_CASE("moejit compile compiles an elementwise kernel, which has no tiling to report", "[cli]") {
+    TempDir tmp;
+    const Result compile = run_cli({"compile", "combine:bf16:n2048:k2048:e8:topk8:sm_90a"}, tmp / "cache");
+    REQUIRE(compile.status == 0);
+    CHECK(compile.out.find("spec       combine:bf16:n2048:k2048:e8:topk8:sm_90a") != std::string::npos);
+    CHECK(compile.out.find("config     none (elementwise)") != std::string::npos);
+    CHECK(std::regex_search(compile.out, std::regex(R"(registers\s+\d+)")));
+}
+
 TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]") {
     TempDir tmp;
     const std::string cache = tmp / "cache";

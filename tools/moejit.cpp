@@ -118,6 +118,13 @@ Kernel resolve_kernel(const Args& args) {
                     "or --model NAME --gemm gate_up|down");
     }
     const auto config = args.value("--config");
+    if (is_elementwise(kernel.problem.op)) {  // 256 threads and a grid-stride loop: nothing to tile
+        if (config)
+            throw Error("--config does not apply to " + to_spec(kernel.problem) + ": " + to_string(kernel.problem.op) +
+                        " is an elementwise kernel, without tiles or stages");
+        kernel.config = choose_config(kernel.problem);
+        return kernel;
+    }
     kernel.config =
         config ? Config::parse(*config) : choose_config(kernel.problem, RowsBucket::large, preferred_path());
     check_config(kernel.problem, kernel.config);
