@@ -72,3 +72,22 @@ TEST_CASE("the CLI shows the elementwise kernels its parser names, and takes no 
                                "elementwise kernel"));
     CHECK(forced.out.empty());
 }
+
+TEST_CASE("moejit bench --skew takes a whole number in (0, 1] and says so otherwise", "[cpu][cli]") {
+    // --pass bogus fails after --skew is read and before any GPU work, so an accepted --skew shows
+    // as the --pass error on any machine.
+    for (const char* skew : {"abc", "0.5abc", "", " 0.5", "0", "1.5", "-0.25", "nan"}) {
+        const ProcessResult bench = run_cli({"bench", "--model", "qwen3-30b-a3b", "--skew", skew, "--pass", "bogus"});
+        INFO("--skew '" << skew << "': " << bench.err);
+        CHECK(bench.status == 1);
+        CHECK(mentions(bench.err, std::string("--skew must be a number in (0, 1]") +
+                                      " (the share of the experts that get tokens), got '" + skew + "'"));
+        CHECK_FALSE(mentions(bench.err, "internal error"));
+    }
+    for (const char* skew : {"0.5", "1", "0.0625"}) {
+        const ProcessResult bench = run_cli({"bench", "--model", "qwen3-30b-a3b", "--skew", skew, "--pass", "bogus"});
+        INFO("--skew '" << skew << "': " << bench.err);
+        CHECK(bench.status == 1);
+        CHECK(mentions(bench.err, "--pass must be fwd, dx or dw, got 'bogus'"));
+    }
+}
