@@ -91,3 +91,23 @@ TEST_CASE("moejit bench --skew takes a whole number in (0, 1] and says so otherw
         CHECK(mentions(bench.err, "--pass must be fwd, dx or dw, got 'bogus'"));
     }
 }
+
+TEST_CASE("output that cannot be written fails the command", "[cpu][cli]") {
+    if (!std::filesystem::exists("/dev/full")) {
+        WARN("no /dev/full on this machine: not tested");
+        return;
+    }
+    const std::string spec = "fwd:bf16:n1536:k2048:e128:topk8:sm_90a";
+    // Short output stays in stdout's buffer until the final flush; --expand's fails on the way.
+    for (const std::vector<std::string>& command :
+         {std::vector<std::string>{"source", spec}, {"source", spec, "--expand"}, {"--help"}}) {
+        const ProcessResult full = run_cli(command, {}, "/dev/full");
+        INFO(command[0] << (command.size() > 2 ? " " + command[2] : "") << ": " << full.err);
+        CHECK(full.status == 1);
+        CHECK(mentions(full.err, "moejit: cannot write output: "));
+    }
+    const ProcessResult full = run_cli({"source", spec}, {}, "/dev/full");
+    CHECK(mentions(full.err, "moejit: cannot write output: No space left on device"));
+    // The same commands succeed where the output has room.
+    CHECK(run_cli({"source", spec}).status == 0);
+}
