@@ -53,15 +53,22 @@ inline std::string file_text(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Runs argv[0] with our environment less every MOEJIT_ variable, plus `environment`. Its stdout
-// goes to `stdout_path` when given (e.g. /dev/full), else is captured like its stderr.
+// Runs argv[0] with our environment less every MOEJIT_ variable and those `environment` names,
+// plus `environment`'s values. Its stdout goes to `stdout_path` when given (e.g. /dev/full), else
+// is captured like its stderr.
 inline ProcessResult run_process(const std::vector<std::string>& argv, const Environment& environment = {},
                                  const std::string& stdout_path = "") {
     ScratchDir io;
     const std::string out_path = stdout_path.empty() ? io / "stdout" : stdout_path, err_path = io / "stderr";
+    auto replaced = [&](const char* item) {
+        if (std::strncmp(item, "MOEJIT_", 7) == 0) return true;
+        for (const auto& variable : environment)
+            if (std::strncmp(item, (variable.first + "=").c_str(), variable.first.size() + 1) == 0) return true;
+        return false;
+    };
     std::vector<std::string> env;
     for (char** item = environ; *item != nullptr; ++item)
-        if (std::strncmp(*item, "MOEJIT_", 7) != 0) env.emplace_back(*item);
+        if (!replaced(*item)) env.emplace_back(*item);
     for (const auto& [name, value] : environment)
         if (value) env.push_back(name + "=" + *value);
     std::vector<char*> args, envp;
