@@ -5,6 +5,7 @@
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
 
+#include "moe/combine_backward.hpp"
 #include "runtime/driver.hpp"
 
 #include <dlfcn.h>
@@ -17,6 +18,16 @@ using namespace moejit;
 namespace {
 
 bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+template <class Call>
+std::string error_of(Call&& call) {
+    try {
+        call();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "";
+}
 
 }  // namespace
 
@@ -70,4 +81,42 @@ TEST_CASE("the toolkit's stub libcuda is named as such, not as a driver lacking 
     CHECK(mentions(bench.err, "is the CUDA toolkit's stub library (CUDA_ERROR_STUB_LIBRARY), not a real driver"));
     CHECK(mentions(bench.err, "LD_LIBRARY_PATH"));
     CHECK_FALSE(mentions(bench.err, "lacks entry points"));
+}
+
+TEST_CASE("argument errors are reported before the device is looked up", "[cpu]") {
+    // Whether or not this machine has a GPU, a bad argument must be what is reported (here, with no
+    // driver, the device lookup would otherwise say "no CUDA driver" first).
+    const CUdeviceptr buffer = 1 << 20;  // aligned and non-null: never dereferenced, the checks fail first
+    Problem odd;
+    odd.n = 7;
+    odd.k = 64;
+    odd.experts = 2;
+    const std::pair<std::string, std::string> cases[] = {
+        {error_of([&] { GroupedGemm gemm(odd); }), "N must be a positive multiple of 8"},
+        {error_of([&] { gated_activation_backward(DType::bf16, 24, buffer, buffer, buffer, 8, nullptr); }),
+         "N = 2*I needs I to be a multiple of 8"},
+        {error_of([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, 0, 8, nullptr); }),
+         "grad_preactivation is a null pointer"},
+        {error_of([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, buffer, -1, nullptr); }),
+         "rows (M) must be in [0, 2^31)"},
+        {error_of([&] { combine_topk(DType::bf16, 7, 2, buffer, buffer, 4, nullptr); }),
+         "N must be a positive multiple of 8"},
+        {error_of([&] { combine_topk(DType::bf16, 64, 2, buffer + 8, buffer, 4, nullptr); }),
+         "slots must be 16-byte aligned"},
+        {error_of([&] { combine_topk(DType::bf16, 64, 2, buffer, buffer, -4, nullptr); }),
+         "tokens must not be negative"},
+        {error_of([&] {
+             combine_backward(DType::bf16, 7, 2, buffer, buffer, buffer, buffer, buffer, buffer, 8, nullptr);
+         }),
+         "N must be a positive multiple of 8"},
+        {error_of([&] {
+             combine_backward(DType::bf16, 64, 2, buffer, 0, buffer, buffer, buffer, buffer, 8, nullptr);
+         }),
+         "null or misaligned pointer"},
+    };
+    for (const auto& [error, mention] : cases) {
+        INFO(error);
+        CHECK(mentions(error, mention));
+        CHECK_FALSE(mentions(error, "CUDA driver"));
+    }
 }
