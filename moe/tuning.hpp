@@ -20,7 +20,7 @@ std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const 
                                const Config& config);
 
 // The kernel path MOEJIT_KERNEL_PATH asks for: hopper (the fastest available) when unset or
-// "auto", portable for "portable"; throws moejit::Error on any other value. Every place that picks
+// "auto", portable for "portable" (any case); throws moejit::Error on any other value. Every place that picks
 // a tiling (the library, the CLI) goes through this.
 KernelPath preferred_path();
 
