@@ -89,8 +89,17 @@ size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.exper
 
 size_t ring_bytes(const Config& config) { return size_t(config.stages) * (config.tile_m + config.tile_n) * Config::tile_k * 2; }
 
+// The portable kernels' static shared memory: the scheduler's prefix sums over the experts and its
+// per-warp totals (templates/scheduler/grouped_tiles.cuh, 8 bytes each), rounded up to the 128-byte
+// alignment of the dynamic ring that follows them.
+size_t portable_static_bytes(const Problem& problem, const Config& config) {
+    const size_t scheduler = size_t(problem.experts + 1) * 8 + size_t(config.warps_m) * config.warps_n * 8;
+    return (scheduler + 127) / 128 * 128;
+}
+
 size_t block_shared_bytes(const Problem& problem, const Config& config) {
-    return dynamic_shared_bytes(problem, config) + (config.hopper() ? hopper_static_bytes(problem) : 0);
+    return dynamic_shared_bytes(problem, config) +
+           (config.hopper() ? hopper_static_bytes(problem) : portable_static_bytes(problem, config));
 }
 
 // As many stages as fit next to the static shared memory.
@@ -113,10 +122,14 @@ Config choose_portable(const Problem& problem) {
     // Not for the gated epilogue: at 64x64 it needs 255 registers and ptxas takes ~0.9 s.
     if (problem.op != Op::dw && !problem.gated && config.tile_n == 128) config.warps_n = 2;
     // Three stages where two CTAs then fit on a multiprocessor (sm_90: 2 x 96 KB; measured 10% faster
-    // than one CTA with four stages on H100), else as many stages as fit, up to four.
+    // than one CTA with four stages on H100), else as many stages as fit beside the scheduler's
+    // static part (many experts leave room for fewer), up to four.
     const size_t stage_bytes = size_t(config.tile_m + config.tile_n) * Config::tile_k * 2;
+    const size_t static_bytes = portable_static_bytes(problem, config);
     const size_t capacity = max_shared_bytes(problem.arch);
-    config.stages = 2 * 3 * stage_bytes <= capacity ? 3 : static_cast<int>(std::min<size_t>(4, capacity / stage_bytes));
+    config.stages = 2 * (3 * stage_bytes + static_bytes) <= capacity
+                        ? 3
+                        : static_cast<int>(std::min<size_t>(4, (capacity - static_bytes) / stage_bytes));
     return config;
 }
 
@@ -138,6 +151,55 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // dY rows (permute_y) measured the other way (qwen3-30b-a3b down dX, 0.368 with four, 0.396 with three).
     const bool gathers_tokens = problem.op == Op::fwd && problem.permute_x;
     return hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, gathers_tokens && tile_n == 256 ? 3 : 4));
+}
+
+// Mirrors the portable templates' static_asserts (kernels/sm80_*.cuh, mma/sm80_operand.cuh), so a
+// tiling they reject fails here with a clear message instead of inside NVRTC.
+void check_portable_tiling(const Problem& problem, const Config& config, const std::string& what) {
+    if (config.cluster != 1) throw Error(what + ": only hopper kernels run in clusters");
+    // Warps and tile sides are bounded first, so that no product below can overflow.
+    if (config.warps_m < 1 || config.warps_n < 1 || int64_t(config.warps_m) * config.warps_n > 32)
+        throw Error(what + ": portable kernels run 1 to 32 warps (warps M x warps N)");
+    // Two stages of 64-wide slices of a side over 1024 rows exceed every arch's shared memory.
+    if (config.tile_m < 16 || config.tile_n < 16 || config.tile_m > 1024 || config.tile_n > 1024)
+        throw Error(what + ": portable tile sides are 16 to 1024");
+    // Each warp takes an equal block of whole 16x16 mma.sync tiles.
+    if (config.tile_m % (16 * config.warps_m) != 0 || config.tile_n % (16 * config.warps_n) != 0)
+        throw Error(what + ": tile M must be a multiple of 16 x warps M (" + std::to_string(16 * config.warps_m) +
+                    ") and tile N a multiple of 16 x warps N (" + std::to_string(16 * config.warps_n) +
+                    "): each warp computes a whole number of 16x16 blocks");
+    // Each operand tile is copied in whole passes, every thread one 16-byte chunk per pass.
+    const int threads = config.threads();
+    auto k_major = [&](int rows, const char* operand) {  // [rows][64]: a 128-byte row is 8 chunks
+        const int rows_per_pass = threads / 8;
+        if (rows % rows_per_pass != 0)
+            throw Error(what + ": the " + operand + " tile's " + std::to_string(rows) + " rows are not a whole number "
+                        "of load passes (" + std::to_string(threads) + " threads copy " +
+                        std::to_string(rows_per_pass) + " rows a pass)");
+    };
+    auto mn_major = [&](int columns, const char* operand) {  // [64][columns]
+        // Whole 128-byte swizzle periods per row: the XOR swizzle of chunks stays within its row.
+        const int chunks = columns / 8;
+        if (columns % 64 != 0 || threads % chunks != 0 || 64 % (threads / chunks) != 0)
+            throw Error(what + ": the " + operand + " tile's " + std::to_string(columns) + " columns are not a whole "
+                        "number of load passes (they must be a multiple of 64, and " + std::to_string(threads) +
+                        " threads must copy its 64 rows of " + std::to_string(chunks) + " chunks in whole passes)");
+    };
+    switch (problem.op) {
+        case Op::fwd:
+            k_major(config.tile_m, "X");
+            k_major(config.tile_n, "W");
+            break;
+        case Op::dx:
+            k_major(config.tile_m, "dY");
+            mn_major(config.tile_n, "W");
+            break;
+        case Op::dw:
+            mn_major(config.tile_m, "dY");
+            mn_major(config.tile_n, "X");
+            break;
+        default: throw Error(what + ": tilings are for the grouped GEMMs (fwd, dx, dw)");
+    }
 }
 
 }  // namespace
@@ -209,11 +271,8 @@ void check_config(const Problem& problem, const Config& config) {
         if (config.cluster != 1 && config.cluster != 2) throw Error(what + ": clusters are of 1 or 2 CTAs");
         if (config.cluster == 2 && problem.op == Op::dw) throw Error(what + ": dW kernels run without clusters");
         if (config.cluster == 2 && config.tile_n < 128) throw Error(what + ": a CTA pair needs n128 or n256");
-    } else if (config.cluster != 1) {
-        throw Error(what + ": only hopper kernels run in clusters");
-    } else if (config.tile_m < 16 || config.tile_n < 16 || config.warps_m < 1 || config.warps_n < 1 ||
-               config.threads() > 1024) {
-        throw Error(what + ": tiles must be at least 16, at most 32 warps");
+    } else {
+        check_portable_tiling(problem, config, what);
     }
     if (config.stages < 2) throw Error(what + ": at least 2 stages");
     if (block_shared_bytes(problem, config) > max_shared_bytes(problem.arch))

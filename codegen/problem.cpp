@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <iterator>
+#include <limits>
+#include <optional>
+#include <set>
 #include <vector>
 
 namespace moejit {
@@ -63,7 +66,10 @@ void Problem::validate() const {
     auto fail = [&](const std::string& what) { throw Error("invalid problem " + to_spec(*this) + ": " + what); };
     if (n <= 0 || n % 8 != 0) fail("N must be a positive multiple of 8 (16-byte rows), got " + std::to_string(n));
     if (k <= 0 || k % 8 != 0) fail("K must be a positive multiple of 8 (16-byte rows), got " + std::to_string(k));
-    if (n > (int64_t{1} << 31) || k > (int64_t{1} << 31)) fail("N and K must each be below 2^31");
+    // The kernels take N and K as int template arguments and index with int within a row.
+    if (n > std::numeric_limits<int>::max() || k > std::numeric_limits<int>::max())
+        fail("N and K must each be below 2^31 (the kernels hold them in int), got N = " + std::to_string(n) +
+             ", K = " + std::to_string(k));
     if (experts < 1 || experts > 4096) fail("experts must be in 1..4096, got " + std::to_string(experts));
     if (topk < 1 || topk > experts) fail("topk must be in 1..experts, got " + std::to_string(topk));
     if (permute_x && permute_y)
@@ -101,15 +107,23 @@ static std::vector<std::string_view> split(std::string_view text, char separator
     }
 }
 
-static bool parse_integer(std::string_view digits, int64_t& out) {
-    if (digits.empty() || digits.size() > 12) return false;
+// `field` is `prefix` followed by decimal digits only ("n1536"); the digits go to `digits`.
+static bool numeric_field(std::string_view field, std::string_view prefix, std::string_view& digits) {
+    if (field.size() <= prefix.size() || field.substr(0, prefix.size()) != prefix) return false;
+    digits = field.substr(prefix.size());
+    return digits.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+// The digits' value, or nullopt when it exceeds `most`: a value that does not fit its field must
+// fail here rather than wrap around to another, valid-looking number.
+static std::optional<int64_t> bounded_value(std::string_view digits, int64_t most) {
     int64_t value = 0;
     for (char c : digits) {
-        if (c < '0' || c > '9') return false;
-        value = value * 10 + (c - '0');
+        const int digit = c - '0';
+        if (value > (most - digit) / 10) return std::nullopt;
+        value = value * 10 + digit;
     }
-    out = value;
-    return true;
+    return value;
 }
 
 Problem parse_spec(std::string_view spec) {
@@ -117,43 +131,62 @@ Problem parse_spec(std::string_view spec) {
         throw Error("bad kernel spec '" + std::string(spec) + "': " + why +
                     " (expected e.g. fwd:bf16:n1536:k2048:e128:topk8:sm_90a)");
     };
+    // A spec names each field once: a second op or arch is a contradiction, never an override.
+    std::set<std::string> seen;
+    auto first_time = [&](const std::string& name, std::string_view field) {
+        if (!seen.insert(name).second) fail(name + " given twice (again in '" + std::string(field) + "')");
+    };
+    auto number = [&](std::string_view digits, const char* name, int64_t most) {
+        const std::optional<int64_t> value = bounded_value(digits, most);
+        if (!value) fail(std::string(name) + " " + std::string(digits) + " is out of range (at most " +
+                         std::to_string(most) + ")");
+        return *value;
+    };
+    constexpr int64_t kMostInt = std::numeric_limits<int>::max();
     Problem problem;
-    bool seen_op = false, seen_dtype = false, seen_n = false, seen_k = false, seen_e = false, seen_arch = false;
     for (std::string_view field : split(spec, ':')) {
-        int64_t value = 0;
+        std::string_view digits;
         const Op* op = std::find_if(std::begin(kOps), std::end(kOps), [&](Op o) { return field == to_string(o); });
         const FlagName* flag =
             std::find_if(std::begin(kFlags), std::end(kFlags), [&](const FlagName& f) { return field == f.name; });
         if (op != std::end(kOps)) {
+            first_time("op", field);
             problem.op = *op;
-            seen_op = true;
         } else if (flag != std::end(kFlags)) {
+            first_time(flag->name, field);
             problem.*flag->field = true;
         } else if (field == "bf16" || field == "fp16") {
+            first_time("dtype", field);
             problem.dtype = field == "bf16" ? DType::bf16 : DType::fp16;
-            seen_dtype = true;
-        } else if (field.substr(0, 4) == "topk" && parse_integer(field.substr(4), value)) {
-            problem.topk = static_cast<int>(value);
         } else if (field.substr(0, 3) == "sm_") {
+            first_time("arch", field);
             problem.arch = Arch::parse(field);
-            seen_arch = true;
-        } else if (!field.empty() && field[0] == 'n' && parse_integer(field.substr(1), value)) {
-            problem.n = value;
-            seen_n = true;
-        } else if (!field.empty() && field[0] == 'k' && parse_integer(field.substr(1), value)) {
-            problem.k = value;
-            seen_k = true;
-        } else if (!field.empty() && field[0] == 'e' && parse_integer(field.substr(1), value)) {
-            problem.experts = static_cast<int>(value);
-            seen_e = true;
+        } else if (numeric_field(field, "topk", digits)) {
+            first_time("topk", field);
+            problem.topk = static_cast<int>(number(digits, "topk", kMostInt));
+        } else if (numeric_field(field, "n", digits)) {
+            first_time("n", field);
+            problem.n = number(digits, "n", std::numeric_limits<int64_t>::max());
+        } else if (numeric_field(field, "k", digits)) {
+            first_time("k", field);
+            problem.k = number(digits, "k", std::numeric_limits<int64_t>::max());
+        } else if (numeric_field(field, "e", digits)) {
+            first_time("e", field);
+            problem.experts = static_cast<int>(number(digits, "experts (e)", kMostInt));
         } else {
             fail("unknown field '" + std::string(field) + "'");
         }
     }
-    if (!seen_op) fail("missing op (fwd, dx, dw, combine, gated_backward or check_routing)");
-    if (!seen_dtype) fail("missing dtype (bf16 or fp16)");
-    if (!seen_n || !seen_k || !seen_e) fail("missing n<N>, k<K> or e<experts>");
-    if (!seen_arch) fail("missing arch (e.g. sm_90a)");
+    // Every field is required: a default (topk 1, say) would silently name another kernel.
+    const std::pair<const char*, const char*> required[] = {{"op", "op (fwd, dx, dw, combine, ...)"},
+                                                            {"dtype", "dtype (bf16 or fp16)"},
+                                                            {"n", "n<N>"},
+                                                            {"k", "k<K>"},
+                                                            {"e", "e<experts>"},
+                                                            {"topk", "topk<experts per token>"},
+                                                            {"arch", "arch (e.g. sm_90a)"}};
+    for (const auto& [name, what] : required)
+        if (!seen.count(name)) fail(std::string("missing ") + what);
     problem.validate();
     return problem;
 }

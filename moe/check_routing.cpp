@@ -5,20 +5,17 @@
 #include "codegen/config.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
+#include "runtime/environment.hpp"
 #include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
 
-#include <cstdlib>
 #include <limits>
 #include <string>
 
 namespace moejit {
 
 bool routing_checks_enabled() {
-    static const bool enabled = [] {
-        const char* value = std::getenv("MOEJIT_CHECK_ROUTING");
-        return value != nullptr && std::string(value) != "0" && std::string(value) != "";
-    }();
+    static const bool enabled = env::flag("MOEJIT_CHECK_ROUTING", false);
     return enabled;
 }
 

@@ -6,7 +6,7 @@
 
 namespace moejit {
 
-bool routing_checks_enabled();  // read once from MOEJIT_CHECK_ROUTING
+bool routing_checks_enabled();  // read once from MOEJIT_CHECK_ROUTING (1/on/true/yes, 0/off/false/no)
 
 // `uses_gather`: whether the GEMM about to run reads gather_idx.
 void check_routing(const Problem& problem, const Routing& routing, bool uses_gather, CUstream stream);

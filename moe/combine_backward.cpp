@@ -19,8 +19,7 @@ void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out
     problem.dtype = dtype;
     problem.n = problem.k = width;
     problem.experts = problem.topk = topk;
-    const DeviceInfo& device = current_device();
-    problem.arch = device.arch;
+    // Arguments first: a bad one is reported as such, also where there is no GPU.
     problem.validate();
     const std::pair<CUdeviceptr, unsigned> pointers[] = {{grad_out, 16}, {y, 16},      {gather_idx, 4},
                                                          {weights, 4},   {grad_y, 16}, {grad_weights, 4}};
@@ -28,6 +27,8 @@ void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out
         if (pointer == 0 || pointer % alignment != 0)
             throw Error(to_spec(problem) + ": null or misaligned pointer argument");
     if (rows < 0) throw Error(to_spec(problem) + ": rows must not be negative");
+    const DeviceInfo& device = current_device();
+    problem.arch = device.arch;
     auto kernel = Runtime::instance().kernel(problem, choose_config(problem));
     if (rows == 0) return;
     CombineBackwardArguments arguments{reinterpret_cast<const void*>(grad_out),  reinterpret_cast<const void*>(y),

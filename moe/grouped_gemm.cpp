@@ -35,10 +35,9 @@ unsigned elementwise_grid(int64_t work_items, int sm_count) {
     return static_cast<unsigned>(std::clamp<int64_t>((work_items + 255) / 256, 1, int64_t(sm_count) * 16));
 }
 
-// JITs (or finds) the kernel of an elementwise problem on the current device.
+// JITs (or finds) the kernel of an elementwise problem, validated by the caller, on the current device.
 std::shared_ptr<const Kernel> elementwise_kernel(Problem problem, const DeviceInfo& device) {
     problem.arch = device.arch;
-    problem.validate();
     return Runtime::instance().kernel(problem, choose_config(problem));
 }
 
@@ -119,10 +118,10 @@ GroupedGemm::GroupedGemm(Problem forward) : GroupedGemm(forward, std::string()) 
 
 GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(forward), config_override_(config) {
     if (forward_.op != Op::fwd) throw Error("GroupedGemm takes the forward problem (op fwd); got " + to_spec(forward_));
+    forward_.validate();  // a bad argument is reported as such, also where there is no GPU
     const DeviceInfo& device = current_device();
     forward_.arch = device.arch;
     sm_count_ = device.sm_count;
-    forward_.validate();
     tile_counters_ = std::make_unique<TileCounters>();
     const Op ops[4] = {Op::fwd, Op::dx, Op::dw, Op::dw};
     for (int i = 0; i < 4; ++i) {
@@ -252,13 +251,15 @@ void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdev
     problem.k = width;
     problem.experts = topk;
     problem.topk = topk;
-    const DeviceInfo& device = current_device();
-    auto kernel = elementwise_kernel(problem, device);
+    // Arguments first: a bad one is reported as such, also where there is no GPU.
+    problem.validate();
     check_pointer(slots, 16, "slots", problem);
     check_pointer(out, 16, "out", problem);
     if (weights != 0) check_pointer(weights, 4, "weights", problem);
     if (addend != 0) check_pointer(addend, 16, "addend", problem);
     if (tokens < 0) throw Error(to_spec(problem) + ": tokens must not be negative");
+    const DeviceInfo& device = current_device();
+    auto kernel = elementwise_kernel(problem, device);
     if (tokens == 0) return;
     CombineTopkArguments arguments{reinterpret_cast<const void*>(slots), reinterpret_cast<void*>(out), tokens,
                                    reinterpret_cast<const float*>(weights), reinterpret_cast<const void*>(addend)};
@@ -274,13 +275,15 @@ void gated_activation_backward(DType dtype, int64_t n, CUdeviceptr preactivation
     problem.n = n;
     problem.k = n;
     problem.experts = 1;
-    const DeviceInfo& device = current_device();
+    // Arguments first: a bad one is reported as such, also where there is no GPU.
     if (n % 16 != 0) throw Error(to_spec(problem) + ": N = 2*I needs I to be a multiple of 8");
-    auto kernel = elementwise_kernel(problem, device);
+    problem.validate();
     check_pointer(preactivation, 16, "preactivation", problem);
     check_pointer(grad_h, 16, "grad_h", problem);
     check_pointer(grad_preactivation, 16, "grad_preactivation", problem);
     check_rows(rows, problem);
+    const DeviceInfo& device = current_device();
+    auto kernel = elementwise_kernel(problem, device);
     if (rows == 0) return;
     GatedBackwardArguments arguments{reinterpret_cast<const void*>(preactivation),
                                      reinterpret_cast<const void*>(grad_h),

@@ -5,6 +5,7 @@
 #include "cache/disk_cache.hpp"
 #include "cache/hash.hpp"
 #include "runtime/embedded_templates.hpp"
+#include "runtime/environment.hpp"
 #include "runtime/log.hpp"
 
 #include <cstdio>
@@ -79,10 +80,12 @@ std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const 
 }
 
 KernelPath preferred_path() {
-    const char* value = std::getenv("MOEJIT_KERNEL_PATH");
-    if (value == nullptr || *value == 0 || std::string(value) == "auto") return KernelPath::hopper;
-    if (std::string(value) == "portable") return KernelPath::portable;
-    throw Error(std::string("MOEJIT_KERNEL_PATH must be auto or portable, got '") + value + "'");
+    const std::optional<std::string> value = env::lowercase_value("MOEJIT_KERNEL_PATH");
+    if (!value || *value == "auto") return KernelPath::hopper;
+    if (*value == "portable") return KernelPath::portable;
+    // Unlike a log level, a misspelt path would silently run other kernels than the ones asked for.
+    throw Error(std::string("MOEJIT_KERNEL_PATH must be auto or portable, got '") + std::getenv("MOEJIT_KERNEL_PATH") +
+                "'");
 }
 
 Config select_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device) {

@@ -19,6 +19,11 @@ std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, co
 std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device,
                                const Config& config);
 
+// The kernel path MOEJIT_KERNEL_PATH asks for: hopper (the fastest available) when unset or
+// "auto", portable for "portable" (any case); throws moejit::Error on any other value. Every place that picks
+// a tiling (the library, the CLI) goes through this.
+KernelPath preferred_path();
+
 // tuned_config, else the heuristic's choose_config. MOEJIT_KERNEL_PATH=portable keeps every
 // grouped GEMM on the portable kernels (for comparison and debugging); unset or "auto": fastest.
 Config select_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device);

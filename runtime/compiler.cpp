@@ -5,8 +5,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
-#include <sys/stat.h>
 
 namespace moejit {
 
@@ -65,13 +65,17 @@ NvrtcOutput Compiler::compile_uncached(const Problem& problem, const Config& con
 
 void Compiler::dump(const Hash128& key, const Source& source, const std::string& ptx, const std::string& log) const {
     if (dump_dir_.empty()) return;
-    ::mkdir(dump_dir_.c_str(), 0755);
+    std::error_code error;
+    std::filesystem::create_directories(dump_dir_, error);  // with any missing parents
     const std::string stem = dump_dir_ + "/" + key.hex();
-    std::ofstream(stem + ".cu") << source.text;
-    std::ofstream(stem + ".ptx") << ptx;
-    std::ofstream(stem + ".log") << log;
-    if (!std::ofstream(stem + ".log", std::ios::app))
-        log::warn_once("dump-dir", "MOEJIT_DUMP_DIR=" + dump_dir_ + " is not writable; nothing dumped");
+    if (!error) {
+        std::ofstream(stem + ".cu") << source.text;
+        std::ofstream(stem + ".ptx") << ptx;
+        std::ofstream(stem + ".log") << log;
+    }
+    if (error || !std::ofstream(stem + ".log", std::ios::app))
+        log::warn_once("dump-dir", "MOEJIT_DUMP_DIR=" + dump_dir_ + " is not writable" +
+                                       (error ? " (" + error.message() + ")" : "") + "; nothing dumped");
 }
 
 }  // namespace moejit

@@ -1,19 +1,21 @@
 #include "runtime/log.hpp"
 
+#include "runtime/environment.hpp"
+
 #include <cstdio>
-#include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <set>
 
 namespace moejit::log {
 
 Level level() {
     static const Level parsed = [] {
-        const char* value = std::getenv("MOEJIT_LOG");
-        if (value == nullptr) return Level::off;
-        const std::string text(value);
-        if (text == "debug") return Level::debug;
-        if (text == "info" || text == "1") return Level::info;
+        const std::optional<std::string> value = env::lowercase_value("MOEJIT_LOG");
+        if (!value || *value == "off" || *value == "0") return Level::off;
+        if (*value == "info" || *value == "1") return Level::info;  // 0 and 1: earlier spellings, kept
+        if (*value == "debug") return Level::debug;
+        env::warn_unrecognized("MOEJIT_LOG", "off, info or debug", "off");
         return Level::off;
     }();
     return parsed;

@@ -1,5 +1,5 @@
 #pragma once
-// MOEJIT_LOG=off|info|debug: diagnostic lines on stderr. Warnings always print.
+// MOEJIT_LOG=off|info|debug (any case): diagnostic lines on stderr. Warnings always print.
 #include <string>
 
 namespace moejit::log {

@@ -90,3 +90,105 @@ TEST_CASE("dW's 128x256 heuristic keeps four stages, staging two boxes a warpgro
     CHECK(dynamic_shared_bytes(deepseek, Config::parse("h:m128n256s3")) == kRing * 3 / 4 + 2 * 2 * kBox + 1024);
     CHECK_NOTHROW(check_config(deepseek, choose_config(deepseek)));
 }
+
+namespace {
+
+std::string config_error(const Problem& problem, const std::string& config) {
+    try {
+        check_config(problem, Config::parse(config));
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "";
+}
+
+bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("portable check_config counts the scheduler's static shared memory", "[cpu]") {
+    // 512 experts: the scheduler keeps 8 * 513 bytes of prefix sums and 8 per warp (4136 with four
+    // warps, 4224 after the ring's 128-byte alignment) beside 3 x 32 KB of ring: over sm_86's 99 KB.
+    const Problem many = parse_spec("fwd:bf16:n1536:k2048:e512:topk8:sm_86");
+    const std::string error = config_error(many, "m128n128s3w2x2");
+    INFO(error);
+    CHECK(mentions(error, "needs 102528 bytes of shared memory; sm_86 allows 101376"));
+    CHECK(config_error(many, "m128n128s2w2x2").empty());
+    // The heuristic then takes fewer stages rather than a tiling that does not fit.
+    CHECK(choose_config(many).to_string() == "m128n128s2w2x2");
+    // With 128 experts three stages still fit (98304 + 1152 bytes).
+    const Problem qwen3 = parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_86");
+    CHECK(choose_config(qwen3).to_string() == "m128n128s3w2x2");
+    CHECK(config_error(qwen3, "m128n128s3w2x2").empty());
+}
+
+TEST_CASE("the portable heuristic and candidates fit on every arch, for every expert count", "[cpu]") {
+    for (const char* arch : {"sm_80", "sm_86", "sm_89", "sm_90a", "sm_100a"})
+        for (int experts : {1, 8, 128, 256, 512, 1024, 4096})
+            for (const char* pass : {"fwd", "dx", "dw", "fwd_gated"}) {
+                Problem problem;
+                problem.op = pass[1] == 'x' ? Op::dx : pass[1] == 'w' ? Op::dw : Op::fwd;
+                problem.gated = std::string(pass) == "fwd_gated";
+                problem.n = 1536;
+                problem.k = 2048;
+                problem.experts = experts;
+                problem.topk = 1;
+                problem.arch = Arch::parse(arch);
+                const Config chosen = choose_config(problem, RowsBucket::large, KernelPath::portable);
+                INFO(to_spec(problem) << " " << chosen.to_string());
+                CHECK_FALSE(chosen.hopper());
+                CHECK(chosen.stages >= 2);
+                CHECK_NOTHROW(check_config(problem, chosen));
+                if (problem.arch.sm() != 90)
+                    for (const Config& candidate : candidate_configs(problem))
+                        CHECK_NOTHROW(check_config(problem, candidate));
+            }
+}
+
+TEST_CASE("portable check_config rejects what the templates' static_asserts would, before NVRTC", "[cpu]") {
+    const Problem forward = parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_80");
+    Problem dx = forward, dw = forward;
+    dx.op = Op::dx;
+    dw.op = Op::dw;
+    const struct {
+        const Problem& problem;
+        const char* config;
+        const char* mention;
+    } bad[] = {
+        // Warp tiles of whole 16x16 blocks (WarpTileM % 16 == 0 in kernels/sm80_grouped_gemm.cuh).
+        {forward, "m17n16s2w1x1", "tile M must be a multiple of 16 x warps M (16)"},
+        {forward, "m128n128s3w3x1", "multiple of 16 x warps M (48)"},
+        {forward, "m128n40s3w1x1", "tile N a multiple of 16 x warps N (16)"},
+        // Whole load passes (static_assert "whole load passes" in mma/sm80_operand.cuh).
+        {forward, "m16n48s2w1x3", "the X tile's 16 rows are not a whole number of load passes"},
+        {forward, "m256n64s2w8x4", "the W tile's 64 rows"},
+        {dx, "m128n80s3w2x1", "the W tile's 80 columns"},
+        {dx, "m128n64s2w8x4", "1024 threads must copy its 64 rows of 8 chunks"},
+        {dw, "m96n64s2w2x1", "the dY tile's 96 columns"},
+        // A [64][96] tile would compile, but its swizzle would spill chunks into the next row.
+        {dx, "m96n96s2w2x3", "the W tile's 96 columns"},
+        // Sizes that once overflowed int in the shared-memory arithmetic.
+        {forward, "m2147483647n16s2w1x1", "portable tile sides are 16 to 1024"},
+        {forward, "m2147483632n16s2w1x1", "portable tile sides are 16 to 1024"},
+        {forward, "m128n128s2w2147483647x1", "1 to 32 warps"},
+        {forward, "m128n128s2w8x8", "1 to 32 warps"},
+        {forward, "m128n128s1w2x2", "at least 2 stages"},
+        {forward, "m128n128s2147483647w2x2", "bytes of shared memory"},
+    };
+    for (const auto& [problem, config, mention] : bad) {
+        const std::string error = config_error(problem, config);
+        INFO(to_spec(problem) << " " << config << " -> " << error);
+        CHECK(mentions(error, mention));
+    }
+    for (const auto& [problem, config] : {std::pair<const Problem&, const char*>{forward, "m48n48s2w1x3"},
+                                          {forward, "m32n32s2w2x2"},
+                                          {forward, "m64n64s2w4x1"},
+                                          {dx, "m64n64s2w1x1"},
+                                          {dx, "m128n128s4w2x2"},
+                                          {dw, "m128n256s2w2x4"},
+                                          {dw, "m128n128s4w2x4"}}) {
+        const std::string error = config_error(problem, config);
+        INFO(to_spec(problem) << " " << config << " -> " << error);
+        CHECK(error.empty());
+    }
+}

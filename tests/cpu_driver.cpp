@@ -1,14 +1,35 @@
 // Without a GPU the library still loads; the first GPU call fails with one clear moejit::Error.
 #include "tests/catch.hpp"
+#include "tests/support/process.hpp"
 
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
 
+#include "moe/combine_backward.hpp"
 #include "runtime/driver.hpp"
 
 #include <dlfcn.h>
 
+#include <cstdlib>
+#include <filesystem>
+
 using namespace moejit;
+
+namespace {
+
+bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+template <class Call>
+std::string error_of(Call&& call) {
+    try {
+        call();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "";
+}
+
+}  // namespace
 
 TEST_CASE("a GPU call either works or explains why there is no GPU", "[cpu]") {
     void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -31,7 +52,71 @@ TEST_CASE("a GPU call either works or explains why there is no GPU", "[cpu]") {
             driver();
             SUCCEED("driver loaded");
         } catch (const Error& error) {
-            CHECK(std::string(error.what()).find("no usable CUDA GPU") != std::string::npos);
+            // A real driver without a usable GPU, or the toolkit's stub in its place.
+            const std::string message = error.what();
+            INFO(message);
+            CHECK((mentions(message, "no usable CUDA GPU") || mentions(message, "stub library")));
         }
+    }
+}
+
+TEST_CASE("the toolkit's stub libcuda is named as such, not as a driver lacking entry points", "[cpu]") {
+    const std::string stub = MOEJIT_CUDA_STUB_LIBRARY;
+    if (!std::filesystem::exists(stub)) {
+        WARN("no stub libcuda at " << stub << ": not tested");
+        return;
+    }
+    // A directory holding the stub as libcuda.so.1, first in LD_LIBRARY_PATH: as on a machine whose
+    // LD_LIBRARY_PATH names .../lib64/stubs. bench opens the driver right after its arguments.
+    test::ScratchDir dir;
+    std::filesystem::create_symlink(stub, dir / "libcuda.so.1");
+    const char* inherited = std::getenv("LD_LIBRARY_PATH");
+    const std::string search = dir.path + (inherited != nullptr && *inherited != 0 ? ":" + std::string(inherited) : "");
+    const test::ProcessResult bench =
+        test::run_cli({"bench", "--model", "qwen3-30b-a3b", "--pass", "fwd"}, {{"LD_LIBRARY_PATH", search}});
+    INFO(bench.err);
+    CHECK(bench.status == 1);
+    CHECK(mentions(bench.err, "moejit: no CUDA driver: the libcuda.so.1 that was loaded (" + dir.path +
+                                  "/libcuda.so.1 -> "));
+    CHECK(mentions(bench.err, "is the CUDA toolkit's stub library (CUDA_ERROR_STUB_LIBRARY), not a real driver"));
+    CHECK(mentions(bench.err, "LD_LIBRARY_PATH"));
+    CHECK_FALSE(mentions(bench.err, "lacks entry points"));
+}
+
+TEST_CASE("argument errors are reported before the device is looked up", "[cpu]") {
+    // Whether or not this machine has a GPU, a bad argument must be what is reported (here, with no
+    // driver, the device lookup would otherwise say "no CUDA driver" first).
+    const CUdeviceptr buffer = 1 << 20;  // aligned and non-null: never dereferenced, the checks fail first
+    Problem odd;
+    odd.n = 7;
+    odd.k = 64;
+    odd.experts = 2;
+    const std::pair<std::string, std::string> cases[] = {
+        {error_of([&] { GroupedGemm gemm(odd); }), "N must be a positive multiple of 8"},
+        {error_of([&] { gated_activation_backward(DType::bf16, 24, buffer, buffer, buffer, 8, nullptr); }),
+         "N = 2*I needs I to be a multiple of 8"},
+        {error_of([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, 0, 8, nullptr); }),
+         "grad_preactivation is a null pointer"},
+        {error_of([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, buffer, -1, nullptr); }),
+         "rows (M) must be in [0, 2^31)"},
+        {error_of([&] { combine_topk(DType::bf16, 7, 2, buffer, buffer, 4, nullptr); }),
+         "N must be a positive multiple of 8"},
+        {error_of([&] { combine_topk(DType::bf16, 64, 2, buffer + 8, buffer, 4, nullptr); }),
+         "slots must be 16-byte aligned"},
+        {error_of([&] { combine_topk(DType::bf16, 64, 2, buffer, buffer, -4, nullptr); }),
+         "tokens must not be negative"},
+        {error_of([&] {
+             combine_backward(DType::bf16, 7, 2, buffer, buffer, buffer, buffer, buffer, buffer, 8, nullptr);
+         }),
+         "N must be a positive multiple of 8"},
+        {error_of([&] {
+             combine_backward(DType::bf16, 64, 2, buffer, 0, buffer, buffer, buffer, buffer, 8, nullptr);
+         }),
+         "null or misaligned pointer"},
+    };
+    for (const auto& [error, mention] : cases) {
+        INFO(error);
+        CHECK(mentions(error, mention));
+        CHECK_FALSE(mentions(error, "CUDA driver"));
     }
 }

@@ -617,6 +617,32 @@ TEST_CASE("moejit precompile --tokens adds the tilings of decode-sized calls", "
     CHECK(run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "0"}, cache).status == 1);
 }
 
+TEST_CASE("MOEJIT_DUMP_DIR is created with its missing parents; one that cannot be says why", "[cli]") {
+    TempDir tmp;
+    const std::string dump = tmp / "missing/parents/dump";
+    const Result compile = run_cli({"compile", kSpec}, tmp / "cache", {{"MOEJIT_DUMP_DIR", dump}});
+    REQUIRE(compile.status == 0);
+    CHECK(compile.err.empty());
+    std::smatch match;
+    REQUIRE(std::regex_search(compile.out, match, std::regex(R"(key\s+([0-9a-f]{32}))")));
+    for (const char* suffix : {".cu", ".ptx", ".log"}) CHECK(fs::is_regular_file(dump + "/" + match[1].str() + suffix));
+    CHECK(read_text(dump + "/" + match[1].str() + ".cu").find("#include") != std::string::npos);
+
+    write_bytes(tmp / "file", {'x'});  // a parent that is a file: no directory can be made under it
+    const Result blocked = run_cli({"compile", kSpec}, tmp / "cache", {{"MOEJIT_DUMP_DIR", tmp / "file/dump"}});
+    CHECK(blocked.status == 0);  // dumping is a debugging aid: the compile itself goes on
+    CHECK(count_of(blocked.err, "MOEJIT_DUMP_DIR=" + (tmp / "file/dump") + " is not writable (") == 1);
+}
+
+TEST_CASE("moejit compile compiles an elementwise kernel, which has no tiling to report", "[cli]") {
+    TempDir tmp;
+    const Result compile = run_cli({"compile", "combine:bf16:n2048:k2048:e8:topk8:sm_90a"}, tmp / "cache");
+    REQUIRE(compile.status == 0);
+    CHECK(compile.out.find("spec       combine:bf16:n2048:k2048:e8:topk8:sm_90a") != std::string::npos);
+    CHECK(compile.out.find("config     none (elementwise)") != std::string::npos);
+    CHECK(std::regex_search(compile.out, std::regex(R"(registers\s+\d+)")));
+}
+
 TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]") {
     TempDir tmp;
     const std::string cache = tmp / "cache";

@@ -4,6 +4,7 @@
 #include <moejit/problem.hpp>
 
 #include "codegen/config.hpp"
+#include "moe/tuning.hpp"  // preferred_path: the CLI picks tilings on the path the library would
 
 #include <cstdint>
 #include <map>
@@ -51,7 +52,8 @@ struct Kernel {
     Problem problem;
     Config config;
 };
-// SPEC (the one positional) or --model/--gemm/--pass/--dtype/--arch; --config overrides the heuristic.
+// SPEC (the one positional) or --model/--gemm/--pass/--dtype/--arch; --config overrides the heuristic,
+// which otherwise picks on MOEJIT_KERNEL_PATH's path.
 Kernel resolve_kernel(const Args& args);
 
 DType parse_dtype(const std::string& text);

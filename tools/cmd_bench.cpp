@@ -11,6 +11,8 @@
 #include "runtime/device_buffer.hpp"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -29,6 +31,18 @@ int64_t parse_tokens(const Args& args) {
     }
     if (used != text.size() || tokens < 1) throw Error("--tokens must be a positive integer, got '" + text + "'");
     return tokens;
+}
+
+// --skew: the share of the experts that get tokens, in (0, 1]; the whole text must be the number.
+double parse_skew(const Args& args) {
+    const std::string text = args.value("--skew").value_or("1");
+    char* end = nullptr;
+    const double skew = std::strtod(text.c_str(), &end);
+    const bool whole = !text.empty() && !std::isspace(static_cast<unsigned char>(text[0])) &&
+                       end == text.c_str() + text.size();
+    if (!whole || !(skew > 0 && skew <= 1))
+        throw Error("--skew must be a number in (0, 1] (the share of the experts that get tokens), got '" + text + "'");
+    return skew;
 }
 
 // Device-to-device copy rate, counting bytes read plus bytes written: the ceiling for weight reads.
@@ -93,8 +107,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const ModelPreset& model = find_model(*args.value("--model"));
     const int64_t tokens = parse_tokens(args);
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
-    const double skew = std::stod(args.value("--skew").value_or("1"));
-    if (!(skew > 0 && skew <= 1)) throw Error("--skew must be in (0, 1]");
+    const double skew = parse_skew(args);
     const std::string config = args.value("--config").value_or("");
     const std::string only_pass = args.value("--pass").value_or("");
     if (!only_pass.empty() && only_pass != "fwd" && only_pass != "dx" && only_pass != "dw")

@@ -201,7 +201,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     std::vector<std::pair<Problem, Config>> kernels;
     for (const Problem& problem : model_kernels(model, arch, dtype))
         for (RowsBucket bucket : buckets) {
-            const Config config = choose_config(problem, bucket);
+            const Config config = choose_config(problem, bucket, preferred_path());
             const bool seen = std::any_of(kernels.begin(), kernels.end(), [&](const auto& kernel) {
                 return kernel.first == problem && kernel.second == config;
             });

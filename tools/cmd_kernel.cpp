@@ -245,7 +245,8 @@ int cmd_compile(const std::vector<std::string>& argv) {
     const size_t space = spills.find(' ');
 
     std::printf("spec       %s\n", to_spec(kernel.problem).c_str());
-    std::printf("config     %s\n", kernel.config.to_string().c_str());
+    std::printf("config     %s\n",
+                is_elementwise(kernel.problem.op) ? "none (elementwise)" : kernel.config.to_string().c_str());
     std::printf("key        %s\n", binary.key.hex().c_str());
     std::printf("kernel     %s\n", binary.kernel_name.c_str());
     std::printf("compile    %s\n", format_ms(binary.milliseconds).c_str());

@@ -4,6 +4,7 @@
 
 #include "codegen/models.hpp"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -118,7 +119,15 @@ Kernel resolve_kernel(const Args& args) {
                     "or --model NAME --gemm gate_up|down");
     }
     const auto config = args.value("--config");
-    kernel.config = config ? Config::parse(*config) : choose_config(kernel.problem);
+    if (is_elementwise(kernel.problem.op)) {  // 256 threads and a grid-stride loop: nothing to tile
+        if (config)
+            throw Error("--config does not apply to " + to_spec(kernel.problem) + ": " + to_string(kernel.problem.op) +
+                        " is an elementwise kernel, without tiles or stages");
+        kernel.config = choose_config(kernel.problem);
+        return kernel;
+    }
+    kernel.config =
+        config ? Config::parse(*config) : choose_config(kernel.problem, RowsBucket::large, preferred_path());
     check_config(kernel.problem, kernel.config);
     return kernel;
 }
@@ -199,11 +208,22 @@ int dispatch(const std::vector<std::string>& args) {
     throw moejit::Error("unknown command '" + name + "' (see moejit --help)");
 }
 
+// Output that never arrived (a full disk, /dev/full) fails the command instead of passing for
+// success: stdout is buffered, so a failed write may only show at this last flush.
+int flush_output(int status) {
+    errno = 0;
+    if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return status;
+    std::fprintf(stderr, "moejit: cannot write output: %s\n",
+                 errno != 0 ? std::strerror(errno) : "a write to stdout failed");
+    return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    int status = 1;
     try {
-        return dispatch(std::vector<std::string>(argv + 1, argv + argc));
+        status = dispatch(std::vector<std::string>(argv + 1, argv + argc));
     } catch (const moejit::Error& error) {
         // what() already carries the NVRTC log and numbered source after the message, if any.
         std::fflush(stdout);
@@ -212,5 +232,5 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         std::fprintf(stderr, "moejit: internal error: %s\n", error.what());
     }
-    return 1;
+    return flush_output(status);
 }

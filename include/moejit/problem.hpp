@@ -67,7 +67,9 @@ struct Problem {
 };
 
 // Readable kernel spec, e.g. "fwd:bf16:n1536:k2048:e128:topk8:permute_x:gated:sm_90a".
-// parse_spec(to_spec(p)) == p for every valid p; parse_spec throws moejit::Error on bad text.
+// parse_spec(to_spec(p)) == p for every valid p. parse_spec needs op, dtype, n, k, e, topk and arch,
+// each once (fusion flags are optional, at most once), and throws moejit::Error on an unknown,
+// repeated, missing or out-of-range field.
 std::string to_spec(const Problem& problem);
 Problem parse_spec(std::string_view spec);
 

@@ -1,0 +1,113 @@
+// The `moejit` command line where it needs neither NVRTC nor a GPU: how it picks tilings, which
+// kernels it can show, how it parses options and how it reports failures.
+#include "tests/catch.hpp"
+#include "tests/support/process.hpp"
+
+#include <string>
+
+using namespace moejit::test;
+
+namespace {
+
+const char* const kHopperSpec = "fwd:bf16:n1536:k2048:e128:topk8:sm_90a";
+
+bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+// The first line of `moejit source`: "// moejit kernel SPEC with config CONFIG".
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+}  // namespace
+
+TEST_CASE("the CLI picks tilings on MOEJIT_KERNEL_PATH's path, as the library does", "[cpu][cli]") {
+    const ProcessResult automatic = run_cli({"source", kHopperSpec});
+    INFO(automatic.err);
+    REQUIRE(automatic.status == 0);
+    CHECK(mentions(first_line(automatic.out), "with config h:m128n256s4"));
+
+    const ProcessResult portable = run_cli({"source", kHopperSpec}, {{"MOEJIT_KERNEL_PATH", "portable"}});
+    INFO(portable.err);
+    REQUIRE(portable.status == 0);
+    CHECK(mentions(first_line(portable.out), "with config m128n128s3w2x2"));
+    CHECK(mentions(portable.out, "kernels/sm80_grouped_gemm.cuh"));
+
+    for (const std::vector<std::string>& command :
+         {std::vector<std::string>{"source", kHopperSpec}, {"precompile", "--model", "qwen3-30b-a3b"}}) {
+        ScratchDir cache;
+        const ProcessResult bogus =
+            run_cli(command, {{"MOEJIT_KERNEL_PATH", "bogus"}, {"MOEJIT_CACHE_DIR", cache.path}});
+        INFO(command[0] << ": " << bogus.err);
+        CHECK(bogus.status == 1);
+        CHECK(mentions(bogus.err, "moejit: MOEJIT_KERNEL_PATH must be auto or portable, got 'bogus'"));
+        CHECK(bogus.out.empty());
+        CHECK(std::filesystem::is_empty(cache.path));  // nothing compiled on a path nobody asked for
+    }
+}
+
+TEST_CASE("the CLI shows the elementwise kernels its parser names, and takes no --config for them", "[cpu][cli]") {
+    const std::pair<const char*, const char*> kernels[] = {
+        {"combine", "kernels/combine_topk.cuh"},
+        {"gated_backward", "kernels/gated_activation_backward.cuh"},
+        {"check_routing", "kernels/check_routing.cuh"},
+        {"combine_backward", "kernels/combine_backward.cuh"},
+        {"route_topk", "kernels/route_topk.cuh"},
+        {"router_backward", "kernels/router_backward.cuh"},
+        {"routing_histogram", "kernels/routing_histogram.cuh"},
+        {"routing_indices", "kernels/routing_indices.cuh"},
+        {"permute_rows", "kernels/permute_rows.cuh"},
+        {"unpermute_rows", "kernels/permute_rows.cuh"},
+    };
+    for (const auto& [op, header] : kernels) {
+        const std::string spec = std::string(op) + ":bf16:n2048:k2048:e8:topk8:sm_90a";
+        const ProcessResult source = run_cli({"source", spec});
+        INFO(spec << ": " << source.err);
+        CHECK(source.status == 0);
+        CHECK(mentions(first_line(source.out), "// moejit kernel " + spec));
+        CHECK(mentions(source.out, std::string("#include \"") + header + "\""));
+    }
+    const ProcessResult forced = run_cli({"source", "combine:bf16:n2048:k2048:e8:topk8:sm_90a", "--config",
+                                          "m128n128s3w2x4"});
+    INFO(forced.err);
+    CHECK(forced.status == 1);
+    CHECK(mentions(forced.err, "--config does not apply to combine:bf16:n2048:k2048:e8:topk8:sm_90a: combine is an "
+                               "elementwise kernel"));
+    CHECK(forced.out.empty());
+}
+
+TEST_CASE("moejit bench --skew takes a whole number in (0, 1] and says so otherwise", "[cpu][cli]") {
+    // --pass bogus fails after --skew is read and before any GPU work, so an accepted --skew shows
+    // as the --pass error on any machine.
+    for (const char* skew : {"abc", "0.5abc", "", " 0.5", "0", "1.5", "-0.25", "nan"}) {
+        const ProcessResult bench = run_cli({"bench", "--model", "qwen3-30b-a3b", "--skew", skew, "--pass", "bogus"});
+        INFO("--skew '" << skew << "': " << bench.err);
+        CHECK(bench.status == 1);
+        CHECK(mentions(bench.err, std::string("--skew must be a number in (0, 1]") +
+                                      " (the share of the experts that get tokens), got '" + skew + "'"));
+        CHECK_FALSE(mentions(bench.err, "internal error"));
+    }
+    for (const char* skew : {"0.5", "1", "0.0625"}) {
+        const ProcessResult bench = run_cli({"bench", "--model", "qwen3-30b-a3b", "--skew", skew, "--pass", "bogus"});
+        INFO("--skew '" << skew << "': " << bench.err);
+        CHECK(bench.status == 1);
+        CHECK(mentions(bench.err, "--pass must be fwd, dx or dw, got 'bogus'"));
+    }
+}
+
+TEST_CASE("output that cannot be written fails the command", "[cpu][cli]") {
+    if (!std::filesystem::exists("/dev/full")) {
+        WARN("no /dev/full on this machine: not tested");
+        return;
+    }
+    const std::string spec = "fwd:bf16:n1536:k2048:e128:topk8:sm_90a";
+    // Short output stays in stdout's buffer until the final flush; --expand's fails on the way.
+    for (const std::vector<std::string>& command :
+         {std::vector<std::string>{"source", spec}, {"source", spec, "--expand"}, {"--help"}}) {
+        const ProcessResult full = run_cli(command, {}, "/dev/full");
+        INFO(command[0] << (command.size() > 2 ? " " + command[2] : "") << ": " << full.err);
+        CHECK(full.status == 1);
+        CHECK(mentions(full.err, "moejit: cannot write output: "));
+    }
+    const ProcessResult full = run_cli({"source", spec}, {}, "/dev/full");
+    CHECK(mentions(full.err, "moejit: cannot write output: No space left on device"));
+    // The same commands succeed where the output has room.
+    CHECK(run_cli({"source", spec}).status == 0);
+}

@@ -1,0 +1,116 @@
+// Kernel spec strings and Problem::validate at the edges: numbers that do not fit their field,
+// repeated and missing fields, and N or K too large for the kernels' int arithmetic.
+#include <moejit/error.hpp>
+#include <moejit/problem.hpp>
+
+#include "tests/catch.hpp"
+
+#include <string>
+
+using namespace moejit;
+
+namespace {
+
+// The message of the moejit::Error that parse_spec throws, or "" when it accepts the spec.
+std::string spec_error(const std::string& spec) {
+    try {
+        parse_spec(spec);
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "";
+}
+
+// What a thrown message must say; Catch2 v2 and v3 spell their string matchers differently.
+bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+std::string validate_error(const Problem& problem) {
+    try {
+        problem.validate();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("spec numbers that do not fit their field are rejected, not wrapped", "[cpu][spec]") {
+    // 4294967304 = 2^32 + 8 and 4294967424 = 2^32 + 128 once became topk8 and e128.
+    const std::pair<const char*, const char*> bad[] = {
+        {"fwd:bf16:n1536:k2048:e128:topk4294967304:sm_90a", "topk 4294967304 is out of range"},
+        {"fwd:bf16:n1536:k2048:e4294967424:topk8:sm_90a", "experts (e) 4294967424 is out of range"},
+        {"fwd:bf16:n1536:k2048:e2147483648:topk8:sm_90a", "experts (e) 2147483648 is out of range"},
+        {"fwd:bf16:n99999999999999999999:k2048:e128:topk8:sm_90a", "n 99999999999999999999 is out of range"},
+        {"fwd:bf16:n1536:k9223372036854775808:e128:topk8:sm_90a", "k 9223372036854775808 is out of range"},
+        // Within their fields but beyond what the kernels take: validate names the limit.
+        {"fwd:bf16:n1536:k2048:e2147483647:topk8:sm_90a", "experts must be in 1..4096"},
+        {"fwd:bf16:n1536:k2048:e128:topk2147483647:sm_90a", "topk must be in 1..experts"},
+    };
+    for (const auto& [spec, mention] : bad) {
+        const std::string error = spec_error(spec);
+        INFO(spec << " -> " << error);
+        CHECK(mentions(error, mention));
+    }
+    // The largest values the fields hold still parse exactly.
+    Problem widest;
+    widest.n = widest.k = 2147483640;
+    widest.experts = 4096;
+    widest.topk = 4096;
+    CHECK(parse_spec(to_spec(widest)) == widest);
+}
+
+TEST_CASE("a spec names each field once", "[cpu][spec]") {
+    const std::pair<const char*, const char*> bad[] = {
+        {"fwd:dx:bf16:n1536:k2048:e128:topk8:sm_90a", "op given twice (again in 'dx')"},
+        {"fwd:bf16:n1536:k2048:e128:topk8:sm_90a:sm_80", "arch given twice (again in 'sm_80')"},
+        {"fwd:bf16:fp16:n1536:k2048:e128:topk8:sm_90a", "dtype given twice"},
+        {"fwd:bf16:n1536:n2048:k2048:e128:topk8:sm_90a", "n given twice"},
+        {"fwd:bf16:n1536:k2048:k2048:e128:topk8:sm_90a", "k given twice"},
+        {"fwd:bf16:n1536:k2048:e128:e64:topk8:sm_90a", "e given twice"},
+        {"fwd:bf16:n1536:k2048:e128:topk8:topk8:sm_90a", "topk given twice"},
+        {"fwd:bf16:n1536:k2048:e128:topk8:permute_x:permute_x:sm_90a", "permute_x given twice"},
+    };
+    for (const auto& [spec, mention] : bad) {
+        const std::string error = spec_error(spec);
+        INFO(spec << " -> " << error);
+        CHECK(mentions(error, mention));
+    }
+}
+
+TEST_CASE("a spec without topk is rejected instead of meaning topk1", "[cpu][spec]") {
+    CHECK(mentions(spec_error("fwd:bf16:n1536:k2048:e128:sm_90a"), "missing topk"));
+    CHECK(mentions(spec_error("combine:bf16:n2048:k2048:e8:sm_90a"), "missing topk"));
+    CHECK(mentions(spec_error("fwd:bf16:n1536:e128:topk8:sm_90a"), "missing k<K>"));
+    CHECK(mentions(spec_error("fwd:bf16:n1536:k2048:topk8:sm_90a"), "missing e<experts>"));
+    // Every op's spec as to_spec writes it (topk included) parses back to the same problem.
+    for (Op op : {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op::check_routing, Op::combine_backward,
+                  Op::route_topk, Op::router_backward, Op::routing_histogram, Op::routing_indices, Op::permute_rows,
+                  Op::unpermute_rows}) {
+        Problem problem;
+        problem.op = op;
+        problem.n = problem.k = 64;
+        problem.experts = 8;
+        problem.topk = 2;
+        INFO(to_spec(problem));
+        CHECK(parse_spec(to_spec(problem)) == problem);
+    }
+}
+
+TEST_CASE("N and K must fit the kernels' int: 2^31 - 8 passes, 2^31 does not", "[cpu][spec]") {
+    Problem problem;
+    problem.n = 1536;
+    problem.k = 2048;
+    problem.experts = 8;
+    problem.topk = 2;
+    problem.n = int64_t{1} << 31;
+    CHECK(mentions(validate_error(problem), "N and K must each be below 2^31"));
+    CHECK(mentions(validate_error(problem), "N = 2147483648"));
+    problem.n = (int64_t{1} << 31) - 8;
+    CHECK_NOTHROW(problem.validate());
+    problem.k = int64_t{1} << 31;
+    CHECK(mentions(validate_error(problem), "K = 2147483648"));
+    CHECK(mentions(spec_error("fwd:bf16:n2147483648:k2048:e8:topk2:sm_90a"), "below 2^31"));
+    CHECK(mentions(spec_error("fwd:bf16:n2048:k2147483648:e8:topk2:sm_90a"), "below 2^31"));
+    CHECK(spec_error("fwd:bf16:n2147483640:k2147483640:e8:topk2:sm_90a").empty());
+}
