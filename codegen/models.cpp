@@ -2,6 +2,8 @@
 
 #include <moejit/error.hpp>
 
+#include "codegen/kernel_problems.hpp"
+
 namespace moejit {
 
 const std::vector<ModelPreset>& model_presets() {
@@ -45,29 +47,24 @@ const std::vector<Op>& model_passes() {
 }
 
 Problem model_gemm(const ModelPreset& model, ModelGemm gemm, Op op, DType dtype, Arch arch) {
-    Problem problem;
-    problem.op = op;
-    problem.dtype = dtype;
     // W is [E, N, K]: the problem is named by the weight's shape, whatever the pass computes with it.
+    Problem forward = gemm == ModelGemm::gate_up
+                          ? expert_gemm(dtype, 2 * model.intermediate, model.hidden, model.experts, model.topk)
+                          : expert_gemm(dtype, model.hidden, model.intermediate, model.experts, model.topk);
+    forward.arch = arch;
     if (gemm == ModelGemm::gate_up) {
-        problem.n = 2 * model.intermediate;
-        problem.k = model.hidden;
+        forward.permute_x = true;
+        forward.gated = true;
     } else {
-        problem.n = model.hidden;
-        problem.k = model.intermediate;
+        forward.permute_y = true;
+        forward.fuse_mul_post = op != Op::dw;  // not a dw fusion: its dY comes scaled
     }
-    problem.experts = model.experts;
-    problem.topk = model.topk;
-    problem.arch = arch;
-    // The MoE layer's fusions: gate_up gathers token rows and applies the gated activation; down
-    // scatters back to token order scaled by the routing weights. dx and dw take d(gate|up), and dw
-    // takes a dY the caller already scaled (fuse_mul_post is not a dw fusion).
-    if (gemm == ModelGemm::gate_up) {
-        problem.permute_x = true;
-        problem.gated = op == Op::fwd;
-    } else {
-        problem.permute_y = true;
-        problem.fuse_mul_post = op != Op::dw;
+    Problem problem;
+    switch (op) {
+        case Op::fwd: problem = gemm_pass(forward, GemmPass::fwd); break;
+        case Op::dx: problem = gemm_pass(forward, GemmPass::dx); break;
+        case Op::dw: problem = gemm_pass(forward, GemmPass::dw); break;
+        default: throw Error(std::string("a model GEMM has no pass ") + to_string(op) + ": expected fwd, dx or dw");
     }
     problem.validate();
     return problem;

@@ -3,8 +3,8 @@
 #include <moejit/llama4_moe.hpp>
 #include <moejit/routing.hpp>
 
+#include "codegen/kernel_problems.hpp"
 #include "moe/combine_backward.hpp"
-#include "moe/gemm_problem.hpp"
 #include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/driver.hpp"
@@ -88,20 +88,20 @@ struct Llama4TextMoe::State {
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
           router(c.dtype, c.hidden, RouterConfig::llama4(c.experts, c.topk), buffers.routing, workspace.pointer()),
-          gate_up(gated(gemm_problem(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk))),
+          gate_up(gated(expert_gemm(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk))),
           gate_up_dx([&] {
-              Problem p = gated(gemm_problem(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk));
+              Problem p = gated(expert_gemm(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk));
               p.permute_x = true;
               return p;
           }()),
           down([&] {
-              Problem p = gemm_problem(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
+              Problem p = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
               p.permute_y = true;
               return p;
           }()),
-          down_backward(gemm_problem(c.dtype, c.hidden, c.intermediate, c.experts, c.topk)),
-          shared_gate_up(gated(gemm_problem(c.dtype, 2 * c.shared(), c.hidden, 1, 1))),
-          shared_down(gemm_problem(c.dtype, c.hidden, c.shared(), 1, 1)) {}
+          down_backward(expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk)),
+          shared_gate_up(gated(expert_gemm(c.dtype, 2 * c.shared(), c.hidden, 1, 1))),
+          shared_down(expert_gemm(c.dtype, c.hidden, c.shared(), 1, 1)) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
 };

@@ -3,8 +3,8 @@
 #include <moejit/qwen3_moe.hpp>
 #include <moejit/routing.hpp>
 
+#include "codegen/kernel_problems.hpp"
 #include "moe/combine_backward.hpp"
-#include "moe/gemm_problem.hpp"
 #include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/driver.hpp"
@@ -63,17 +63,17 @@ struct Qwen3MoeBlock::State {
           router(c.dtype, c.hidden, RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob), buffers.routing,
                  workspace.pointer()),
           gate_up([&] {
-              Problem p = gemm_problem(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
+              Problem p = expert_gemm(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
               p.permute_x = true;
               p.gated = true;
               return p;
           }()),
           down([&] {
-              Problem p = gemm_problem(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
+              Problem p = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
               p.permute_y = true;
               return p;
           }()),
-          down_backward(gemm_problem(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk)) {}
+          down_backward(expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk)) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
 };

@@ -1,6 +1,6 @@
 #include "moe/router_stage.hpp"
 
-#include "moe/gemm_problem.hpp"
+#include "codegen/kernel_problems.hpp"
 #include "runtime/driver.hpp"
 
 namespace moejit {
@@ -29,7 +29,7 @@ RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router
       config_(router),
       buffers_(buffers),
       workspace_(workspace),
-      router_(gemm_problem(dtype, /*n=*/router.experts, /*k=*/hidden, /*experts=*/1, /*topk=*/1)) {
+      router_(expert_gemm(dtype, /*n=*/router.experts, /*k=*/hidden, /*experts=*/1, /*topk=*/1)) {
     if (router.experts % 8 != 0)
         throw Error("MoE block: the router GEMM needs experts to be a multiple of 8, got " +
                     std::to_string(router.experts));
