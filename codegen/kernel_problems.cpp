@@ -1,5 +1,7 @@
 #include "codegen/kernel_problems.hpp"
 
+#include <algorithm>
+
 namespace moejit {
 
 Problem expert_gemm(DType dtype, int64_t n, int64_t k, int experts, int topk) {
@@ -63,6 +65,33 @@ Problem unpermute_rows_problem(DType dtype, int64_t width) {
 
 Problem check_routing_problem(int experts) {
     return elementwise(Op::check_routing, DType::bf16, kUnusedWidth, experts, 1);
+}
+
+void KernelList::add(const Problem& problem) {
+    if (std::find(problems_.begin(), problems_.end(), problem) == problems_.end()) problems_.push_back(problem);
+}
+
+void KernelList::add_gemm(const Problem& forward, std::initializer_list<GemmPass> passes) {
+    for (GemmPass pass : passes) add(gemm_pass(forward, pass));
+    add(check_routing_problem(forward.experts));
+}
+
+void KernelList::add_routing(const RouterConfig& router, DType dtype) {
+    add(router_problem(Op::route_topk, router, dtype));
+    add(routing_indices_problem(Op::routing_histogram, router.experts));
+    add(routing_indices_problem(Op::routing_indices, router.experts));
+    add(router_problem(Op::router_backward, router, dtype));
+}
+
+std::vector<Problem> KernelList::for_arch(const Arch& arch) const {
+    std::vector<Problem> kernels;
+    for (Problem problem : problems_) {
+        problem.arch = arch;
+        problem.validate();
+        // Two problems equal but for the arch they were added with are one kernel here.
+        if (std::find(kernels.begin(), kernels.end(), problem) == kernels.end()) kernels.push_back(problem);
+    }
+    return kernels;
 }
 
 }  // namespace moejit

@@ -59,9 +59,51 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
     return b;
 }
 
-Problem gated(Problem p) {
-    p.gated = true;
-    return p;
+RouterConfig router_config(const Llama4MoeConfig& c) { return RouterConfig::llama4(c.experts, c.topk); }
+
+// The forward problems of the block's grouped GEMMs (the router's is RouterStage's).
+struct Gemms {
+    Problem gate_up;         // gated, on the scaled input already in expert order (forward, dW)
+    Problem gate_up_dx;      // gated + permute_x: its dX lands in slot order
+    Problem down;            // permute_y: rows in slot order, combined unweighted
+    Problem down_backward;   // no fusions: backward reads and writes expert order
+    Problem shared_gate_up;  // dense: one "expert" of T rows, gated
+    Problem shared_down;
+};
+
+Gemms gemms(const Llama4MoeConfig& c) {
+    Gemms g;
+    g.gate_up = expert_gemm(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk);
+    g.gate_up.gated = true;
+    g.gate_up_dx = g.gate_up;
+    g.gate_up_dx.permute_x = true;
+    g.down = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
+    g.down.permute_y = true;
+    g.down_backward = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
+    g.shared_gate_up = expert_gemm(c.dtype, 2 * c.shared(), c.hidden, 1, 1);
+    g.shared_gate_up.gated = true;
+    g.shared_down = expert_gemm(c.dtype, c.hidden, c.shared(), 1, 1);
+    return g;
+}
+
+// What forward() and backward() launch, in their order; keep it in step with them.
+KernelList block_kernels(const Llama4MoeConfig& c) {
+    const Gemms g = gemms(c);
+    KernelList list;
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c));
+    list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));  // the scaled input, and in backward d(score)
+    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dw_fp32});
+    list.add_gemm(g.down, {GemmPass::fwd});
+    list.add_gemm(g.shared_gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add_gemm(g.shared_down, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
+    list.add(gated_backward_problem(c.dtype, 2 * c.shared()));
+    list.add(permute_rows_problem(c.dtype, c.hidden, c.topk));
+    list.add_gemm(g.down_backward, {GemmPass::dx, GemmPass::dw_fp32});
+    list.add(gated_backward_problem(c.dtype, 2 * c.intermediate));
+    list.add_gemm(g.gate_up_dx, {GemmPass::dx});
+    list.add(combine_problem(c.dtype, c.hidden, 1));  // the shared expert's and the router's dHidden
+    return list;
 }
 
 }  // namespace
@@ -71,13 +113,8 @@ struct Llama4TextMoe::State {
     int64_t max_tokens;
     Buffers buffers;
     DeviceWorkspace workspace;
-    RouterStage router;          // router GEMM, top-k, routing indices, and their backward
-    GroupedGemm gate_up;         // gated, on the scaled input already in expert order (forward, dW)
-    GroupedGemm gate_up_dx;      // gated + permute_x: its dX lands in slot order
-    GroupedGemm down;            // permute_y: rows in slot order, combined unweighted
-    GroupedGemm down_backward;   // no fusions: backward reads and writes expert order
-    GroupedGemm shared_gate_up;  // dense: one "expert" of T rows, gated
-    GroupedGemm shared_down;
+    RouterStage router;  // router GEMM, top-k, routing indices, and their backward
+    GroupedGemm gate_up, gate_up_dx, down, down_backward, shared_gate_up, shared_down;  // over gemms(config)
     // Saved by forward for backward.
     CUdeviceptr hidden = 0, router_logits = 0;
     int64_t tokens = -1;
@@ -87,27 +124,23 @@ struct Llama4TextMoe::State {
           max_tokens(max_tokens_),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(c.dtype, c.hidden, RouterConfig::llama4(c.experts, c.topk), buffers.routing, workspace.pointer()),
-          gate_up(gated(expert_gemm(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk))),
-          gate_up_dx([&] {
-              Problem p = gated(expert_gemm(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk));
-              p.permute_x = true;
-              return p;
-          }()),
-          down([&] {
-              Problem p = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
-              p.permute_y = true;
-              return p;
-          }()),
-          down_backward(expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk)),
-          shared_gate_up(gated(expert_gemm(c.dtype, 2 * c.shared(), c.hidden, 1, 1))),
-          shared_down(expert_gemm(c.dtype, c.hidden, c.shared(), 1, 1)) {}
+          router(c.dtype, c.hidden, router_config(c), buffers.routing, workspace.pointer()),
+          gate_up(gemms(c).gate_up),
+          gate_up_dx(gemms(c).gate_up_dx),
+          down(gemms(c).down),
+          down_backward(gemms(c).down_backward),
+          shared_gate_up(gemms(c).shared_gate_up),
+          shared_down(gemms(c).shared_down) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
 };
 
 size_t Llama4TextMoe::workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens) {
     return plan(config, max_tokens).total;
+}
+
+std::vector<Problem> Llama4TextMoe::kernels(const Llama4MoeConfig& config, const Arch& arch) {
+    return block_kernels(config).for_arch(arch);
 }
 
 Llama4TextMoe::Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens)

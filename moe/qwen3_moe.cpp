@@ -13,6 +13,40 @@ namespace moejit {
 
 namespace {
 
+RouterConfig router_config(const Qwen3MoeConfig& c) { return RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob); }
+
+// The forward problems of the block's grouped GEMMs (the router's is RouterStage's).
+struct Gemms {
+    Problem gate_up;        // permute_x + gated
+    Problem down;           // permute_y: unscaled rows in slot order (the combine applies the weights)
+    Problem down_backward;  // no fusions: backward reads and writes expert order
+};
+
+Gemms gemms(const Qwen3MoeConfig& c) {
+    Gemms g;
+    g.gate_up = expert_gemm(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
+    g.gate_up.permute_x = true;
+    g.gate_up.gated = true;
+    g.down = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
+    g.down.permute_y = true;
+    g.down_backward = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
+    return g;
+}
+
+// What forward() and backward() launch, in their order; keep it in step with them.
+KernelList block_kernels(const Qwen3MoeConfig& c) {
+    const Gemms g = gemms(c);
+    KernelList list;
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c));
+    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add_gemm(g.down, {GemmPass::fwd});
+    list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
+    list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));
+    list.add_gemm(g.down_backward, {GemmPass::dx, GemmPass::dw_fp32});
+    list.add(gated_backward_problem(c.dtype, 2 * c.moe_intermediate));
+    return list;
+}
+
 // Where each intermediate lives in the workspace, for up to max_tokens tokens.
 struct Buffers {
     RouterStage::Buffers routing;
@@ -47,10 +81,8 @@ struct Qwen3MoeBlock::State {
     int64_t max_tokens;
     Buffers buffers;
     DeviceWorkspace workspace;
-    RouterStage router;   // router GEMM, top-k, routing indices, and their backward
-    GroupedGemm gate_up;  // permute_x + gated
-    GroupedGemm down;     // permute_y: unscaled rows in slot order (the combine applies the weights)
-    GroupedGemm down_backward;  // no fusions: backward reads and writes expert order
+    RouterStage router;  // router GEMM, top-k, routing indices, and their backward
+    GroupedGemm gate_up, down, down_backward;  // over gemms(config)
     // Saved by forward for backward.
     CUdeviceptr hidden = 0, router_logits = 0;
     int64_t tokens = -1;
@@ -60,26 +92,20 @@ struct Qwen3MoeBlock::State {
           max_tokens(max_tokens_),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(c.dtype, c.hidden, RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob), buffers.routing,
-                 workspace.pointer()),
-          gate_up([&] {
-              Problem p = expert_gemm(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
-              p.permute_x = true;
-              p.gated = true;
-              return p;
-          }()),
-          down([&] {
-              Problem p = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
-              p.permute_y = true;
-              return p;
-          }()),
-          down_backward(expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk)) {}
+          router(c.dtype, c.hidden, router_config(c), buffers.routing, workspace.pointer()),
+          gate_up(gemms(c).gate_up),
+          down(gemms(c).down),
+          down_backward(gemms(c).down_backward) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
 };
 
 size_t Qwen3MoeBlock::workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens) {
     return plan(config, max_tokens).total;
+}
+
+std::vector<Problem> Qwen3MoeBlock::kernels(const Qwen3MoeConfig& config, const Arch& arch) {
+    return block_kernels(config).for_arch(arch);
 }
 
 Qwen3MoeBlock::Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens)

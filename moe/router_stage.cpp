@@ -1,10 +1,17 @@
 #include "moe/router_stage.hpp"
 
-#include "codegen/kernel_problems.hpp"
 #include "runtime/driver.hpp"
 
 namespace moejit {
 
+namespace {
+
+// hidden [T, H] x router [E, H]^T: one "expert" of T rows, E outputs.
+Problem router_gemm(DType dtype, int64_t hidden, const RouterConfig& router) {
+    return expert_gemm(dtype, /*n=*/router.experts, /*k=*/hidden, /*experts=*/1, /*topk=*/1);
+}
+
+}  // namespace
 
 RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int experts, int topk,
                                        int64_t max_tokens) {
@@ -29,10 +36,15 @@ RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router
       config_(router),
       buffers_(buffers),
       workspace_(workspace),
-      router_(expert_gemm(dtype, /*n=*/router.experts, /*k=*/hidden, /*experts=*/1, /*topk=*/1)) {
+      router_(router_gemm(dtype, hidden, router)) {
     if (router.experts % 8 != 0)
         throw Error("MoE block: the router GEMM needs experts to be a multiple of 8, got " +
                     std::to_string(router.experts));
+}
+
+void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router) {
+    list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add_routing(router, dtype);
 }
 
 void RouterStage::forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,

@@ -16,6 +16,7 @@
 #include <cuda.h>
 
 #include <memory>
+#include <vector>
 
 namespace moejit {
 
@@ -52,6 +53,11 @@ class Llama4TextMoe {
 public:
     // Device memory for up to max_tokens tokens, forward and backward.
     static size_t workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens);
+    // Every kernel the block compiles for `arch`, forward and backward: each grouped-GEMM pass it
+    // runs, and its routing and elementwise kernels. `moejit precompile` puts these in a deployment
+    // cache, so a process running the block on that arch never JIT-compiles. Throws moejit::Error
+    // naming the first kernel the config makes invalid.
+    static std::vector<Problem> kernels(const Llama4MoeConfig& config, const Arch& arch);
 
     // Owns a workspace of workspace_bytes(config, max_tokens).
     Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens);

@@ -14,6 +14,7 @@
 #include <cuda.h>
 
 #include <memory>
+#include <vector>
 
 namespace moejit {
 
@@ -44,6 +45,11 @@ class Qwen3MoeBlock {
 public:
     // Device memory for up to max_tokens tokens, forward and backward.
     static size_t workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens);
+    // Every kernel the block compiles for `arch`, forward and backward: each grouped-GEMM pass it
+    // runs, and its routing and elementwise kernels. `moejit precompile` puts these in a deployment
+    // cache, so a process running the block on that arch never JIT-compiles. Throws moejit::Error
+    // naming the first kernel the config makes invalid.
+    static std::vector<Problem> kernels(const Qwen3MoeConfig& config, const Arch& arch);
 
     // Owns a workspace of workspace_bytes(config, max_tokens).
     Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens);
