@@ -59,6 +59,8 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
     return b;
 }
 
+const char* const kBlock = "Llama4TextMoe";
+
 RouterConfig router_config(const Llama4MoeConfig& c) { return RouterConfig::llama4(c.experts, c.topk); }
 
 // The forward problems of the block's grouped GEMMs (the router's is RouterStage's).
@@ -106,6 +108,22 @@ KernelList block_kernels(const Llama4MoeConfig& c) {
     return list;
 }
 
+// Everything the constructor needs to hold before it touches the device.
+void validate(const Llama4MoeConfig& c) {
+    if (c.hidden <= 0 || c.intermediate <= 0 || c.shared_intermediate < 0 || c.hidden % 8 != 0 ||
+        c.intermediate % 8 != 0 || c.shared_intermediate % 8 != 0)
+        throw Error(std::string(kBlock) + ": hidden and intermediate must be positive multiples of 8, "
+                    "shared_intermediate 0 (the same as intermediate) or one too; got " + std::to_string(c.hidden) +
+                    ", " + std::to_string(c.intermediate) + " and " + std::to_string(c.shared_intermediate));
+    RouterStage::validate(router_config(c), kBlock);
+    block_kernels(c).for_arch(Arch{});  // every kernel's own limits
+}
+
+void validate(const Llama4MoeConfig& c, int64_t max_tokens) {
+    validate(c);
+    check_max_tokens(max_tokens, c.topk, kBlock);
+}
+
 }  // namespace
 
 struct Llama4TextMoe::State {
@@ -136,10 +154,12 @@ struct Llama4TextMoe::State {
 };
 
 size_t Llama4TextMoe::workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens) {
+    validate(config, max_tokens);
     return plan(config, max_tokens).total;
 }
 
 std::vector<Problem> Llama4TextMoe::kernels(const Llama4MoeConfig& config, const Arch& arch) {
+    validate(config);
     return block_kernels(config).for_arch(arch);
 }
 
@@ -147,11 +167,7 @@ Llama4TextMoe::Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens)
     : Llama4TextMoe(config, max_tokens, CUdeviceptr{0}) {}
 
 Llama4TextMoe::Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens, CUdeviceptr workspace) {
-    if (config.hidden <= 0 || config.intermediate <= 0 || config.shared_intermediate < 0 || config.experts <= 0 ||
-        config.topk <= 0 || config.topk > config.experts)
-        throw Error("Llama4TextMoe: hidden, intermediate, experts must be positive, shared_intermediate not "
-                    "negative and 1 <= topk <= experts");
-    if (max_tokens <= 0) throw Error("Llama4TextMoe: max_tokens must be positive");
+    validate(config, max_tokens);
     state_ = std::make_unique<State>(config, max_tokens, workspace);
 }
 

@@ -13,6 +13,8 @@ namespace moejit {
 
 namespace {
 
+const char* const kBlock = "Qwen3MoeBlock";
+
 RouterConfig router_config(const Qwen3MoeConfig& c) { return RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob); }
 
 // The forward problems of the block's grouped GEMMs (the router's is RouterStage's).
@@ -45,6 +47,20 @@ KernelList block_kernels(const Qwen3MoeConfig& c) {
     list.add_gemm(g.down_backward, {GemmPass::dx, GemmPass::dw_fp32});
     list.add(gated_backward_problem(c.dtype, 2 * c.moe_intermediate));
     return list;
+}
+
+// Everything the constructor needs to hold before it touches the device.
+void validate(const Qwen3MoeConfig& c) {
+    if (c.hidden <= 0 || c.moe_intermediate <= 0 || c.hidden % 8 != 0 || c.moe_intermediate % 8 != 0)
+        throw Error(std::string(kBlock) + ": hidden and moe_intermediate must be positive multiples of 8, got " +
+                    std::to_string(c.hidden) + " and " + std::to_string(c.moe_intermediate));
+    RouterStage::validate(router_config(c), kBlock);
+    block_kernels(c).for_arch(Arch{});  // every kernel's own limits
+}
+
+void validate(const Qwen3MoeConfig& c, int64_t max_tokens) {
+    validate(c);
+    check_max_tokens(max_tokens, c.topk, kBlock);
 }
 
 // Where each intermediate lives in the workspace, for up to max_tokens tokens.
@@ -101,10 +117,12 @@ struct Qwen3MoeBlock::State {
 };
 
 size_t Qwen3MoeBlock::workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens) {
+    validate(config, max_tokens);
     return plan(config, max_tokens).total;
 }
 
 std::vector<Problem> Qwen3MoeBlock::kernels(const Qwen3MoeConfig& config, const Arch& arch) {
+    validate(config);
     return block_kernels(config).for_arch(arch);
 }
 
@@ -112,10 +130,7 @@ Qwen3MoeBlock::Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens)
     : Qwen3MoeBlock(config, max_tokens, CUdeviceptr{0}) {}
 
 Qwen3MoeBlock::Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens, CUdeviceptr workspace) {
-    if (config.hidden <= 0 || config.moe_intermediate <= 0 || config.experts <= 0 || config.topk <= 0 ||
-        config.topk > config.experts)
-        throw Error("Qwen3MoeBlock: hidden, moe_intermediate, experts must be positive and 1 <= topk <= experts");
-    if (max_tokens <= 0) throw Error("Qwen3MoeBlock: max_tokens must be positive");
+    validate(config, max_tokens);
     state_ = std::make_unique<State>(config, max_tokens, workspace);
 }
 

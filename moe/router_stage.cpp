@@ -1,5 +1,6 @@
 #include "moe/router_stage.hpp"
 
+#include "moe/router_limits.hpp"
 #include "runtime/driver.hpp"
 
 namespace moejit {
@@ -36,9 +37,12 @@ RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router
       config_(router),
       buffers_(buffers),
       workspace_(workspace),
-      router_(router_gemm(dtype, hidden, router)) {
+      router_(router_gemm(dtype, hidden, router)) {}
+
+void RouterStage::validate(const RouterConfig& router, const char* block) {
+    check_router(router, [&] { return std::string(block); });
     if (router.experts % 8 != 0)
-        throw Error("MoE block: the router GEMM needs experts to be a multiple of 8, got " +
+        throw Error(std::string(block) + ": the router GEMM needs experts to be a multiple of 8, got " +
                     std::to_string(router.experts));
 }
 

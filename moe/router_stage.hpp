@@ -20,6 +20,10 @@ public:
     };
     static Buffers plan(WorkspaceLayout& layout, DType dtype, int experts, int topk, int64_t max_tokens);
 
+    // Throws moejit::Error, naming `block`, unless the stage can run `router`: the routing kernels'
+    // limits, and experts a multiple of 8 (the router GEMM's N). Blocks call it before they touch
+    // the device; the constructor does not repeat it.
+    static void validate(const RouterConfig& router, const char* block);
     // Adds every kernel forward() and backward() launch.
     static void add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router);
 

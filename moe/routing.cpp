@@ -6,6 +6,7 @@
 
 #include "codegen/config.hpp"
 #include "codegen/kernel_problems.hpp"
+#include "moe/router_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/launch_arguments.hpp"
@@ -51,16 +52,6 @@ std::string router_name(const char* op, const RouterConfig& router) {
            ", " + (router.scoring == Scoring::sigmoid ? "sigmoid" : "softmax") +
            (router.score_before_topk ? " before" : " after") + " top-k" + (router.renormalize ? ", renormalized" : "") +
            ")";
-}
-
-template <class Where>
-void check_router(const RouterConfig& router, const Where& where) {
-    if (router.experts < 1 || router.experts > 1024)
-        throw Error(where() + ": experts must be in 1..1024, got " + std::to_string(router.experts));
-    if (router.topk < 1 || router.topk > 32 || router.topk > router.experts)
-        throw Error(where() + ": topk must be in 1..min(32, experts), got " + std::to_string(router.topk));
-    if (router.scoring != Scoring::softmax && router.scoring != Scoring::sigmoid)
-        throw Error(where() + ": scoring must be softmax or sigmoid");
 }
 
 int router_mode(const RouterConfig& router) {

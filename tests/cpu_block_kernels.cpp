@@ -1,5 +1,7 @@
-// What the MoE blocks compile, with no GPU: each block's kernel list names exactly the kernels its
-// forward and backward launch.
+// What the MoE blocks compile and accept, with no GPU: each block's kernel list names exactly the
+// kernels its forward and backward launch, and every bad config is rejected by workspace_bytes and
+// the constructor before the device is touched.
+#include <moejit/error.hpp>
 #include <moejit/llama4_moe.hpp>
 #include <moejit/qwen3_moe.hpp>
 
@@ -19,6 +21,20 @@ std::set<std::string> specs_of(const std::vector<Problem>& problems) {
     for (const Problem& problem : problems) specs.insert(to_spec(problem));
     return specs;
 }
+
+// The message of the moejit::Error `call` throws; fails the test if it throws nothing.
+template <class Call>
+std::string error_of(Call&& call) {
+    try {
+        call();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    FAIL("no moejit::Error thrown");
+    return "";
+}
+
+bool mentions(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 const Arch kHopper = Arch::parse("sm_90a");
 
@@ -124,3 +140,80 @@ TEST_CASE("gemm_pass derives dX and dW the way GroupedGemm documents", "[cpu][bl
     CHECK(to_spec(gemm_pass(forward, GemmPass::dw_fp32)) == "dw:bf16:n256:k128:e16:topk4:permute_x:out_fp32:sm_90a");
 }
 
+TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][blocks]") {
+    const Qwen3MoeConfig qwen3{2048, 768, 128, 8, true, DType::bf16};
+    const Llama4MoeConfig llama4{5120, 8192, 0, 16, 1, DType::bf16};
+    const size_t small = Qwen3MoeBlock::workspace_bytes(qwen3, 16), large = Qwen3MoeBlock::workspace_bytes(qwen3, 4096);
+    CHECK(small > 0);
+    CHECK(large > small);
+    CHECK(Llama4TextMoe::workspace_bytes(llama4, 16) > 0);
+
+    auto bad_qwen3 = [&](auto&& change, int64_t max_tokens, const char* mention) {
+        Qwen3MoeConfig c = qwen3;
+        change(c);
+        const std::string message = error_of([&] { Qwen3MoeBlock::workspace_bytes(c, max_tokens); });
+        INFO(message);
+        CHECK(mentions(message, "Qwen3MoeBlock"));
+        CHECK(mentions(message, mention));
+    };
+    bad_qwen3([](Qwen3MoeConfig& c) { c.hidden = -2048; }, 16, "hidden");
+    bad_qwen3([](Qwen3MoeConfig& c) { c.moe_intermediate = 0; }, 16, "moe_intermediate");
+    bad_qwen3([](Qwen3MoeConfig& c) { c.hidden = 2044; }, 16, "multiples of 8");
+    bad_qwen3([](Qwen3MoeConfig&) {}, 0, "max_tokens");
+    bad_qwen3([](Qwen3MoeConfig&) {}, -5, "max_tokens");
+    bad_qwen3([](Qwen3MoeConfig&) {}, int64_t{1} << 28, "max_tokens");  // 2^31 routed rows
+    bad_qwen3([](Qwen3MoeConfig& c) { c.topk = 33; }, 16, "topk");
+    bad_qwen3([](Qwen3MoeConfig& c) { c.topk = 0; }, 16, "topk");
+    bad_qwen3([](Qwen3MoeConfig& c) { c.experts = 2048; }, 16, "experts");
+    bad_qwen3([](Qwen3MoeConfig& c) { c.experts = 12; }, 16, "multiple of 8");
+
+    auto bad_llama4 = [&](auto&& change, int64_t max_tokens, const char* mention) {
+        Llama4MoeConfig c = llama4;
+        change(c);
+        const std::string message = error_of([&] { Llama4TextMoe::workspace_bytes(c, max_tokens); });
+        INFO(message);
+        CHECK(mentions(message, "Llama4TextMoe"));
+        CHECK(mentions(message, mention));
+    };
+    bad_llama4([](Llama4MoeConfig& c) { c.hidden = -2048; }, 16, "hidden");
+    bad_llama4([](Llama4MoeConfig& c) { c.shared_intermediate = -8; }, 16, "shared_intermediate");
+    bad_llama4([](Llama4MoeConfig& c) { c.shared_intermediate = 12; }, 16, "shared_intermediate");
+    bad_llama4([](Llama4MoeConfig&) {}, 0, "max_tokens");
+    bad_llama4([](Llama4MoeConfig& c) { c.topk = 17; }, 16, "topk");
+    bad_llama4([](Llama4MoeConfig& c) { c.experts = 1032; c.topk = 1; }, 16, "experts");
+
+    // The kernel lists take the same checks.
+    Qwen3MoeConfig wide = qwen3;
+    wide.topk = 33;
+    CHECK(mentions(error_of([&] { Qwen3MoeBlock::kernels(wide, kHopper); }), "topk"));
+}
+
+TEST_CASE("block constructors reject router limits before touching the device", "[cpu][blocks]") {
+    // On a machine with no driver, a constructor that reached the device would throw the driver's
+    // error instead; with one, it would allocate first. Either way the message names the block.
+    const CUdeviceptr external = 1 << 20;  // a caller's workspace: 256-byte aligned, never dereferenced
+    for (CUdeviceptr workspace : {CUdeviceptr{0}, external}) {
+        Qwen3MoeConfig qwen3{256, 128, 64, 33, true, DType::bf16};
+        std::string message = error_of([&] { Qwen3MoeBlock block(qwen3, 64, workspace); });
+        CHECK(mentions(message, "Qwen3MoeBlock: topk must be in 1..min(32, experts), got 33"));
+        qwen3.topk = 8;
+        qwen3.experts = 2048;
+        message = error_of([&] { Qwen3MoeBlock block(qwen3, 64, workspace); });
+        CHECK(mentions(message, "Qwen3MoeBlock: experts must be in 1..1024, got 2048"));
+        qwen3.experts = 64;
+        message = error_of([&] { Qwen3MoeBlock block(qwen3, 0, workspace); });
+        CHECK(mentions(message, "Qwen3MoeBlock: max_tokens"));
+
+        Llama4MoeConfig llama4{256, 128, 0, 1032, 1, DType::bf16};
+        message = error_of([&] { Llama4TextMoe block(llama4, 64, workspace); });
+        CHECK(mentions(message, "Llama4TextMoe: experts must be in 1..1024, got 1032"));
+        llama4.experts = 16;
+        llama4.topk = 17;
+        message = error_of([&] { Llama4TextMoe block(llama4, 64, workspace); });
+        CHECK(mentions(message, "Llama4TextMoe: topk must be in 1..min(32, experts), got 17"));
+        llama4.topk = 1;
+        llama4.experts = 12;
+        message = error_of([&] { Llama4TextMoe block(llama4, 64, workspace); });
+        CHECK(mentions(message, "Llama4TextMoe: the router GEMM needs experts to be a multiple of 8"));
+    }
+}
