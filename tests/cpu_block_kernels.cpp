@@ -1,13 +1,17 @@
-// What the MoE blocks compile and accept, with no GPU: each block's kernel list names exactly the
-// kernels its forward and backward launch, and every bad config is rejected by workspace_bytes and
-// the constructor before the device is touched.
+// What the MoE blocks compile and accept, with no GPU: each block's kernel list (the list
+// `moejit precompile` compiles for a preset) names exactly the kernels its forward and backward
+// launch, and every bad config is rejected by workspace_bytes and the constructor before the
+// device is touched. gpu_block_kernels.cpp runs the blocks against a cache holding only these lists.
 #include <moejit/error.hpp>
 #include <moejit/llama4_moe.hpp>
 #include <moejit/qwen3_moe.hpp>
 
 #include "codegen/kernel_problems.hpp"
+#include "codegen/models.hpp"
+#include "moe/model_kernels.hpp"
 #include "tests/catch.hpp"
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -130,6 +134,56 @@ TEST_CASE("Llama4TextMoe::kernels names each kernel forward and backward launch,
     CHECK(specs.count("permute_rows:bf16:n256:k256:e2:topk2:sm_90a") == 1);
 }
 
+TEST_CASE("model_kernels: the qwen3 and llama4 presets compile their block's list", "[cpu][blocks]") {
+    for (const ModelPreset& model : model_presets()) {
+        INFO(model.name);
+        const std::vector<Problem> kernels = model_kernels(model, kHopper, DType::bf16);
+        if (model.block == ModelBlock::qwen3)
+            CHECK(kernels == Qwen3MoeBlock::kernels(qwen3_moe_config(model, DType::bf16), kHopper));
+        if (model.block == ModelBlock::llama4)
+            CHECK(kernels == Llama4TextMoe::kernels(llama4_moe_config(model, DType::bf16), kHopper));
+        CHECK((model.block == ModelBlock::qwen3) == (model.name.rfind("qwen3-", 0) == 0));
+        CHECK((model.block == ModelBlock::llama4) == (model.name == "llama4-scout"));
+        for (const Problem& problem : kernels) CHECK_NOTHROW(problem.validate());
+    }
+    const std::set<std::string> qwen3 = specs_of(model_kernels(find_model("qwen3-30b-a3b"), kHopper, DType::bf16));
+    CHECK(qwen3.count("fwd:bf16:n128:k2048:e1:topk1:sm_90a") == 1);  // the router GEMM
+    CHECK(qwen3.count("fwd:bf16:n2048:k768:e128:topk8:permute_y:sm_90a") == 1);
+    CHECK(qwen3.count("fwd:bf16:n2048:k768:e128:topk8:permute_y:mul_post:sm_90a") == 0);
+    CHECK(qwen3.count("dw:bf16:n1536:k2048:e128:topk8:permute_x:out_fp32:sm_90a") == 1);
+    CHECK(qwen3.count("route_topk:bf16:n8:k8:e128:topk8:sm_90a") == 1);
+}
+
+TEST_CASE("model_kernels: presets with no block get every GroupedGemm pass of an MoE MLP", "[cpu][blocks]") {
+    const std::set<std::string> specs = specs_of(model_kernels(find_model("mixtral-8x7b"), kHopper, DType::bf16));
+    const std::set<std::string> expected = {
+        "route_topk:bf16:n8:k8:e8:topk2:sm_90a",
+        "routing_histogram:bf16:n8:k8:e8:topk1:sm_90a",
+        "routing_indices:bf16:n8:k8:e8:topk1:sm_90a",
+        "router_backward:bf16:n8:k8:e8:topk2:sm_90a",
+        "fwd:bf16:n28672:k4096:e8:topk2:permute_x:gated:sm_90a",
+        "dx:bf16:n28672:k4096:e8:topk2:permute_x:sm_90a",
+        "dw:bf16:n28672:k4096:e8:topk2:permute_x:sm_90a",
+        "dw:bf16:n28672:k4096:e8:topk2:permute_x:out_fp32:sm_90a",
+        // down weighting rows as it scatters them: no dW (GroupedGemm rejects dW with mul_post)
+        "fwd:bf16:n4096:k14336:e8:topk2:permute_y:mul_post:sm_90a",
+        "dx:bf16:n4096:k14336:e8:topk2:permute_y:mul_post:sm_90a",
+        // down scattering unweighted rows, every pass
+        "fwd:bf16:n4096:k14336:e8:topk2:permute_y:sm_90a",
+        "dx:bf16:n4096:k14336:e8:topk2:permute_y:sm_90a",
+        "dw:bf16:n4096:k14336:e8:topk2:permute_y:sm_90a",
+        "dw:bf16:n4096:k14336:e8:topk2:permute_y:out_fp32:sm_90a",
+        "gated_backward:bf16:n28672:k28672:e1:topk1:sm_90a",
+        "combine:bf16:n4096:k4096:e2:topk2:sm_90a",
+        "check_routing:bf16:n8:k8:e8:topk1:sm_90a",
+    };
+    CHECK(specs == expected);
+    // The passes agree with the ones `moejit source --model ... --pass` names.
+    for (Op op : model_passes())
+        for (ModelGemm gemm : model_gemms())
+            CHECK(specs.count(to_spec(model_gemm(find_model("mixtral-8x7b"), gemm, op, DType::bf16, kHopper))) == 1);
+}
+
 TEST_CASE("gemm_pass derives dX and dW the way GroupedGemm documents", "[cpu][blocks]") {
     Problem forward = expert_gemm(DType::bf16, 256, 128, 16, 4);
     forward.permute_x = true;
@@ -138,6 +192,17 @@ TEST_CASE("gemm_pass derives dX and dW the way GroupedGemm documents", "[cpu][bl
     CHECK(to_spec(gemm_pass(forward, GemmPass::dx)) == "dx:bf16:n256:k128:e16:topk4:permute_x:sm_90a");
     CHECK(to_spec(gemm_pass(forward, GemmPass::dw)) == "dw:bf16:n256:k128:e16:topk4:permute_x:sm_90a");
     CHECK(to_spec(gemm_pass(forward, GemmPass::dw_fp32)) == "dw:bf16:n256:k128:e16:topk4:permute_x:out_fp32:sm_90a");
+}
+
+TEST_CASE("layer_rows_bucket: routed GEMMs see tokens * topk rows over their experts, dense ones tokens", "[cpu][blocks]") {
+    const Problem routed = expert_gemm(DType::bf16, 256, 128, 128, 8);  // 16 tokens: 1 row per expert
+    const Problem dense = expert_gemm(DType::bf16, 128, 256, 1, 1);     // 16 tokens: 16 rows
+    CHECK(layer_rows_bucket(routed, 16) == RowsBucket::decode);
+    CHECK(layer_rows_bucket(routed, 1024) == RowsBucket::small);   // 64 rows per expert
+    CHECK(layer_rows_bucket(routed, 8192) == RowsBucket::large);
+    CHECK(layer_rows_bucket(dense, 16) == RowsBucket::decode);
+    CHECK(layer_rows_bucket(dense, 64) == RowsBucket::small);
+    CHECK(layer_rows_bucket(dense, 1024) == RowsBucket::large);
 }
 
 TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][blocks]") {
