@@ -444,8 +444,44 @@ TEST_CASE("moejit compile with an unwritable cache directory works and warns onc
     const Result precompile = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, unwritable);
     CHECK(precompile.status == 1);
     CHECK(count_of(precompile.err, "[moejit warning]") == 1);
-    CHECK(precompile.err.find("moejit: could not write the kernel cache") != std::string::npos);
+    const std::string total =
+        std::to_string(model_kernels(find_model("qwen3-30b-a3b"), Arch::parse("sm_90a"), DType::bf16).size());
+    CHECK(precompile.err.find("moejit: could not store " + total + " of " + total + " kernels") != std::string::npos);
+    CHECK(precompile.err.find("0 compiled and stored, 0 already cached") != std::string::npos);
     CHECK(read_text(tmp / "not-a-dir") == "x");
+}
+
+TEST_CASE("moejit precompile counts the kernels it stored when some stores fail", "[cli]") {
+    TempDir tmp;
+    const std::string cache = tmp / "cache";
+    const ModelPreset& model = find_model("qwen3-30b-a3b");
+    const Problem gate_up = model_gemm(model, ModelGemm::gate_up, Op::fwd, DType::bf16, Arch::parse("sm_90a"));
+    const Config config = choose_config(gate_up);
+    const std::string key =
+        make_key(Compiler(DiskCache(cache, {})).key_inputs(emit_source(gate_up, config), gate_up.arch)).hex();
+    // A file where the gate_up kernel's shard directory belongs: its store fails, and the kernels
+    // before it (the router's) are stored already.
+    fs::create_directories(cache);
+    write_bytes(cache + "/" + key.substr(0, 2), {'x'});
+
+    const Result result = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, cache);
+    CHECK(result.status == 1);
+    CHECK(result.out.find(to_spec(gate_up) + " " + config.to_string() + "  compiled") != std::string::npos);
+    CHECK(result.out.find("(not stored)") != std::string::npos);
+    std::smatch match;
+    REQUIRE(std::regex_search(result.err, match,
+                              std::regex(R"(could not store (\d+) of (\d+) kernels in the kernel cache at .*; )"
+                                         R"((\d+) compiled and stored, 0 already cached)")));
+    const size_t unstored = std::stoul(match[1]), total = std::stoul(match[2]), stored = std::stoul(match[3]);
+    CHECK(total == model_kernels(model, Arch::parse("sm_90a"), DType::bf16).size());
+    CHECK(unstored >= 1);
+    CHECK(stored >= 1);
+    CHECK(stored + unstored == total);
+    // What it says it stored is what the cache holds.
+    const std::vector<std::string> files = files_under(cache);
+    CHECK(size_t(std::count_if(files.begin(), files.end(), [](const std::string& file) {
+              return file.size() > 6 && file.compare(file.size() - 6, 6, ".cubin") == 0;
+          })) == stored);
 }
 
 // --- concurrency ------------------------------------------------------------------------------------

@@ -222,30 +222,38 @@ int cmd_precompile(const std::vector<std::string>& argv) {
         }
     }
     Compiler compiler(DiskCache::from_environment());
-    size_t compiled = 0, cached = 0, elsewhere = 0;
+    size_t compiled = 0, cached = 0, elsewhere = 0, unstored = 0;
     for (size_t i = 0; i < kernels.size(); ++i) {
         const auto& [problem, config] = kernels[i];
         const Binary binary = compiler.get(problem, config);
+        // Whether the entry is in the writable root now: a store that failed left none.
+        struct stat st {};
+        const bool in_root = ::stat(compiler.disk().entry_path(binary.key).c_str(), &st) == 0;
         std::string where;
         if (binary.from_disk) {
             ++cached;
-            struct stat st {};
-            if (::stat(compiler.disk().entry_path(binary.key).c_str(), &st) != 0) {
+            if (!in_root) {
                 ++elsewhere;
                 where = " (in a read-only root)";
             }
         } else {
             ++compiled;
+            if (!in_root) {
+                ++unstored;
+                where = " (not stored)";
+            }
         }
         std::printf("[%zu/%zu] %s %s  %s %s%s\n", i + 1, kernels.size(), to_spec(problem).c_str(),
                     config.to_string().c_str(), binary.from_disk ? "cached" : "compiled",
                     format_ms(binary.milliseconds).c_str(), where.c_str());
         std::fflush(stdout);
     }
-    if (compiler.disk().memory_only())
-        throw Error("could not write the kernel cache at " +
+    if (unstored > 0)
+        throw Error("could not store " + std::to_string(unstored) + " of " + std::to_string(kernels.size()) +
+                    " kernels in the kernel cache at " +
                     (compiler.disk().root().empty() ? std::string("(no cache directory)") : compiler.disk().root()) +
-                    " (see the warning above): nothing was precompiled");
+                    " (see the warning above); " + std::to_string(compiled - unstored) + " compiled and stored, " +
+                    std::to_string(cached) + " already cached");
     std::printf("%zu kernels for %s (%s, %s) are in the cache at %s: %zu compiled, %zu already cached",
                 kernels.size(), model.name.c_str(), arch.name().c_str(), to_string(dtype),
                 compiler.disk().root().c_str(), compiled, cached);
