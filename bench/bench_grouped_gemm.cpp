@@ -9,6 +9,7 @@
 #include "bench/timing.hpp"
 #include "codegen/config.hpp"
 #include "codegen/models.hpp"
+#include "moe/model_kernels.hpp"
 #include "runtime/compiler.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"

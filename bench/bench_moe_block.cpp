@@ -1,4 +1,4 @@
-// MoE block (Qwen3MoeBlock, or Llama4TextMoe for presets with a shared expert) forward and
+// MoE block (Llama4TextMoe for llama4-scout, Qwen3MoeBlock for the other presets) forward and
 // forward+backward milliseconds beside cuBLAS dense GEMMs of the same shapes (the same FLOPs, with
 // none of the routing work).
 //
@@ -10,6 +10,7 @@
 #include "bench/cublas.hpp"
 #include "bench/timing.hpp"
 #include "codegen/models.hpp"
+#include "moe/model_kernels.hpp"
 #include "runtime/device.hpp"
 #include "tests/support/device.hpp"
 
@@ -38,10 +39,10 @@ int main(int argc, char** argv) try {
 
     const DType dtype = DType::bf16;
     const int64_t H = model.hidden, I = model.intermediate, E = model.experts;
-    // Llama4-style presets (a shared expert) run Llama4TextMoe with Is = I; the others Qwen3MoeBlock.
-    const bool llama4 = model.has_shared_expert;
-    const Qwen3MoeConfig qwen3_config{H, I, model.experts, model.topk, true, dtype};
-    const Llama4MoeConfig llama4_config{H, I, I, model.experts, model.topk, dtype};
+    // llama4-scout runs Llama4TextMoe (a shared expert of I); every other preset Qwen3MoeBlock.
+    const bool llama4 = model.block == ModelBlock::llama4;
+    const Qwen3MoeConfig qwen3_config = qwen3_moe_config(model, dtype);
+    const Llama4MoeConfig llama4_config = llama4_moe_config(model, dtype);
     DeviceBuffer router = DeviceBuffer::from(random_halves(dtype, E * H, 11));
     DeviceBuffer gate_up = DeviceBuffer::from(random_halves(dtype, E * 2 * I * H, 12));
     DeviceBuffer down = DeviceBuffer::from(random_halves(dtype, E * H * I, 13));

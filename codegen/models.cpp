@@ -2,17 +2,19 @@
 
 #include <moejit/error.hpp>
 
+#include "codegen/kernel_problems.hpp"
+
 namespace moejit {
 
 const std::vector<ModelPreset>& model_presets() {
-    // name, hidden H, expert intermediate I, experts E, topk, shared expert
+    // name, hidden H, expert intermediate I, experts E, topk, block
     static const std::vector<ModelPreset> presets = {
-        {"qwen3-30b-a3b", 2048, 768, 128, 8, false},
-        {"qwen3-235b-a22b", 4096, 1536, 128, 8, false},
-        {"deepseek-v3", 7168, 2048, 256, 8, false},
-        {"mixtral-8x7b", 4096, 14336, 8, 2, false},
-        {"llama4-scout", 5120, 8192, 16, 1, true},
-        {"gpt-oss-120b", 2880, 2880, 128, 4, false},
+        {"qwen3-30b-a3b", 2048, 768, 128, 8, ModelBlock::qwen3},
+        {"qwen3-235b-a22b", 4096, 1536, 128, 8, ModelBlock::qwen3},
+        {"deepseek-v3", 7168, 2048, 256, 8, ModelBlock::none},
+        {"mixtral-8x7b", 4096, 14336, 8, 2, ModelBlock::none},
+        {"llama4-scout", 5120, 8192, 16, 1, ModelBlock::llama4},  // and a shared expert of I
+        {"gpt-oss-120b", 2880, 2880, 128, 4, ModelBlock::none},
     };
     return presets;
 }
@@ -45,29 +47,24 @@ const std::vector<Op>& model_passes() {
 }
 
 Problem model_gemm(const ModelPreset& model, ModelGemm gemm, Op op, DType dtype, Arch arch) {
-    Problem problem;
-    problem.op = op;
-    problem.dtype = dtype;
     // W is [E, N, K]: the problem is named by the weight's shape, whatever the pass computes with it.
+    Problem forward = gemm == ModelGemm::gate_up
+                          ? expert_gemm(dtype, 2 * model.intermediate, model.hidden, model.experts, model.topk)
+                          : expert_gemm(dtype, model.hidden, model.intermediate, model.experts, model.topk);
+    forward.arch = arch;
     if (gemm == ModelGemm::gate_up) {
-        problem.n = 2 * model.intermediate;
-        problem.k = model.hidden;
+        forward.permute_x = true;
+        forward.gated = true;
     } else {
-        problem.n = model.hidden;
-        problem.k = model.intermediate;
+        forward.permute_y = true;
+        forward.fuse_mul_post = op != Op::dw;  // not a dw fusion: its dY comes scaled
     }
-    problem.experts = model.experts;
-    problem.topk = model.topk;
-    problem.arch = arch;
-    // The MoE layer's fusions: gate_up gathers token rows and applies the gated activation; down
-    // scatters back to token order scaled by the routing weights. dx and dw take d(gate|up), and dw
-    // takes a dY the caller already scaled (fuse_mul_post is not a dw fusion).
-    if (gemm == ModelGemm::gate_up) {
-        problem.permute_x = true;
-        problem.gated = op == Op::fwd;
-    } else {
-        problem.permute_y = true;
-        problem.fuse_mul_post = op != Op::dw;
+    Problem problem;
+    switch (op) {
+        case Op::fwd: problem = gemm_pass(forward, GemmPass::fwd); break;
+        case Op::dx: problem = gemm_pass(forward, GemmPass::dx); break;
+        case Op::dw: problem = gemm_pass(forward, GemmPass::dw); break;
+        default: throw Error(std::string("a model GEMM has no pass ") + to_string(op) + ": expected fwd, dx or dw");
     }
     problem.validate();
     return problem;
@@ -75,29 +72,6 @@ Problem model_gemm(const ModelPreset& model, ModelGemm gemm, Op op, DType dtype,
 
 Problem model_gemm(const ModelPreset& model, std::string_view gemm, Op op, DType dtype, Arch arch) {
     return model_gemm(model, parse_model_gemm(gemm), op, dtype, arch);
-}
-
-std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype) {
-    // The shared expert of llama4-scout is not a grouped GEMM of the routed experts; it gets its
-    // kernels here once the MoE block decides how it runs.
-    std::vector<Problem> kernels;
-    for (Op op : model_passes())
-        for (ModelGemm gemm : model_gemms()) kernels.push_back(model_gemm(model, gemm, op, dtype, arch));
-    // The elementwise kernels of the backward pass: the gated activation's and the topk combine of dX.
-    Problem gated = kernels.front();
-    gated.op = Op::gated_backward;
-    gated.permute_x = gated.gated = false;
-    gated.k = gated.n;
-    gated.experts = 1;
-    gated.topk = 1;
-    Problem combine = gated;
-    combine.op = Op::combine;
-    combine.n = combine.k = model.hidden;
-    combine.experts = combine.topk = model.topk;
-    kernels.push_back(gated);
-    kernels.push_back(combine);
-    for (const Problem& problem : kernels) problem.validate();
-    return kernels;
 }
 
 }  // namespace moejit

@@ -3,6 +3,7 @@
 #include <moejit/error.hpp>
 
 #include "codegen/config.hpp"
+#include "codegen/kernel_problems.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/environment.hpp"
@@ -33,10 +34,7 @@ struct Scratch {
 void check_routing(const Problem& gemm, const Routing& routing, bool uses_gather, CUstream stream) {
     const Driver& cu = driver();
     const DeviceInfo& device = current_device();
-    Problem problem;
-    problem.op = Op::check_routing;
-    problem.n = problem.k = 8;
-    problem.experts = gemm.experts;
+    Problem problem = check_routing_problem(gemm.experts);
     problem.arch = device.arch;
     auto kernel = Runtime::instance().kernel(problem, choose_config(problem));
 

@@ -3,6 +3,7 @@
 #include <moejit/error.hpp>
 
 #include "codegen/config.hpp"
+#include "codegen/kernel_problems.hpp"
 #include "runtime/device.hpp"
 #include "runtime/launch_arguments.hpp"
 #include "runtime/runtime.hpp"
@@ -14,11 +15,7 @@ namespace moejit {
 void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out, CUdeviceptr y,
                       CUdeviceptr gather_idx, CUdeviceptr weights, CUdeviceptr grad_y, CUdeviceptr grad_weights,
                       int64_t rows, CUstream stream) {
-    Problem problem;
-    problem.op = Op::combine_backward;
-    problem.dtype = dtype;
-    problem.n = problem.k = width;
-    problem.experts = problem.topk = topk;
+    Problem problem = combine_backward_problem(dtype, width, topk);
     // Arguments first: a bad one is reported as such, also where there is no GPU.
     problem.validate();
     const std::pair<CUdeviceptr, unsigned> pointers[] = {{grad_out, 16}, {y, 16},      {gather_idx, 4},

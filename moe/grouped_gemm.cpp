@@ -2,6 +2,7 @@
 #include <moejit/grouped_gemm.hpp>
 
 #include "codegen/config.hpp"
+#include "codegen/kernel_problems.hpp"
 #include "moe/check_routing.hpp"
 #include "runtime/device.hpp"
 #include "runtime/device_buffer.hpp"
@@ -123,18 +124,14 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
     forward_.arch = device.arch;
     sm_count_ = device.sm_count;
     tile_counters_ = std::make_unique<TileCounters>();
-    const Op ops[4] = {Op::fwd, Op::dx, Op::dw, Op::dw};
     for (int i = 0; i < 4; ++i) {
         auto pass = std::make_unique<Pass>();
-        pass->problem = forward_;
-        pass->problem.op = ops[i];
-        pass->problem.gated = forward_.gated && ops[i] == Op::fwd;  // dx and dw take d(gate|up)
-        pass->problem.out_fp32 = i == 3;
+        pass->problem = gemm_pass(forward_, static_cast<GemmPass>(i));
         for (RowsBucket bucket : kRowsBuckets) {
             Config& chosen = pass->variants[static_cast<int>(bucket)].config;
             chosen = config_override_.empty() ? select_config(pass->problem, bucket, device)
                                               : Config::parse(config_override_);
-            if (ops[i] == Op::dw) chosen.cluster = 1;  // CTA pairs are for the row-grouped passes
+            if (pass->problem.op == Op::dw) chosen.cluster = 1;  // CTA pairs are for the row-grouped passes
             check_config(pass->problem, chosen);
         }
         passes_[i] = std::move(pass);
@@ -244,13 +241,7 @@ void GroupedGemm::dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routin
 void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdeviceptr out, int64_t tokens,
                   CUstream stream, CUdeviceptr weights, CUdeviceptr addend) {
     if (topk < 1) throw Error("combine_topk: topk must be at least 1, got " + std::to_string(topk));
-    Problem problem;
-    problem.op = Op::combine;
-    problem.dtype = dtype;
-    problem.n = width;
-    problem.k = width;
-    problem.experts = topk;
-    problem.topk = topk;
+    const Problem problem = combine_problem(dtype, width, topk);
     // Arguments first: a bad one is reported as such, also where there is no GPU.
     problem.validate();
     check_pointer(slots, 16, "slots", problem);
@@ -269,12 +260,7 @@ void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdev
 
 void gated_activation_backward(DType dtype, int64_t n, CUdeviceptr preactivation, CUdeviceptr grad_h,
                                CUdeviceptr grad_preactivation, int64_t rows, CUstream stream) {
-    Problem problem;
-    problem.op = Op::gated_backward;
-    problem.dtype = dtype;
-    problem.n = n;
-    problem.k = n;
-    problem.experts = 1;
+    const Problem problem = gated_backward_problem(dtype, n);
     // Arguments first: a bad one is reported as such, also where there is no GPU.
     if (n % 16 != 0) throw Error(to_spec(problem) + ": N = 2*I needs I to be a multiple of 8");
     problem.validate();

@@ -3,8 +3,8 @@
 #include <moejit/llama4_moe.hpp>
 #include <moejit/routing.hpp>
 
+#include "codegen/kernel_problems.hpp"
 #include "moe/combine_backward.hpp"
-#include "moe/gemm_problem.hpp"
 #include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/driver.hpp"
@@ -59,9 +59,69 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
     return b;
 }
 
-Problem gated(Problem p) {
-    p.gated = true;
-    return p;
+const char* const kBlock = "Llama4TextMoe";
+
+RouterConfig router_config(const Llama4MoeConfig& c) { return RouterConfig::llama4(c.experts, c.topk); }
+
+// The forward problems of the block's grouped GEMMs (the router's is RouterStage's).
+struct Gemms {
+    Problem gate_up;         // gated, on the scaled input already in expert order (forward, dW)
+    Problem gate_up_dx;      // gated + permute_x: its dX lands in slot order
+    Problem down;            // permute_y: rows in slot order, combined unweighted
+    Problem down_backward;   // no fusions: backward reads and writes expert order
+    Problem shared_gate_up;  // dense: one "expert" of T rows, gated
+    Problem shared_down;
+};
+
+Gemms gemms(const Llama4MoeConfig& c) {
+    Gemms g;
+    g.gate_up = expert_gemm(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk);
+    g.gate_up.gated = true;
+    g.gate_up_dx = g.gate_up;
+    g.gate_up_dx.permute_x = true;
+    g.down = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
+    g.down.permute_y = true;
+    g.down_backward = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
+    g.shared_gate_up = expert_gemm(c.dtype, 2 * c.shared(), c.hidden, 1, 1);
+    g.shared_gate_up.gated = true;
+    g.shared_down = expert_gemm(c.dtype, c.hidden, c.shared(), 1, 1);
+    return g;
+}
+
+// What forward() and backward() launch, in their order; keep it in step with them.
+KernelList block_kernels(const Llama4MoeConfig& c) {
+    const Gemms g = gemms(c);
+    KernelList list;
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c));
+    list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));  // the scaled input, and in backward d(score)
+    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dw_fp32});
+    list.add_gemm(g.down, {GemmPass::fwd});
+    list.add_gemm(g.shared_gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add_gemm(g.shared_down, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
+    list.add(gated_backward_problem(c.dtype, 2 * c.shared()));
+    list.add(permute_rows_problem(c.dtype, c.hidden, c.topk));
+    list.add_gemm(g.down_backward, {GemmPass::dx, GemmPass::dw_fp32});
+    list.add(gated_backward_problem(c.dtype, 2 * c.intermediate));
+    list.add_gemm(g.gate_up_dx, {GemmPass::dx});
+    list.add(combine_problem(c.dtype, c.hidden, 1));  // the shared expert's and the router's dHidden
+    return list;
+}
+
+// Everything the constructor needs to hold before it touches the device.
+void validate(const Llama4MoeConfig& c) {
+    if (c.hidden <= 0 || c.intermediate <= 0 || c.shared_intermediate < 0 || c.hidden % 8 != 0 ||
+        c.intermediate % 8 != 0 || c.shared_intermediate % 8 != 0)
+        throw Error(std::string(kBlock) + ": hidden and intermediate must be positive multiples of 8, "
+                    "shared_intermediate 0 (the same as intermediate) or one too; got " + std::to_string(c.hidden) +
+                    ", " + std::to_string(c.intermediate) + " and " + std::to_string(c.shared_intermediate));
+    RouterStage::validate(router_config(c), kBlock);
+    block_kernels(c).for_arch(Arch{});  // every kernel's own limits
+}
+
+void validate(const Llama4MoeConfig& c, int64_t max_tokens) {
+    validate(c);
+    check_max_tokens(max_tokens, c.topk, kBlock);
 }
 
 }  // namespace
@@ -71,13 +131,8 @@ struct Llama4TextMoe::State {
     int64_t max_tokens;
     Buffers buffers;
     DeviceWorkspace workspace;
-    RouterStage router;          // router GEMM, top-k, routing indices, and their backward
-    GroupedGemm gate_up;         // gated, on the scaled input already in expert order (forward, dW)
-    GroupedGemm gate_up_dx;      // gated + permute_x: its dX lands in slot order
-    GroupedGemm down;            // permute_y: rows in slot order, combined unweighted
-    GroupedGemm down_backward;   // no fusions: backward reads and writes expert order
-    GroupedGemm shared_gate_up;  // dense: one "expert" of T rows, gated
-    GroupedGemm shared_down;
+    RouterStage router;  // router GEMM, top-k, routing indices, and their backward
+    GroupedGemm gate_up, gate_up_dx, down, down_backward, shared_gate_up, shared_down;  // over gemms(config)
     // Saved by forward for backward.
     CUdeviceptr hidden = 0, router_logits = 0;
     int64_t tokens = -1;
@@ -87,38 +142,32 @@ struct Llama4TextMoe::State {
           max_tokens(max_tokens_),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(c.dtype, c.hidden, RouterConfig::llama4(c.experts, c.topk), buffers.routing, workspace.pointer()),
-          gate_up(gated(gemm_problem(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk))),
-          gate_up_dx([&] {
-              Problem p = gated(gemm_problem(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk));
-              p.permute_x = true;
-              return p;
-          }()),
-          down([&] {
-              Problem p = gemm_problem(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
-              p.permute_y = true;
-              return p;
-          }()),
-          down_backward(gemm_problem(c.dtype, c.hidden, c.intermediate, c.experts, c.topk)),
-          shared_gate_up(gated(gemm_problem(c.dtype, 2 * c.shared(), c.hidden, 1, 1))),
-          shared_down(gemm_problem(c.dtype, c.hidden, c.shared(), 1, 1)) {}
+          router(c.dtype, c.hidden, router_config(c), buffers.routing, workspace.pointer()),
+          gate_up(gemms(c).gate_up),
+          gate_up_dx(gemms(c).gate_up_dx),
+          down(gemms(c).down),
+          down_backward(gemms(c).down_backward),
+          shared_gate_up(gemms(c).shared_gate_up),
+          shared_down(gemms(c).shared_down) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
 };
 
 size_t Llama4TextMoe::workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens) {
+    validate(config, max_tokens);
     return plan(config, max_tokens).total;
+}
+
+std::vector<Problem> Llama4TextMoe::kernels(const Llama4MoeConfig& config, const Arch& arch) {
+    validate(config);
+    return block_kernels(config).for_arch(arch);
 }
 
 Llama4TextMoe::Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens)
     : Llama4TextMoe(config, max_tokens, CUdeviceptr{0}) {}
 
 Llama4TextMoe::Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens, CUdeviceptr workspace) {
-    if (config.hidden <= 0 || config.intermediate <= 0 || config.shared_intermediate < 0 || config.experts <= 0 ||
-        config.topk <= 0 || config.topk > config.experts)
-        throw Error("Llama4TextMoe: hidden, intermediate, experts must be positive, shared_intermediate not "
-                    "negative and 1 <= topk <= experts");
-    if (max_tokens <= 0) throw Error("Llama4TextMoe: max_tokens must be positive");
+    validate(config, max_tokens);
     state_ = std::make_unique<State>(config, max_tokens, workspace);
 }
 

@@ -3,8 +3,8 @@
 #include <moejit/qwen3_moe.hpp>
 #include <moejit/routing.hpp>
 
+#include "codegen/kernel_problems.hpp"
 #include "moe/combine_backward.hpp"
-#include "moe/gemm_problem.hpp"
 #include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/driver.hpp"
@@ -12,6 +12,56 @@
 namespace moejit {
 
 namespace {
+
+const char* const kBlock = "Qwen3MoeBlock";
+
+RouterConfig router_config(const Qwen3MoeConfig& c) { return RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob); }
+
+// The forward problems of the block's grouped GEMMs (the router's is RouterStage's).
+struct Gemms {
+    Problem gate_up;        // permute_x + gated
+    Problem down;           // permute_y: unscaled rows in slot order (the combine applies the weights)
+    Problem down_backward;  // no fusions: backward reads and writes expert order
+};
+
+Gemms gemms(const Qwen3MoeConfig& c) {
+    Gemms g;
+    g.gate_up = expert_gemm(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
+    g.gate_up.permute_x = true;
+    g.gate_up.gated = true;
+    g.down = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
+    g.down.permute_y = true;
+    g.down_backward = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
+    return g;
+}
+
+// What forward() and backward() launch, in their order; keep it in step with them.
+KernelList block_kernels(const Qwen3MoeConfig& c) {
+    const Gemms g = gemms(c);
+    KernelList list;
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c));
+    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add_gemm(g.down, {GemmPass::fwd});
+    list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
+    list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));
+    list.add_gemm(g.down_backward, {GemmPass::dx, GemmPass::dw_fp32});
+    list.add(gated_backward_problem(c.dtype, 2 * c.moe_intermediate));
+    return list;
+}
+
+// Everything the constructor needs to hold before it touches the device.
+void validate(const Qwen3MoeConfig& c) {
+    if (c.hidden <= 0 || c.moe_intermediate <= 0 || c.hidden % 8 != 0 || c.moe_intermediate % 8 != 0)
+        throw Error(std::string(kBlock) + ": hidden and moe_intermediate must be positive multiples of 8, got " +
+                    std::to_string(c.hidden) + " and " + std::to_string(c.moe_intermediate));
+    RouterStage::validate(router_config(c), kBlock);
+    block_kernels(c).for_arch(Arch{});  // every kernel's own limits
+}
+
+void validate(const Qwen3MoeConfig& c, int64_t max_tokens) {
+    validate(c);
+    check_max_tokens(max_tokens, c.topk, kBlock);
+}
 
 // Where each intermediate lives in the workspace, for up to max_tokens tokens.
 struct Buffers {
@@ -47,10 +97,8 @@ struct Qwen3MoeBlock::State {
     int64_t max_tokens;
     Buffers buffers;
     DeviceWorkspace workspace;
-    RouterStage router;   // router GEMM, top-k, routing indices, and their backward
-    GroupedGemm gate_up;  // permute_x + gated
-    GroupedGemm down;     // permute_y: unscaled rows in slot order (the combine applies the weights)
-    GroupedGemm down_backward;  // no fusions: backward reads and writes expert order
+    RouterStage router;  // router GEMM, top-k, routing indices, and their backward
+    GroupedGemm gate_up, down, down_backward;  // over gemms(config)
     // Saved by forward for backward.
     CUdeviceptr hidden = 0, router_logits = 0;
     int64_t tokens = -1;
@@ -60,36 +108,29 @@ struct Qwen3MoeBlock::State {
           max_tokens(max_tokens_),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(c.dtype, c.hidden, RouterConfig::qwen3(c.experts, c.topk, c.norm_topk_prob), buffers.routing,
-                 workspace.pointer()),
-          gate_up([&] {
-              Problem p = gemm_problem(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
-              p.permute_x = true;
-              p.gated = true;
-              return p;
-          }()),
-          down([&] {
-              Problem p = gemm_problem(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
-              p.permute_y = true;
-              return p;
-          }()),
-          down_backward(gemm_problem(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk)) {}
+          router(c.dtype, c.hidden, router_config(c), buffers.routing, workspace.pointer()),
+          gate_up(gemms(c).gate_up),
+          down(gemms(c).down),
+          down_backward(gemms(c).down_backward) {}
 
     CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
 };
 
 size_t Qwen3MoeBlock::workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens) {
+    validate(config, max_tokens);
     return plan(config, max_tokens).total;
+}
+
+std::vector<Problem> Qwen3MoeBlock::kernels(const Qwen3MoeConfig& config, const Arch& arch) {
+    validate(config);
+    return block_kernels(config).for_arch(arch);
 }
 
 Qwen3MoeBlock::Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens)
     : Qwen3MoeBlock(config, max_tokens, CUdeviceptr{0}) {}
 
 Qwen3MoeBlock::Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens, CUdeviceptr workspace) {
-    if (config.hidden <= 0 || config.moe_intermediate <= 0 || config.experts <= 0 || config.topk <= 0 ||
-        config.topk > config.experts)
-        throw Error("Qwen3MoeBlock: hidden, moe_intermediate, experts must be positive and 1 <= topk <= experts");
-    if (max_tokens <= 0) throw Error("Qwen3MoeBlock: max_tokens must be positive");
+    validate(config, max_tokens);
     state_ = std::make_unique<State>(config, max_tokens, workspace);
 }
 

@@ -1,10 +1,18 @@
 #include "moe/router_stage.hpp"
 
-#include "moe/gemm_problem.hpp"
+#include "moe/router_limits.hpp"
 #include "runtime/driver.hpp"
 
 namespace moejit {
 
+namespace {
+
+// hidden [T, H] x router [E, H]^T: one "expert" of T rows, E outputs.
+Problem router_gemm(DType dtype, int64_t hidden, const RouterConfig& router) {
+    return expert_gemm(dtype, /*n=*/router.experts, /*k=*/hidden, /*experts=*/1, /*topk=*/1);
+}
+
+}  // namespace
 
 RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int experts, int topk,
                                        int64_t max_tokens) {
@@ -29,10 +37,18 @@ RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router
       config_(router),
       buffers_(buffers),
       workspace_(workspace),
-      router_(gemm_problem(dtype, /*n=*/router.experts, /*k=*/hidden, /*experts=*/1, /*topk=*/1)) {
+      router_(router_gemm(dtype, hidden, router)) {}
+
+void RouterStage::validate(const RouterConfig& router, const char* block) {
+    check_router(router, [&] { return std::string(block); });
     if (router.experts % 8 != 0)
-        throw Error("MoE block: the router GEMM needs experts to be a multiple of 8, got " +
+        throw Error(std::string(block) + ": the router GEMM needs experts to be a multiple of 8, got " +
                     std::to_string(router.experts));
+}
+
+void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router) {
+    list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add_routing(router, dtype);
 }
 
 void RouterStage::forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,

@@ -7,6 +7,7 @@
 #include <moejit/grouped_gemm.hpp>
 #include <moejit/routing.hpp>
 
+#include "codegen/kernel_problems.hpp"
 #include "moe/workspace.hpp"
 
 namespace moejit {
@@ -18,6 +19,13 @@ public:
         size_t scratch_bytes;
     };
     static Buffers plan(WorkspaceLayout& layout, DType dtype, int experts, int topk, int64_t max_tokens);
+
+    // Throws moejit::Error, naming `block`, unless the stage can run `router`: the routing kernels'
+    // limits, and experts a multiple of 8 (the router GEMM's N). Blocks call it before they touch
+    // the device; the constructor does not repeat it.
+    static void validate(const RouterConfig& router, const char* block);
+    // Adds every kernel forward() and backward() launch.
+    static void add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router);
 
     // `workspace`: the block's workspace, which `buffers` index.
     RouterStage(DType dtype, int64_t hidden, const RouterConfig& router, const Buffers& buffers, CUdeviceptr workspace);

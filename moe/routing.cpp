@@ -5,6 +5,8 @@
 #include <moejit/routing.hpp>
 
 #include "codegen/config.hpp"
+#include "codegen/kernel_problems.hpp"
+#include "moe/router_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/launch_arguments.hpp"
@@ -52,29 +54,9 @@ std::string router_name(const char* op, const RouterConfig& router) {
            ")";
 }
 
-template <class Where>
-void check_router(const RouterConfig& router, const Where& where) {
-    if (router.experts < 1 || router.experts > 1024)
-        throw Error(where() + ": experts must be in 1..1024, got " + std::to_string(router.experts));
-    if (router.topk < 1 || router.topk > 32 || router.topk > router.experts)
-        throw Error(where() + ": topk must be in 1..min(32, experts), got " + std::to_string(router.topk));
-    if (router.scoring != Scoring::softmax && router.scoring != Scoring::sigmoid)
-        throw Error(where() + ": scoring must be softmax or sigmoid");
-}
-
 int router_mode(const RouterConfig& router) {
     return (router.scoring == Scoring::sigmoid ? kRouteSigmoid : 0) | (router.renormalize ? kRouteRenormalize : 0) |
            (router.score_before_topk ? kRouteScoreBeforeTopk : 0);
-}
-
-Problem router_problem(Op op, const RouterConfig& router, DType dtype) {
-    Problem problem;
-    problem.op = op;
-    problem.dtype = dtype;
-    problem.n = problem.k = 8;  // unused by the router kernels
-    problem.experts = router.experts;
-    problem.topk = router.topk;
-    return problem;
 }
 
 template <class Where>
@@ -176,14 +158,8 @@ void routing_indices(int experts, int topk, CUdeviceptr topk_ids, int64_t tokens
         throw Error(where() + ": workspace of " + std::to_string(workspace_bytes) + " bytes is too small for " +
                     std::to_string(tokens) + " tokens; routing_workspace_bytes gives " + std::to_string(needed));
     const DeviceInfo& device = current_device();
-    Problem problem;
-    problem.n = problem.k = 8;  // unused
-    problem.experts = experts;
-    problem.topk = 1;  // the kernels see only the flat slots
-    problem.op = Op::routing_histogram;
-    auto histogram = kernel_for(problem, device);
-    problem.op = Op::routing_indices;
-    auto indices = kernel_for(problem, device);
+    auto histogram = kernel_for(routing_indices_problem(Op::routing_histogram, experts), device);
+    auto indices = kernel_for(routing_indices_problem(Op::routing_indices, experts), device);
     if (rows == 0) {  // no slots: every expert gets zero rows
         check_cuda(driver().cuMemsetD32Async(m_sizes, 0, size_t(experts), stream), "routing_indices: clear m_sizes");
         return;
@@ -228,13 +204,8 @@ void permute_rows(DType dtype, int64_t width, int topk, CUdeviceptr x, CUdevicep
     check_pointer(x, 16, where, "x");
     check_pointer(gather_idx, 4, where, "gather_idx");
     check_pointer(xp, 16, where, "xp");
-    Problem problem;
-    problem.op = Op::permute_rows;
-    problem.dtype = dtype;
-    problem.n = problem.k = width;
-    problem.experts = problem.topk = topk;
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(problem, device);
+    auto kernel = kernel_for(permute_rows_problem(dtype, width, topk), device);
     const int64_t rows = tokens * topk;
     if (rows == 0) return;
     PermuteRowsArguments arguments{reinterpret_cast<const void*>(x), reinterpret_cast<void*>(xp),
@@ -253,13 +224,8 @@ void unpermute_rows(DType dtype, int64_t width, CUdeviceptr y, CUdeviceptr gathe
     check_pointer(y, 16, where, "y");
     check_pointer(gather_idx, 4, where, "gather_idx");
     check_pointer(ys, 16, where, "ys");
-    Problem problem;
-    problem.op = Op::unpermute_rows;
-    problem.dtype = dtype;
-    problem.n = problem.k = width;
-    problem.experts = problem.topk = 1;
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(problem, device);
+    auto kernel = kernel_for(unpermute_rows_problem(dtype, width), device);
     if (rows == 0) return;
     PermuteRowsArguments arguments{reinterpret_cast<const void*>(y), reinterpret_cast<void*>(ys),
                                    reinterpret_cast<const int*>(gather_idx), rows};

@@ -6,8 +6,18 @@
 #include "runtime/driver.hpp"
 
 #include <cstddef>
+#include <cstdint>
+#include <string>
 
 namespace moejit {
+
+// The blocks plan their workspace for max_tokens tokens, max_tokens * topk routed rows: each a
+// positive count the routing kernels can index (below 2^31).
+inline void check_max_tokens(int64_t max_tokens, int topk, const char* block) {
+    if (max_tokens <= 0 || max_tokens > ((int64_t{1} << 31) - 1) / topk)
+        throw Error(std::string(block) + ": max_tokens must be positive and max_tokens * topk below 2^31, got " +
+                    std::to_string(max_tokens));
+}
 
 // Hands out 256-byte aligned offsets.
 class WorkspaceLayout {

@@ -29,6 +29,7 @@
 #include "codegen/config.hpp"
 #include "codegen/emit.hpp"
 #include "codegen/models.hpp"
+#include "moe/model_kernels.hpp"
 #include "runtime/compiler.hpp"
 #include "runtime/nvrtc.hpp"
 #include "tests/catch.hpp"
@@ -272,12 +273,12 @@ TEST_CASE("model presets give the documented shapes and kernels", "[models]") {
         const char* name;
         int64_t hidden, intermediate;
         int experts, topk;
-        bool shared;
+        ModelBlock block;
     };
     const Expected expected[] = {
-        {"qwen3-30b-a3b", 2048, 768, 128, 8, false},   {"qwen3-235b-a22b", 4096, 1536, 128, 8, false},
-        {"deepseek-v3", 7168, 2048, 256, 8, false},    {"mixtral-8x7b", 4096, 14336, 8, 2, false},
-        {"llama4-scout", 5120, 8192, 16, 1, true},     {"gpt-oss-120b", 2880, 2880, 128, 4, false},
+        {"qwen3-30b-a3b", 2048, 768, 128, 8, ModelBlock::qwen3},   {"qwen3-235b-a22b", 4096, 1536, 128, 8, ModelBlock::qwen3},
+        {"deepseek-v3", 7168, 2048, 256, 8, ModelBlock::none},     {"mixtral-8x7b", 4096, 14336, 8, 2, ModelBlock::none},
+        {"llama4-scout", 5120, 8192, 16, 1, ModelBlock::llama4},   {"gpt-oss-120b", 2880, 2880, 128, 4, ModelBlock::none},
     };
     REQUIRE(model_presets().size() == std::size(expected));
     const Arch arch = Arch::parse("sm_90a");
@@ -289,7 +290,7 @@ TEST_CASE("model presets give the documented shapes and kernels", "[models]") {
         CHECK(model.intermediate == e.intermediate);
         CHECK(model.experts == e.experts);
         CHECK(model.topk == e.topk);
-        CHECK(model.has_shared_expert == e.shared);
+        CHECK(model.block == e.block);
 
         const Problem gate_up = model_gemm(model, "gate_up", Op::fwd, DType::bf16, arch);
         CHECK(gate_up.n == 2 * e.intermediate);
@@ -302,10 +303,11 @@ TEST_CASE("model presets give the documented shapes and kernels", "[models]") {
         CHECK(down.topk == e.topk);
         CHECK(down.arch == arch);
 
+        // Every preset's layer runs gate_up forward with the gated activation fused.
         const std::vector<Problem> kernels = model_kernels(model, arch, DType::bf16);
-        REQUIRE(kernels.size() == 8);
-        CHECK(kernels[0] == gate_up);
-        CHECK(kernels[1] == model_gemm(model, ModelGemm::down, Op::fwd, DType::bf16, arch));
+        CHECK(std::any_of(kernels.begin(), kernels.end(), [&](const Problem& p) {
+            return p.op == Op::fwd && p.gated && p.n == gate_up.n && p.k == gate_up.k && p.experts == e.experts;
+        }));
     }
     CHECK(to_spec(model_gemm(find_model("qwen3-235b-a22b"), "gate_up", Op::fwd, DType::bf16, arch)) ==
           "fwd:bf16:n3072:k4096:e128:topk8:permute_x:gated:sm_90a");
@@ -442,8 +444,44 @@ TEST_CASE("moejit compile with an unwritable cache directory works and warns onc
     const Result precompile = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, unwritable);
     CHECK(precompile.status == 1);
     CHECK(count_of(precompile.err, "[moejit warning]") == 1);
-    CHECK(precompile.err.find("moejit: could not write the kernel cache") != std::string::npos);
+    const std::string total =
+        std::to_string(model_kernels(find_model("qwen3-30b-a3b"), Arch::parse("sm_90a"), DType::bf16).size());
+    CHECK(precompile.err.find("moejit: could not store " + total + " of " + total + " kernels") != std::string::npos);
+    CHECK(precompile.err.find("0 compiled and stored, 0 already cached") != std::string::npos);
     CHECK(read_text(tmp / "not-a-dir") == "x");
+}
+
+TEST_CASE("moejit precompile counts the kernels it stored when some stores fail", "[cli]") {
+    TempDir tmp;
+    const std::string cache = tmp / "cache";
+    const ModelPreset& model = find_model("qwen3-30b-a3b");
+    const Problem gate_up = model_gemm(model, ModelGemm::gate_up, Op::fwd, DType::bf16, Arch::parse("sm_90a"));
+    const Config config = choose_config(gate_up);
+    const std::string key =
+        make_key(Compiler(DiskCache(cache, {})).key_inputs(emit_source(gate_up, config), gate_up.arch)).hex();
+    // A file where the gate_up kernel's shard directory belongs: its store fails, and the kernels
+    // before it (the router's) are stored already.
+    fs::create_directories(cache);
+    write_bytes(cache + "/" + key.substr(0, 2), {'x'});
+
+    const Result result = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, cache);
+    CHECK(result.status == 1);
+    CHECK(result.out.find(to_spec(gate_up) + " " + config.to_string() + "  compiled") != std::string::npos);
+    CHECK(result.out.find("(not stored)") != std::string::npos);
+    std::smatch match;
+    REQUIRE(std::regex_search(result.err, match,
+                              std::regex(R"(could not store (\d+) of (\d+) kernels in the kernel cache at .*; )"
+                                         R"((\d+) compiled and stored, 0 already cached)")));
+    const size_t unstored = std::stoul(match[1]), total = std::stoul(match[2]), stored = std::stoul(match[3]);
+    CHECK(total == model_kernels(model, Arch::parse("sm_90a"), DType::bf16).size());
+    CHECK(unstored >= 1);
+    CHECK(stored >= 1);
+    CHECK(stored + unstored == total);
+    // What it says it stored is what the cache holds.
+    const std::vector<std::string> files = files_under(cache);
+    CHECK(size_t(std::count_if(files.begin(), files.end(), [](const std::string& file) {
+              return file.size() > 6 && file.compare(file.size() - 6, 6, ".cubin") == 0;
+          })) == stored);
 }
 
 // --- concurrency ------------------------------------------------------------------------------------
@@ -511,6 +549,9 @@ TEST_CASE("moejit --help, every command's --help, and usage errors", "[cli]") {
         CHECK(result.err.empty());
     }
     CHECK(run_cli({"help", "ptx"}, cache.path).out.find("moejit ptx") != std::string::npos);
+    const std::string precompile = run_cli({"precompile", "--help"}, cache.path).out;
+    for (const char* names : {"Qwen3MoeBlock", "Llama4TextMoe", "dW fp32", "MOEJIT_CHECK_ROUTING"})
+        CHECK(precompile.find(names) != std::string::npos);
 
     for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
              {"frobnicate"},
@@ -601,18 +642,21 @@ TEST_CASE("moejit precompile --tokens adds the tilings of decode-sized calls", "
     const std::string cache = tmp.path + "/cache";
     const Result result = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "1,8192"}, cache);
     REQUIRE(result.status == 0);
-    // Every kernel once per distinct tiling: forward and dX of both GEMMs have a decode tiling of
-    // their own on sm_90a; dW and the elementwise kernels keep one.
-    size_t expected = 0;
+    // Every kernel once per distinct tiling: on sm_90a the forward and dX of every GEMM, the
+    // router's included (1 token: 1 row), have a decode tiling of their own; dW and the
+    // elementwise kernels keep one.
+    size_t expected = 0, decode_tilings = 0;
     for (const Problem& problem :
          model_kernels(find_model("qwen3-30b-a3b"), Arch::parse("sm_90a"), DType::bf16)) {
-        const Config decode = choose_config(problem, rows_bucket(8, 128));
+        if (!is_elementwise(problem.op)) CHECK(layer_rows_bucket(problem, 1) == RowsBucket::decode);
+        const Config decode = choose_config(problem, RowsBucket::decode);
         const Config large = choose_config(problem, RowsBucket::large);
         expected += decode == large ? 1 : 2;
+        decode_tilings += decode == large ? 0 : 1;
         CHECK(result.out.find(to_spec(problem) + " " + decode.to_string() + "  compiled") != std::string::npos);
         CHECK(result.out.find(to_spec(problem) + " " + large.to_string() + "  compiled") != std::string::npos);
     }
-    CHECK(expected == 12);
+    CHECK(decode_tilings == 6);  // fwd and dX of the router and gate_up, down's fwd, its backward's dX
     CHECK(result.out.find(std::to_string(expected) + " compiled, 0 already cached") != std::string::npos);
     CHECK(run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "0"}, cache).status == 1);
 }
@@ -641,6 +685,40 @@ TEST_CASE("moejit compile compiles an elementwise kernel, which has no tiling to
     CHECK(compile.out.find("spec       combine:bf16:n2048:k2048:e8:topk8:sm_90a") != std::string::npos);
     CHECK(compile.out.find("config     none (elementwise)") != std::string::npos);
     CHECK(std::regex_search(compile.out, std::regex(R"(registers\s+\d+)")));
+}
+
+// The deployment promise end to end: after `moejit precompile --model M --tokens ...`, every kernel
+// the model's block asks for, in the tiling its calls of those token counts take, is a disk hit.
+TEST_CASE("moejit precompile fills the cache with every kernel the MoE blocks request", "[cli][blocks]") {
+    const Arch arch = Arch::parse("sm_90a");
+    const std::vector<int64_t> token_counts = {16, 8192};
+    struct Case {
+        const char* model;
+        std::vector<Problem> kernels;
+    };
+    const Case cases[] = {
+        {"qwen3-30b-a3b", Qwen3MoeBlock::kernels(qwen3_moe_config(find_model("qwen3-30b-a3b"), DType::bf16), arch)},
+        {"llama4-scout", Llama4TextMoe::kernels(llama4_moe_config(find_model("llama4-scout"), DType::bf16), arch)},
+    };
+    for (const Case& c : cases) {
+        INFO(c.model);
+        TempDir tmp;
+        const std::string cache = tmp / "cache";
+        const Result result = run_cli({"precompile", "--model", c.model, "--tokens", "16,8192"}, cache);
+        REQUIRE(result.status == 0);
+        CacheEnv env(cache);
+        Compiler compiler(DiskCache::from_environment());
+        size_t lookups = 0;
+        for (const Problem& problem : c.kernels)
+            for (int64_t tokens : token_counts) {
+                const Config config = choose_config(problem, layer_rows_bucket(problem, tokens));
+                INFO(to_spec(problem) << " " << config.to_string() << " for " << tokens << " tokens");
+                CHECK(compiler.get(problem, config).from_disk);
+                ++lookups;
+            }
+        CHECK(lookups == 2 * c.kernels.size());
+        CHECK(c.kernels.size() >= 18);
+    }
 }
 
 TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]") {
@@ -679,19 +757,22 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     CHECK(precompile.err.empty());
     const std::vector<Problem> kernels =
         model_kernels(find_model("qwen3-30b-a3b"), Arch::parse("sm_90a"), DType::bf16);
-    REQUIRE(kernels.size() == 8);
-    for (size_t i = 0; i < kernels.size(); ++i) {
-        const std::string line = "[" + std::to_string(i + 1) + "/8] " + to_spec(kernels[i]) + " " +
+    const size_t count = kernels.size();
+    const std::string n = std::to_string(count);
+    REQUIRE(count == 18);
+    for (size_t i = 0; i < count; ++i) {
+        const std::string line = "[" + std::to_string(i + 1) + "/" + n + "] " + to_spec(kernels[i]) + " " +
                                  choose_config(kernels[i]).to_string() + "  compiled ";
         CHECK(precompile.out.find(line) != std::string::npos);
     }
-    CHECK(precompile.out.find("in the cache at " + cache + ": 8 compiled, 0 already cached") != std::string::npos);
+    CHECK(precompile.out.find("in the cache at " + cache + ": " + n + " compiled, 0 already cached") !=
+          std::string::npos);
     std::vector<CacheEntryInfo> infos;
     {
         CacheEnv env(cache);
         infos = DiskCache::from_environment().list(true);
     }
-    REQUIRE(infos.size() == 8);
+    REQUIRE(infos.size() == count);
     for (const CacheEntryInfo& info : infos) {
         CHECK(info.valid);
         CHECK_FALSE(info.read_only_root);
@@ -704,25 +785,25 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     }
     const Result cached = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "4096,8192"}, cache);
     CHECK(cached.status == 0);
-    CHECK(count_of(cached.out, "  cached ") == 8);
-    CHECK(cached.out.find("0 compiled, 8 already cached") != std::string::npos);
+    CHECK(count_of(cached.out, "  cached ") == count);
+    CHECK(cached.out.find("0 compiled, " + n + " already cached") != std::string::npos);
 
     const Result ls = run_cli({"cache", "ls"}, cache);
     CHECK(ls.status == 0);
-    CHECK(count_of(ls.out, "\n") == 8);
+    CHECK(count_of(ls.out, "\n") == count);
     for (const CacheEntryInfo& info : infos) CHECK(ls.out.find(info.key_hex) != std::string::npos);
-    CHECK(count_of(ls.out, "rw " + cache) == 8);
+    CHECK(count_of(ls.out, "rw " + cache) == count);
     const Result ls_verify = run_cli({"cache", "ls", "--verify"}, cache);
-    CHECK(count_of(ls_verify.out, "  valid") == 8);
+    CHECK(count_of(ls_verify.out, "  valid") == count);
 
     const Result stats = run_cli({"cache", "stats"}, cache);
     CHECK(stats.status == 0);
-    CHECK(stats.out.find("writable root   " + cache + "  8 entries") != std::string::npos);
-    CHECK(stats.out.find("total           8 entries") != std::string::npos);
+    CHECK(stats.out.find("writable root   " + cache + "  " + n + " entries") != std::string::npos);
+    CHECK(stats.out.find("total           " + n + " entries") != std::string::npos);
 
     const Result verify = run_cli({"cache", "verify"}, cache);
     CHECK(verify.status == 0);
-    CHECK(verify.out.find("8 entries checked, 0 invalid") != std::string::npos);
+    CHECK(verify.out.find(n + " entries checked, 0 invalid") != std::string::npos);
 
     // Damage one entry: verify names it and fails; ls --verify says why.
     std::vector<char> bytes = read_bytes(infos[0].path);
@@ -731,12 +812,12 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     const Result bad = run_cli({"cache", "verify"}, cache);
     CHECK(bad.status == 1);
     CHECK(bad.out.find("invalid " + infos[0].path + ": checksum mismatch") != std::string::npos);
-    CHECK(bad.out.find("8 entries checked, 1 invalid") != std::string::npos);
+    CHECK(bad.out.find(n + " entries checked, 1 invalid") != std::string::npos);
     CHECK(run_cli({"cache", "ls", "--verify"}, cache).out.find("invalid: checksum mismatch") != std::string::npos);
 
     const Result clear = run_cli({"cache", "clear"}, cache);
     CHECK(clear.status == 0);
-    CHECK(clear.out.find("removed 8 entries from " + cache) != std::string::npos);
+    CHECK(clear.out.find("removed " + n + " entries from " + cache) != std::string::npos);
     CHECK(files_under(cache).empty());
     CHECK(run_cli({"cache", "ls"}, cache).out.empty());
     CHECK(run_cli({"cache", "stats"}, cache).out.find("total           0 entries") != std::string::npos);

@@ -3,6 +3,7 @@
 
 #include "cache/disk_cache.hpp"
 #include "codegen/models.hpp"
+#include "moe/model_kernels.hpp"
 #include "runtime/compiler.hpp"
 
 #include <sys/stat.h>
@@ -159,10 +160,22 @@ int cmd_precompile(const std::vector<std::string>& argv) {
         std::printf(
             "usage: moejit precompile --model NAME [--arch sm_90a] [--dtype bf16] [--tokens T,...]\n"
             "\n"
-            "Compiles every kernel the model's experts need (today: the gate_up and down forward GEMMs)\n"
-            "into the writable cache root, skipping kernels already cached, with one progress line per\n"
-            "kernel. Needs NVRTC, no GPU: point MOEJIT_CACHE_DIR at a directory, precompile, and ship it\n"
-            "(read-only through MOEJIT_CACHE_PATH if you like).\n"
+            "Compiles every kernel the model's MoE layer launches, forward and backward, into the writable\n"
+            "cache root, skipping kernels already cached, with one progress line per kernel. Needs NVRTC,\n"
+            "no GPU: point MOEJIT_CACHE_DIR at a directory, precompile, and ship it (read-only through\n"
+            "MOEJIT_CACHE_PATH if you like); a process running the layer then compiles nothing.\n"
+            "\n"
+            "The kernels are those of the model's block, listed where the block builds them:\n"
+            "  qwen3-*        Qwen3MoeBlock: the router GEMM (fwd, dX, dW fp32), top-k, routing indices and\n"
+            "                 router backward; gate_up (fwd, dX, dW fp32); down (fwd); down's backward\n"
+            "                 (dX, dW fp32); the combine, its backward and the gated activation's\n"
+            "  llama4-scout   Llama4TextMoe: the same routing, the routed and shared experts' GEMMs in the\n"
+            "                 passes it runs, the input scaling, permute and combines\n"
+            "  the others     a layer built from GroupedGemm and the routing calls (examples/moe_mlp.cpp):\n"
+            "                 route_topk, routing_indices, router_backward; gate_up (permute_x, gated) and\n"
+            "                 down (permute_y) in every pass (fwd, dX, dW, dW fp32); down weighting its\n"
+            "                 rows (fuse_mul_post: fwd, dX); gated_activation_backward, combine_topk\n"
+            "and the MOEJIT_CHECK_ROUTING kernel of each GEMM.\n"
             "\n"
             "    --model NAME     %s\n"
             "    --arch ARCH      sm_80, sm_86, sm_89, sm_90a (default), sm_100a\n"
@@ -178,9 +191,9 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     const ModelPreset& model = find_model(*model_name);
     const Arch arch = Arch::parse(args.value("--arch").value_or("sm_90a"));
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
-    // Token counts pick the tilings: each count's rows bucket (decode-sized calls take other tiles on
-    // sm_90a). Without --tokens: the large-call tilings only.
-    std::vector<RowsBucket> buckets;
+    // Token counts pick the tilings: each count's rows bucket for each kernel (decode-sized calls
+    // take other tiles on sm_90a). Without --tokens: the large-call tilings only.
+    std::vector<int64_t> token_counts;
     if (const auto tokens = args.value("--tokens")) {
         size_t begin = 0;
         while (begin <= tokens->size()) {
@@ -190,16 +203,16 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9 ||
                 std::stoll(item) < 1)
                 throw Error("bad --tokens '" + *tokens + "': expected positive integers separated by commas");
-            const RowsBucket bucket = rows_bucket(std::stoll(item) * model.topk, model.experts);
-            if (std::find(buckets.begin(), buckets.end(), bucket) == buckets.end()) buckets.push_back(bucket);
+            token_counts.push_back(std::stoll(item));
             begin = end + 1;
         }
-    } else {
-        buckets.push_back(RowsBucket::large);
     }
 
     std::vector<std::pair<Problem, Config>> kernels;
-    for (const Problem& problem : model_kernels(model, arch, dtype))
+    for (const Problem& problem : model_kernels(model, arch, dtype)) {
+        std::vector<RowsBucket> buckets;
+        for (int64_t tokens : token_counts) buckets.push_back(layer_rows_bucket(problem, tokens));
+        if (buckets.empty()) buckets.push_back(RowsBucket::large);
         for (RowsBucket bucket : buckets) {
             const Config config = choose_config(problem, bucket, preferred_path());
             const bool seen = std::any_of(kernels.begin(), kernels.end(), [&](const auto& kernel) {
@@ -207,31 +220,40 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             });
             if (!seen) kernels.emplace_back(problem, config);
         }
+    }
     Compiler compiler(DiskCache::from_environment());
-    size_t compiled = 0, cached = 0, elsewhere = 0;
+    size_t compiled = 0, cached = 0, elsewhere = 0, unstored = 0;
     for (size_t i = 0; i < kernels.size(); ++i) {
         const auto& [problem, config] = kernels[i];
         const Binary binary = compiler.get(problem, config);
+        // Whether the entry is in the writable root now: a store that failed left none.
+        struct stat st {};
+        const bool in_root = ::stat(compiler.disk().entry_path(binary.key).c_str(), &st) == 0;
         std::string where;
         if (binary.from_disk) {
             ++cached;
-            struct stat st {};
-            if (::stat(compiler.disk().entry_path(binary.key).c_str(), &st) != 0) {
+            if (!in_root) {
                 ++elsewhere;
                 where = " (in a read-only root)";
             }
         } else {
             ++compiled;
+            if (!in_root) {
+                ++unstored;
+                where = " (not stored)";
+            }
         }
         std::printf("[%zu/%zu] %s %s  %s %s%s\n", i + 1, kernels.size(), to_spec(problem).c_str(),
                     config.to_string().c_str(), binary.from_disk ? "cached" : "compiled",
                     format_ms(binary.milliseconds).c_str(), where.c_str());
         std::fflush(stdout);
     }
-    if (compiler.disk().memory_only())
-        throw Error("could not write the kernel cache at " +
+    if (unstored > 0)
+        throw Error("could not store " + std::to_string(unstored) + " of " + std::to_string(kernels.size()) +
+                    " kernels in the kernel cache at " +
                     (compiler.disk().root().empty() ? std::string("(no cache directory)") : compiler.disk().root()) +
-                    " (see the warning above): nothing was precompiled");
+                    " (see the warning above); " + std::to_string(compiled - unstored) + " compiled and stored, " +
+                    std::to_string(cached) + " already cached");
     std::printf("%zu kernels for %s (%s, %s) are in the cache at %s: %zu compiled, %zu already cached",
                 kernels.size(), model.name.c_str(), arch.name().c_str(), to_string(dtype),
                 compiler.disk().root().c_str(), compiled, cached);

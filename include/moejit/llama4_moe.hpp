@@ -16,6 +16,7 @@
 #include <cuda.h>
 
 #include <memory>
+#include <vector>
 
 namespace moejit {
 
@@ -50,10 +51,18 @@ struct Llama4MoeGradients {
 
 class Llama4TextMoe {
 public:
-    // Device memory for up to max_tokens tokens, forward and backward.
+    // Device memory for up to max_tokens tokens, forward and backward. Throws moejit::Error for
+    // what the constructor rejects.
     static size_t workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens);
+    // Every kernel the block compiles for `arch`, forward and backward: each grouped-GEMM pass it
+    // runs, and its routing and elementwise kernels. `moejit precompile` puts these in a deployment
+    // cache, so a process running the block on that arch never JIT-compiles. Throws moejit::Error
+    // for what the constructor rejects.
+    static std::vector<Problem> kernels(const Llama4MoeConfig& config, const Arch& arch);
 
-    // Owns a workspace of workspace_bytes(config, max_tokens).
+    // Owns a workspace of workspace_bytes(config, max_tokens). Every argument is checked before the
+    // device is touched: hidden, intermediate and a non-zero shared_intermediate positive multiples
+    // of 8, experts a multiple of 8 in 8..1024, 1 <= topk <= min(32, experts), 0 < max_tokens * topk < 2^31.
     Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens);
     // Uses the caller's workspace (at least workspace_bytes, 256-byte aligned); allocates nothing.
     Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens, CUdeviceptr workspace);

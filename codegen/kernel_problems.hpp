@@ -1,0 +1,50 @@
+#pragma once
+// The Problem of every kernel the library launches, built from the arguments of the call that
+// launches it. The calls (moe/*.cpp) and the lists of what a block or a model compiles
+// (Qwen3MoeBlock::kernels, Llama4TextMoe::kernels, model_kernels, so `moejit precompile`) build
+// their Problems here and nowhere else: a precompiled cache then holds exactly the kernels a run
+// asks for, down to each fusion flag.
+#include <moejit/problem.hpp>
+#include <moejit/routing.hpp>
+
+#include <initializer_list>
+#include <vector>
+
+namespace moejit {
+
+// The forward of one grouped GEMM over W [experts, n, k], with no fusions yet.
+Problem expert_gemm(DType dtype, int64_t n, int64_t k, int experts, int topk);
+
+// The passes a GroupedGemm keeps, in its order; each compiles its own kernel at its first call.
+enum class GemmPass { fwd, dx, dw, dw_fp32 };
+// The pass of the GroupedGemm built on `forward`: dx and dw keep the forward's flags (they
+// differentiate that GEMM) except `gated`, since they take d(gate|up).
+Problem gemm_pass(const Problem& forward, GemmPass pass);
+
+// The elementwise and routing kernels, named by the call that launches them.
+Problem combine_problem(DType dtype, int64_t width, int topk);           // combine_topk
+Problem gated_backward_problem(DType dtype, int64_t n);                  // gated_activation_backward
+Problem combine_backward_problem(DType dtype, int64_t width, int topk);  // combine_backward
+Problem router_problem(Op op, const RouterConfig& router, DType dtype);  // route_topk, router_backward
+Problem routing_indices_problem(Op op, int experts);  // routing_indices' two kernels: routing_histogram, routing_indices
+Problem permute_rows_problem(DType dtype, int64_t width, int topk);
+Problem unpermute_rows_problem(DType dtype, int64_t width);
+Problem check_routing_problem(int experts);  // MOEJIT_CHECK_ROUTING, before a GEMM over `experts`
+
+// The kernels a block or a layer compiles, each once, in the order first added.
+class KernelList {
+public:
+    void add(const Problem& problem);
+    // The passes of the GroupedGemm over `forward` that the caller runs (a pass never called never
+    // compiles), and the routing check that MOEJIT_CHECK_ROUTING runs before each of them.
+    void add_gemm(const Problem& forward, std::initializer_list<GemmPass> passes);
+    // route_topk, routing_indices (two kernels) and router_backward for `router`.
+    void add_routing(const RouterConfig& router, DType dtype);
+    // Every kernel, compiled for `arch`; throws moejit::Error naming the first invalid one.
+    std::vector<Problem> for_arch(const Arch& arch) const;
+
+private:
+    std::vector<Problem> problems_;
+};
+
+}  // namespace moejit

@@ -1,0 +1,51 @@
+#include "moe/model_kernels.hpp"
+
+#include <moejit/routing.hpp>
+
+#include "codegen/kernel_problems.hpp"
+
+namespace moejit {
+
+Qwen3MoeConfig qwen3_moe_config(const ModelPreset& model, DType dtype) {
+    return Qwen3MoeConfig{model.hidden, model.intermediate, model.experts, model.topk, /*norm_topk_prob=*/true, dtype};
+}
+
+Llama4MoeConfig llama4_moe_config(const ModelPreset& model, DType dtype) {
+    return Llama4MoeConfig{model.hidden, model.intermediate, /*shared_intermediate=*/0, model.experts, model.topk,
+                           dtype};
+}
+
+namespace {
+
+std::vector<Problem> layer_kernels(const ModelPreset& model, Arch arch, DType dtype) {
+    const Problem gate_up = model_gemm(model, ModelGemm::gate_up, Op::fwd, dtype, arch);
+    const Problem weighted_down = model_gemm(model, ModelGemm::down, Op::fwd, dtype, arch);
+    Problem down = weighted_down;
+    down.fuse_mul_post = false;
+    KernelList list;
+    // The scoring is a run-time argument of the routing kernels: any RouterConfig of this shape will do.
+    list.add_routing(RouterConfig::qwen3(model.experts, model.topk, true), dtype);
+    list.add_gemm(gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32});
+    list.add_gemm(weighted_down, {GemmPass::fwd, GemmPass::dx});  // GroupedGemm has no dw with fuse_mul_post
+    list.add_gemm(down, {GemmPass::fwd, GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32});
+    list.add(gated_backward_problem(dtype, gate_up.n));
+    list.add(combine_problem(dtype, model.hidden, model.topk));
+    return list.for_arch(arch);
+}
+
+}  // namespace
+
+std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype) {
+    switch (model.block) {
+        case ModelBlock::qwen3: return Qwen3MoeBlock::kernels(qwen3_moe_config(model, dtype), arch);
+        case ModelBlock::llama4: return Llama4TextMoe::kernels(llama4_moe_config(model, dtype), arch);
+        case ModelBlock::none: break;
+    }
+    return layer_kernels(model, arch, dtype);
+}
+
+RowsBucket layer_rows_bucket(const Problem& kernel, int64_t tokens) {
+    return rows_bucket(tokens * kernel.topk, kernel.experts);
+}
+
+}  // namespace moejit

@@ -1,0 +1,178 @@
+// The kernel lists `moejit precompile` compiles are the kernels the MoE blocks launch: each block
+// runs forward and backward (with MOEJIT_CHECK_ROUTING on, for its kernels too) in a child process
+// whose only cache is a read-only root holding its list, Qwen3MoeBlock::kernels or
+// Llama4TextMoe::kernels, in the tilings of the token counts it runs. A call site that built its
+// Problem otherwise, or a kernel missing from a list, would be JIT-compiled there: logged and
+// stored in the child's empty writable root.
+#include "tests/catch.hpp"
+#include "tests/support/device.hpp"
+#include "tests/support/half.hpp"
+
+#include <moejit/llama4_moe.hpp>
+#include <moejit/qwen3_moe.hpp>
+
+#include "cache/disk_cache.hpp"
+#include "moe/model_kernels.hpp"
+#include "runtime/compiler.hpp"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+using namespace moejit;
+using namespace moejit::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+const Qwen3MoeConfig kQwen3{/*hidden=*/256, /*moe_intermediate=*/128, /*experts=*/16, /*topk=*/4, true, DType::bf16};
+const Llama4MoeConfig kLlama4{/*hidden=*/256, /*intermediate=*/128, /*shared_intermediate=*/64, /*experts=*/16,
+                              /*topk=*/1, DType::bf16};
+// Decode-sized and large calls take different tilings (Hopper): both must be in the list's cache.
+const int64_t kTokenCounts[] = {8, 512};
+const int64_t kMaxTokens = 512;
+const char* const kChildVariable = "BLOCK_KERNELS_CHILD";  // which block the child runs
+
+std::vector<Problem> block_kernels(const std::string& block, const Arch& arch) {
+    return block == "llama4" ? Llama4TextMoe::kernels(kLlama4, arch) : Qwen3MoeBlock::kernels(kQwen3, arch);
+}
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char name[] = "/tmp/moejit-block-kernels-XXXXXX";
+        REQUIRE(::mkdtemp(name) != nullptr);
+        path = name;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+};
+
+std::string read_text(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+size_t entries_under(const std::string& dir) {
+    size_t count = 0;
+    for (const auto& item : fs::recursive_directory_iterator(dir))
+        if (item.path().extension() == ".cubin") ++count;
+    return count;
+}
+
+struct Result {
+    int status = -1;
+    std::string out, err;
+};
+
+// This test binary again, running only `test_name`, with every MOEJIT_ variable of ours replaced by `env`.
+Result run_self(const std::string& test_name, const std::vector<std::string>& env, const std::string& io_dir) {
+    std::vector<std::string> environment = env;
+    for (char** item = environ; *item != nullptr; ++item)
+        if (std::strncmp(*item, "MOEJIT_", 7) != 0) environment.emplace_back(*item);
+    const std::string self = fs::read_symlink("/proc/self/exe").string();
+    std::vector<char*> argv = {const_cast<char*>(self.c_str()), const_cast<char*>(test_name.c_str()), nullptr};
+    std::vector<char*> envp;
+    for (const std::string& item : environment) envp.push_back(const_cast<char*>(item.c_str()));
+    envp.push_back(nullptr);
+    const std::string out = io_dir + "/out.txt", err = io_dir + "/err.txt";
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        const int out_fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int err_fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (out_fd < 0 || err_fd < 0) ::_exit(126);
+        ::dup2(out_fd, 1);
+        ::dup2(err_fd, 2);
+        ::execve(argv[0], argv.data(), envp.data());
+        ::_exit(127);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    return Result{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), read_text(out), read_text(err)};
+}
+
+DeviceBuffer random_bf16(size_t count, unsigned seed, float scale) {
+    std::mt19937 random(seed);
+    std::uniform_real_distribution<float> uniform(-scale, scale);
+    std::vector<uint16_t> bits(count);
+    for (uint16_t& b : bits) b = float_to_bf16(uniform(random));
+    return DeviceBuffer::from(bits);
+}
+
+}  // namespace
+
+TEST_CASE("the MoE blocks launch only the kernels of their lists", "[gpu][blocks]") {
+    const Arch arch = current_device().arch;
+    for (const std::string block : {"qwen3", "llama4"}) {
+        INFO(block);
+        TempDir precompiled, writable, io;
+        Compiler compiler(DiskCache(precompiled.path, {}));
+        for (const Problem& problem : block_kernels(block, arch))
+            for (int64_t tokens : kTokenCounts)
+                compiler.get(problem, choose_config(problem, layer_rows_bucket(problem, tokens)));
+        REQUIRE(entries_under(precompiled.path) > 0);
+
+        const Result child = run_self("block child runs forward and backward",
+                                      {"MOEJIT_CACHE_DIR=" + writable.path, "MOEJIT_CACHE_PATH=" + precompiled.path,
+                                       "MOEJIT_LOG=info", "MOEJIT_CHECK_ROUTING=1",
+                                       std::string(kChildVariable) + "=" + block},
+                                      io.path);
+        INFO("child stdout:\n" << child.out << "\nchild stderr:\n" << child.err);
+        CHECK(child.status == 0);
+        CHECK(child.out.find("block child done") != std::string::npos);
+        CHECK(child.err.find("[moejit info] compiled") == std::string::npos);  // MOEJIT_LOG=info logs each compile
+        CHECK(entries_under(writable.path) == 0);
+    }
+}
+
+// Run by the test above in a child process only.
+TEST_CASE("block child runs forward and backward", "[.][block-child]") {
+    const char* block = std::getenv(kChildVariable);
+    REQUIRE(block != nullptr);
+    const bool llama4 = std::string(block) == "llama4";
+    const int64_t H = 256, I = 128, Is = 64, E = 16, T = kMaxTokens;
+    DeviceBuffer hidden = random_bf16(T * H, 1, 1.0f), grad_output = random_bf16(T * H, 2, 1.0f);
+    DeviceBuffer router = random_bf16(E * H, 3, 0.05f), gate_up = random_bf16(E * 2 * I * H, 4, 0.05f);
+    DeviceBuffer down = random_bf16(E * H * I, 5, 0.05f);
+    DeviceBuffer shared_gate_up = random_bf16(2 * Is * H, 6, 0.05f), shared_down = random_bf16(H * Is, 7, 0.05f);
+    DeviceBuffer output(T * H * 2), logits(T * E * 2), grad_hidden(T * H * 2), grad_router(E * H * 4);
+    DeviceBuffer grad_gate_up(E * 2 * I * H * 4), grad_down(E * H * I * 4);
+    DeviceBuffer grad_shared_gate_up(2 * Is * H * 4), grad_shared_down(H * Is * 4);
+    if (llama4) {
+        Llama4TextMoe moe(kLlama4, kMaxTokens);
+        const Llama4MoeWeights weights{router.get(), gate_up.get(), down.get(), shared_gate_up.get(), shared_down.get()};
+        const Llama4MoeGradients gradients{grad_hidden.get(),  grad_router.get(),         grad_gate_up.get(),
+                                           grad_down.get(),    grad_shared_gate_up.get(), grad_shared_down.get()};
+        for (int64_t tokens : kTokenCounts) {
+            moe.forward(hidden.get(), weights, output.get(), logits.get(), tokens, nullptr);
+            moe.backward(grad_output.get(), weights, gradients, nullptr);
+        }
+    } else {
+        Qwen3MoeBlock moe(kQwen3, kMaxTokens);
+        const Qwen3MoeWeights weights{router.get(), gate_up.get(), down.get()};
+        const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
+        for (int64_t tokens : kTokenCounts) {
+            moe.forward(hidden.get(), weights, output.get(), logits.get(), tokens, nullptr);
+            moe.backward(grad_output.get(), weights, gradients, nullptr);
+        }
+    }
+    synchronize();
+    std::printf("block child done\n");
+}
