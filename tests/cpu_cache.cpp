@@ -18,26 +18,14 @@
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/env_var.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using namespace moejit;
+using namespace moejit::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under /tmp, removed with everything in it at scope exit.
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char name[] = "/tmp/moejit-cache-test-XXXXXX";
-        REQUIRE(::mkdtemp(name) != nullptr);
-        path = name;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& child) const { return path + "/" + child; }
-};
 
 std::vector<char> read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -89,21 +77,6 @@ size_t count_files(const std::string& dir, const std::string& suffix) {
     }
     return count;
 }
-
-// Sets (or unsets, with nullptr) an environment variable and restores the old value at scope exit.
-struct EnvGuard {
-    std::string name;
-    std::optional<std::string> old;
-    EnvGuard(const char* variable, const char* value) : name(variable) {
-        if (const char* current = std::getenv(variable)) old = current;
-        if (value != nullptr) ::setenv(variable, value, 1);
-        else ::unsetenv(variable);
-    }
-    ~EnvGuard() {
-        if (old) ::setenv(name.c_str(), old->c_str(), 1);
-        else ::unsetenv(name.c_str());
-    }
-};
 
 }  // namespace
 
@@ -505,10 +478,10 @@ TEST_CASE("disk cache: 8 processes storing one key at once leave one valid entry
 TEST_CASE("disk cache: from_environment honours the cache variables", "[cache]") {
     TempDir tmp;
     SECTION("MOEJIT_CACHE_DIR and MOEJIT_CACHE_PATH") {
-        EnvGuard dir("MOEJIT_CACHE_DIR", (tmp / "dir/").c_str());
+        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "dir/");
         const std::string path_value = ":" + (tmp / "ro1") + "::" + (tmp / "ro2") + ":";
-        EnvGuard path("MOEJIT_CACHE_PATH", path_value.c_str());
-        EnvGuard xdg("XDG_CACHE_HOME", (tmp / "xdg").c_str());
+        EnvVar path("MOEJIT_CACHE_PATH", path_value);
+        EnvVar xdg("XDG_CACHE_HOME", tmp / "xdg");
         DiskCache cache = DiskCache::from_environment();
         CHECK(cache.root() == tmp / "dir");
         CHECK(cache.read_only_roots() == std::vector<std::string>{tmp / "ro1", tmp / "ro2"});
@@ -526,21 +499,21 @@ TEST_CASE("disk cache: from_environment honours the cache variables", "[cache]")
         CHECK(loaded->kernel_name == "ro");
     }
     SECTION("XDG_CACHE_HOME, then HOME") {
-        EnvGuard dir("MOEJIT_CACHE_DIR", nullptr);
-        EnvGuard path("MOEJIT_CACHE_PATH", nullptr);
-        EnvGuard home("HOME", (tmp / "home").c_str());
+        EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt);
+        EnvVar path("MOEJIT_CACHE_PATH", std::nullopt);
+        EnvVar home("HOME", tmp / "home");
         {
-            EnvGuard xdg("XDG_CACHE_HOME", (tmp / "xdg").c_str());
+            EnvVar xdg("XDG_CACHE_HOME", tmp / "xdg");
             const DiskCache cache = DiskCache::from_environment();
             CHECK(cache.root() == tmp / "xdg/moejit");
             CHECK(cache.read_only_roots().empty());
         }
         {
-            EnvGuard xdg("XDG_CACHE_HOME", nullptr);
+            EnvVar xdg("XDG_CACHE_HOME", std::nullopt);
             CHECK(DiskCache::from_environment().root() == tmp / "home/.cache/moejit");
         }
         {
-            EnvGuard xdg("XDG_CACHE_HOME", "relative/ignored");
+            EnvVar xdg("XDG_CACHE_HOME", "relative/ignored");
             CHECK(DiskCache::from_environment().root() == tmp / "home/.cache/moejit");
         }
     }
