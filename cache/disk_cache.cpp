@@ -118,7 +118,10 @@ std::string decode_entry(const std::vector<char>& file, const Hash128& key, Cach
 // Reads a whole regular file; returns "" or the problem. `fd_out`, if given, receives the open fd
 // (the caller closes it) so the caller can touch the very file it read.
 std::string read_file(const std::string& path, std::vector<char>& bytes, int* fd_out = nullptr) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // A blocking open of a FIFO waits for a writer that never comes (and a serial device for its
+    // carrier): O_NONBLOCK returns at once, and fstat then refuses whatever is not a regular file.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0 && errno == ENXIO) return "not a regular file";  // a socket, or a device with nothing behind it
     if (fd < 0) return errno == ENOENT ? "missing" : "open: " + errno_text(errno);
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -347,7 +350,10 @@ std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
                 if (::stat(info.path.c_str(), &st) != 0) continue;  // removed meanwhile
                 info.bytes = static_cast<uint64_t>(st.st_size);
                 info.mtime = static_cast<int64_t>(st.st_mtime);
-                if (hex.compare(0, 2, shard) != 0) {
+                if (!S_ISREG(st.st_mode)) {
+                    info.valid = false;
+                    info.problem = "not a regular file";
+                } else if (hex.compare(0, 2, shard) != 0) {
                     info.valid = false;
                     info.problem = "entry is in the wrong shard directory";
                 } else if (verify) {

@@ -1,15 +1,20 @@
-// Cache key and disk cache: keys, round trips, corruption, read-only roots, an unwritable root,
-// concurrent writers in separate processes, and the environment variables.
+// Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
+// paths, read-only roots, an unwritable root, concurrent writers in separate processes, and the
+// environment variables.
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -76,6 +81,41 @@ size_t count_files(const std::string& dir, const std::string& suffix) {
             ++count;
     }
     return count;
+}
+
+// Puts something that is not a regular file at `path`: kind is "fifo", "directory" or "socket".
+void make_special_file(const std::string& kind, const std::string& path) {
+    if (kind == "fifo") {
+        REQUIRE(::mkfifo(path.c_str(), 0644) == 0);
+    } else if (kind == "directory") {
+        REQUIRE(fs::create_directory(path));
+    } else {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        REQUIRE(fd >= 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        REQUIRE(path.size() < sizeof address.sun_path);
+        std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+        REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+        ::close(fd);  // the socket file stays, with nobody listening
+    }
+}
+
+// Runs `body` in a forked child that SIGALRM kills after `seconds`. True if it returned true in time:
+// code under test that blocks then fails its test instead of stalling the suite.
+bool finishes_in_time(const std::function<bool()>& body, unsigned seconds) {
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::alarm(seconds);
+        ::_exit(body() ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    INFO("child " << (WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                          : "exited " + std::to_string(WEXITSTATUS(status))));
+    CHECK_FALSE(WIFSIGNALED(status));
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 }  // namespace
@@ -245,6 +285,56 @@ TEST_CASE("disk cache: corrupt entries are misses and are replaced by the next s
     CHECK(loaded->kernel_name == entry.kernel_name);
     CHECK(loaded->cubin == entry.cubin);
     CHECK(count_files(tmp.path, ".tmp") == 0);
+}
+
+TEST_CASE("disk cache: a FIFO, directory or socket at an entry path is a miss, never a hang", "[cache]") {
+    TempDir tmp;
+    const Hash128 key = key_of("special file");
+    const CacheEntry entry = make_entry("whole_entry", 256, 10);
+    DiskCache(tmp / "rw", {}).store(key, entry, "src");
+    // The read-only root is searched first: its bad copy must fall through to the whole entry.
+    const DiskCache cache(tmp / "rw", {tmp / "ro"});
+    const DiskCache read_only(tmp / "ro", {});
+    const std::string bad_path = read_only.entry_path(key);
+    fs::create_directories(fs::path(bad_path).parent_path());
+
+    for (const std::string kind : {"fifo", "directory", "socket"}) {
+        INFO(kind << " at " << bad_path);
+        make_special_file(kind, bad_path);
+        REQUIRE(finishes_in_time(
+            [&] {
+                const std::optional<CacheEntry> loaded = cache.load(key);
+                return loaded && loaded->kernel_name == "whole_entry" && !read_only.load(key) &&
+                       read_only.list(true).size() == 1;
+            },
+            10));
+        // It did not block (else REQUIRE stopped here): safe to look closer in this process.
+        CHECK_FALSE(read_only.load(key).has_value());
+        for (bool verify : {false, true}) {
+            const std::vector<CacheEntryInfo> infos = read_only.list(verify);
+            REQUIRE(infos.size() == 1);
+            CHECK(infos[0].path == bad_path);
+            CHECK_FALSE(infos[0].valid);
+            CHECK(infos[0].problem == "not a regular file");
+        }
+        fs::remove_all(bad_path);
+    }
+
+    // In the writable root a FIFO or socket is a miss, and the next store replaces it.
+    const DiskCache writable(tmp / "rw", {});
+    for (const std::string kind : {"fifo", "socket"}) {
+        INFO(kind << " at " << writable.entry_path(key));
+        fs::remove(writable.entry_path(key));
+        make_special_file(kind, writable.entry_path(key));
+        REQUIRE(finishes_in_time([&] { return !DiskCache(tmp / "rw", {}).load(key); }, 10));
+        DiskCache fresh(tmp / "rw", {});
+        fresh.store(key, entry, "src");
+        CHECK_FALSE(fresh.memory_only());
+        CHECK(fs::is_regular_file(writable.entry_path(key)));
+        const std::optional<CacheEntry> loaded = fresh.load(key);
+        REQUIRE(loaded.has_value());
+        CHECK(loaded->cubin == entry.cubin);
+    }
 }
 
 TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes ours only", "[cache]") {
