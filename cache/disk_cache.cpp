@@ -27,6 +27,14 @@ namespace {
 constexpr char kMagic[8] = {'M', 'O', 'E', 'J', 'I', 'T', 'C', 'B'};
 // magic 8 + version 4 + reserved 4 + key 16 + payload size 8 + checksum 8
 constexpr size_t kHeaderSize = 48;
+// No cubin comes near this; a larger file (a sparse or foreign one) is refused before its size is
+// allocated, so it cannot exhaust memory or throw std::bad_alloc out of load().
+constexpr uint64_t kMaxEntryBytes = uint64_t{256} << 20;
+
+std::string too_large(uint64_t bytes) {
+    return "too large (" + std::to_string(bytes) + " bytes; an entry is at most " +
+           std::to_string(kMaxEntryBytes >> 20) + " MiB)";
+}
 
 std::string errno_text(int error) { return std::strerror(error); }
 
@@ -115,8 +123,8 @@ std::string decode_entry(const std::vector<char>& file, const Hash128& key, Cach
     return "";
 }
 
-// Reads a whole regular file; returns "" or the problem. `fd_out`, if given, receives the open fd
-// (the caller closes it) so the caller can touch the very file it read.
+// Reads a whole regular file of at most kMaxEntryBytes; returns "" or the problem. `fd_out`, if
+// given, receives the open fd (the caller closes it) so the caller can touch the very file it read.
 std::string read_file(const std::string& path, std::vector<char>& bytes, int* fd_out = nullptr) {
     // A blocking open of a FIFO waits for a writer that never comes (and a serial device for its
     // carrier): O_NONBLOCK returns at once, and fstat then refuses whatever is not a regular file.
@@ -127,6 +135,10 @@ std::string read_file(const std::string& path, std::vector<char>& bytes, int* fd
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ::close(fd);
         return "not a regular file";
+    }
+    if (static_cast<uint64_t>(st.st_size) > kMaxEntryBytes) {
+        ::close(fd);
+        return too_large(static_cast<uint64_t>(st.st_size));
     }
     bytes.resize(static_cast<size_t>(st.st_size));
     size_t done = 0;
@@ -353,6 +365,9 @@ std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
                 if (!S_ISREG(st.st_mode)) {
                     info.valid = false;
                     info.problem = "not a regular file";
+                } else if (info.bytes > kMaxEntryBytes) {
+                    info.valid = false;
+                    info.problem = too_large(info.bytes);
                 } else if (hex.compare(0, 2, shard) != 0) {
                     info.valid = false;
                     info.problem = "entry is in the wrong shard directory";

@@ -5,7 +5,8 @@
 // beside it as <key>.cu. An entry file is
 //     "MOEJITCB" | u32 format version | u32 reserved (0) | u64 key.high | u64 key.low
 //     | u64 payload size | u64 checksum64(payload) | payload
-// with payload = u32 name length | name bytes | cubin bytes, all integers little-endian.
+// with payload = u32 name length | name bytes | cubin bytes, all integers little-endian. A file
+// larger than 256 MiB is never read (it is no entry of ours, maybe a sparse file).
 //
 // Entries are written to a unique temporary file, fsynced and renamed into place, so readers and
 // concurrent writers of the same key never see a partial file and need no locks. A reader treats

@@ -1,6 +1,6 @@
 // Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
-// paths, read-only roots, an unwritable root, concurrent writers in separate processes, and the
-// environment variables.
+// paths, oversized entries, read-only roots, an unwritable root, concurrent writers in separate
+// processes, and the environment variables.
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -335,6 +335,44 @@ TEST_CASE("disk cache: a FIFO, directory or socket at an entry path is a miss, n
         REQUIRE(loaded.has_value());
         CHECK(loaded->cubin == entry.cubin);
     }
+}
+
+TEST_CASE("disk cache: an oversized (sparse) entry is a miss, refused before it is allocated", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "root", {});
+    const Hash128 key = key_of("oversized");
+    const CacheEntry entry = make_entry("kernel", 1024, 11);
+    cache.store(key, entry, "src");
+    const std::string path = cache.entry_path(key);
+
+    // A whole entry with a hole after it: the header is right, only the size is wrong. 200 GiB
+    // would throw std::bad_alloc if it were allocated; just past the 256 MiB cap is refused too.
+    const std::vector<char> good = read_bytes(path);
+    for (const uint64_t size : {uint64_t{200} << 30, (uint64_t{256} << 20) + 1}) {
+        INFO("sparse entry of " << size << " bytes");
+        write_bytes(path, good);
+        REQUIRE(::truncate(path.c_str(), static_cast<off_t>(size)) == 0);
+        REQUIRE(fs::file_size(path) == size);
+
+        std::optional<CacheEntry> loaded;
+        CHECK_NOTHROW(loaded = cache.load(key));
+        CHECK_FALSE(loaded.has_value());
+        for (bool verify : {false, true}) {
+            std::vector<CacheEntryInfo> infos;
+            CHECK_NOTHROW(infos = cache.list(verify));
+            REQUIRE(infos.size() == 1);
+            CHECK(infos[0].bytes == size);
+            CHECK_FALSE(infos[0].valid);
+            CHECK(infos[0].problem.find("too large (" + std::to_string(size) + " bytes") == 0);
+        }
+    }
+
+    // The next store replaces it with the whole entry.
+    cache.store(key, entry, "src");
+    CHECK(read_bytes(path) == good);
+    const std::optional<CacheEntry> loaded = cache.load(key);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->cubin == entry.cubin);
 }
 
 TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes ours only", "[cache]") {

@@ -2,6 +2,7 @@
 // entries' kind, directories nobody can read, entries nobody can remove. The entries are written
 // through DiskCache, so no compiler is needed (label cpu).
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -68,4 +69,19 @@ TEST_CASE("moejit cache verify, ls and clear with a FIFO at an entry path: inval
     CHECK(clear.status == 0);
     CHECK(clear.out.find("removed 2 entries from " + root) != std::string::npos);
     CHECK_FALSE(fs::exists(fs::symlink_status(fifo)));
+}
+
+TEST_CASE("moejit cache verify with a 200 GiB sparse entry: invalid, no std::bad_alloc", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 2);
+    const std::string sparse = DiskCache(root, {}).entry_path(keys[1]);
+    REQUIRE(::truncate(sparse.c_str(), off_t{200} << 30) == 0);
+
+    const Result verify = run_cli({"cache", "verify"}, root, {}, 30);
+    INFO("stdout:\n" << verify.out << "\nstderr:\n" << verify.err);
+    CHECK(verify.status == 1);
+    CHECK(verify.err.empty());
+    CHECK(verify.out.find("invalid " + sparse + ": too large (214748364800 bytes") != std::string::npos);
+    CHECK(verify.out.find("2 entries checked, 1 invalid") != std::string::npos);
 }
