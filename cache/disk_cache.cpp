@@ -217,11 +217,23 @@ std::string make_directories(const std::string& path) {
     return "";
 }
 
-std::vector<std::string> directory_names(const std::string& dir) {
+// The names in `dir`, sorted. A directory that does not exist has none (an empty cache, or a shard
+// a concurrent clear() removed); any other failure is added to `errors`, so that a cache nobody may
+// read is not mistaken for an empty one.
+std::vector<std::string> directory_names(const std::string& dir, std::vector<std::string>& errors) {
     std::vector<std::string> names;
     DIR* handle = ::opendir(dir.c_str());
-    if (handle == nullptr) return names;
-    while (const dirent* item = ::readdir(handle)) {
+    if (handle == nullptr) {
+        if (errno != ENOENT) errors.push_back("cannot read directory " + dir + ": " + errno_text(errno));
+        return names;
+    }
+    for (;;) {
+        errno = 0;
+        const dirent* item = ::readdir(handle);
+        if (item == nullptr) {
+            if (errno != 0) errors.push_back("cannot read directory " + dir + ": " + errno_text(errno));
+            break;
+        }
         const std::string name = item->d_name;
         if (name != "." && name != "..") names.push_back(name);
     }
@@ -344,14 +356,14 @@ void DiskCache::store(const Hash128& key, const CacheEntry& entry, const std::st
     if (!source_problem.empty()) log::debug("cache: could not write source " + source_problem);
 }
 
-std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
-    std::vector<CacheEntryInfo> infos;
+CacheListing DiskCache::list(bool verify) const {
+    CacheListing listing;
     auto scan = [&](const std::string& root, bool read_only) {
         if (root.empty()) return;
-        for (const std::string& shard : directory_names(root)) {
+        for (const std::string& shard : directory_names(root, listing.errors)) {
             if (!is_shard_name(shard)) continue;
             const std::string dir = root + "/" + shard;
-            for (const std::string& name : directory_names(dir)) {
+            for (const std::string& name : directory_names(dir, listing.errors)) {
                 const std::string hex = entry_key_hex(name);
                 if (hex.empty()) continue;
                 CacheEntryInfo info;
@@ -359,7 +371,11 @@ std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
                 info.key_hex = hex;
                 info.read_only_root = read_only;
                 struct stat st {};
-                if (::stat(info.path.c_str(), &st) != 0) continue;  // removed meanwhile
+                if (::stat(info.path.c_str(), &st) != 0) {
+                    if (errno != ENOENT)  // ENOENT: removed meanwhile
+                        listing.errors.push_back("cannot stat " + info.path + ": " + errno_text(errno));
+                    continue;
+                }
                 info.bytes = static_cast<uint64_t>(st.st_size);
                 info.mtime = static_cast<int64_t>(st.st_mtime);
                 if (!S_ISREG(st.st_mode)) {
@@ -379,29 +395,35 @@ std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
                     if (info.problem.empty()) info.problem = decode_entry(bytes, key, nullptr);
                     info.valid = info.problem.empty();
                 }
-                infos.push_back(std::move(info));
+                listing.entries.push_back(std::move(info));
             }
         }
     };
     for (const std::string& root : read_only_roots_) scan(root, true);
     scan(root_, false);
-    return infos;
+    return listing;
 }
 
-size_t DiskCache::clear() {
-    size_t removed = 0;
-    if (root_.empty()) return 0;
-    for (const std::string& shard : directory_names(root_)) {
+ClearResult DiskCache::clear() {
+    ClearResult result;
+    if (root_.empty()) return result;
+    for (const std::string& shard : directory_names(root_, result.errors)) {
         if (!is_shard_name(shard)) continue;  // leave anything that is not ours alone
         const std::string dir = root_ + "/" + shard;
-        for (const std::string& name : directory_names(dir)) {
+        for (const std::string& name : directory_names(dir, result.errors)) {
             const bool entry = !entry_key_hex(name).empty();
             if (!entry && !ends_with(name, ".cu") && !ends_with(name, ".tmp") && !ends_with(name, ".lock")) continue;
-            if (::unlink((dir + "/" + name).c_str()) == 0 && entry) ++removed;
+            const std::string path = dir + "/" + name;
+            if (::unlink(path.c_str()) == 0) {
+                if (entry) ++result.removed;
+            } else if (errno != ENOENT) {  // ENOENT: a concurrent clear() was first
+                result.errors.push_back("cannot remove " + path + ": " + errno_text(errno));
+            }
         }
-        ::rmdir(dir.c_str());  // fails harmlessly when something foreign is left in it
+        // Fails harmlessly when something is left in it (foreign files, or what could not be removed).
+        ::rmdir(dir.c_str());
     }
-    return removed;
+    return result;
 }
 
 }  // namespace moejit

@@ -36,6 +36,16 @@ struct CacheEntryInfo {
     std::string problem;  // why invalid, empty if valid
 };
 
+struct CacheListing {
+    std::vector<CacheEntryInfo> entries;  // sorted by path, read-only roots first
+    std::vector<std::string> errors;      // "cannot read directory <path>: <reason>", ...
+};
+
+struct ClearResult {
+    size_t removed = 0;               // entries (.cubin files)
+    std::vector<std::string> errors;  // "cannot remove <path>: <reason>", "cannot read directory ..."
+};
+
 class DiskCache {
 public:
     DiskCache(std::string writable_root, std::vector<std::string> read_only_roots);
@@ -57,12 +67,13 @@ public:
     // switches this cache to memory-only mode with one warning per process; never throws for I/O.
     void store(const Hash128& key, const CacheEntry& entry, const std::string& source);
 
-    // Every entry file of every root, sorted by path. verify = true reads and checks each fully.
-    std::vector<CacheEntryInfo> list(bool verify) const;
+    // Every entry file of every root. verify = true reads and checks each fully. A root that does
+    // not exist is empty; a directory that cannot be read is named in `errors`, never skipped quietly.
+    CacheListing list(bool verify) const;
 
     // Removes entries, sources, temporary and lock files of the writable root (never a read-only
-    // root, never other files). Returns the number of entries (.cubin files) removed.
-    size_t clear();
+    // root, never other files), going on past failures; each is named in `errors`.
+    ClearResult clear();
 
     // True once a store failed: further stores do nothing.
     bool memory_only() const { return memory_only_.load(std::memory_order_relaxed); }

@@ -1,6 +1,7 @@
 // Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
-// paths, oversized entries, read-only roots, an unwritable root, concurrent writers in separate
-// processes, and the environment variables.
+// paths, oversized entries, directories that cannot be read and entries that cannot be removed,
+// read-only roots, an unwritable root, concurrent writers in separate processes, and the
+// environment variables.
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -116,6 +118,24 @@ bool finishes_in_time(const std::function<bool()>& body, unsigned seconds) {
                                           : "exited " + std::to_string(WEXITSTATUS(status))));
     CHECK_FALSE(WIFSIGNALED(status));
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// Keys whose entries land in `count` different shard directories.
+std::vector<Hash128> keys_in_distinct_shards(size_t count) {
+    std::vector<Hash128> keys;
+    std::vector<std::string> shards;
+    for (int i = 0; keys.size() < count; ++i) {
+        const Hash128 key = key_of("shard " + std::to_string(i));
+        const std::string shard = key.hex().substr(0, 2);
+        if (std::find(shards.begin(), shards.end(), shard) != shards.end()) continue;
+        shards.push_back(shard);
+        keys.push_back(key);
+    }
+    return keys;
+}
+
+bool contains(const std::vector<std::string>& lines, const std::string& line) {
+    return std::find(lines.begin(), lines.end(), line) != lines.end();
 }
 
 }  // namespace
@@ -305,13 +325,13 @@ TEST_CASE("disk cache: a FIFO, directory or socket at an entry path is a miss, n
             [&] {
                 const std::optional<CacheEntry> loaded = cache.load(key);
                 return loaded && loaded->kernel_name == "whole_entry" && !read_only.load(key) &&
-                       read_only.list(true).size() == 1;
+                       read_only.list(true).entries.size() == 1;
             },
             10));
         // It did not block (else REQUIRE stopped here): safe to look closer in this process.
         CHECK_FALSE(read_only.load(key).has_value());
         for (bool verify : {false, true}) {
-            const std::vector<CacheEntryInfo> infos = read_only.list(verify);
+            const std::vector<CacheEntryInfo> infos = read_only.list(verify).entries;
             REQUIRE(infos.size() == 1);
             CHECK(infos[0].path == bad_path);
             CHECK_FALSE(infos[0].valid);
@@ -359,7 +379,7 @@ TEST_CASE("disk cache: an oversized (sparse) entry is a miss, refused before it 
         CHECK_FALSE(loaded.has_value());
         for (bool verify : {false, true}) {
             std::vector<CacheEntryInfo> infos;
-            CHECK_NOTHROW(infos = cache.list(verify));
+            CHECK_NOTHROW(infos = cache.list(verify).entries);
             REQUIRE(infos.size() == 1);
             CHECK(infos[0].bytes == size);
             CHECK_FALSE(infos[0].valid);
@@ -393,10 +413,11 @@ TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes 
     write_bytes(shard + "/" + keys[0].hex() + ".lock", {});
     write_bytes(tmp / "root/tuning.json", {'{', '}'});
 
-    const std::vector<CacheEntryInfo> unverified = cache.list(false);
-    CHECK(unverified.size() == 3);
+    const CacheListing unverified = cache.list(false);
+    CHECK(unverified.entries.size() == 3);
+    CHECK(unverified.errors.empty());
 
-    const std::vector<CacheEntryInfo> infos = cache.list(true);
+    const std::vector<CacheEntryInfo> infos = cache.list(true).entries;
     REQUIRE(infos.size() == 3);
     int invalid = 0;
     for (const CacheEntryInfo& info : infos) {
@@ -417,18 +438,102 @@ TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes 
     }
     CHECK(invalid == 1);
 
-    CHECK(cache.clear() == 3);
-    CHECK(cache.list(true).empty());
+    const ClearResult cleared = cache.clear();
+    CHECK(cleared.removed == 3);
+    CHECK(cleared.errors.empty());
+    CHECK(cache.list(true).entries.empty());
     CHECK(count_files(tmp.path, ".cu") == 0);
     CHECK(count_files(tmp.path, ".tmp") == 0);
     CHECK(count_files(tmp.path, ".lock") == 0);
     CHECK(fs::exists(tmp / "root/tuning.json"));
     for (const Hash128& key : keys) CHECK_FALSE(cache.load(key).has_value());
-    CHECK(cache.clear() == 0);
+    CHECK(cache.clear().removed == 0);
 
     // The cache still works after clear().
     cache.store(keys[0], make_entry("again", 10, 9), "src");
     CHECK(cache.load(keys[0]).has_value());
+}
+
+TEST_CASE("disk cache: list() and clear() name the directories they cannot read and files they cannot remove",
+          "[cache]") {
+    TempDir tmp;
+    const auto shard_of = [](const DiskCache& cache, const Hash128& key) {
+        return fs::path(cache.entry_path(key)).parent_path().string();
+    };
+    SECTION("a missing root is an empty cache, not an error") {
+        DiskCache cache(tmp / "missing", {});
+        const CacheListing listing = cache.list(true);
+        CHECK(listing.entries.empty());
+        CHECK(listing.errors.empty());
+        const ClearResult cleared = cache.clear();
+        CHECK(cleared.removed == 0);
+        CHECK(cleared.errors.empty());
+    }
+    SECTION("a root under a regular file (ENOTDIR, which holds for root too)") {
+        write_bytes(tmp / "file", {'x'});
+        DiskCache cache(tmp / "file/cache", {tmp / "file"});
+        const CacheListing listing = cache.list(true);
+        CHECK(listing.entries.empty());
+        const std::string not_a_directory = std::strerror(ENOTDIR);
+        CHECK(listing.errors == std::vector<std::string>{"cannot read directory " + (tmp / "file") + ": " +
+                                                             not_a_directory,
+                                                         "cannot read directory " + (tmp / "file/cache") + ": " +
+                                                             not_a_directory});
+        const ClearResult cleared = cache.clear();  // the writable root only
+        CHECK(cleared.removed == 0);
+        CHECK(cleared.errors == std::vector<std::string>{listing.errors[1]});
+    }
+    SECTION("a shard that is a regular file, and a directory at an entry path") {
+        DiskCache cache(tmp / "root", {});
+        const std::vector<Hash128> keys = keys_in_distinct_shards(3);
+        for (const Hash128& key : keys) cache.store(key, make_entry("k", 64, 12), "src");
+        const std::string file_shard = shard_of(cache, keys[0]);
+        fs::remove_all(file_shard);
+        write_bytes(file_shard, {'x'});
+        const std::string directory_entry = cache.entry_path(keys[1]);
+        fs::remove(directory_entry);
+        fs::create_directories(directory_entry + "/inside");
+
+        const CacheListing listing = cache.list(true);
+        CHECK(listing.errors ==
+              std::vector<std::string>{"cannot read directory " + file_shard + ": " + std::strerror(ENOTDIR)});
+        REQUIRE(listing.entries.size() == 2);  // keys[1] (invalid) and keys[2], in shard order
+        for (const CacheEntryInfo& info : listing.entries)
+            CHECK(info.valid == (info.path == cache.entry_path(keys[2])));
+
+        const ClearResult cleared = cache.clear();
+        CHECK(cleared.removed == 1);
+        CHECK(cleared.errors.size() == 2);
+        CHECK(contains(cleared.errors, listing.errors[0]));
+        CHECK(contains(cleared.errors, "cannot remove " + directory_entry + ": " + std::strerror(EISDIR)));
+        CHECK(fs::is_regular_file(file_shard));
+        CHECK(fs::is_directory(directory_entry + "/inside"));
+        CHECK_FALSE(fs::exists(cache.entry_path(keys[2])));
+    }
+    SECTION("permission denied") {
+        if (::geteuid() == 0) {
+            WARN("running as root, whom chmod cannot deny: the permission case is skipped");
+            return;
+        }
+        DiskCache cache(tmp / "root", {});
+        const std::vector<Hash128> keys = keys_in_distinct_shards(2);
+        for (const Hash128& key : keys) cache.store(key, make_entry("k", 64, 13), "src");
+        const std::string unreadable = shard_of(cache, keys[0]), unwritable = shard_of(cache, keys[1]);
+        const std::string denied = std::strerror(EACCES);
+        {
+            const ScopedMode no_access(unreadable, 0), read_only(unwritable, 0555);
+            const CacheListing listing = cache.list(true);
+            CHECK(listing.errors == std::vector<std::string>{"cannot read directory " + unreadable + ": " + denied});
+            REQUIRE(listing.entries.size() == 1);
+            CHECK(listing.entries[0].path == cache.entry_path(keys[1]));
+
+            const ClearResult cleared = cache.clear();
+            CHECK(cleared.removed == 0);
+            CHECK(contains(cleared.errors, listing.errors[0]));
+            CHECK(contains(cleared.errors, "cannot remove " + cache.entry_path(keys[1]) + ": " + denied));
+        }
+        for (const Hash128& key : keys) CHECK(cache.load(key).has_value());  // nothing was removed
+    }
 }
 
 TEST_CASE("disk cache: read-only roots are searched first and never written", "[cache]") {
@@ -477,15 +582,15 @@ TEST_CASE("disk cache: read-only roots are searched first and never written", "[
 
     // list() flags where each entry lives; clear() leaves the read-only root alone.
     size_t read_only_entries = 0, writable_entries = 0;
-    for (const CacheEntryInfo& info : cache.list(true)) {
+    for (const CacheEntryInfo& info : cache.list(true).entries) {
         CHECK(info.valid);
         (info.read_only_root ? read_only_entries : writable_entries) += 1;
     }
     CHECK(read_only_entries == 2);
     CHECK(writable_entries == 2);
-    CHECK(cache.clear() == 2);
+    CHECK(cache.clear().removed == 2);
     CHECK(cache.load(ro_only).has_value());
-    CHECK(cache.list(false).size() == 2);
+    CHECK(cache.list(false).entries.size() == 2);
 }
 
 TEST_CASE("disk cache: an unwritable root degrades to memory-only without throwing", "[cache]") {
@@ -501,7 +606,7 @@ TEST_CASE("disk cache: an unwritable root degrades to memory-only without throwi
     CHECK_FALSE(cache.load(key).has_value());
     CHECK_NOTHROW(cache.store(key, entry, "src"));
     CHECK(cache.memory_only());
-    CHECK(cache.list(true).empty());
+    CHECK(cache.list(true).entries.empty());
 
     // Exactly one warning per process, however many caches and stores fail. warn_once state is
     // per process and a fork would inherit this one's, so a fresh copy of this test program runs
@@ -598,7 +703,7 @@ TEST_CASE("disk cache: 8 processes storing one key at once leave one valid entry
     REQUIRE(loaded.has_value());
     CHECK(loaded->kernel_name == entry.kernel_name);
     CHECK(loaded->cubin == entry.cubin);
-    const std::vector<CacheEntryInfo> infos = cache.list(true);
+    const std::vector<CacheEntryInfo> infos = cache.list(true).entries;
     REQUIRE(infos.size() == 1);
     CHECK(infos[0].valid);
 }

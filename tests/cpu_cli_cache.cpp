@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +28,12 @@ Hash128 key_of(const std::string& text) {
     inputs.source = text;
     inputs.arch = "sm_90a";
     return make_key(inputs);
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+    REQUIRE(out.good());
 }
 
 // Stores `count` small entries into `root`; returns their keys.
@@ -84,4 +93,83 @@ TEST_CASE("moejit cache verify with a 200 GiB sparse entry: invalid, no std::bad
     CHECK(verify.err.empty());
     CHECK(verify.out.find("invalid " + sparse + ": too large (214748364800 bytes") != std::string::npos);
     CHECK(verify.out.find("2 entries checked, 1 invalid") != std::string::npos);
+}
+
+TEST_CASE("moejit cache ls|stats|verify|clear exit 1 naming a cache directory they cannot read", "[cli]") {
+    TempDir tmp;
+    // A path under a regular file fails with ENOTDIR, for root too (chmod would not stop root).
+    write_bytes(tmp / "file", "x");
+    const std::string root = tmp / "file/cache";
+    const std::string error = "moejit: cannot read directory " + root + ": " + std::strerror(ENOTDIR);
+    for (const char* command : {"ls", "stats", "verify", "clear"}) {
+        const Result result = run_cli({"cache", command}, root);
+        INFO("moejit cache " << command << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
+        CHECK(result.status == 1);
+        CHECK(result.err.find(error + "\n") != std::string::npos);
+    }
+    CHECK(run_cli({"cache", "verify"}, root).out == "0 entries checked, 0 invalid, 1 read error\n");
+    CHECK(run_cli({"cache", "clear"}, root).out == "removed 0 entries from " + root + "\n");
+    CHECK(run_cli({"cache", "stats"}, root).out.find("writable root   " + root + "  0 entries, 0 B (does not exist)") !=
+          std::string::npos);
+
+    // The same for a read-only root; clear leaves read-only roots alone, so it succeeds.
+    TempDir empty;
+    const EnvOverrides read_only = {{"MOEJIT_CACHE_PATH", tmp / "file"}};
+    const std::string read_only_error =
+        "moejit: cannot read directory " + (tmp / "file") + ": " + std::strerror(ENOTDIR) + "\n";
+    CHECK(run_cli({"cache", "ls"}, empty.path, read_only).err == read_only_error);
+    CHECK(run_cli({"cache", "verify"}, empty.path, read_only).status == 1);
+    const Result stats = run_cli({"cache", "stats"}, empty.path, read_only);
+    CHECK(stats.status == 1);
+    CHECK(stats.out.find("read-only root  " + (tmp / "file") + "  0 entries, 0 B (not a directory)") !=
+          std::string::npos);
+    CHECK(run_cli({"cache", "clear"}, empty.path, read_only).status == 0);
+}
+
+TEST_CASE("moejit cache clear exits 1 naming an entry it cannot remove, and removes the others", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 3);
+    const std::string stuck = DiskCache(root, {}).entry_path(keys[1]);
+    REQUIRE(fs::remove(stuck));
+    REQUIRE(fs::create_directory(stuck));  // unlink fails with EISDIR, for root too
+
+    const Result clear = run_cli({"cache", "clear"}, root);
+    INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
+    CHECK(clear.status == 1);
+    CHECK(clear.out == "removed 2 entries from " + root + "\n");
+    CHECK(clear.err == "moejit: cannot remove " + stuck + ": " + std::strerror(EISDIR) + "\n");
+    CHECK(fs::is_directory(stuck));
+    for (const Hash128& key : {keys[0], keys[2]}) CHECK_FALSE(fs::exists(DiskCache(root, {}).entry_path(key)));
+}
+
+TEST_CASE("moejit cache commands as a user the cache's permissions shut out exit 1", "[cli]") {
+    if (::geteuid() == 0) {
+        WARN("running as root, whom chmod cannot deny: skipped (the ENOTDIR and EISDIR tests cover root)");
+        return;
+    }
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 2);
+    const std::string entry = DiskCache(root, {}).entry_path(keys[0]);
+    const std::string shard = fs::path(entry).parent_path().string();
+    const std::string denied = std::strerror(EACCES);
+    {
+        const ScopedMode closed_root(root, 0);  // to us like mode 700 of another owner
+        for (const char* command : {"ls", "stats", "verify", "clear"}) {
+            const Result result = run_cli({"cache", command}, root);
+            INFO("moejit cache " << command << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
+            CHECK(result.status == 1);
+            CHECK(result.err == "moejit: cannot read directory " + root + ": " + denied + "\n");
+        }
+    }
+    {
+        const ScopedMode read_only_shard(shard, 0555);
+        const Result clear = run_cli({"cache", "clear"}, root);
+        INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
+        CHECK(clear.status == 1);
+        CHECK(clear.err.find("moejit: cannot remove " + entry + ": " + denied + "\n") != std::string::npos);
+        CHECK(clear.out.find("removed 1 entry from " + root) != std::string::npos);
+    }
+    CHECK(fs::exists(entry));
 }

@@ -222,7 +222,7 @@ TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and 
 
     auto fresh_get = [&]() { return Compiler(DiskCache::from_environment()).get(problem, config); };
     auto all_valid = [&]() {
-        const std::vector<CacheEntryInfo> infos = DiskCache::from_environment().list(true);
+        const std::vector<CacheEntryInfo> infos = DiskCache::from_environment().list(true).entries;
         REQUIRE(infos.size() == 1);
         CHECK(infos[0].path == entry);
         CHECK(infos[0].valid);
@@ -253,7 +253,7 @@ TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and 
     SECTION("an empty entry file is recompiled and replaced") { write_bytes(entry, {}); }
 
     // The damaged entry is a miss...
-    CHECK_FALSE(DiskCache::from_environment().list(true).at(0).valid);
+    CHECK_FALSE(DiskCache::from_environment().list(true).entries.at(0).valid);
     const Binary recompiled = fresh_get();
     CHECK_FALSE(recompiled.from_disk);
     CHECK(recompiled.key == compiled.key);
@@ -542,7 +542,7 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     std::vector<CacheEntryInfo> infos;
     {
         CacheEnv env(cache);
-        infos = DiskCache::from_environment().list(true);
+        infos = DiskCache::from_environment().list(true).entries;
     }
     REQUIRE(infos.size() == 8);
     for (const CacheEntryInfo& info : infos) {
