@@ -182,15 +182,22 @@ std::string temp_name(const std::string& final_name) {
     return final_name + suffix;
 }
 
+// A failed file system call: which path, and errno (to tell a full or read-only disk from one bad file).
+struct IoFailure {
+    std::string path;
+    int error = 0;
+    std::string text() const { return path + ": " + errno_text(error); }
+};
+
 // Writes `data` to dir/final_name atomically: temporary file, write, fsync, close, rename.
 // Readers see either the old file or the complete new one, never a partial file; concurrent
 // writers of one key write identical bytes, so whichever rename lands last is equally right.
-// Returns "" or "<path>: <strerror>".
-std::string write_atomically(const std::string& dir, const std::string& final_name, const char* data, size_t size) {
+std::optional<IoFailure> write_atomically(const std::string& dir, const std::string& final_name, const char* data,
+                                          size_t size) {
     const std::string final_path = dir + "/" + final_name;
     const std::string temp_path = dir + "/" + temp_name(final_name);
     const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return temp_path + ": " + errno_text(errno);
+    if (fd < 0) return IoFailure{temp_path, errno};
     // fsync before rename: otherwise a crash can leave the new name pointing at an empty file.
     bool ok = write_all(fd, data, size) && ::fsync(fd) == 0;
     int error = ok ? 0 : errno;
@@ -204,17 +211,25 @@ std::string write_atomically(const std::string& dir, const std::string& final_na
     }
     if (!ok) {
         ::unlink(temp_path.c_str());
-        return final_path + ": " + errno_text(error);
+        return IoFailure{final_path, error != 0 ? error : EIO};  // a write of 0 bytes sets no errno
     }
-    return "";
+    return std::nullopt;
 }
 
-std::string make_directories(const std::string& path) {
+std::optional<IoFailure> make_directories(const std::string& path) {
     std::error_code ec;
     std::filesystem::create_directories(path, ec);
-    if (ec) return path + ": " + ec.message();
-    // create_directories reports no error when `path` exists but is a file; opening it will fail.
-    return "";
+    if (ec) return IoFailure{path, ec.value()};
+    return std::nullopt;
+}
+
+// Whether a failed store means the whole writable root is unusable (read-only, full, not ours, or
+// not there at all), rather than one entry's path being in the way (a directory at the entry's
+// name, a file where its shard directory belongs).
+bool failure_concerns_root(const std::string& root, int error) {
+    if (error == EROFS || error == EACCES || error == EPERM || error == ENOSPC || error == EDQUOT) return true;
+    struct stat st {};
+    return ::stat(root.c_str(), &st) != 0 || !S_ISDIR(st.st_mode);
 }
 
 // The names in `dir`, sorted. A directory that does not exist has none (an empty cache, or a shard
@@ -334,26 +349,38 @@ std::optional<CacheEntry> DiskCache::load(const Hash128& key) const {
 
 void DiskCache::store(const Hash128& key, const CacheEntry& entry, const std::string& source) {
     if (memory_only()) return;
+    if (root_.empty()) {
+        memory_only_.store(true);
+        log::warn_once("cache-unwritable", "cannot write the kernel cache: no cache directory (set "
+                                           "MOEJIT_CACHE_DIR or HOME); caching in memory only");
+        return;
+    }
     const std::string hex = key.hex();
     const std::string dir = shard_dir(root_, hex);
     const std::vector<char> file = encode_entry(key, entry);
 
-    std::string problem = root_.empty() ? std::string("no cache directory (set MOEJIT_CACHE_DIR or HOME)")
-                                        : make_directories(dir);
-    if (problem.empty()) {
-        problem = write_atomically(dir, hex + ".cubin", file.data(), file.size());
+    std::optional<IoFailure> failure = make_directories(dir);
+    if (!failure) {
+        failure = write_atomically(dir, hex + ".cubin", file.data(), file.size());
         // A concurrent clear() may have removed the shard directory between mkdir and open.
-        if (!problem.empty() && make_directories(dir).empty())
-            problem = write_atomically(dir, hex + ".cubin", file.data(), file.size());
+        if (failure && !make_directories(dir))
+            failure = write_atomically(dir, hex + ".cubin", file.data(), file.size());
     }
-    if (!problem.empty()) {
+    if (failure && failure_concerns_root(root_, failure->error)) {
         memory_only_.store(true);
-        log::warn_once("cache-unwritable", "cannot write the kernel cache: " + problem + "; caching in memory only");
+        log::warn_once("cache-unwritable",
+                       "cannot write the kernel cache: " + failure->text() + "; caching in memory only");
+        return;
+    }
+    if (failure) {  // this entry only: the others still go to disk
+        log::warn_once("cache-entry " + dir + "/" + hex + ".cubin",
+                       "cannot write a kernel cache entry: " + failure->text() +
+                           "; that kernel is cached in memory only (remove what is in the way)");
         return;
     }
     // The source is only for people inspecting the cache: a failure here loses nothing.
-    const std::string source_problem = write_atomically(dir, hex + ".cu", source.data(), source.size());
-    if (!source_problem.empty()) log::debug("cache: could not write source " + source_problem);
+    const std::optional<IoFailure> source_failure = write_atomically(dir, hex + ".cu", source.data(), source.size());
+    if (source_failure) log::debug("cache: could not write source " + source_failure->text());
 }
 
 CacheListing DiskCache::list(bool verify) const {

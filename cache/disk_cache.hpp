@@ -63,8 +63,11 @@ public:
     // reason goes to log::debug); never throws, never returns an entry for another key.
     std::optional<CacheEntry> load(const Hash128& key) const;
 
-    // Writes the entry (and the source, best effort) into the writable root. An I/O failure
-    // switches this cache to memory-only mode with one warning per process; never throws for I/O.
+    // Writes the entry (and the source, best effort) into the writable root; never throws for I/O.
+    // A failure of the root itself (none configured, cannot be created, read-only, full, not ours:
+    // EROFS, EACCES, EPERM, ENOSPC, EDQUOT) switches this cache to memory-only mode with one warning
+    // per process. A failure of one entry's path (a directory in its place, EISDIR) warns once for
+    // that entry and leaves the others going to disk.
     void store(const Hash128& key, const CacheEntry& entry, const std::string& source);
 
     // Every entry file of every root. verify = true reads and checks each fully. A root that does
@@ -75,7 +78,7 @@ public:
     // root, never other files), going on past failures; each is named in `errors`.
     ClearResult clear();
 
-    // True once a store failed: further stores do nothing.
+    // True once a store failed for a reason that concerns the whole root: further stores do nothing.
     bool memory_only() const { return memory_only_.load(std::memory_order_relaxed); }
 
     std::string entry_path(const Hash128& key) const;  // in the writable root

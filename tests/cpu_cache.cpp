@@ -138,6 +138,37 @@ bool contains(const std::vector<std::string>& lines, const std::string& line) {
     return std::find(lines.begin(), lines.end(), line) != lines.end();
 }
 
+size_t count_of(const std::string& text, const std::string& needle) {
+    size_t count = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
+    return count;
+}
+
+// Runs the hidden test case `tag` in a fresh copy of this test program, with MOEJIT_TEST_DIR = dir,
+// and returns its stderr. Warnings are printed once per process, and a fork would inherit this
+// process's record of them: hence the exec.
+std::string stderr_of_hidden_test(const std::string& tag, const std::string& dir) {
+    const std::string log_path = dir + "/stderr.txt";
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int null = ::open("/dev/null", O_WRONLY);
+        if (fd < 0 || null < 0 || ::dup2(fd, 2) < 0 || ::dup2(null, 1) < 0) ::_exit(2);
+        ::setenv("MOEJIT_TEST_DIR", dir.c_str(), 1);
+        ::execl("/proc/self/exe", "test_cpu", tag.c_str(), static_cast<char*>(nullptr));
+        ::_exit(3);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    const std::vector<char> bytes = read_bytes(log_path);
+    const std::string log(bytes.begin(), bytes.end());
+    INFO("child stderr: " << log);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    return log;
+}
+
 }  // namespace
 
 TEST_CASE("cache key changes with every input and nothing else", "[cache]") {
@@ -608,38 +639,16 @@ TEST_CASE("disk cache: an unwritable root degrades to memory-only without throwi
     CHECK(cache.memory_only());
     CHECK(cache.list(true).entries.empty());
 
-    // Exactly one warning per process, however many caches and stores fail. warn_once state is
-    // per process and a fork would inherit this one's, so a fresh copy of this test program runs
-    // the hidden test case below with stderr sent to a file.
-    const std::string log_path = tmp / "stderr.txt";
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        const int null = ::open("/dev/null", O_WRONLY);
-        if (fd < 0 || null < 0 || ::dup2(fd, 2) < 0 || ::dup2(null, 1) < 0) ::_exit(2);
-        ::setenv("MOEJIT_TEST_UNWRITABLE_DIR", tmp.path.c_str(), 1);
-        ::execl("/proc/self/exe", "test_cpu", "[cache-warn-child]", static_cast<char*>(nullptr));
-        ::_exit(3);
-    }
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    REQUIRE(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-    const std::vector<char> bytes = read_bytes(log_path);
-    const std::string log(bytes.begin(), bytes.end());
+    // Exactly one warning per process, however many caches and stores fail.
+    const std::string log = stderr_of_hidden_test("[cache-warn-child]", tmp.path);
     INFO("child stderr: " << log);
-    size_t warnings = 0;
-    for (size_t at = log.find("caching in memory only"); at != std::string::npos;
-         at = log.find("caching in memory only", at + 1))
-        ++warnings;
-    CHECK(warnings == 1);
+    CHECK(count_of(log, "caching in memory only") == 1);
     CHECK(log.find(tmp / "file") != std::string::npos);  // the warning names the path
 }
 
 // Run only by the test above, in a fresh process (hidden: "[.]").
 TEST_CASE("disk cache: unwritable-root warning, child process", "[.][cache-warn-child]") {
-    const char* dir = std::getenv("MOEJIT_TEST_UNWRITABLE_DIR");
+    const char* dir = std::getenv("MOEJIT_TEST_DIR");
     REQUIRE(dir != nullptr);
     const std::string base = dir;
     const Hash128 key = key_of("unwritable");
@@ -650,6 +659,49 @@ TEST_CASE("disk cache: unwritable-root warning, child process", "[.][cache-warn-
     second.store(key, entry, "src");
     CHECK(first.memory_only());
     CHECK(second.memory_only());
+}
+
+TEST_CASE("disk cache: an entry whose path is in the way warns once and the rest of the cache stays on disk",
+          "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "root", {});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(4);
+    const std::string blocked_entry = cache.entry_path(keys[0]);
+    const std::string blocked_shard = fs::path(cache.entry_path(keys[1])).parent_path().string();
+    fs::create_directories(blocked_entry);  // the rename onto it fails with EISDIR
+    fs::create_directories(tmp / "root");
+    write_bytes(blocked_shard, {'x'});       // its shard directory cannot be made
+
+    for (int round = 0; round < 2; ++round)
+        for (size_t i = 0; i < 3; ++i) CHECK_NOTHROW(cache.store(keys[i], make_entry("k", 64, 14), "src"));
+    CHECK_FALSE(cache.memory_only());
+    CHECK_FALSE(cache.load(keys[0]).has_value());
+    CHECK_FALSE(cache.load(keys[1]).has_value());
+    CHECK(cache.load(keys[2]).has_value());
+    cache.store(keys[3], make_entry("later", 64, 15), "src");  // later stores still go to disk
+    REQUIRE(cache.load(keys[3]).has_value());
+    CHECK(DiskCache(tmp / "root", {}).load(keys[3])->kernel_name == "later");
+    CHECK(fs::is_directory(blocked_entry));
+    CHECK(count_files(tmp.path, ".tmp") == 0);
+
+    // One warning per blocked entry, however often it is stored, and none about the whole cache.
+    const std::string log = stderr_of_hidden_test("[cache-entry-warn-child]", tmp.path);
+    INFO("child stderr: " << log);
+    CHECK(count_of(log, "[moejit warning]") == 2);
+    CHECK(count_of(log, "cannot write a kernel cache entry: " + blocked_entry + ": " + std::strerror(EISDIR)) == 1);
+    CHECK(count_of(log, blocked_shard) == 1);
+    CHECK(count_of(log, "caching in memory only") == 0);
+}
+
+// Run only by the test above, in a fresh process (hidden: "[.]").
+TEST_CASE("disk cache: blocked-entry warnings, child process", "[.][cache-entry-warn-child]") {
+    const char* dir = std::getenv("MOEJIT_TEST_DIR");
+    REQUIRE(dir != nullptr);
+    DiskCache cache(std::string(dir) + "/root", {});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(4);
+    for (int round = 0; round < 3; ++round)
+        for (const Hash128& key : keys) cache.store(key, make_entry("k", 64, 16), "src");
+    CHECK_FALSE(cache.memory_only());
 }
 
 TEST_CASE("disk cache: 8 processes storing one key at once leave one valid entry", "[cache]") {
