@@ -1,7 +1,7 @@
 // Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
 // paths, oversized entries, directories that cannot be read and entries that cannot be removed,
-// read-only roots, an unwritable root, concurrent writers in separate processes, and the
-// environment variables.
+// read-only roots, an unwritable root, concurrent writers in separate processes, the environment
+// variables, and tuning records (stored in the cache directory).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -24,6 +24,9 @@
 
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
+#include "codegen/config.hpp"
+#include "moe/tuning.hpp"
+#include "runtime/device.hpp"
 #include "tests/catch.hpp"
 #include "tests/support/env_var.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -802,4 +805,72 @@ TEST_CASE("disk cache: from_environment honours the cache variables", "[cache]")
             CHECK(DiskCache::from_environment().root() == tmp / "home/.cache/moejit");
         }
     }
+}
+
+namespace {
+
+// A problem, its heuristic tiling and a device, enough for a tuning record (no GPU is touched).
+struct TuningCase {
+    Problem problem;
+    Config config;
+    DeviceInfo device;
+    TuningCase() {
+        problem.n = 1536;
+        problem.k = 2048;
+        problem.experts = 128;
+        problem.topk = 8;
+        problem.arch = Arch::parse("sm_90a");
+        config = choose_config(problem, RowsBucket::large);
+        device.name = "test device";
+        device.sm_count = 132;
+        device.arch = problem.arch;
+    }
+};
+
+size_t entries_under(const std::string& dir) {
+    std::error_code ec;
+    return static_cast<size_t>(std::distance(fs::directory_iterator(dir, ec), fs::directory_iterator()));
+}
+
+}  // namespace
+
+TEST_CASE("tuned configs are stored in the cache directory, and never without one", "[cache][tuning]") {
+    TempDir tmp;
+    const TuningCase tuning;
+    EnvVar path("MOEJIT_CACHE_PATH", std::nullopt), xdg("XDG_CACHE_HOME", std::nullopt);
+    SECTION("with a cache directory the winner round trips") {
+        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "root");
+        const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
+        CHECK(stored.rfind(tmp / "root/tuning/", 0) == 0);
+        CHECK(fs::is_regular_file(stored));
+        const std::optional<Config> loaded = tuned_config(tuning.problem, RowsBucket::large, tuning.device);
+        REQUIRE(loaded.has_value());
+        CHECK(*loaded == tuning.config);
+    }
+    SECTION("with neither MOEJIT_CACHE_DIR nor HOME nothing is written, not even under /") {
+        EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt), home("HOME", std::nullopt);
+        REQUIRE(DiskCache::from_environment().root().empty());
+        const bool had_tuning_dir = fs::exists("/tuning");
+        const size_t tuning_files = entries_under("/tuning");
+        std::string stored = "not called";
+        CHECK_NOTHROW(stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config));
+        CHECK(stored.empty());
+        CHECK(fs::exists("/tuning") == had_tuning_dir);
+        CHECK(entries_under("/tuning") == tuning_files);
+        CHECK_FALSE(tuned_config(tuning.problem, RowsBucket::large, tuning.device).has_value());
+
+        // One warning per process, however many winners go unstored.
+        const std::string log = stderr_of_hidden_test("[tuning-warn-child]", tmp.path);
+        INFO("child stderr: " << log);
+        CHECK(count_of(log, "[moejit warning] cannot store tuned tilings: no cache directory") == 1);
+        CHECK(count_of(log, "[moejit warning]") == 1);
+    }
+}
+
+// Run only by the test above, in a fresh process (hidden: "[.]").
+TEST_CASE("tuned configs without a cache directory, child process", "[.][tuning-warn-child]") {
+    EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt), home("HOME", std::nullopt), xdg("XDG_CACHE_HOME", std::nullopt);
+    const TuningCase tuning;
+    for (RowsBucket bucket : {RowsBucket::decode, RowsBucket::small, RowsBucket::large})
+        CHECK(store_tuned_config(tuning.problem, bucket, tuning.device, tuning.config).empty());
 }
