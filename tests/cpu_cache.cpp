@@ -1,7 +1,7 @@
 // Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
 // paths, oversized entries, directories that cannot be read and entries that cannot be removed,
-// read-only roots, an unwritable root, concurrent writers in separate processes, the environment
-// variables, and tuning records (stored in the cache directory).
+// pruning to a size, read-only roots, an unwritable root, concurrent writers in separate
+// processes, the environment variables, and tuning records (stored in the cache directory).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -24,6 +24,7 @@
 
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
+#include "cache/prune.hpp"
 #include "codegen/config.hpp"
 #include "moe/tuning.hpp"
 #include "runtime/device.hpp"
@@ -567,6 +568,69 @@ TEST_CASE("disk cache: list() and clear() name the directories they cannot read 
             CHECK(contains(cleared.errors, "cannot remove " + cache.entry_path(keys[1]) + ": " + denied));
         }
         for (const Hash128& key : keys) CHECK(cache.load(key).has_value());  // nothing was removed
+    }
+}
+
+TEST_CASE("disk cache: prune removes least-recently-used entries until the root fits the size", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "rw", {tmp / "ro"});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(5);
+    for (size_t i = 0; i < keys.size(); ++i) cache.store(keys[i], make_entry("k", 1000, 20 + i), "src");
+    const uint64_t entry_bytes = fs::file_size(cache.entry_path(keys[0]));
+    // Used long ago, in key order; then a hit makes keys[0] the most recently used.
+    for (size_t i = 0; i < keys.size(); ++i) {
+        const time_t used = 1000 + 10 * static_cast<time_t>(i);
+        const struct timespec times[2] = {{used, 0}, {used, 0}};
+        REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(keys[i]).c_str(), times, 0) == 0);
+    }
+    REQUIRE(cache.load(keys[0]).has_value());
+    // A read-only root's entries are neither counted nor removed.
+    DiskCache(tmp / "ro", {}).store(key_of("read-only"), make_entry("ro", 5000, 30), "src");
+    const auto present = [&](const Hash128& key) { return fs::exists(cache.entry_path(key)); };
+
+    SECTION("a limit the root already fits removes nothing") {
+        const PruneResult result = prune(cache, 5 * entry_bytes);
+        CHECK(result.removed == 0);
+        CHECK(result.kept == 5);
+        CHECK(result.kept_bytes == 5 * entry_bytes);
+        CHECK(result.errors.empty());
+    }
+    SECTION("two entries' worth keeps the two most recently used") {
+        const PruneResult result = prune(cache, 2 * entry_bytes + entry_bytes / 2);
+        CHECK(result.removed == 3);
+        CHECK(result.removed_bytes == 3 * entry_bytes);
+        CHECK(result.kept == 2);
+        CHECK(result.kept_bytes == 2 * entry_bytes);
+        CHECK(result.errors.empty());
+        CHECK(present(keys[0]));  // refreshed by load()
+        CHECK_FALSE(present(keys[1]));
+        CHECK_FALSE(present(keys[2]));
+        CHECK_FALSE(present(keys[3]));
+        CHECK(present(keys[4]));
+        CHECK(count_files(tmp / "rw", ".cu") == 2);  // the sources went with their entries
+        CHECK(cache.load(keys[4]).has_value());
+        CHECK(DiskCache(tmp / "ro", {}).load(key_of("read-only")).has_value());
+    }
+    SECTION("an unusable entry goes before older usable ones") {
+        // The most recently used entry turns into a 300 MiB sparse file: over the size cap, a miss.
+        REQUIRE(::truncate(cache.entry_path(keys[0]).c_str(), off_t{300} << 20) == 0);
+        const PruneResult result = prune(cache, 4 * entry_bytes);
+        CHECK(result.removed == 1);
+        CHECK(result.removed_bytes == uint64_t{300} << 20);
+        CHECK(result.kept_bytes == 4 * entry_bytes);
+        CHECK_FALSE(present(keys[0]));
+        for (size_t i = 1; i < keys.size(); ++i) CHECK(present(keys[i]));
+    }
+    SECTION("zero empties the writable root; an entry that cannot be removed is named") {
+        const std::string stuck = cache.entry_path(keys[2]);
+        fs::remove(stuck);
+        fs::create_directories(stuck + "/inside");
+        const PruneResult result = prune(cache, 0);
+        CHECK(result.removed == 4);
+        CHECK(result.kept == 1);
+        CHECK(result.errors == std::vector<std::string>{"cannot remove " + stuck + ": " + std::strerror(EISDIR)});
+        for (const Hash128& key : keys) CHECK(present(key) == (key == keys[2]));
+        CHECK(fs::is_directory(stuck + "/inside"));
     }
 }
 

@@ -1,6 +1,7 @@
-// `moejit cache ls|stats|verify|clear` on caches with things wrong with them: files that are not
-// entries' kind, directories nobody can read, entries nobody can remove. The entries are written
-// through DiskCache, so no compiler is needed (label cpu).
+// `moejit cache ls|stats|verify|prune|clear` on caches with things wrong with them (files that are
+// not entries' kind, directories nobody can read, entries nobody can remove) and `cache prune`. The
+// entries are written through DiskCache, so no compiler is needed (label cpu).
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -172,4 +173,58 @@ TEST_CASE("moejit cache commands as a user the cache's permissions shut out exit
         CHECK(clear.out.find("removed 1 entry from " + root) != std::string::npos);
     }
     CHECK(fs::exists(entry));
+}
+
+TEST_CASE("moejit cache prune --max-size removes least-recently-used entries down to SIZE", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 3);
+    const DiskCache cache(root, {});
+    // keys[0] used longest ago, keys[2] most recently.
+    for (size_t i = 0; i < keys.size(); ++i) {
+        const time_t used = 1000 + static_cast<time_t>(i);
+        const struct timespec times[2] = {{used, 0}, {used, 0}};
+        REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(keys[i]).c_str(), times, 0) == 0);
+    }
+    uint64_t total = 0;
+    for (const Hash128& key : keys) total += fs::file_size(cache.entry_path(key));
+
+    for (const char* size : {"2G", "500M", "1.5GiB", "64kb", "1T"}) {
+        const Result result = run_cli({"cache", "prune", "--max-size", size}, root);
+        INFO("--max-size " << size << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
+        CHECK(result.status == 0);
+        CHECK(result.out.rfind("removed 0 entries (0 B) from " + root + "; 3 entries", 0) == 0);
+    }
+    // Room for about one entry and a half: the least recently used two go.
+    const std::string limit = std::to_string(total / 2);
+    const Result pruned = run_cli({"cache", "prune", "--max-size=" + limit}, root);
+    INFO("stdout:\n" << pruned.out << "\nstderr:\n" << pruned.err);
+    CHECK(pruned.status == 0);
+    CHECK(pruned.err.empty());
+    CHECK(pruned.out.rfind("removed 2 entries (", 0) == 0);
+    CHECK(pruned.out.find("; 1 entry (") != std::string::npos);
+    CHECK_FALSE(fs::exists(cache.entry_path(keys[0])));
+    CHECK_FALSE(fs::exists(cache.entry_path(keys[1])));
+    CHECK(fs::exists(cache.entry_path(keys[2])));
+
+    for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
+             {"cache", "prune"},
+             {"cache", "prune", "--max-size", "lots"},
+             {"cache", "prune", "--max-size", "5X"},
+             {"cache", "prune", "--max-size", "-1"},
+             {"cache", "prune", "--max-size", "1.G"},
+             {"cache", "prune", "--max-size", "99999999999T"},
+             {"cache", "prune", "--max-size", "1G", "extra"},
+         }) {
+        const Result result = run_cli(bad, root);
+        INFO("moejit cache prune " << (bad.size() > 2 ? bad[2] + " " + bad.back() : std::string()));
+        CHECK(result.status == 1);
+        CHECK(result.err.rfind("moejit: ", 0) == 0);
+        CHECK(result.out.empty());
+    }
+    CHECK(fs::exists(cache.entry_path(keys[2])));  // none of those removed anything
+
+    const Result help = run_cli({"cache", "prune", "--help"}, root);
+    CHECK(help.status == 0);
+    CHECK(help.out.find("prune --max-size SIZE") != std::string::npos);
 }

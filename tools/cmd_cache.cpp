@@ -1,7 +1,8 @@
-// moejit precompile | cache ls|stats|verify|clear: filling and inspecting the disk cache.
+// moejit precompile | cache ls|stats|verify|prune|clear: filling, inspecting and trimming the disk cache.
 #include "tools/cli.hpp"
 
 #include "cache/disk_cache.hpp"
+#include "cache/prune.hpp"
 #include "codegen/models.hpp"
 #include "runtime/compiler.hpp"
 
@@ -45,7 +46,7 @@ int report_errors(const std::vector<std::string>& errors) {
 }
 
 const char* const kCacheHelp =
-    "usage: moejit cache <ls [--verify] | stats | verify | clear>\n"
+    "usage: moejit cache <ls [--verify] | stats | verify | prune --max-size SIZE | clear>\n"
     "\n"
     "The kernel cache: the writable root (MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else\n"
     "~/.cache/moejit) and the read-only roots of MOEJIT_CACHE_PATH (colon-separated, searched first).\n"
@@ -54,6 +55,10 @@ const char* const kCacheHelp =
     "                  checks each entry and prints valid or invalid with the reason\n"
     "  stats           the roots, and entries and bytes per root and in all\n"
     "  verify          checks every entry; prints the bad ones; exits 1 if any is bad\n"
+    "  prune --max-size SIZE\n"
+    "                  removes entries of the writable root, least recently used first (every cache hit\n"
+    "                  refreshes an entry's time), until what stats counts there is at most SIZE: bytes,\n"
+    "                  or 500M, 2G (K, M, G, T are powers of 1024)\n"
     "  clear           removes every entry of the writable root (never a read-only root)\n"
     "\n"
     "A directory that cannot be read or an entry that cannot be removed is named on stderr, and the\n"
@@ -138,6 +143,26 @@ int cache_verify(const std::vector<std::string>& argv) {
     return report_errors(listing.errors) != 0 || bad != 0 ? 1 : 0;
 }
 
+int cache_prune(const std::vector<std::string>& argv) {
+    const Args args("cache prune", argv, {{"--max-size", true}});
+    if (args.help()) {
+        std::fputs(kCacheHelp, stdout);
+        return 0;
+    }
+    args.expect_positionals(0, 0, "");
+    const auto max_size = args.value("--max-size");
+    if (!max_size) throw Error("'moejit cache prune' needs --max-size SIZE, such as 500M or 2G");
+    const uint64_t max_bytes = parse_size(*max_size);
+    const DiskCache cache = DiskCache::from_environment();
+    if (cache.root().empty()) throw Error("no cache directory (set MOEJIT_CACHE_DIR or HOME)");
+    const PruneResult result = prune(cache, max_bytes);
+    std::printf("removed %zu entr%s (%s) from %s; %zu entr%s (%s) remain, at most %s\n", result.removed,
+                result.removed == 1 ? "y" : "ies", format_bytes(result.removed_bytes).c_str(), cache.root().c_str(),
+                result.kept, result.kept == 1 ? "y" : "ies", format_bytes(result.kept_bytes).c_str(),
+                format_bytes(max_bytes).c_str());
+    return report_errors(result.errors);
+}
+
 int cache_clear(const std::vector<std::string>& argv) {
     const Args args("cache clear", argv, {});
     if (args.help()) {
@@ -165,8 +190,9 @@ int cmd_cache(const std::vector<std::string>& argv) {
     if (argv[0] == "ls") return cache_ls(rest);
     if (argv[0] == "stats") return cache_stats(rest);
     if (argv[0] == "verify") return cache_verify(rest);
+    if (argv[0] == "prune") return cache_prune(rest);
     if (argv[0] == "clear") return cache_clear(rest);
-    throw Error("unknown cache command '" + argv[0] + "': expected ls, stats, verify or clear");
+    throw Error("unknown cache command '" + argv[0] + "': expected ls, stats, verify, prune or clear");
 }
 
 int cmd_precompile(const std::vector<std::string>& argv) {
