@@ -27,6 +27,14 @@ namespace {
 constexpr char kMagic[8] = {'M', 'O', 'E', 'J', 'I', 'T', 'C', 'B'};
 // magic 8 + version 4 + reserved 4 + key 16 + payload size 8 + checksum 8
 constexpr size_t kHeaderSize = 48;
+// No cubin comes near this; a larger file (a sparse or foreign one) is refused before its size is
+// allocated, so it cannot exhaust memory or throw std::bad_alloc out of load().
+constexpr uint64_t kMaxEntryBytes = uint64_t{256} << 20;
+
+std::string too_large(uint64_t bytes) {
+    return "too large (" + std::to_string(bytes) + " bytes; an entry is at most " +
+           std::to_string(kMaxEntryBytes >> 20) + " MiB)";
+}
 
 std::string errno_text(int error) { return std::strerror(error); }
 
@@ -115,15 +123,22 @@ std::string decode_entry(const std::vector<char>& file, const Hash128& key, Cach
     return "";
 }
 
-// Reads a whole regular file; returns "" or the problem. `fd_out`, if given, receives the open fd
-// (the caller closes it) so the caller can touch the very file it read.
+// Reads a whole regular file of at most kMaxEntryBytes; returns "" or the problem. `fd_out`, if
+// given, receives the open fd (the caller closes it) so the caller can touch the very file it read.
 std::string read_file(const std::string& path, std::vector<char>& bytes, int* fd_out = nullptr) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // A blocking open of a FIFO waits for a writer that never comes (and a serial device for its
+    // carrier): O_NONBLOCK returns at once, and fstat then refuses whatever is not a regular file.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0 && errno == ENXIO) return "not a regular file";  // a socket, or a device with nothing behind it
     if (fd < 0) return errno == ENOENT ? "missing" : "open: " + errno_text(errno);
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ::close(fd);
         return "not a regular file";
+    }
+    if (static_cast<uint64_t>(st.st_size) > kMaxEntryBytes) {
+        ::close(fd);
+        return too_large(static_cast<uint64_t>(st.st_size));
     }
     bytes.resize(static_cast<size_t>(st.st_size));
     size_t done = 0;
@@ -167,15 +182,22 @@ std::string temp_name(const std::string& final_name) {
     return final_name + suffix;
 }
 
+// A failed file system call: which path, and errno (to tell a full or read-only disk from one bad file).
+struct IoFailure {
+    std::string path;
+    int error = 0;
+    std::string text() const { return path + ": " + errno_text(error); }
+};
+
 // Writes `data` to dir/final_name atomically: temporary file, write, fsync, close, rename.
 // Readers see either the old file or the complete new one, never a partial file; concurrent
 // writers of one key write identical bytes, so whichever rename lands last is equally right.
-// Returns "" or "<path>: <strerror>".
-std::string write_atomically(const std::string& dir, const std::string& final_name, const char* data, size_t size) {
+std::optional<IoFailure> write_atomically(const std::string& dir, const std::string& final_name, const char* data,
+                                          size_t size) {
     const std::string final_path = dir + "/" + final_name;
     const std::string temp_path = dir + "/" + temp_name(final_name);
     const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return temp_path + ": " + errno_text(errno);
+    if (fd < 0) return IoFailure{temp_path, errno};
     // fsync before rename: otherwise a crash can leave the new name pointing at an empty file.
     bool ok = write_all(fd, data, size) && ::fsync(fd) == 0;
     int error = ok ? 0 : errno;
@@ -189,24 +211,44 @@ std::string write_atomically(const std::string& dir, const std::string& final_na
     }
     if (!ok) {
         ::unlink(temp_path.c_str());
-        return final_path + ": " + errno_text(error);
+        return IoFailure{final_path, error != 0 ? error : EIO};  // a write of 0 bytes sets no errno
     }
-    return "";
+    return std::nullopt;
 }
 
-std::string make_directories(const std::string& path) {
+std::optional<IoFailure> make_directories(const std::string& path) {
     std::error_code ec;
     std::filesystem::create_directories(path, ec);
-    if (ec) return path + ": " + ec.message();
-    // create_directories reports no error when `path` exists but is a file; opening it will fail.
-    return "";
+    if (ec) return IoFailure{path, ec.value()};
+    return std::nullopt;
 }
 
-std::vector<std::string> directory_names(const std::string& dir) {
+// Whether a failed store means the whole writable root is unusable (read-only, full, not ours, or
+// not there at all), rather than one entry's path being in the way (a directory at the entry's
+// name, a file where its shard directory belongs).
+bool failure_concerns_root(const std::string& root, int error) {
+    if (error == EROFS || error == EACCES || error == EPERM || error == ENOSPC || error == EDQUOT) return true;
+    struct stat st {};
+    return ::stat(root.c_str(), &st) != 0 || !S_ISDIR(st.st_mode);
+}
+
+// The names in `dir`, sorted. A directory that does not exist has none (an empty cache, or a shard
+// a concurrent clear() removed); any other failure is added to `errors`, so that a cache nobody may
+// read is not mistaken for an empty one.
+std::vector<std::string> directory_names(const std::string& dir, std::vector<std::string>& errors) {
     std::vector<std::string> names;
     DIR* handle = ::opendir(dir.c_str());
-    if (handle == nullptr) return names;
-    while (const dirent* item = ::readdir(handle)) {
+    if (handle == nullptr) {
+        if (errno != ENOENT) errors.push_back("cannot read directory " + dir + ": " + errno_text(errno));
+        return names;
+    }
+    for (;;) {
+        errno = 0;
+        const dirent* item = ::readdir(handle);
+        if (item == nullptr) {
+            if (errno != 0) errors.push_back("cannot read directory " + dir + ": " + errno_text(errno));
+            break;
+        }
         const std::string name = item->d_name;
         if (name != "." && name != "..") names.push_back(name);
     }
@@ -307,36 +349,48 @@ std::optional<CacheEntry> DiskCache::load(const Hash128& key) const {
 
 void DiskCache::store(const Hash128& key, const CacheEntry& entry, const std::string& source) {
     if (memory_only()) return;
+    if (root_.empty()) {
+        memory_only_.store(true);
+        log::warn_once("cache-unwritable", "cannot write the kernel cache: no cache directory (set "
+                                           "MOEJIT_CACHE_DIR or HOME); caching in memory only");
+        return;
+    }
     const std::string hex = key.hex();
     const std::string dir = shard_dir(root_, hex);
     const std::vector<char> file = encode_entry(key, entry);
 
-    std::string problem = root_.empty() ? std::string("no cache directory (set MOEJIT_CACHE_DIR or HOME)")
-                                        : make_directories(dir);
-    if (problem.empty()) {
-        problem = write_atomically(dir, hex + ".cubin", file.data(), file.size());
+    std::optional<IoFailure> failure = make_directories(dir);
+    if (!failure) {
+        failure = write_atomically(dir, hex + ".cubin", file.data(), file.size());
         // A concurrent clear() may have removed the shard directory between mkdir and open.
-        if (!problem.empty() && make_directories(dir).empty())
-            problem = write_atomically(dir, hex + ".cubin", file.data(), file.size());
+        if (failure && !make_directories(dir))
+            failure = write_atomically(dir, hex + ".cubin", file.data(), file.size());
     }
-    if (!problem.empty()) {
+    if (failure && failure_concerns_root(root_, failure->error)) {
         memory_only_.store(true);
-        log::warn_once("cache-unwritable", "cannot write the kernel cache: " + problem + "; caching in memory only");
+        log::warn_once("cache-unwritable",
+                       "cannot write the kernel cache: " + failure->text() + "; caching in memory only");
+        return;
+    }
+    if (failure) {  // this entry only: the others still go to disk
+        log::warn_once("cache-entry " + dir + "/" + hex + ".cubin",
+                       "cannot write a kernel cache entry: " + failure->text() +
+                           "; that kernel is cached in memory only (remove what is in the way)");
         return;
     }
     // The source is only for people inspecting the cache: a failure here loses nothing.
-    const std::string source_problem = write_atomically(dir, hex + ".cu", source.data(), source.size());
-    if (!source_problem.empty()) log::debug("cache: could not write source " + source_problem);
+    const std::optional<IoFailure> source_failure = write_atomically(dir, hex + ".cu", source.data(), source.size());
+    if (source_failure) log::debug("cache: could not write source " + source_failure->text());
 }
 
-std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
-    std::vector<CacheEntryInfo> infos;
+CacheListing DiskCache::list(bool verify) const {
+    CacheListing listing;
     auto scan = [&](const std::string& root, bool read_only) {
         if (root.empty()) return;
-        for (const std::string& shard : directory_names(root)) {
+        for (const std::string& shard : directory_names(root, listing.errors)) {
             if (!is_shard_name(shard)) continue;
             const std::string dir = root + "/" + shard;
-            for (const std::string& name : directory_names(dir)) {
+            for (const std::string& name : directory_names(dir, listing.errors)) {
                 const std::string hex = entry_key_hex(name);
                 if (hex.empty()) continue;
                 CacheEntryInfo info;
@@ -344,10 +398,20 @@ std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
                 info.key_hex = hex;
                 info.read_only_root = read_only;
                 struct stat st {};
-                if (::stat(info.path.c_str(), &st) != 0) continue;  // removed meanwhile
+                if (::stat(info.path.c_str(), &st) != 0) {
+                    if (errno != ENOENT)  // ENOENT: removed meanwhile
+                        listing.errors.push_back("cannot stat " + info.path + ": " + errno_text(errno));
+                    continue;
+                }
                 info.bytes = static_cast<uint64_t>(st.st_size);
                 info.mtime = static_cast<int64_t>(st.st_mtime);
-                if (hex.compare(0, 2, shard) != 0) {
+                if (!S_ISREG(st.st_mode)) {
+                    info.valid = false;
+                    info.problem = "not a regular file";
+                } else if (info.bytes > kMaxEntryBytes) {
+                    info.valid = false;
+                    info.problem = too_large(info.bytes);
+                } else if (hex.compare(0, 2, shard) != 0) {
                     info.valid = false;
                     info.problem = "entry is in the wrong shard directory";
                 } else if (verify) {
@@ -358,29 +422,35 @@ std::vector<CacheEntryInfo> DiskCache::list(bool verify) const {
                     if (info.problem.empty()) info.problem = decode_entry(bytes, key, nullptr);
                     info.valid = info.problem.empty();
                 }
-                infos.push_back(std::move(info));
+                listing.entries.push_back(std::move(info));
             }
         }
     };
     for (const std::string& root : read_only_roots_) scan(root, true);
     scan(root_, false);
-    return infos;
+    return listing;
 }
 
-size_t DiskCache::clear() {
-    size_t removed = 0;
-    if (root_.empty()) return 0;
-    for (const std::string& shard : directory_names(root_)) {
+ClearResult DiskCache::clear() {
+    ClearResult result;
+    if (root_.empty()) return result;
+    for (const std::string& shard : directory_names(root_, result.errors)) {
         if (!is_shard_name(shard)) continue;  // leave anything that is not ours alone
         const std::string dir = root_ + "/" + shard;
-        for (const std::string& name : directory_names(dir)) {
+        for (const std::string& name : directory_names(dir, result.errors)) {
             const bool entry = !entry_key_hex(name).empty();
             if (!entry && !ends_with(name, ".cu") && !ends_with(name, ".tmp") && !ends_with(name, ".lock")) continue;
-            if (::unlink((dir + "/" + name).c_str()) == 0 && entry) ++removed;
+            const std::string path = dir + "/" + name;
+            if (::unlink(path.c_str()) == 0) {
+                if (entry) ++result.removed;
+            } else if (errno != ENOENT) {  // ENOENT: a concurrent clear() was first
+                result.errors.push_back("cannot remove " + path + ": " + errno_text(errno));
+            }
         }
-        ::rmdir(dir.c_str());  // fails harmlessly when something foreign is left in it
+        // Fails harmlessly when something is left in it (foreign files, or what could not be removed).
+        ::rmdir(dir.c_str());
     }
-    return removed;
+    return result;
 }
 
 }  // namespace moejit

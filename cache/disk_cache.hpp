@@ -5,7 +5,8 @@
 // beside it as <key>.cu. An entry file is
 //     "MOEJITCB" | u32 format version | u32 reserved (0) | u64 key.high | u64 key.low
 //     | u64 payload size | u64 checksum64(payload) | payload
-// with payload = u32 name length | name bytes | cubin bytes, all integers little-endian.
+// with payload = u32 name length | name bytes | cubin bytes, all integers little-endian. A file
+// larger than 256 MiB is never read (it is no entry of ours, maybe a sparse file).
 //
 // Entries are written to a unique temporary file, fsynced and renamed into place, so readers and
 // concurrent writers of the same key never see a partial file and need no locks. A reader treats
@@ -35,6 +36,16 @@ struct CacheEntryInfo {
     std::string problem;  // why invalid, empty if valid
 };
 
+struct CacheListing {
+    std::vector<CacheEntryInfo> entries;  // sorted by path, read-only roots first
+    std::vector<std::string> errors;      // "cannot read directory <path>: <reason>", ...
+};
+
+struct ClearResult {
+    size_t removed = 0;               // entries (.cubin files)
+    std::vector<std::string> errors;  // "cannot remove <path>: <reason>", "cannot read directory ..."
+};
+
 class DiskCache {
 public:
     DiskCache(std::string writable_root, std::vector<std::string> read_only_roots);
@@ -52,18 +63,22 @@ public:
     // reason goes to log::debug); never throws, never returns an entry for another key.
     std::optional<CacheEntry> load(const Hash128& key) const;
 
-    // Writes the entry (and the source, best effort) into the writable root. An I/O failure
-    // switches this cache to memory-only mode with one warning per process; never throws for I/O.
+    // Writes the entry (and the source, best effort) into the writable root; never throws for I/O.
+    // A failure of the root itself (none configured, cannot be created, read-only, full, not ours:
+    // EROFS, EACCES, EPERM, ENOSPC, EDQUOT) switches this cache to memory-only mode with one warning
+    // per process. A failure of one entry's path (a directory in its place, EISDIR) warns once for
+    // that entry and leaves the others going to disk.
     void store(const Hash128& key, const CacheEntry& entry, const std::string& source);
 
-    // Every entry file of every root, sorted by path. verify = true reads and checks each fully.
-    std::vector<CacheEntryInfo> list(bool verify) const;
+    // Every entry file of every root. verify = true reads and checks each fully. A root that does
+    // not exist is empty; a directory that cannot be read is named in `errors`, never skipped quietly.
+    CacheListing list(bool verify) const;
 
     // Removes entries, sources, temporary and lock files of the writable root (never a read-only
-    // root, never other files). Returns the number of entries (.cubin files) removed.
-    size_t clear();
+    // root, never other files), going on past failures; each is named in `errors`.
+    ClearResult clear();
 
-    // True once a store failed: further stores do nothing.
+    // True once a store failed for a reason that concerns the whole root: further stores do nothing.
     bool memory_only() const { return memory_only_.load(std::memory_order_relaxed); }
 
     std::string entry_path(const Hash128& key) const;  // in the writable root

@@ -45,6 +45,7 @@ std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, co
     std::vector<std::string> roots = cache.read_only_roots();
     roots.push_back(cache.root());
     for (const std::string& root : roots) {
+        if (root.empty()) continue;  // no cache directory: "" + "/tuning/..." would name a system path
         std::ifstream file(tuning_path(root, problem, bucket, device));
         std::string text;
         if (!file || !std::getline(file, text)) continue;
@@ -62,6 +63,11 @@ std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, co
 std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device,
                                const Config& config) {
     const std::string root = DiskCache::from_environment().root();
+    if (root.empty()) {  // as DiskCache::store: "" + "/tuning/..." would write below the file system root
+        log::warn_once("tuning-no-root", "cannot store tuned tilings: no cache directory (set MOEJIT_CACHE_DIR or "
+                                         "HOME); the heuristic's tilings stay in use");
+        return "";
+    }
     const std::string path = tuning_path(root, problem, bucket, device);
     ::mkdir(root.c_str(), 0755);
     ::mkdir((root + "/tuning").c_str(), 0755);

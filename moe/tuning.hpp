@@ -15,7 +15,9 @@ namespace moejit {
 // The stored winner for this problem and bucket on this device, if any (and still valid).
 std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device);
 
-// Writes the winner (temp file + rename); returns the file's path. Throws moejit::Error on I/O failure.
+// Writes the winner (temp file + rename); returns the file's path, or "" with one warning per process
+// when there is no cache directory (neither MOEJIT_CACHE_DIR, XDG_CACHE_HOME nor HOME). Throws
+// moejit::Error on I/O failure.
 std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const DeviceInfo& device,
                                const Config& config);
 

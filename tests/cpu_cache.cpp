@@ -1,15 +1,22 @@
-// Cache key and disk cache: keys, round trips, corruption, read-only roots, an unwritable root,
-// concurrent writers in separate processes, and the environment variables.
+// Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
+// paths, oversized entries, directories that cannot be read and entries that cannot be removed,
+// pruning to a size, read-only roots, an unwritable root, concurrent writers in separate
+// processes, the environment variables, and tuning records (stored in the cache directory).
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -17,27 +24,19 @@
 
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
+#include "cache/prune.hpp"
+#include "codegen/config.hpp"
+#include "moe/tuning.hpp"
+#include "runtime/device.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/env_var.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using namespace moejit;
+using namespace moejit::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under /tmp, removed with everything in it at scope exit.
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char name[] = "/tmp/moejit-cache-test-XXXXXX";
-        REQUIRE(::mkdtemp(name) != nullptr);
-        path = name;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& child) const { return path + "/" + child; }
-};
 
 std::vector<char> read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -90,20 +89,89 @@ size_t count_files(const std::string& dir, const std::string& suffix) {
     return count;
 }
 
-// Sets (or unsets, with nullptr) an environment variable and restores the old value at scope exit.
-struct EnvGuard {
-    std::string name;
-    std::optional<std::string> old;
-    EnvGuard(const char* variable, const char* value) : name(variable) {
-        if (const char* current = std::getenv(variable)) old = current;
-        if (value != nullptr) ::setenv(variable, value, 1);
-        else ::unsetenv(variable);
+// Puts something that is not a regular file at `path`: kind is "fifo", "directory" or "socket".
+void make_special_file(const std::string& kind, const std::string& path) {
+    if (kind == "fifo") {
+        REQUIRE(::mkfifo(path.c_str(), 0644) == 0);
+    } else if (kind == "directory") {
+        REQUIRE(fs::create_directory(path));
+    } else {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        REQUIRE(fd >= 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        REQUIRE(path.size() < sizeof address.sun_path);
+        std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+        REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+        ::close(fd);  // the socket file stays, with nobody listening
     }
-    ~EnvGuard() {
-        if (old) ::setenv(name.c_str(), old->c_str(), 1);
-        else ::unsetenv(name.c_str());
+}
+
+// Runs `body` in a forked child that SIGALRM kills after `seconds`. True if it returned true in time:
+// code under test that blocks then fails its test instead of stalling the suite.
+bool finishes_in_time(const std::function<bool()>& body, unsigned seconds) {
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::alarm(seconds);
+        ::_exit(body() ? 0 : 1);
     }
-};
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    INFO("child " << (WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                          : "exited " + std::to_string(WEXITSTATUS(status))));
+    CHECK_FALSE(WIFSIGNALED(status));
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// Keys whose entries land in `count` different shard directories.
+std::vector<Hash128> keys_in_distinct_shards(size_t count) {
+    std::vector<Hash128> keys;
+    std::vector<std::string> shards;
+    for (int i = 0; keys.size() < count; ++i) {
+        const Hash128 key = key_of("shard " + std::to_string(i));
+        const std::string shard = key.hex().substr(0, 2);
+        if (std::find(shards.begin(), shards.end(), shard) != shards.end()) continue;
+        shards.push_back(shard);
+        keys.push_back(key);
+    }
+    return keys;
+}
+
+bool contains(const std::vector<std::string>& lines, const std::string& line) {
+    return std::find(lines.begin(), lines.end(), line) != lines.end();
+}
+
+size_t count_of(const std::string& text, const std::string& needle) {
+    size_t count = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
+    return count;
+}
+
+// Runs the hidden test case `tag` in a fresh copy of this test program, with MOEJIT_TEST_DIR = dir,
+// and returns its stderr. Warnings are printed once per process, and a fork would inherit this
+// process's record of them: hence the exec.
+std::string stderr_of_hidden_test(const std::string& tag, const std::string& dir) {
+    const std::string log_path = dir + "/stderr.txt";
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int null = ::open("/dev/null", O_WRONLY);
+        if (fd < 0 || null < 0 || ::dup2(fd, 2) < 0 || ::dup2(null, 1) < 0) ::_exit(2);
+        ::setenv("MOEJIT_TEST_DIR", dir.c_str(), 1);
+        ::execl("/proc/self/exe", "test_cpu", tag.c_str(), static_cast<char*>(nullptr));
+        ::_exit(3);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    const std::vector<char> bytes = read_bytes(log_path);
+    const std::string log(bytes.begin(), bytes.end());
+    INFO("child stderr: " << log);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    return log;
+}
 
 }  // namespace
 
@@ -274,6 +342,94 @@ TEST_CASE("disk cache: corrupt entries are misses and are replaced by the next s
     CHECK(count_files(tmp.path, ".tmp") == 0);
 }
 
+TEST_CASE("disk cache: a FIFO, directory or socket at an entry path is a miss, never a hang", "[cache]") {
+    TempDir tmp;
+    const Hash128 key = key_of("special file");
+    const CacheEntry entry = make_entry("whole_entry", 256, 10);
+    DiskCache(tmp / "rw", {}).store(key, entry, "src");
+    // The read-only root is searched first: its bad copy must fall through to the whole entry.
+    const DiskCache cache(tmp / "rw", {tmp / "ro"});
+    const DiskCache read_only(tmp / "ro", {});
+    const std::string bad_path = read_only.entry_path(key);
+    fs::create_directories(fs::path(bad_path).parent_path());
+
+    for (const std::string kind : {"fifo", "directory", "socket"}) {
+        INFO(kind << " at " << bad_path);
+        make_special_file(kind, bad_path);
+        REQUIRE(finishes_in_time(
+            [&] {
+                const std::optional<CacheEntry> loaded = cache.load(key);
+                return loaded && loaded->kernel_name == "whole_entry" && !read_only.load(key) &&
+                       read_only.list(true).entries.size() == 1;
+            },
+            10));
+        // It did not block (else REQUIRE stopped here): safe to look closer in this process.
+        CHECK_FALSE(read_only.load(key).has_value());
+        for (bool verify : {false, true}) {
+            const std::vector<CacheEntryInfo> infos = read_only.list(verify).entries;
+            REQUIRE(infos.size() == 1);
+            CHECK(infos[0].path == bad_path);
+            CHECK_FALSE(infos[0].valid);
+            CHECK(infos[0].problem == "not a regular file");
+        }
+        fs::remove_all(bad_path);
+    }
+
+    // In the writable root a FIFO or socket is a miss, and the next store replaces it.
+    const DiskCache writable(tmp / "rw", {});
+    for (const std::string kind : {"fifo", "socket"}) {
+        INFO(kind << " at " << writable.entry_path(key));
+        fs::remove(writable.entry_path(key));
+        make_special_file(kind, writable.entry_path(key));
+        REQUIRE(finishes_in_time([&] { return !DiskCache(tmp / "rw", {}).load(key); }, 10));
+        DiskCache fresh(tmp / "rw", {});
+        fresh.store(key, entry, "src");
+        CHECK_FALSE(fresh.memory_only());
+        CHECK(fs::is_regular_file(writable.entry_path(key)));
+        const std::optional<CacheEntry> loaded = fresh.load(key);
+        REQUIRE(loaded.has_value());
+        CHECK(loaded->cubin == entry.cubin);
+    }
+}
+
+TEST_CASE("disk cache: an oversized (sparse) entry is a miss, refused before it is allocated", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "root", {});
+    const Hash128 key = key_of("oversized");
+    const CacheEntry entry = make_entry("kernel", 1024, 11);
+    cache.store(key, entry, "src");
+    const std::string path = cache.entry_path(key);
+
+    // A whole entry with a hole after it: the header is right, only the size is wrong. 200 GiB
+    // would throw std::bad_alloc if it were allocated; just past the 256 MiB cap is refused too.
+    const std::vector<char> good = read_bytes(path);
+    for (const uint64_t size : {uint64_t{200} << 30, (uint64_t{256} << 20) + 1}) {
+        INFO("sparse entry of " << size << " bytes");
+        write_bytes(path, good);
+        REQUIRE(::truncate(path.c_str(), static_cast<off_t>(size)) == 0);
+        REQUIRE(fs::file_size(path) == size);
+
+        std::optional<CacheEntry> loaded;
+        CHECK_NOTHROW(loaded = cache.load(key));
+        CHECK_FALSE(loaded.has_value());
+        for (bool verify : {false, true}) {
+            std::vector<CacheEntryInfo> infos;
+            CHECK_NOTHROW(infos = cache.list(verify).entries);
+            REQUIRE(infos.size() == 1);
+            CHECK(infos[0].bytes == size);
+            CHECK_FALSE(infos[0].valid);
+            CHECK(infos[0].problem.find("too large (" + std::to_string(size) + " bytes") == 0);
+        }
+    }
+
+    // The next store replaces it with the whole entry.
+    cache.store(key, entry, "src");
+    CHECK(read_bytes(path) == good);
+    const std::optional<CacheEntry> loaded = cache.load(key);
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->cubin == entry.cubin);
+}
+
 TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes ours only", "[cache]") {
     TempDir tmp;
     DiskCache cache(tmp / "root", {});
@@ -292,10 +448,11 @@ TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes 
     write_bytes(shard + "/" + keys[0].hex() + ".lock", {});
     write_bytes(tmp / "root/tuning.json", {'{', '}'});
 
-    const std::vector<CacheEntryInfo> unverified = cache.list(false);
-    CHECK(unverified.size() == 3);
+    const CacheListing unverified = cache.list(false);
+    CHECK(unverified.entries.size() == 3);
+    CHECK(unverified.errors.empty());
 
-    const std::vector<CacheEntryInfo> infos = cache.list(true);
+    const std::vector<CacheEntryInfo> infos = cache.list(true).entries;
     REQUIRE(infos.size() == 3);
     int invalid = 0;
     for (const CacheEntryInfo& info : infos) {
@@ -316,18 +473,165 @@ TEST_CASE("disk cache: list(verify) reports corrupt entries and clear() removes 
     }
     CHECK(invalid == 1);
 
-    CHECK(cache.clear() == 3);
-    CHECK(cache.list(true).empty());
+    const ClearResult cleared = cache.clear();
+    CHECK(cleared.removed == 3);
+    CHECK(cleared.errors.empty());
+    CHECK(cache.list(true).entries.empty());
     CHECK(count_files(tmp.path, ".cu") == 0);
     CHECK(count_files(tmp.path, ".tmp") == 0);
     CHECK(count_files(tmp.path, ".lock") == 0);
     CHECK(fs::exists(tmp / "root/tuning.json"));
     for (const Hash128& key : keys) CHECK_FALSE(cache.load(key).has_value());
-    CHECK(cache.clear() == 0);
+    CHECK(cache.clear().removed == 0);
 
     // The cache still works after clear().
     cache.store(keys[0], make_entry("again", 10, 9), "src");
     CHECK(cache.load(keys[0]).has_value());
+}
+
+TEST_CASE("disk cache: list() and clear() name the directories they cannot read and files they cannot remove",
+          "[cache]") {
+    TempDir tmp;
+    const auto shard_of = [](const DiskCache& cache, const Hash128& key) {
+        return fs::path(cache.entry_path(key)).parent_path().string();
+    };
+    SECTION("a missing root is an empty cache, not an error") {
+        DiskCache cache(tmp / "missing", {});
+        const CacheListing listing = cache.list(true);
+        CHECK(listing.entries.empty());
+        CHECK(listing.errors.empty());
+        const ClearResult cleared = cache.clear();
+        CHECK(cleared.removed == 0);
+        CHECK(cleared.errors.empty());
+    }
+    SECTION("a root under a regular file (ENOTDIR, which holds for root too)") {
+        write_bytes(tmp / "file", {'x'});
+        DiskCache cache(tmp / "file/cache", {tmp / "file"});
+        const CacheListing listing = cache.list(true);
+        CHECK(listing.entries.empty());
+        const std::string not_a_directory = std::strerror(ENOTDIR);
+        CHECK(listing.errors == std::vector<std::string>{"cannot read directory " + (tmp / "file") + ": " +
+                                                             not_a_directory,
+                                                         "cannot read directory " + (tmp / "file/cache") + ": " +
+                                                             not_a_directory});
+        const ClearResult cleared = cache.clear();  // the writable root only
+        CHECK(cleared.removed == 0);
+        CHECK(cleared.errors == std::vector<std::string>{listing.errors[1]});
+    }
+    SECTION("a shard that is a regular file, and a directory at an entry path") {
+        DiskCache cache(tmp / "root", {});
+        const std::vector<Hash128> keys = keys_in_distinct_shards(3);
+        for (const Hash128& key : keys) cache.store(key, make_entry("k", 64, 12), "src");
+        const std::string file_shard = shard_of(cache, keys[0]);
+        fs::remove_all(file_shard);
+        write_bytes(file_shard, {'x'});
+        const std::string directory_entry = cache.entry_path(keys[1]);
+        fs::remove(directory_entry);
+        fs::create_directories(directory_entry + "/inside");
+
+        const CacheListing listing = cache.list(true);
+        CHECK(listing.errors ==
+              std::vector<std::string>{"cannot read directory " + file_shard + ": " + std::strerror(ENOTDIR)});
+        REQUIRE(listing.entries.size() == 2);  // keys[1] (invalid) and keys[2], in shard order
+        for (const CacheEntryInfo& info : listing.entries)
+            CHECK(info.valid == (info.path == cache.entry_path(keys[2])));
+
+        const ClearResult cleared = cache.clear();
+        CHECK(cleared.removed == 1);
+        CHECK(cleared.errors.size() == 2);
+        CHECK(contains(cleared.errors, listing.errors[0]));
+        CHECK(contains(cleared.errors, "cannot remove " + directory_entry + ": " + std::strerror(EISDIR)));
+        CHECK(fs::is_regular_file(file_shard));
+        CHECK(fs::is_directory(directory_entry + "/inside"));
+        CHECK_FALSE(fs::exists(cache.entry_path(keys[2])));
+    }
+    SECTION("permission denied") {
+        if (::geteuid() == 0) {
+            WARN("running as root, whom chmod cannot deny: the permission case is skipped");
+            return;
+        }
+        DiskCache cache(tmp / "root", {});
+        const std::vector<Hash128> keys = keys_in_distinct_shards(2);
+        for (const Hash128& key : keys) cache.store(key, make_entry("k", 64, 13), "src");
+        const std::string unreadable = shard_of(cache, keys[0]), unwritable = shard_of(cache, keys[1]);
+        const std::string denied = std::strerror(EACCES);
+        {
+            const ScopedMode no_access(unreadable, 0), read_only(unwritable, 0555);
+            const CacheListing listing = cache.list(true);
+            CHECK(listing.errors == std::vector<std::string>{"cannot read directory " + unreadable + ": " + denied});
+            REQUIRE(listing.entries.size() == 1);
+            CHECK(listing.entries[0].path == cache.entry_path(keys[1]));
+
+            const ClearResult cleared = cache.clear();
+            CHECK(cleared.removed == 0);
+            CHECK(contains(cleared.errors, listing.errors[0]));
+            CHECK(contains(cleared.errors, "cannot remove " + cache.entry_path(keys[1]) + ": " + denied));
+        }
+        for (const Hash128& key : keys) CHECK(cache.load(key).has_value());  // nothing was removed
+    }
+}
+
+TEST_CASE("disk cache: prune removes least-recently-used entries until the root fits the size", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "rw", {tmp / "ro"});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(5);
+    for (size_t i = 0; i < keys.size(); ++i) cache.store(keys[i], make_entry("k", 1000, 20 + i), "src");
+    const uint64_t entry_bytes = fs::file_size(cache.entry_path(keys[0]));
+    // Used long ago, in key order; then a hit makes keys[0] the most recently used.
+    for (size_t i = 0; i < keys.size(); ++i) {
+        const time_t used = 1000 + 10 * static_cast<time_t>(i);
+        const struct timespec times[2] = {{used, 0}, {used, 0}};
+        REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(keys[i]).c_str(), times, 0) == 0);
+    }
+    REQUIRE(cache.load(keys[0]).has_value());
+    // A read-only root's entries are neither counted nor removed.
+    DiskCache(tmp / "ro", {}).store(key_of("read-only"), make_entry("ro", 5000, 30), "src");
+    const auto present = [&](const Hash128& key) { return fs::exists(cache.entry_path(key)); };
+
+    SECTION("a limit the root already fits removes nothing") {
+        const PruneResult result = prune(cache, 5 * entry_bytes);
+        CHECK(result.removed == 0);
+        CHECK(result.kept == 5);
+        CHECK(result.kept_bytes == 5 * entry_bytes);
+        CHECK(result.errors.empty());
+    }
+    SECTION("two entries' worth keeps the two most recently used") {
+        const PruneResult result = prune(cache, 2 * entry_bytes + entry_bytes / 2);
+        CHECK(result.removed == 3);
+        CHECK(result.removed_bytes == 3 * entry_bytes);
+        CHECK(result.kept == 2);
+        CHECK(result.kept_bytes == 2 * entry_bytes);
+        CHECK(result.errors.empty());
+        CHECK(present(keys[0]));  // refreshed by load()
+        CHECK_FALSE(present(keys[1]));
+        CHECK_FALSE(present(keys[2]));
+        CHECK_FALSE(present(keys[3]));
+        CHECK(present(keys[4]));
+        CHECK(count_files(tmp / "rw", ".cu") == 2);  // the sources went with their entries
+        CHECK(cache.load(keys[4]).has_value());
+        CHECK(DiskCache(tmp / "ro", {}).load(key_of("read-only")).has_value());
+    }
+    SECTION("an unusable entry goes before older usable ones") {
+        // The most recently used entry turns into a 300 MiB sparse file: over the size cap, a miss.
+        REQUIRE(::truncate(cache.entry_path(keys[0]).c_str(), off_t{300} << 20) == 0);
+        const PruneResult result = prune(cache, 4 * entry_bytes);
+        CHECK(result.removed == 1);
+        CHECK(result.removed_bytes == uint64_t{300} << 20);
+        CHECK(result.kept_bytes == 4 * entry_bytes);
+        CHECK_FALSE(present(keys[0]));
+        for (size_t i = 1; i < keys.size(); ++i) CHECK(present(keys[i]));
+    }
+    SECTION("zero empties the writable root; an entry that cannot be removed is named") {
+        const std::string stuck = cache.entry_path(keys[2]);
+        fs::remove(stuck);
+        fs::create_directories(stuck + "/inside");
+        const PruneResult result = prune(cache, 0);
+        CHECK(result.removed == 4);
+        CHECK(result.kept == 1);
+        CHECK(result.errors == std::vector<std::string>{"cannot remove " + stuck + ": " + std::strerror(EISDIR)});
+        for (const Hash128& key : keys) CHECK(present(key) == (key == keys[2]));
+        CHECK(fs::is_directory(stuck + "/inside"));
+    }
 }
 
 TEST_CASE("disk cache: read-only roots are searched first and never written", "[cache]") {
@@ -376,15 +680,15 @@ TEST_CASE("disk cache: read-only roots are searched first and never written", "[
 
     // list() flags where each entry lives; clear() leaves the read-only root alone.
     size_t read_only_entries = 0, writable_entries = 0;
-    for (const CacheEntryInfo& info : cache.list(true)) {
+    for (const CacheEntryInfo& info : cache.list(true).entries) {
         CHECK(info.valid);
         (info.read_only_root ? read_only_entries : writable_entries) += 1;
     }
     CHECK(read_only_entries == 2);
     CHECK(writable_entries == 2);
-    CHECK(cache.clear() == 2);
+    CHECK(cache.clear().removed == 2);
     CHECK(cache.load(ro_only).has_value());
-    CHECK(cache.list(false).size() == 2);
+    CHECK(cache.list(false).entries.size() == 2);
 }
 
 TEST_CASE("disk cache: an unwritable root degrades to memory-only without throwing", "[cache]") {
@@ -400,40 +704,18 @@ TEST_CASE("disk cache: an unwritable root degrades to memory-only without throwi
     CHECK_FALSE(cache.load(key).has_value());
     CHECK_NOTHROW(cache.store(key, entry, "src"));
     CHECK(cache.memory_only());
-    CHECK(cache.list(true).empty());
+    CHECK(cache.list(true).entries.empty());
 
-    // Exactly one warning per process, however many caches and stores fail. warn_once state is
-    // per process and a fork would inherit this one's, so a fresh copy of this test program runs
-    // the hidden test case below with stderr sent to a file.
-    const std::string log_path = tmp / "stderr.txt";
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        const int null = ::open("/dev/null", O_WRONLY);
-        if (fd < 0 || null < 0 || ::dup2(fd, 2) < 0 || ::dup2(null, 1) < 0) ::_exit(2);
-        ::setenv("MOEJIT_TEST_UNWRITABLE_DIR", tmp.path.c_str(), 1);
-        ::execl("/proc/self/exe", "test_cpu", "[cache-warn-child]", static_cast<char*>(nullptr));
-        ::_exit(3);
-    }
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    REQUIRE(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-    const std::vector<char> bytes = read_bytes(log_path);
-    const std::string log(bytes.begin(), bytes.end());
+    // Exactly one warning per process, however many caches and stores fail.
+    const std::string log = stderr_of_hidden_test("[cache-warn-child]", tmp.path);
     INFO("child stderr: " << log);
-    size_t warnings = 0;
-    for (size_t at = log.find("caching in memory only"); at != std::string::npos;
-         at = log.find("caching in memory only", at + 1))
-        ++warnings;
-    CHECK(warnings == 1);
+    CHECK(count_of(log, "caching in memory only") == 1);
     CHECK(log.find(tmp / "file") != std::string::npos);  // the warning names the path
 }
 
 // Run only by the test above, in a fresh process (hidden: "[.]").
 TEST_CASE("disk cache: unwritable-root warning, child process", "[.][cache-warn-child]") {
-    const char* dir = std::getenv("MOEJIT_TEST_UNWRITABLE_DIR");
+    const char* dir = std::getenv("MOEJIT_TEST_DIR");
     REQUIRE(dir != nullptr);
     const std::string base = dir;
     const Hash128 key = key_of("unwritable");
@@ -444,6 +726,49 @@ TEST_CASE("disk cache: unwritable-root warning, child process", "[.][cache-warn-
     second.store(key, entry, "src");
     CHECK(first.memory_only());
     CHECK(second.memory_only());
+}
+
+TEST_CASE("disk cache: an entry whose path is in the way warns once and the rest of the cache stays on disk",
+          "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "root", {});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(4);
+    const std::string blocked_entry = cache.entry_path(keys[0]);
+    const std::string blocked_shard = fs::path(cache.entry_path(keys[1])).parent_path().string();
+    fs::create_directories(blocked_entry);  // the rename onto it fails with EISDIR
+    fs::create_directories(tmp / "root");
+    write_bytes(blocked_shard, {'x'});       // its shard directory cannot be made
+
+    for (int round = 0; round < 2; ++round)
+        for (size_t i = 0; i < 3; ++i) CHECK_NOTHROW(cache.store(keys[i], make_entry("k", 64, 14), "src"));
+    CHECK_FALSE(cache.memory_only());
+    CHECK_FALSE(cache.load(keys[0]).has_value());
+    CHECK_FALSE(cache.load(keys[1]).has_value());
+    CHECK(cache.load(keys[2]).has_value());
+    cache.store(keys[3], make_entry("later", 64, 15), "src");  // later stores still go to disk
+    REQUIRE(cache.load(keys[3]).has_value());
+    CHECK(DiskCache(tmp / "root", {}).load(keys[3])->kernel_name == "later");
+    CHECK(fs::is_directory(blocked_entry));
+    CHECK(count_files(tmp.path, ".tmp") == 0);
+
+    // One warning per blocked entry, however often it is stored, and none about the whole cache.
+    const std::string log = stderr_of_hidden_test("[cache-entry-warn-child]", tmp.path);
+    INFO("child stderr: " << log);
+    CHECK(count_of(log, "[moejit warning]") == 2);
+    CHECK(count_of(log, "cannot write a kernel cache entry: " + blocked_entry + ": " + std::strerror(EISDIR)) == 1);
+    CHECK(count_of(log, blocked_shard) == 1);
+    CHECK(count_of(log, "caching in memory only") == 0);
+}
+
+// Run only by the test above, in a fresh process (hidden: "[.]").
+TEST_CASE("disk cache: blocked-entry warnings, child process", "[.][cache-entry-warn-child]") {
+    const char* dir = std::getenv("MOEJIT_TEST_DIR");
+    REQUIRE(dir != nullptr);
+    DiskCache cache(std::string(dir) + "/root", {});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(4);
+    for (int round = 0; round < 3; ++round)
+        for (const Hash128& key : keys) cache.store(key, make_entry("k", 64, 16), "src");
+    CHECK_FALSE(cache.memory_only());
 }
 
 TEST_CASE("disk cache: 8 processes storing one key at once leave one valid entry", "[cache]") {
@@ -497,7 +822,7 @@ TEST_CASE("disk cache: 8 processes storing one key at once leave one valid entry
     REQUIRE(loaded.has_value());
     CHECK(loaded->kernel_name == entry.kernel_name);
     CHECK(loaded->cubin == entry.cubin);
-    const std::vector<CacheEntryInfo> infos = cache.list(true);
+    const std::vector<CacheEntryInfo> infos = cache.list(true).entries;
     REQUIRE(infos.size() == 1);
     CHECK(infos[0].valid);
 }
@@ -505,10 +830,10 @@ TEST_CASE("disk cache: 8 processes storing one key at once leave one valid entry
 TEST_CASE("disk cache: from_environment honours the cache variables", "[cache]") {
     TempDir tmp;
     SECTION("MOEJIT_CACHE_DIR and MOEJIT_CACHE_PATH") {
-        EnvGuard dir("MOEJIT_CACHE_DIR", (tmp / "dir/").c_str());
+        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "dir/");
         const std::string path_value = ":" + (tmp / "ro1") + "::" + (tmp / "ro2") + ":";
-        EnvGuard path("MOEJIT_CACHE_PATH", path_value.c_str());
-        EnvGuard xdg("XDG_CACHE_HOME", (tmp / "xdg").c_str());
+        EnvVar path("MOEJIT_CACHE_PATH", path_value);
+        EnvVar xdg("XDG_CACHE_HOME", tmp / "xdg");
         DiskCache cache = DiskCache::from_environment();
         CHECK(cache.root() == tmp / "dir");
         CHECK(cache.read_only_roots() == std::vector<std::string>{tmp / "ro1", tmp / "ro2"});
@@ -526,22 +851,90 @@ TEST_CASE("disk cache: from_environment honours the cache variables", "[cache]")
         CHECK(loaded->kernel_name == "ro");
     }
     SECTION("XDG_CACHE_HOME, then HOME") {
-        EnvGuard dir("MOEJIT_CACHE_DIR", nullptr);
-        EnvGuard path("MOEJIT_CACHE_PATH", nullptr);
-        EnvGuard home("HOME", (tmp / "home").c_str());
+        EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt);
+        EnvVar path("MOEJIT_CACHE_PATH", std::nullopt);
+        EnvVar home("HOME", tmp / "home");
         {
-            EnvGuard xdg("XDG_CACHE_HOME", (tmp / "xdg").c_str());
+            EnvVar xdg("XDG_CACHE_HOME", tmp / "xdg");
             const DiskCache cache = DiskCache::from_environment();
             CHECK(cache.root() == tmp / "xdg/moejit");
             CHECK(cache.read_only_roots().empty());
         }
         {
-            EnvGuard xdg("XDG_CACHE_HOME", nullptr);
+            EnvVar xdg("XDG_CACHE_HOME", std::nullopt);
             CHECK(DiskCache::from_environment().root() == tmp / "home/.cache/moejit");
         }
         {
-            EnvGuard xdg("XDG_CACHE_HOME", "relative/ignored");
+            EnvVar xdg("XDG_CACHE_HOME", "relative/ignored");
             CHECK(DiskCache::from_environment().root() == tmp / "home/.cache/moejit");
         }
     }
+}
+
+namespace {
+
+// A problem, its heuristic tiling and a device, enough for a tuning record (no GPU is touched).
+struct TuningCase {
+    Problem problem;
+    Config config;
+    DeviceInfo device;
+    TuningCase() {
+        problem.n = 1536;
+        problem.k = 2048;
+        problem.experts = 128;
+        problem.topk = 8;
+        problem.arch = Arch::parse("sm_90a");
+        config = choose_config(problem, RowsBucket::large);
+        device.name = "test device";
+        device.sm_count = 132;
+        device.arch = problem.arch;
+    }
+};
+
+size_t entries_under(const std::string& dir) {
+    std::error_code ec;
+    return static_cast<size_t>(std::distance(fs::directory_iterator(dir, ec), fs::directory_iterator()));
+}
+
+}  // namespace
+
+TEST_CASE("tuned configs are stored in the cache directory, and never without one", "[cache][tuning]") {
+    TempDir tmp;
+    const TuningCase tuning;
+    EnvVar path("MOEJIT_CACHE_PATH", std::nullopt), xdg("XDG_CACHE_HOME", std::nullopt);
+    SECTION("with a cache directory the winner round trips") {
+        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "root");
+        const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
+        CHECK(stored.rfind(tmp / "root/tuning/", 0) == 0);
+        CHECK(fs::is_regular_file(stored));
+        const std::optional<Config> loaded = tuned_config(tuning.problem, RowsBucket::large, tuning.device);
+        REQUIRE(loaded.has_value());
+        CHECK(*loaded == tuning.config);
+    }
+    SECTION("with neither MOEJIT_CACHE_DIR nor HOME nothing is written, not even under /") {
+        EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt), home("HOME", std::nullopt);
+        REQUIRE(DiskCache::from_environment().root().empty());
+        const bool had_tuning_dir = fs::exists("/tuning");
+        const size_t tuning_files = entries_under("/tuning");
+        std::string stored = "not called";
+        CHECK_NOTHROW(stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config));
+        CHECK(stored.empty());
+        CHECK(fs::exists("/tuning") == had_tuning_dir);
+        CHECK(entries_under("/tuning") == tuning_files);
+        CHECK_FALSE(tuned_config(tuning.problem, RowsBucket::large, tuning.device).has_value());
+
+        // One warning per process, however many winners go unstored.
+        const std::string log = stderr_of_hidden_test("[tuning-warn-child]", tmp.path);
+        INFO("child stderr: " << log);
+        CHECK(count_of(log, "[moejit warning] cannot store tuned tilings: no cache directory") == 1);
+        CHECK(count_of(log, "[moejit warning]") == 1);
+    }
+}
+
+// Run only by the test above, in a fresh process (hidden: "[.]").
+TEST_CASE("tuned configs without a cache directory, child process", "[.][tuning-warn-child]") {
+    EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt), home("HOME", std::nullopt), xdg("XDG_CACHE_HOME", std::nullopt);
+    const TuningCase tuning;
+    for (RowsBucket bucket : {RowsBucket::decode, RowsBucket::small, RowsBucket::large})
+        CHECK(store_tuned_config(tuning.problem, bucket, tuning.device, tuning.config).empty());
 }

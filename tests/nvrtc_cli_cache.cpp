@@ -1,15 +1,11 @@
 // The JIT pipeline end to end without a GPU: spec strings, model presets, Compiler + disk cache
 // (hits, corrupt entries, read-only roots, an unwritable root), 8 concurrent `moejit compile`
 // processes, and the `moejit` command line. Needs NVRTC (label nvrtc).
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -33,49 +29,17 @@
 #include "runtime/compiler.hpp"
 #include "runtime/nvrtc.hpp"
 #include "tests/catch.hpp"
-
-extern char** environ;
+#include "tests/support/cli_process.hpp"
+#include "tests/support/env_var.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using namespace moejit;
+using namespace moejit::testing;
 namespace fs = std::filesystem;
 
 namespace {
 
 const char* const kSpec = "fwd:bf16:n256:k512:e8:topk2:sm_90a";
-
-// A fresh directory under /tmp, removed with everything in it at scope exit.
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char name[] = "/tmp/moejit-cli-test-XXXXXX";
-        REQUIRE(::mkdtemp(name) != nullptr);
-        path = name;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    std::string operator/(const std::string& child) const { return path + "/" + child; }
-};
-
-// Sets (or, with nullopt, unsets) an environment variable for this scope.
-struct EnvVar {
-    std::string name;
-    std::optional<std::string> old;
-    EnvVar(const char* variable, std::optional<std::string> value) : name(variable) {
-        if (const char* current = std::getenv(variable)) old = current;
-        if (value) ::setenv(variable, value->c_str(), 1);
-        else ::unsetenv(variable);
-    }
-    ~EnvVar() {
-        if (old) ::setenv(name.c_str(), old->c_str(), 1);
-        else ::unsetenv(name.c_str());
-    }
-    EnvVar(const EnvVar&) = delete;
-    EnvVar& operator=(const EnvVar&) = delete;
-};
 
 // The cache variables of one in-process test: only `dir` (and `path`, if given) count.
 struct CacheEnv {
@@ -88,11 +52,6 @@ struct CacheEnv {
 std::vector<char> read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-std::string read_text(const std::string& path) {
-    const std::vector<char> bytes = read_bytes(path);
-    return std::string(bytes.begin(), bytes.end());
 }
 
 void write_bytes(const std::string& path, const std::vector<char>& bytes) {
@@ -116,86 +75,6 @@ size_t count_of(const std::string& text, const std::string& needle) {
     size_t count = 0;
     for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
     return count;
-}
-
-using EnvOverrides = std::vector<std::pair<std::string, std::optional<std::string>>>;
-
-// The CLI's environment: ours, with every MOEJIT_ variable unset, then `overrides` applied.
-std::vector<std::string> child_environment(const EnvOverrides& overrides) {
-    std::vector<std::string> env;
-    for (char** item = environ; *item != nullptr; ++item)
-        if (std::strncmp(*item, "MOEJIT_", 7) != 0) env.emplace_back(*item);
-    for (const auto& [name, value] : overrides)
-        if (value) env.push_back(name + "=" + *value);
-    return env;
-}
-
-struct Child {
-    pid_t pid = -1;
-    std::string out_path, err_path;
-};
-
-struct Result {
-    int status = -1;
-    std::string out, err;
-};
-
-// Starts `moejit args...` with stdout and stderr going to files in `io_dir`. With `gate_fd` >= 0
-// the child waits until that pipe is closed by the parent before exec, so several start together.
-Child spawn_cli(const std::vector<std::string>& args, const EnvOverrides& overrides, const std::string& io_dir,
-                int gate_fd = -1, int gate_write_fd = -1) {
-    static int counter = 0;
-    Child child;
-    child.out_path = io_dir + "/out" + std::to_string(counter) + ".txt";
-    child.err_path = io_dir + "/err" + std::to_string(counter) + ".txt";
-    ++counter;
-
-    std::vector<std::string> argv_strings = {MOEJIT_CLI_PATH};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    const std::vector<std::string> env_strings = child_environment(overrides);
-    std::vector<char*> argv, envp;
-    for (const std::string& s : argv_strings) argv.push_back(const_cast<char*>(s.c_str()));
-    argv.push_back(nullptr);
-    for (const std::string& s : env_strings) envp.push_back(const_cast<char*>(s.c_str()));
-    envp.push_back(nullptr);
-
-    child.pid = ::fork();
-    REQUIRE(child.pid >= 0);
-    if (child.pid == 0) {
-        const int out = ::open(child.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        const int err = ::open(child.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (out < 0 || err < 0) ::_exit(126);
-        ::dup2(out, 1);
-        ::dup2(err, 2);
-        if (gate_fd >= 0) {
-            if (gate_write_fd >= 0) ::close(gate_write_fd);
-            char byte;
-            while (::read(gate_fd, &byte, 1) > 0) {
-            }
-        }
-        ::execve(argv[0], argv.data(), envp.data());
-        ::_exit(127);
-    }
-    return child;
-}
-
-Result wait_for(const Child& child) {
-    int status = 0;
-    REQUIRE(::waitpid(child.pid, &status, 0) == child.pid);
-    Result result;
-    result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    result.out = read_text(child.out_path);
-    result.err = read_text(child.err_path);
-    return result;
-}
-
-// Runs `moejit args...` with MOEJIT_CACHE_DIR = cache_dir (plus `extra`), waits, returns its output.
-Result run_cli(const std::vector<std::string>& args, const std::string& cache_dir, EnvOverrides extra = {}) {
-    TempDir io;
-    extra.insert(extra.begin(), {"MOEJIT_CACHE_DIR", cache_dir});
-    Result result = wait_for(spawn_cli(args, extra, io.path));
-    INFO("moejit " << (args.empty() ? "" : args[0]) << " stdout:\n" << result.out << "\nstderr:\n" << result.err);
-    return result;
 }
 
 Problem small_problem() { return parse_spec(kSpec); }
@@ -345,7 +224,7 @@ TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and 
 
     auto fresh_get = [&]() { return Compiler(DiskCache::from_environment()).get(problem, config); };
     auto all_valid = [&]() {
-        const std::vector<CacheEntryInfo> infos = DiskCache::from_environment().list(true);
+        const std::vector<CacheEntryInfo> infos = DiskCache::from_environment().list(true).entries;
         REQUIRE(infos.size() == 1);
         CHECK(infos[0].path == entry);
         CHECK(infos[0].valid);
@@ -376,7 +255,7 @@ TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and 
     SECTION("an empty entry file is recompiled and replaced") { write_bytes(entry, {}); }
 
     // The damaged entry is a miss...
-    CHECK_FALSE(DiskCache::from_environment().list(true).at(0).valid);
+    CHECK_FALSE(DiskCache::from_environment().list(true).entries.at(0).valid);
     const Binary recompiled = fresh_get();
     CHECK_FALSE(recompiled.from_disk);
     CHECK(recompiled.key == compiled.key);
@@ -770,7 +649,7 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     std::vector<CacheEntryInfo> infos;
     {
         CacheEnv env(cache);
-        infos = DiskCache::from_environment().list(true);
+        infos = DiskCache::from_environment().list(true).entries;
     }
     REQUIRE(infos.size() == count);
     for (const CacheEntryInfo& info : infos) {

@@ -1,7 +1,8 @@
-// moejit precompile | cache ls|stats|verify|clear: filling and inspecting the disk cache.
+// moejit precompile | cache ls|stats|verify|prune|clear: filling, inspecting and trimming the disk cache.
 #include "tools/cli.hpp"
 
 #include "cache/disk_cache.hpp"
+#include "cache/prune.hpp"
 #include "codegen/models.hpp"
 #include "moe/model_kernels.hpp"
 #include "runtime/compiler.hpp"
@@ -37,8 +38,16 @@ std::string format_age(int64_t mtime) {
     return text;
 }
 
+// Prints each error as "moejit: <error>" on stderr, after what could be done was printed. Returns
+// the exit status: a cache that could not be read or cleared must not look empty or cleared.
+int report_errors(const std::vector<std::string>& errors) {
+    std::fflush(stdout);
+    for (const std::string& error : errors) std::fprintf(stderr, "moejit: %s\n", error.c_str());
+    return errors.empty() ? 0 : 1;
+}
+
 const char* const kCacheHelp =
-    "usage: moejit cache <ls [--verify] | stats | verify | clear>\n"
+    "usage: moejit cache <ls [--verify] | stats | verify | prune --max-size SIZE | clear>\n"
     "\n"
     "The kernel cache: the writable root (MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else\n"
     "~/.cache/moejit) and the read-only roots of MOEJIT_CACHE_PATH (colon-separated, searched first).\n"
@@ -47,7 +56,14 @@ const char* const kCacheHelp =
     "                  checks each entry and prints valid or invalid with the reason\n"
     "  stats           the roots, and entries and bytes per root and in all\n"
     "  verify          checks every entry; prints the bad ones; exits 1 if any is bad\n"
-    "  clear           removes every entry of the writable root (never a read-only root)\n";
+    "  prune --max-size SIZE\n"
+    "                  removes entries of the writable root, least recently used first (every cache hit\n"
+    "                  refreshes an entry's time), until what stats counts there is at most SIZE: bytes,\n"
+    "                  or 500M, 2G (K, M, G, T are powers of 1024)\n"
+    "  clear           removes every entry of the writable root (never a read-only root)\n"
+    "\n"
+    "A directory that cannot be read or an entry that cannot be removed is named on stderr, and the\n"
+    "command exits 1.\n";
 
 int cache_ls(const std::vector<std::string>& argv) {
     const Args args("cache ls", argv, {{"--verify", false}});
@@ -58,14 +74,15 @@ int cache_ls(const std::vector<std::string>& argv) {
     args.expect_positionals(0, 0, "");
     const bool verify = args.flag("--verify");
     const DiskCache cache = DiskCache::from_environment();
-    for (const CacheEntryInfo& info : cache.list(verify)) {
+    const CacheListing listing = cache.list(verify);
+    for (const CacheEntryInfo& info : listing.entries) {
         std::printf("%s  %10s  %5s  %s %s", info.key_hex.c_str(), format_bytes(info.bytes).c_str(),
                     format_age(info.mtime).c_str(), info.read_only_root ? "ro" : "rw", root_of(info.path).c_str());
         if (verify || !info.valid)
             std::printf("  %s%s%s", info.valid ? "valid" : "invalid", info.valid ? "" : ": ", info.problem.c_str());
         std::printf("\n");
     }
-    return 0;
+    return report_errors(listing.errors);
 }
 
 int cache_stats(const std::vector<std::string>& argv) {
@@ -82,7 +99,8 @@ int cache_stats(const std::vector<std::string>& argv) {
     };
     std::map<std::string, Totals> per_root;
     Totals all;
-    for (const CacheEntryInfo& info : cache.list(false)) {
+    const CacheListing listing = cache.list(false);
+    for (const CacheEntryInfo& info : listing.entries) {
         Totals& totals = per_root[root_of(info.path)];
         ++totals.entries;
         totals.bytes += info.bytes;
@@ -92,14 +110,16 @@ int cache_stats(const std::vector<std::string>& argv) {
     auto line = [&](const char* kind, const std::string& root) {
         const Totals totals = per_root.count(root) ? per_root[root] : Totals{};
         struct stat st {};
-        const bool exists = !root.empty() && ::stat(root.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+        const char* note = "";
+        if (root.empty() || ::stat(root.c_str(), &st) != 0) note = " (does not exist)";
+        else if (!S_ISDIR(st.st_mode)) note = " (not a directory)";
         std::printf("%-15s %s  %zu entries, %s%s\n", kind, root.empty() ? "(none)" : root.c_str(), totals.entries,
-                    format_bytes(totals.bytes).c_str(), exists ? "" : " (does not exist)");
+                    format_bytes(totals.bytes).c_str(), note);
     };
     for (const std::string& root : cache.read_only_roots()) line("read-only root", root);
     line("writable root", cache.root());
     std::printf("%-15s %zu entries, %s\n", "total", all.entries, format_bytes(all.bytes).c_str());
-    return 0;
+    return report_errors(listing.errors);
 }
 
 int cache_verify(const std::vector<std::string>& argv) {
@@ -110,15 +130,38 @@ int cache_verify(const std::vector<std::string>& argv) {
     }
     args.expect_positionals(0, 0, "");
     const DiskCache cache = DiskCache::from_environment();
-    size_t checked = 0, bad = 0;
-    for (const CacheEntryInfo& info : cache.list(true)) {
-        ++checked;
+    size_t bad = 0;
+    const CacheListing listing = cache.list(true);
+    for (const CacheEntryInfo& info : listing.entries) {
         if (info.valid) continue;
         ++bad;
         std::printf("invalid %s: %s\n", info.path.c_str(), info.problem.c_str());
     }
-    std::printf("%zu entries checked, %zu invalid\n", checked, bad);
-    return bad == 0 ? 0 : 1;
+    std::printf("%zu entries checked, %zu invalid", listing.entries.size(), bad);
+    if (!listing.errors.empty())
+        std::printf(", %zu read error%s", listing.errors.size(), listing.errors.size() == 1 ? "" : "s");
+    std::printf("\n");
+    return report_errors(listing.errors) != 0 || bad != 0 ? 1 : 0;
+}
+
+int cache_prune(const std::vector<std::string>& argv) {
+    const Args args("cache prune", argv, {{"--max-size", true}});
+    if (args.help()) {
+        std::fputs(kCacheHelp, stdout);
+        return 0;
+    }
+    args.expect_positionals(0, 0, "");
+    const auto max_size = args.value("--max-size");
+    if (!max_size) throw Error("'moejit cache prune' needs --max-size SIZE, such as 500M or 2G");
+    const uint64_t max_bytes = parse_size(*max_size);
+    const DiskCache cache = DiskCache::from_environment();
+    if (cache.root().empty()) throw Error("no cache directory (set MOEJIT_CACHE_DIR or HOME)");
+    const PruneResult result = prune(cache, max_bytes);
+    std::printf("removed %zu entr%s (%s) from %s; %zu entr%s (%s) remain, at most %s\n", result.removed,
+                result.removed == 1 ? "y" : "ies", format_bytes(result.removed_bytes).c_str(), cache.root().c_str(),
+                result.kept, result.kept == 1 ? "y" : "ies", format_bytes(result.kept_bytes).c_str(),
+                format_bytes(max_bytes).c_str());
+    return report_errors(result.errors);
 }
 
 int cache_clear(const std::vector<std::string>& argv) {
@@ -130,10 +173,11 @@ int cache_clear(const std::vector<std::string>& argv) {
     args.expect_positionals(0, 0, "");
     DiskCache cache = DiskCache::from_environment();
     if (cache.root().empty()) throw Error("no cache directory (set MOEJIT_CACHE_DIR or HOME)");
-    const size_t removed = cache.clear();
-    std::printf("removed %zu entr%s from %s\n", removed, removed == 1 ? "y" : "ies", cache.root().c_str());
+    const ClearResult result = cache.clear();
+    std::printf("removed %zu entr%s from %s\n", result.removed, result.removed == 1 ? "y" : "ies",
+                cache.root().c_str());
     if (!cache.read_only_roots().empty()) std::printf("read-only roots (MOEJIT_CACHE_PATH) left as they are\n");
-    return 0;
+    return report_errors(result.errors);
 }
 
 }  // namespace
@@ -147,8 +191,9 @@ int cmd_cache(const std::vector<std::string>& argv) {
     if (argv[0] == "ls") return cache_ls(rest);
     if (argv[0] == "stats") return cache_stats(rest);
     if (argv[0] == "verify") return cache_verify(rest);
+    if (argv[0] == "prune") return cache_prune(rest);
     if (argv[0] == "clear") return cache_clear(rest);
-    throw Error("unknown cache command '" + argv[0] + "': expected ls, stats, verify or clear");
+    throw Error("unknown cache command '" + argv[0] + "': expected ls, stats, verify, prune or clear");
 }
 
 int cmd_precompile(const std::vector<std::string>& argv) {

@@ -18,7 +18,7 @@ struct TunedPass {
     std::string best;            // the winner and its time
     double best_ms = 0;
     int candidates = 0;          // tilings timed
-    std::string stored;          // where the winner was written
+    std::string stored;          // where the winner was written; empty with no cache directory
 };
 
 // Tunes forward, dX, dW and fp32 dW of `forward` (op fwd, with its fusion flags) for `tokens`

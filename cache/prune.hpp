@@ -1,0 +1,27 @@
+#pragma once
+// Size-capping the writable cache root: least-recently-used entries go first. DiskCache::load
+// refreshes an entry's mtime on every hit, so the mtime is its last use.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cache/disk_cache.hpp"
+
+namespace moejit {
+
+struct PruneResult {
+    size_t removed = 0;  // entries, each with its source
+    uint64_t removed_bytes = 0;
+    size_t kept = 0;  // entries left in the writable root
+    uint64_t kept_bytes = 0;
+    std::vector<std::string> errors;  // "cannot read directory ...", "cannot remove <path>: <reason>"
+};
+
+// Removes entries of the writable root (never of a read-only root) until their sizes (as list()
+// reports them: the entry files, not the sources beside them) add up to at most `max_bytes`: first
+// those list() marks invalid without reading them (not regular files, over the size cap), then the
+// least recently used. Goes on past failures; each is named in `errors`.
+PruneResult prune(const DiskCache& cache, uint64_t max_bytes);
+
+}  // namespace moejit

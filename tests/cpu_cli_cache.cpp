@@ -1,0 +1,230 @@
+// `moejit cache ls|stats|verify|prune|clear` on caches with things wrong with them (files that are
+// not entries' kind, directories nobody can read, entries nobody can remove) and `cache prune`. The
+// entries are written through DiskCache, so no compiler is needed (label cpu).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "cache/disk_cache.hpp"
+#include "cache/key.hpp"
+#include "tests/catch.hpp"
+#include "tests/support/cli_process.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace moejit;
+using namespace moejit::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+Hash128 key_of(const std::string& text) {
+    KeyInputs inputs;
+    inputs.source = text;
+    inputs.arch = "sm_90a";
+    return make_key(inputs);
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+    REQUIRE(out.good());
+}
+
+// Stores `count` small entries into `root`; returns their keys.
+std::vector<Hash128> store_entries(const std::string& root, int count) {
+    DiskCache cache(root, {});
+    std::vector<Hash128> keys;
+    for (int i = 0; i < count; ++i) {
+        keys.push_back(key_of("entry " + std::to_string(i)));
+        CacheEntry entry;
+        entry.kernel_name = "kernel" + std::to_string(i);
+        entry.cubin.assign(100 + i, static_cast<char>(i));
+        cache.store(keys.back(), entry, "src");
+    }
+    REQUIRE_FALSE(cache.memory_only());
+    return keys;
+}
+
+}  // namespace
+
+TEST_CASE("moejit cache verify, ls and clear with a FIFO at an entry path: invalid, never a hang", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 2);
+    const std::string fifo = DiskCache(root, {}).entry_path(keys[0]);
+    REQUIRE(fs::remove(fifo));
+    REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+
+    const Result verify = run_cli({"cache", "verify"}, root, {}, 30);
+    INFO("stdout:\n" << verify.out << "\nstderr:\n" << verify.err);
+    REQUIRE_FALSE(verify.timed_out);
+    CHECK(verify.status == 1);
+    CHECK(verify.out.find("invalid " + fifo + ": not a regular file") != std::string::npos);
+    CHECK(verify.out.find("2 entries checked, 1 invalid") != std::string::npos);
+
+    const Result ls = run_cli({"cache", "ls"}, root, {}, 30);
+    REQUIRE_FALSE(ls.timed_out);
+    CHECK(ls.status == 0);
+    CHECK(ls.out.find(keys[0].hex()) != std::string::npos);
+    CHECK(ls.out.find("invalid: not a regular file") != std::string::npos);
+
+    const Result clear = run_cli({"cache", "clear"}, root, {}, 30);
+    CHECK(clear.status == 0);
+    CHECK(clear.out.find("removed 2 entries from " + root) != std::string::npos);
+    CHECK_FALSE(fs::exists(fs::symlink_status(fifo)));
+}
+
+TEST_CASE("moejit cache verify with a 200 GiB sparse entry: invalid, no std::bad_alloc", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 2);
+    const std::string sparse = DiskCache(root, {}).entry_path(keys[1]);
+    REQUIRE(::truncate(sparse.c_str(), off_t{200} << 30) == 0);
+
+    const Result verify = run_cli({"cache", "verify"}, root, {}, 30);
+    INFO("stdout:\n" << verify.out << "\nstderr:\n" << verify.err);
+    CHECK(verify.status == 1);
+    CHECK(verify.err.empty());
+    CHECK(verify.out.find("invalid " + sparse + ": too large (214748364800 bytes") != std::string::npos);
+    CHECK(verify.out.find("2 entries checked, 1 invalid") != std::string::npos);
+}
+
+TEST_CASE("moejit cache ls|stats|verify|clear exit 1 naming a cache directory they cannot read", "[cli]") {
+    TempDir tmp;
+    // A path under a regular file fails with ENOTDIR, for root too (chmod would not stop root).
+    write_bytes(tmp / "file", "x");
+    const std::string root = tmp / "file/cache";
+    const std::string error = "moejit: cannot read directory " + root + ": " + std::strerror(ENOTDIR);
+    for (const char* command : {"ls", "stats", "verify", "clear"}) {
+        const Result result = run_cli({"cache", command}, root);
+        INFO("moejit cache " << command << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
+        CHECK(result.status == 1);
+        CHECK(result.err.find(error + "\n") != std::string::npos);
+    }
+    CHECK(run_cli({"cache", "verify"}, root).out == "0 entries checked, 0 invalid, 1 read error\n");
+    CHECK(run_cli({"cache", "clear"}, root).out == "removed 0 entries from " + root + "\n");
+    CHECK(run_cli({"cache", "stats"}, root).out.find("writable root   " + root + "  0 entries, 0 B (does not exist)") !=
+          std::string::npos);
+
+    // The same for a read-only root; clear leaves read-only roots alone, so it succeeds.
+    TempDir empty;
+    const EnvOverrides read_only = {{"MOEJIT_CACHE_PATH", tmp / "file"}};
+    const std::string read_only_error =
+        "moejit: cannot read directory " + (tmp / "file") + ": " + std::strerror(ENOTDIR) + "\n";
+    CHECK(run_cli({"cache", "ls"}, empty.path, read_only).err == read_only_error);
+    CHECK(run_cli({"cache", "verify"}, empty.path, read_only).status == 1);
+    const Result stats = run_cli({"cache", "stats"}, empty.path, read_only);
+    CHECK(stats.status == 1);
+    CHECK(stats.out.find("read-only root  " + (tmp / "file") + "  0 entries, 0 B (not a directory)") !=
+          std::string::npos);
+    CHECK(run_cli({"cache", "clear"}, empty.path, read_only).status == 0);
+}
+
+TEST_CASE("moejit cache clear exits 1 naming an entry it cannot remove, and removes the others", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 3);
+    const std::string stuck = DiskCache(root, {}).entry_path(keys[1]);
+    REQUIRE(fs::remove(stuck));
+    REQUIRE(fs::create_directory(stuck));  // unlink fails with EISDIR, for root too
+
+    const Result clear = run_cli({"cache", "clear"}, root);
+    INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
+    CHECK(clear.status == 1);
+    CHECK(clear.out == "removed 2 entries from " + root + "\n");
+    CHECK(clear.err == "moejit: cannot remove " + stuck + ": " + std::strerror(EISDIR) + "\n");
+    CHECK(fs::is_directory(stuck));
+    for (const Hash128& key : {keys[0], keys[2]}) CHECK_FALSE(fs::exists(DiskCache(root, {}).entry_path(key)));
+}
+
+TEST_CASE("moejit cache commands as a user the cache's permissions shut out exit 1", "[cli]") {
+    if (::geteuid() == 0) {
+        WARN("running as root, whom chmod cannot deny: skipped (the ENOTDIR and EISDIR tests cover root)");
+        return;
+    }
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 2);
+    const std::string entry = DiskCache(root, {}).entry_path(keys[0]);
+    const std::string shard = fs::path(entry).parent_path().string();
+    const std::string denied = std::strerror(EACCES);
+    {
+        const ScopedMode closed_root(root, 0);  // to us like mode 700 of another owner
+        for (const char* command : {"ls", "stats", "verify", "clear"}) {
+            const Result result = run_cli({"cache", command}, root);
+            INFO("moejit cache " << command << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
+            CHECK(result.status == 1);
+            CHECK(result.err == "moejit: cannot read directory " + root + ": " + denied + "\n");
+        }
+    }
+    {
+        const ScopedMode read_only_shard(shard, 0555);
+        const Result clear = run_cli({"cache", "clear"}, root);
+        INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
+        CHECK(clear.status == 1);
+        CHECK(clear.err.find("moejit: cannot remove " + entry + ": " + denied + "\n") != std::string::npos);
+        CHECK(clear.out.find("removed 1 entry from " + root) != std::string::npos);
+    }
+    CHECK(fs::exists(entry));
+}
+
+TEST_CASE("moejit cache prune --max-size removes least-recently-used entries down to SIZE", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 3);
+    const DiskCache cache(root, {});
+    // keys[0] used longest ago, keys[2] most recently.
+    for (size_t i = 0; i < keys.size(); ++i) {
+        const time_t used = 1000 + static_cast<time_t>(i);
+        const struct timespec times[2] = {{used, 0}, {used, 0}};
+        REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(keys[i]).c_str(), times, 0) == 0);
+    }
+    uint64_t total = 0;
+    for (const Hash128& key : keys) total += fs::file_size(cache.entry_path(key));
+
+    for (const char* size : {"2G", "500M", "1.5GiB", "64kb", "1T"}) {
+        const Result result = run_cli({"cache", "prune", "--max-size", size}, root);
+        INFO("--max-size " << size << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
+        CHECK(result.status == 0);
+        CHECK(result.out.rfind("removed 0 entries (0 B) from " + root + "; 3 entries", 0) == 0);
+    }
+    // Room for about one entry and a half: the least recently used two go.
+    const std::string limit = std::to_string(total / 2);
+    const Result pruned = run_cli({"cache", "prune", "--max-size=" + limit}, root);
+    INFO("stdout:\n" << pruned.out << "\nstderr:\n" << pruned.err);
+    CHECK(pruned.status == 0);
+    CHECK(pruned.err.empty());
+    CHECK(pruned.out.rfind("removed 2 entries (", 0) == 0);
+    CHECK(pruned.out.find("; 1 entry (") != std::string::npos);
+    CHECK_FALSE(fs::exists(cache.entry_path(keys[0])));
+    CHECK_FALSE(fs::exists(cache.entry_path(keys[1])));
+    CHECK(fs::exists(cache.entry_path(keys[2])));
+
+    for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
+             {"cache", "prune"},
+             {"cache", "prune", "--max-size", "lots"},
+             {"cache", "prune", "--max-size", "5X"},
+             {"cache", "prune", "--max-size", "-1"},
+             {"cache", "prune", "--max-size", "1.G"},
+             {"cache", "prune", "--max-size", "99999999999T"},
+             {"cache", "prune", "--max-size", "1G", "extra"},
+         }) {
+        const Result result = run_cli(bad, root);
+        INFO("moejit cache prune " << (bad.size() > 2 ? bad[2] + " " + bad.back() : std::string()));
+        CHECK(result.status == 1);
+        CHECK(result.err.rfind("moejit: ", 0) == 0);
+        CHECK(result.out.empty());
+    }
+    CHECK(fs::exists(cache.entry_path(keys[2])));  // none of those removed anything
+
+    const Result help = run_cli({"cache", "prune", "--help"}, root);
+    CHECK(help.status == 0);
+    CHECK(help.out.find("prune --max-size SIZE") != std::string::npos);
+}
