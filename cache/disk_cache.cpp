@@ -18,7 +18,11 @@
 #include <filesystem>
 
 #include "cache/key.hpp"
+#include "cache/prune.hpp"
+#include "runtime/environment.hpp"
 #include "runtime/log.hpp"
+
+#include <moejit/error.hpp>
 
 namespace moejit {
 
@@ -267,8 +271,8 @@ std::string entry_key_hex(const std::string& file_name) {
 
 }  // namespace
 
-DiskCache::DiskCache(std::string writable_root, std::vector<std::string> read_only_roots)
-    : root_(strip_trailing_slashes(std::move(writable_root))) {
+DiskCache::DiskCache(std::string writable_root, std::vector<std::string> read_only_roots, uint64_t size_cap)
+    : root_(strip_trailing_slashes(std::move(writable_root))), size_cap_(size_cap) {
     for (std::string& path : read_only_roots) {
         path = strip_trailing_slashes(std::move(path));
         // The writable root is searched anyway; listing it twice would double-count in list().
@@ -279,14 +283,35 @@ DiskCache::DiskCache(std::string writable_root, std::vector<std::string> read_on
 }
 
 DiskCache::DiskCache(const DiskCache& other)
-    : root_(other.root_), read_only_roots_(other.read_only_roots_), memory_only_(other.memory_only()) {}
+    : root_(other.root_),
+      read_only_roots_(other.read_only_roots_),
+      memory_only_(other.memory_only()),
+      size_cap_(other.size_cap_) {}
 
 DiskCache& DiskCache::operator=(const DiskCache& other) {
     root_ = other.root_;
     read_only_roots_ = other.read_only_roots_;
     memory_only_.store(other.memory_only());
+    size_cap_ = other.size_cap_;
     return *this;
 }
+
+namespace {
+
+uint64_t size_cap_from_environment() {
+    const std::optional<std::string> value = env::lowercase_value("MOEJIT_CACHE_MAX_SIZE");
+    if (!value) return DiskCache::kDefaultSizeCap;
+    if (*value == "off" || *value == "none") return 0;
+    try {
+        return parse_cache_size(*value);  // "0" too: no cap
+    } catch (const Error&) {
+        env::warn_unrecognized("MOEJIT_CACHE_MAX_SIZE", "a size such as 500M or 2G, 0 or off",
+                               "the default cap of 4 GiB");
+        return DiskCache::kDefaultSizeCap;
+    }
+}
+
+}  // namespace
 
 DiskCache DiskCache::from_environment() {
     auto env = [](const char* name) -> std::string {
@@ -314,7 +339,7 @@ DiskCache DiskCache::from_environment() {
         if (end > begin) read_only.push_back(path.substr(begin, end - begin));
         begin = end + 1;
     }
-    return DiskCache(std::move(root), std::move(read_only));
+    return DiskCache(std::move(root), std::move(read_only), size_cap_from_environment());
 }
 
 std::string DiskCache::entry_path(const Hash128& key) const {
@@ -381,6 +406,18 @@ void DiskCache::store(const Hash128& key, const CacheEntry& entry, const std::st
     // The source is only for people inspecting the cache: a failure here loses nothing.
     const std::optional<IoFailure> source_failure = write_atomically(dir, hex + ".cu", source.data(), source.size());
     if (source_failure) log::debug("cache: could not write source " + source_failure->text());
+    if (size_cap_ > 0 && stores_.fetch_add(1, std::memory_order_relaxed) % kStoresPerPruneCheck == 0)
+        keep_under_size_cap();
+}
+
+void DiskCache::keep_under_size_cap() const {
+    // The entry just written has the newest mtime, so it stays unless it alone exceeds the cap.
+    const PruneResult pruned = prune(*this, size_cap_);
+    if (pruned.removed > 0)
+        log::info("cache: removed " + std::to_string(pruned.removed) + " least recently used entries (" +
+                  std::to_string(pruned.removed_bytes) + " bytes) to stay under the " +
+                  std::to_string(size_cap_) + "-byte cap (MOEJIT_CACHE_MAX_SIZE)");
+    for (const std::string& error : pruned.errors) log::debug("cache: size cap: " + error);
 }
 
 CacheListing DiskCache::list(bool verify) const {

@@ -48,15 +48,22 @@ struct ClearResult {
 
 class DiskCache {
 public:
-    DiskCache(std::string writable_root, std::vector<std::string> read_only_roots);
+    // size_cap: the most bytes of entries the writable root keeps (0: no cap); store() prunes the
+    // least recently used beyond it (cache/prune.hpp), checking on the first store of the process
+    // and every kStoresPerPruneCheck-th after, so the root may overshoot by a few entries.
+    DiskCache(std::string writable_root, std::vector<std::string> read_only_roots, uint64_t size_cap = 0);
     DiskCache(const DiskCache& other);
     DiskCache& operator=(const DiskCache& other);
 
     // Writable root: MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else $HOME/.cache/moejit.
     // Read-only roots: MOEJIT_CACHE_PATH (colon-separated), searched before the writable root.
+    // Size cap: MOEJIT_CACHE_MAX_SIZE (500M, 2G; 0 or off: none), else kDefaultSizeCap.
     static DiskCache from_environment();
+    static constexpr uint64_t kDefaultSizeCap = uint64_t{4} << 30;
+    static constexpr unsigned kStoresPerPruneCheck = 16;
 
     const std::string& root() const { return root_; }
+    uint64_t size_cap() const { return size_cap_; }
     const std::vector<std::string>& read_only_roots() const { return read_only_roots_; }
 
     // Read-only roots first, then the writable root. Anything wrong with a file is a miss (the
@@ -84,9 +91,13 @@ public:
     std::string entry_path(const Hash128& key) const;  // in the writable root
 
 private:
+    void keep_under_size_cap() const;
+
     std::string root_;
     std::vector<std::string> read_only_roots_;
     std::atomic<bool> memory_only_{false};
+    uint64_t size_cap_ = 0;
+    std::atomic<unsigned> stores_{0};  // entries written by this object, for the size cap's checks
 };
 
 }  // namespace moejit

@@ -3,11 +3,42 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <tuple>
 
+#include <moejit/error.hpp>
+
 namespace moejit {
+
+uint64_t parse_cache_size(const std::string& text) {
+    const Error bad("bad size '" + text + "': expected a number of bytes, or with a suffix K, M, G or T (powers of "
+                    "1024), such as 500M or 2G");
+    size_t end = text.find_first_not_of("0123456789");
+    if (end == 0 || text.empty()) throw bad;
+    if (end != std::string::npos && text[end] == '.') {
+        const size_t fraction = text.find_first_not_of("0123456789", end + 1);
+        if (fraction == end + 1) throw bad;
+        end = fraction;
+    }
+    const std::string number = text.substr(0, end);
+    std::string unit = end == std::string::npos ? "" : text.substr(end);
+    for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    // "500M", "500MB" and "500MiB" all mean 500 MiB: nobody sizes a cache in powers of 1000.
+    if (unit.size() == 3 && unit.compare(1, 2, "ib") == 0) unit.erase(1);
+    else if (!unit.empty() && unit.back() == 'b') unit.pop_back();
+    const std::string units = "kmgt";
+    int shift = 0;
+    if (!unit.empty()) {
+        const size_t index = units.find(unit);
+        if (unit.size() != 1 || index == std::string::npos) throw bad;
+        shift = 10 * static_cast<int>(index + 1);
+    }
+    const long double bytes = std::stold(number) * static_cast<long double>(uint64_t{1} << shift);
+    if (bytes >= 9.2e18L) throw bad;  // past what a uint64_t (and any disk) holds
+    return static_cast<uint64_t>(bytes);
+}
 
 PruneResult prune(const DiskCache& cache, uint64_t max_bytes) {
     PruneResult result;

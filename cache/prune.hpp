@@ -18,6 +18,10 @@ struct PruneResult {
     std::vector<std::string> errors;  // "cannot read directory ...", "cannot remove <path>: <reason>"
 };
 
+// "4096", "500M", "2G", "1.5GiB": K, M, G, T are powers of 1024; a trailing B or iB is optional.
+// Throws moejit::Error on anything else.
+uint64_t parse_cache_size(const std::string& text);
+
 // Removes entries of the writable root (never of a read-only root) until their sizes (as list()
 // reports them: the entry files, not the sources beside them) add up to at most `max_bytes`: first
 // those list() marks invalid without reading them (not regular files, over the size cap), then the

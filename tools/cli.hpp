@@ -60,9 +60,6 @@ DType parse_dtype(const std::string& text);
 Op parse_pass(const std::string& text);
 
 std::string format_bytes(uint64_t bytes);  // "12.3 KiB"
-// "4096", "500M", "2G", "1.5GiB" (K, M, G, T: powers of 1024; a trailing B or iB is optional).
-// Throws moejit::Error for anything else.
-uint64_t parse_size(const std::string& text);
 std::string format_ms(double milliseconds);  // "152 ms", "0.31 ms"
 
 // Commands: each returns the process exit status; errors are thrown as moejit::Error.

@@ -153,7 +153,7 @@ int cache_prune(const std::vector<std::string>& argv) {
     args.expect_positionals(0, 0, "");
     const auto max_size = args.value("--max-size");
     if (!max_size) throw Error("'moejit cache prune' needs --max-size SIZE, such as 500M or 2G");
-    const uint64_t max_bytes = parse_size(*max_size);
+    const uint64_t max_bytes = parse_cache_size(*max_size);
     const DiskCache cache = DiskCache::from_environment();
     if (cache.root().empty()) throw Error("no cache directory (set MOEJIT_CACHE_DIR or HOME)");
     const PruneResult result = prune(cache, max_bytes);
