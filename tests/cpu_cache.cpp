@@ -634,6 +634,64 @@ TEST_CASE("disk cache: prune removes least-recently-used entries until the root 
     }
 }
 
+TEST_CASE("disk cache: stores keep the writable root under its size cap, least recently used out first", "[cache]") {
+    TempDir tmp;
+    constexpr unsigned kEvery = DiskCache::kStoresPerPruneCheck;
+    const std::vector<Hash128> keys = keys_in_distinct_shards(2 * kEvery + 1);
+    uint64_t entry_bytes = 0;
+    {
+        DiskCache probe(tmp / "probe", {});
+        probe.store(keys[0], make_entry("k", 1000, 0), "src");
+        entry_bytes = fs::file_size(probe.entry_path(keys[0]));
+    }
+    const auto present = [&](const DiskCache& cache, size_t i) { return fs::exists(cache.entry_path(keys[i])); };
+    // Each entry marked as used at 1000 + i seconds right after it is stored, so the order is known.
+    const auto store = [&](DiskCache& cache, size_t i) {
+        cache.store(keys[i], make_entry("k", 1000, static_cast<unsigned>(i)), "src");
+        const time_t used = 1000 + static_cast<time_t>(i);
+        const struct timespec times[2] = {{used, 0}, {used, 0}};
+        REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(keys[i]).c_str(), times, 0) == 0);
+    };
+
+    SECTION("a cap of three entries: checked at the first and every 16th store") {
+        DiskCache cache(tmp / "rw", {}, 3 * entry_bytes);
+        for (size_t i = 0; i < 2 * kEvery; ++i) store(cache, i);
+        // Checked at store 0 and store 16 (keeping 14, 15, 16); stores 17-31 went unchecked.
+        size_t count = 0;
+        for (size_t i = 0; i < 2 * kEvery; ++i) count += present(cache, i) ? 1 : 0;
+        CHECK(count == 3 + (kEvery - 1));
+        CHECK(present(cache, kEvery - 2));
+        CHECK_FALSE(present(cache, kEvery - 3));
+        // Store 32 is checked: the three most recently used stay, the new entry among them.
+        cache.store(keys[2 * kEvery], make_entry("k", 1000, 2 * kEvery), "src");
+        for (size_t i = 0; i <= 2 * kEvery; ++i) {
+            INFO("entry " << i);
+            CHECK(present(cache, i) == (i >= 2 * kEvery - 2));
+        }
+        CHECK(count_files(tmp / "rw", ".cu") == 3);  // the sources went with their entries
+        CHECK(cache.load(keys[2 * kEvery]).has_value());
+    }
+    SECTION("no cap keeps everything") {
+        DiskCache cache(tmp / "rw", {}, 0);
+        for (size_t i = 0; i <= 2 * kEvery; ++i) store(cache, i);
+        for (size_t i = 0; i <= 2 * kEvery; ++i) CHECK(present(cache, i));
+    }
+}
+
+TEST_CASE("disk cache: MOEJIT_CACHE_MAX_SIZE sets the size cap", "[cache]") {
+    const EnvVar root("MOEJIT_CACHE_DIR", std::string("/tmp/unused-moejit-cache"));
+    const auto cap_with = [](std::optional<std::string> value) {
+        const EnvVar variable("MOEJIT_CACHE_MAX_SIZE", value);
+        return DiskCache::from_environment().size_cap();
+    };
+    CHECK(cap_with(std::nullopt) == DiskCache::kDefaultSizeCap);
+    CHECK(cap_with(std::string("500M")) == uint64_t{500} << 20);
+    CHECK(cap_with(std::string("2g")) == uint64_t{2} << 30);
+    CHECK(cap_with(std::string("0")) == 0);
+    CHECK(cap_with(std::string("OFF")) == 0);
+    CHECK(cap_with(std::string("lots")) == DiskCache::kDefaultSizeCap);  // warns once, keeps the default
+}
+
 TEST_CASE("disk cache: read-only roots are searched first and never written", "[cache]") {
     TempDir tmp;
     const Hash128 shared_key = key_of("in both"), ro_only = key_of("read-only only"), new_key = key_of("new");
