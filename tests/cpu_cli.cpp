@@ -5,7 +5,7 @@
 
 #include <string>
 
-using namespace moejit::test;
+using namespace moejit::testing;
 
 namespace {
 
@@ -32,7 +32,7 @@ TEST_CASE("the CLI picks tilings on MOEJIT_KERNEL_PATH's path, as the library do
 
     for (const std::vector<std::string>& command :
          {std::vector<std::string>{"source", kHopperSpec}, {"precompile", "--model", "qwen3-30b-a3b"}}) {
-        ScratchDir cache;
+        TempDir cache;
         const ProcessResult bogus =
             run_cli(command, {{"MOEJIT_KERNEL_PATH", "bogus"}, {"MOEJIT_CACHE_DIR", cache.path}});
         INFO(command[0] << ": " << bogus.err);

@@ -15,7 +15,7 @@
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/cli_process.hpp"
+#include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace moejit;
@@ -62,20 +62,20 @@ TEST_CASE("moejit cache verify, ls and clear with a FIFO at an entry path: inval
     REQUIRE(fs::remove(fifo));
     REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
 
-    const Result verify = run_cli({"cache", "verify"}, root, {}, 30);
+    const ProcessResult verify = run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", root}}, "", 30);
     INFO("stdout:\n" << verify.out << "\nstderr:\n" << verify.err);
     REQUIRE_FALSE(verify.timed_out);
     CHECK(verify.status == 1);
     CHECK(verify.out.find("invalid " + fifo + ": not a regular file") != std::string::npos);
     CHECK(verify.out.find("2 entries checked, 1 invalid") != std::string::npos);
 
-    const Result ls = run_cli({"cache", "ls"}, root, {}, 30);
+    const ProcessResult ls = run_cli({"cache", "ls"}, {{"MOEJIT_CACHE_DIR", root}}, "", 30);
     REQUIRE_FALSE(ls.timed_out);
     CHECK(ls.status == 0);
     CHECK(ls.out.find(keys[0].hex()) != std::string::npos);
     CHECK(ls.out.find("invalid: not a regular file") != std::string::npos);
 
-    const Result clear = run_cli({"cache", "clear"}, root, {}, 30);
+    const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}}, "", 30);
     CHECK(clear.status == 0);
     CHECK(clear.out.find("removed 2 entries from " + root) != std::string::npos);
     CHECK_FALSE(fs::exists(fs::symlink_status(fifo)));
@@ -88,7 +88,7 @@ TEST_CASE("moejit cache verify with a 200 GiB sparse entry: invalid, no std::bad
     const std::string sparse = DiskCache(root, {}).entry_path(keys[1]);
     REQUIRE(::truncate(sparse.c_str(), off_t{200} << 30) == 0);
 
-    const Result verify = run_cli({"cache", "verify"}, root, {}, 30);
+    const ProcessResult verify = run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", root}}, "", 30);
     INFO("stdout:\n" << verify.out << "\nstderr:\n" << verify.err);
     CHECK(verify.status == 1);
     CHECK(verify.err.empty());
@@ -103,28 +103,29 @@ TEST_CASE("moejit cache ls|stats|verify|clear exit 1 naming a cache directory th
     const std::string root = tmp / "file/cache";
     const std::string error = "moejit: cannot read directory " + root + ": " + std::strerror(ENOTDIR);
     for (const char* command : {"ls", "stats", "verify", "clear"}) {
-        const Result result = run_cli({"cache", command}, root);
+        const ProcessResult result = run_cli({"cache", command}, {{"MOEJIT_CACHE_DIR", root}});
         INFO("moejit cache " << command << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
         CHECK(result.status == 1);
         CHECK(result.err.find(error + "\n") != std::string::npos);
     }
-    CHECK(run_cli({"cache", "verify"}, root).out == "0 entries checked, 0 invalid, 1 read error\n");
-    CHECK(run_cli({"cache", "clear"}, root).out == "removed 0 entries from " + root + "\n");
-    CHECK(run_cli({"cache", "stats"}, root).out.find("writable root   " + root + "  0 entries, 0 B (does not exist)") !=
-          std::string::npos);
+    CHECK(run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", root}}).out ==
+          "0 entries checked, 0 invalid, 1 read error\n");
+    CHECK(run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}}).out == "removed 0 entries from " + root + "\n");
+    CHECK(run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", root}})
+              .out.find("writable root   " + root + "  0 entries, 0 B (does not exist)") != std::string::npos);
 
     // The same for a read-only root; clear leaves read-only roots alone, so it succeeds.
     TempDir empty;
-    const EnvOverrides read_only = {{"MOEJIT_CACHE_PATH", tmp / "file"}};
+    const Environment read_only = {{"MOEJIT_CACHE_DIR", empty.path}, {"MOEJIT_CACHE_PATH", tmp / "file"}};
     const std::string read_only_error =
         "moejit: cannot read directory " + (tmp / "file") + ": " + std::strerror(ENOTDIR) + "\n";
-    CHECK(run_cli({"cache", "ls"}, empty.path, read_only).err == read_only_error);
-    CHECK(run_cli({"cache", "verify"}, empty.path, read_only).status == 1);
-    const Result stats = run_cli({"cache", "stats"}, empty.path, read_only);
+    CHECK(run_cli({"cache", "ls"}, read_only).err == read_only_error);
+    CHECK(run_cli({"cache", "verify"}, read_only).status == 1);
+    const ProcessResult stats = run_cli({"cache", "stats"}, read_only);
     CHECK(stats.status == 1);
     CHECK(stats.out.find("read-only root  " + (tmp / "file") + "  0 entries, 0 B (not a directory)") !=
           std::string::npos);
-    CHECK(run_cli({"cache", "clear"}, empty.path, read_only).status == 0);
+    CHECK(run_cli({"cache", "clear"}, read_only).status == 0);
 }
 
 TEST_CASE("moejit cache clear exits 1 naming an entry it cannot remove, and removes the others", "[cli]") {
@@ -135,7 +136,7 @@ TEST_CASE("moejit cache clear exits 1 naming an entry it cannot remove, and remo
     REQUIRE(fs::remove(stuck));
     REQUIRE(fs::create_directory(stuck));  // unlink fails with EISDIR, for root too
 
-    const Result clear = run_cli({"cache", "clear"}, root);
+    const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}});
     INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
     CHECK(clear.status == 1);
     CHECK(clear.out == "removed 2 entries from " + root + "\n");
@@ -158,7 +159,7 @@ TEST_CASE("moejit cache commands as a user the cache's permissions shut out exit
     {
         const ScopedMode closed_root(root, 0);  // to us like mode 700 of another owner
         for (const char* command : {"ls", "stats", "verify", "clear"}) {
-            const Result result = run_cli({"cache", command}, root);
+            const ProcessResult result = run_cli({"cache", command}, {{"MOEJIT_CACHE_DIR", root}});
             INFO("moejit cache " << command << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
             CHECK(result.status == 1);
             CHECK(result.err == "moejit: cannot read directory " + root + ": " + denied + "\n");
@@ -166,7 +167,7 @@ TEST_CASE("moejit cache commands as a user the cache's permissions shut out exit
     }
     {
         const ScopedMode read_only_shard(shard, 0555);
-        const Result clear = run_cli({"cache", "clear"}, root);
+        const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}});
         INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
         CHECK(clear.status == 1);
         CHECK(clear.err.find("moejit: cannot remove " + entry + ": " + denied + "\n") != std::string::npos);
@@ -190,14 +191,14 @@ TEST_CASE("moejit cache prune --max-size removes least-recently-used entries dow
     for (const Hash128& key : keys) total += fs::file_size(cache.entry_path(key));
 
     for (const char* size : {"2G", "500M", "1.5GiB", "64kb", "1T"}) {
-        const Result result = run_cli({"cache", "prune", "--max-size", size}, root);
+        const ProcessResult result = run_cli({"cache", "prune", "--max-size", size}, {{"MOEJIT_CACHE_DIR", root}});
         INFO("--max-size " << size << "\nstdout:\n" << result.out << "\nstderr:\n" << result.err);
         CHECK(result.status == 0);
         CHECK(result.out.rfind("removed 0 entries (0 B) from " + root + "; 3 entries", 0) == 0);
     }
     // Room for about one entry and a half: the least recently used two go.
     const std::string limit = std::to_string(total / 2);
-    const Result pruned = run_cli({"cache", "prune", "--max-size=" + limit}, root);
+    const ProcessResult pruned = run_cli({"cache", "prune", "--max-size=" + limit}, {{"MOEJIT_CACHE_DIR", root}});
     INFO("stdout:\n" << pruned.out << "\nstderr:\n" << pruned.err);
     CHECK(pruned.status == 0);
     CHECK(pruned.err.empty());
@@ -216,7 +217,7 @@ TEST_CASE("moejit cache prune --max-size removes least-recently-used entries dow
              {"cache", "prune", "--max-size", "99999999999T"},
              {"cache", "prune", "--max-size", "1G", "extra"},
          }) {
-        const Result result = run_cli(bad, root);
+        const ProcessResult result = run_cli(bad, {{"MOEJIT_CACHE_DIR", root}});
         INFO("moejit cache prune " << (bad.size() > 2 ? bad[2] + " " + bad.back() : std::string()));
         CHECK(result.status == 1);
         CHECK(result.err.rfind("moejit: ", 0) == 0);
@@ -224,7 +225,7 @@ TEST_CASE("moejit cache prune --max-size removes least-recently-used entries dow
     }
     CHECK(fs::exists(cache.entry_path(keys[2])));  // none of those removed anything
 
-    const Result help = run_cli({"cache", "prune", "--help"}, root);
+    const ProcessResult help = run_cli({"cache", "prune", "--help"}, {{"MOEJIT_CACHE_DIR", root}});
     CHECK(help.status == 0);
     CHECK(help.out.find("prune --max-size SIZE") != std::string::npos);
 }

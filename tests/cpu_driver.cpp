@@ -68,12 +68,12 @@ TEST_CASE("the toolkit's stub libcuda is named as such, not as a driver lacking 
     }
     // A directory holding the stub as libcuda.so.1, first in LD_LIBRARY_PATH: as on a machine whose
     // LD_LIBRARY_PATH names .../lib64/stubs. bench opens the driver right after its arguments.
-    test::ScratchDir dir;
+    testing::TempDir dir;
     std::filesystem::create_symlink(stub, dir / "libcuda.so.1");
     const char* inherited = std::getenv("LD_LIBRARY_PATH");
     const std::string search = dir.path + (inherited != nullptr && *inherited != 0 ? ":" + std::string(inherited) : "");
-    const test::ProcessResult bench =
-        test::run_cli({"bench", "--model", "qwen3-30b-a3b", "--pass", "fwd"}, {{"LD_LIBRARY_PATH", search}});
+    const testing::ProcessResult bench =
+        testing::run_cli({"bench", "--model", "qwen3-30b-a3b", "--pass", "fwd"}, {{"LD_LIBRARY_PATH", search}});
     INFO(bench.err);
     CHECK(bench.status == 1);
     CHECK(mentions(bench.err, "moejit: no CUDA driver: the libcuda.so.1 that was loaded (" + dir.path +

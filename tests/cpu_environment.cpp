@@ -31,7 +31,7 @@ struct Reading {
 };
 
 Reading read_in_child(const char* variable, std::optional<std::string> value) {
-    const test::ProcessResult child = test::run_child_tests("[env-child]", {{variable, std::move(value)}});
+    const testing::ProcessResult child = testing::run_child_tests("[env-child]", {{variable, std::move(value)}});
     INFO(child.out << child.err);
     REQUIRE(child.status == 0);
     const size_t begin = child.out.find("read: ");

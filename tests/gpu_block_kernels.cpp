@@ -7,6 +7,7 @@
 #include "tests/catch.hpp"
 #include "tests/support/device.hpp"
 #include "tests/support/half.hpp"
+#include "tests/support/process.hpp"
 
 #include <moejit/llama4_moe.hpp>
 #include <moejit/qwen3_moe.hpp>
@@ -15,21 +16,12 @@
 #include "moe/model_kernels.hpp"
 #include "runtime/compiler.hpp"
 
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
-
-extern char** environ;
 
 using namespace moejit;
 using namespace moejit::testing;
@@ -49,63 +41,11 @@ std::vector<Problem> block_kernels(const std::string& block, const Arch& arch) {
     return block == "llama4" ? Llama4TextMoe::kernels(kLlama4, arch) : Qwen3MoeBlock::kernels(kQwen3, arch);
 }
 
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char name[] = "/tmp/moejit-block-kernels-XXXXXX";
-        REQUIRE(::mkdtemp(name) != nullptr);
-        path = name;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-};
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
 size_t entries_under(const std::string& dir) {
     size_t count = 0;
     for (const auto& item : fs::recursive_directory_iterator(dir))
         if (item.path().extension() == ".cubin") ++count;
     return count;
-}
-
-struct Result {
-    int status = -1;
-    std::string out, err;
-};
-
-// This test binary again, running only `test_name`, with every MOEJIT_ variable of ours replaced by `env`.
-Result run_self(const std::string& test_name, const std::vector<std::string>& env, const std::string& io_dir) {
-    std::vector<std::string> environment = env;
-    for (char** item = environ; *item != nullptr; ++item)
-        if (std::strncmp(*item, "MOEJIT_", 7) != 0) environment.emplace_back(*item);
-    const std::string self = fs::read_symlink("/proc/self/exe").string();
-    std::vector<char*> argv = {const_cast<char*>(self.c_str()), const_cast<char*>(test_name.c_str()), nullptr};
-    std::vector<char*> envp;
-    for (const std::string& item : environment) envp.push_back(const_cast<char*>(item.c_str()));
-    envp.push_back(nullptr);
-    const std::string out = io_dir + "/out.txt", err = io_dir + "/err.txt";
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        const int out_fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        const int err_fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (out_fd < 0 || err_fd < 0) ::_exit(126);
-        ::dup2(out_fd, 1);
-        ::dup2(err_fd, 2);
-        ::execve(argv[0], argv.data(), envp.data());
-        ::_exit(127);
-    }
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    return Result{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), read_text(out), read_text(err)};
 }
 
 DeviceBuffer random_bf16(size_t count, unsigned seed, float scale) {
@@ -122,18 +62,17 @@ TEST_CASE("the MoE blocks launch only the kernels of their lists", "[gpu][blocks
     const Arch arch = current_device().arch;
     for (const std::string block : {"qwen3", "llama4"}) {
         INFO(block);
-        TempDir precompiled, writable, io;
+        TempDir precompiled, writable;
         Compiler compiler(DiskCache(precompiled.path, {}));
         for (const Problem& problem : block_kernels(block, arch))
             for (int64_t tokens : kTokenCounts)
                 compiler.get(problem, choose_config(problem, layer_rows_bucket(problem, tokens)));
         REQUIRE(entries_under(precompiled.path) > 0);
 
-        const Result child = run_self("block child runs forward and backward",
-                                      {"MOEJIT_CACHE_DIR=" + writable.path, "MOEJIT_CACHE_PATH=" + precompiled.path,
-                                       "MOEJIT_LOG=info", "MOEJIT_CHECK_ROUTING=1",
-                                       std::string(kChildVariable) + "=" + block},
-                                      io.path);
+        const ProcessResult child = run_child_tests(
+            "block child runs forward and backward",
+            {{"MOEJIT_CACHE_DIR", writable.path}, {"MOEJIT_CACHE_PATH", precompiled.path}, {"MOEJIT_LOG", "info"},
+             {"MOEJIT_CHECK_ROUTING", "1"}, {kChildVariable, block}});
         INFO("child stdout:\n" << child.out << "\nchild stderr:\n" << child.err);
         CHECK(child.status == 0);
         CHECK(child.out.find("block child done") != std::string::npos);

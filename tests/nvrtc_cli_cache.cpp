@@ -1,7 +1,6 @@
 // The JIT pipeline end to end without a GPU: spec strings, model presets, Compiler + disk cache
 // (hits, corrupt entries, read-only roots, an unwritable root), 8 concurrent `moejit compile`
 // processes, and the `moejit` command line. Needs NVRTC (label nvrtc).
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -29,7 +28,7 @@
 #include "runtime/compiler.hpp"
 #include "runtime/nvrtc.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/cli_process.hpp"
+#include "tests/support/process.hpp"
 #include "tests/support/env_var.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -296,11 +295,13 @@ TEST_CASE("Compiler: a read-only root from MOEJIT_CACHE_PATH is hit and the writ
     CHECK(files_under(shipped.path) == shipped_files);
 
     // The CLI sees the same: the entry is listed as read-only, and clear leaves it alone.
-    const Result ls = run_cli({"cache", "ls"}, local.path, {{"MOEJIT_CACHE_PATH", shipped.path}});
+    const ProcessResult ls =
+        run_cli({"cache", "ls"}, {{"MOEJIT_CACHE_DIR", local.path}, {"MOEJIT_CACHE_PATH", shipped.path}});
     CHECK(ls.status == 0);
     CHECK(ls.out.find(built.key.hex()) != std::string::npos);
     CHECK(ls.out.find("ro " + shipped.path) != std::string::npos);
-    const Result clear = run_cli({"cache", "clear"}, local.path, {{"MOEJIT_CACHE_PATH", shipped.path}});
+    const ProcessResult clear =
+        run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", local.path}, {"MOEJIT_CACHE_PATH", shipped.path}});
     CHECK(clear.status == 0);
     CHECK(clear.out.find("removed 0 entries") != std::string::npos);
     CHECK(files_under(shipped.path) == shipped_files);
@@ -312,7 +313,7 @@ TEST_CASE("moejit compile with an unwritable cache directory works and warns onc
     write_bytes(tmp / "not-a-dir", {'x'});
     const std::string unwritable = tmp / "not-a-dir/cache";
 
-    const Result compile = run_cli({"compile", kSpec}, unwritable);
+    const ProcessResult compile = run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", unwritable}});
     CHECK(compile.status == 0);
     CHECK(count_of(compile.err, "[moejit warning]") == 1);
     CHECK(compile.err.find("cannot write the kernel cache") != std::string::npos);
@@ -320,7 +321,8 @@ TEST_CASE("moejit compile with an unwritable cache directory works and warns onc
     CHECK(std::regex_search(compile.out, std::regex(R"(key\s+[0-9a-f]{32})")));
 
     // precompile exists to fill a cache: with nowhere to write it fails, after one warning.
-    const Result precompile = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, unwritable);
+    const ProcessResult precompile =
+        run_cli({"precompile", "--model", "qwen3-30b-a3b"}, {{"MOEJIT_CACHE_DIR", unwritable}});
     CHECK(precompile.status == 1);
     CHECK(count_of(precompile.err, "[moejit warning]") == 1);
     const std::string total =
@@ -343,7 +345,7 @@ TEST_CASE("moejit precompile counts the kernels it stored when some stores fail"
     fs::create_directories(cache);
     write_bytes(cache + "/" + key.substr(0, 2), {'x'});
 
-    const Result result = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, cache);
+    const ProcessResult result = run_cli({"precompile", "--model", "qwen3-30b-a3b"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(result.status == 1);
     CHECK(result.out.find(to_spec(gate_up) + " " + config.to_string() + "  compiled") != std::string::npos);
     CHECK(result.out.find("(not stored)") != std::string::npos);
@@ -366,19 +368,17 @@ TEST_CASE("moejit precompile counts the kernels it stored when some stores fail"
 // --- concurrency ------------------------------------------------------------------------------------
 
 TEST_CASE("8 processes compiling the same kernel into one empty cache leave one valid entry", "[cli]") {
-    TempDir tmp, io;
+    TempDir tmp;
     const std::string cache = tmp / "cache";  // does not exist yet: the processes race to create it
-    int gate[2];
-    REQUIRE(::pipe(gate) == 0);
+    StartGate gate;
     std::vector<Child> children;
     for (int i = 0; i < 8; ++i)
-        children.push_back(spawn_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", cache}}, io.path, gate[0], gate[1]));
-    ::close(gate[0]);
-    ::close(gate[1]);  // all 8 are forked and waiting: release them at once
+        children.push_back(spawn_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", cache}}, "", &gate));
+    gate.release();  // all 8 are forked and waiting: release them at once
 
     std::set<std::string> keys;
     for (const Child& child : children) {
-        const Result result = wait_for(child);
+        const ProcessResult result = wait_for(child);
         INFO("stdout:\n" << result.out << "\nstderr:\n" << result.err);
         CHECK(result.status == 0);
         CHECK(result.err.empty());
@@ -391,7 +391,7 @@ TEST_CASE("8 processes compiling the same kernel into one empty cache leave one 
     const std::string shard = key.substr(0, 2);
     CHECK(files_under(cache) == std::vector<std::string>{shard + "/" + key + ".cu", shard + "/" + key + ".cubin"});
 
-    const Result verify = run_cli({"cache", "verify"}, cache);
+    const ProcessResult verify = run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(verify.status == 0);
     CHECK(verify.out.find("1 entries checked, 0 invalid") != std::string::npos);
 
@@ -406,12 +406,12 @@ TEST_CASE("8 processes compiling the same kernel into one empty cache leave one 
 
 TEST_CASE("moejit --help, every command's --help, and usage errors", "[cli]") {
     TempDir cache;
-    const Result help = run_cli({"--help"}, cache.path);
+    const ProcessResult help = run_cli({"--help"}, {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(help.status == 0);
     for (const char* command : {"source", "ptx", "sass", "compile", "precompile", "cache"})
         CHECK(help.out.find(command) != std::string::npos);
 
-    const Result none = run_cli({}, cache.path);
+    const ProcessResult none = run_cli({}, {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(none.status == 1);
     CHECK(none.err.find("usage: moejit") != std::string::npos);
 
@@ -421,14 +421,14 @@ TEST_CASE("moejit --help, every command's --help, and usage errors", "[cli]") {
     for (std::vector<std::string> command : commands) {
         const std::string name = command[0];
         command.push_back("--help");
-        const Result result = run_cli(command, cache.path);
+        const ProcessResult result = run_cli(command, {{"MOEJIT_CACHE_DIR", cache.path}});
         INFO("moejit " << name << " --help");
         CHECK(result.status == 0);
         CHECK(result.out.find("moejit " + name) != std::string::npos);
         CHECK(result.err.empty());
     }
-    CHECK(run_cli({"help", "ptx"}, cache.path).out.find("moejit ptx") != std::string::npos);
-    const std::string precompile = run_cli({"precompile", "--help"}, cache.path).out;
+    CHECK(run_cli({"help", "ptx"}, {{"MOEJIT_CACHE_DIR", cache.path}}).out.find("moejit ptx") != std::string::npos);
+    const std::string precompile = run_cli({"precompile", "--help"}, {{"MOEJIT_CACHE_DIR", cache.path}}).out;
     for (const char* names : {"Qwen3MoeBlock", "Llama4TextMoe", "dW fp32", "MOEJIT_CHECK_ROUTING"})
         CHECK(precompile.find(names) != std::string::npos);
 
@@ -448,7 +448,7 @@ TEST_CASE("moejit --help, every command's --help, and usage errors", "[cli]") {
              {"cache"},
              {"cache", "prune-all"},
          }) {
-        const Result result = run_cli(bad, cache.path);
+        const ProcessResult result = run_cli(bad, {{"MOEJIT_CACHE_DIR", cache.path}});
         INFO("moejit " << bad[0] << (bad.size() > 1 ? " " + bad[1] : std::string()));
         CHECK(result.status == 1);
         CHECK(!result.err.empty());
@@ -465,26 +465,28 @@ TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
     const Problem problem = small_problem();
     const Source source = emit_source(problem, choose_config(problem));
 
-    const Result plain = run_cli({"source", kSpec}, cache.path);
+    const ProcessResult plain = run_cli({"source", kSpec}, {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(plain.status == 0);
     CHECK(plain.out == source.text);
 
     // The --model form names the same kernel as its spec string.
-    const Result by_model = run_cli({"source", "--model", "qwen3-30b-a3b", "--gemm", "down"}, cache.path);
+    const ProcessResult by_model =
+        run_cli({"source", "--model", "qwen3-30b-a3b", "--gemm", "down"}, {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(by_model.status == 0);
     const Problem down = model_gemm(find_model("qwen3-30b-a3b"), "down", Op::fwd, DType::bf16, Arch::parse("sm_90a"));
     CHECK(by_model.out == emit_source(down, choose_config(down)).text);
-    CHECK(run_cli({"source", to_spec(down)}, cache.path).out == by_model.out);
-    const Result fp16 = run_cli(
+    CHECK(run_cli({"source", to_spec(down)}, {{"MOEJIT_CACHE_DIR", cache.path}}).out == by_model.out);
+    const ProcessResult fp16 = run_cli(
         {"source", "--model", "mixtral-8x7b", "--gemm=gate_up", "--pass", "fwd", "--dtype", "fp16", "--arch", "sm_80"},
-        cache.path);
+        {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(fp16.out.find("fwd:fp16:n28672:k4096:e8:topk2:permute_x:gated:sm_80") != std::string::npos);
 
-    const Result config = run_cli({"source", kSpec, "--config", "m128n64s3w2x2"}, cache.path);
+    const ProcessResult config =
+        run_cli({"source", kSpec, "--config", "m128n64s3w2x2"}, {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(config.status == 0);
     CHECK(config.out.find("/*TileN=*/64, /*Stages=*/3") != std::string::npos);
 
-    const Result expanded = run_cli({"source", kSpec, "--expand"}, cache.path);
+    const ProcessResult expanded = run_cli({"source", kSpec, "--expand"}, {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(expanded.status == 0);
     CHECK(expanded.out.find("sm90_row_grouped_gemm") != std::string::npos);
     CHECK(expanded.out.find("GroupedTileScheduler") != std::string::npos);
@@ -499,13 +501,13 @@ TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
     CHECK(!output.cubin.empty());
     CHECK(output.lowered_name.find("sm90_row_grouped_gemm") != std::string::npos);
 
-    const Result ptx = run_cli({"ptx", kSpec}, cache.path);
+    const ProcessResult ptx = run_cli({"ptx", kSpec}, {{"MOEJIT_CACHE_DIR", cache.path}});
     CHECK(ptx.status == 0);
     CHECK(ptx.out.find("wgmma.mma_async") != std::string::npos);
     CHECK(ptx.out.find(".target sm_90a") != std::string::npos);
     CHECK(ptx.out.find(output.lowered_name) != std::string::npos);
 
-    const Result sass = run_cli({"sass", kSpec}, cache.path);
+    const ProcessResult sass = run_cli({"sass", kSpec}, {{"MOEJIT_CACHE_DIR", cache.path}});
     if (sass.status == 0) {
         CHECK(sass.out.find("HGMMA") != std::string::npos);
     } else {
@@ -519,7 +521,8 @@ TEST_CASE("moejit source, source --expand, ptx and sass", "[cli]") {
 TEST_CASE("moejit precompile --tokens adds the tilings of decode-sized calls", "[cli]") {
     TempDir tmp;
     const std::string cache = tmp.path + "/cache";
-    const Result result = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "1,8192"}, cache);
+    const ProcessResult result =
+        run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "1,8192"}, {{"MOEJIT_CACHE_DIR", cache}});
     REQUIRE(result.status == 0);
     // Every kernel once per distinct tiling: on sm_90a the forward and dX of every GEMM, the
     // router's included (1 token: 1 row), have a decode tiling of their own; dW and the
@@ -537,13 +540,16 @@ TEST_CASE("moejit precompile --tokens adds the tilings of decode-sized calls", "
     }
     CHECK(decode_tilings == 6);  // fwd and dX of the router and gate_up, down's fwd, its backward's dX
     CHECK(result.out.find(std::to_string(expected) + " compiled, 0 already cached") != std::string::npos);
-    CHECK(run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "0"}, cache).status == 1);
+    const ProcessResult no_tokens =
+        run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "0"}, {{"MOEJIT_CACHE_DIR", cache}});
+    CHECK(no_tokens.status == 1);
 }
 
 TEST_CASE("MOEJIT_DUMP_DIR is created with its missing parents; one that cannot be says why", "[cli]") {
     TempDir tmp;
     const std::string dump = tmp / "missing/parents/dump";
-    const Result compile = run_cli({"compile", kSpec}, tmp / "cache", {{"MOEJIT_DUMP_DIR", dump}});
+    const ProcessResult compile =
+        run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", tmp / "cache"}, {"MOEJIT_DUMP_DIR", dump}});
     REQUIRE(compile.status == 0);
     CHECK(compile.err.empty());
     std::smatch match;
@@ -552,14 +558,16 @@ TEST_CASE("MOEJIT_DUMP_DIR is created with its missing parents; one that cannot 
     CHECK(read_text(dump + "/" + match[1].str() + ".cu").find("#include") != std::string::npos);
 
     write_bytes(tmp / "file", {'x'});  // a parent that is a file: no directory can be made under it
-    const Result blocked = run_cli({"compile", kSpec}, tmp / "cache", {{"MOEJIT_DUMP_DIR", tmp / "file/dump"}});
+    const ProcessResult blocked =
+        run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", tmp / "cache"}, {"MOEJIT_DUMP_DIR", tmp / "file/dump"}});
     CHECK(blocked.status == 0);  // dumping is a debugging aid: the compile itself goes on
     CHECK(count_of(blocked.err, "MOEJIT_DUMP_DIR=" + (tmp / "file/dump") + " is not writable (") == 1);
 }
 
 TEST_CASE("moejit compile compiles an elementwise kernel, which has no tiling to report", "[cli]") {
     TempDir tmp;
-    const Result compile = run_cli({"compile", "combine:bf16:n2048:k2048:e8:topk8:sm_90a"}, tmp / "cache");
+    const ProcessResult compile =
+        run_cli({"compile", "combine:bf16:n2048:k2048:e8:topk8:sm_90a"}, {{"MOEJIT_CACHE_DIR", tmp / "cache"}});
     REQUIRE(compile.status == 0);
     CHECK(compile.out.find("spec       combine:bf16:n2048:k2048:e8:topk8:sm_90a") != std::string::npos);
     CHECK(compile.out.find("config     none (elementwise)") != std::string::npos);
@@ -583,7 +591,8 @@ TEST_CASE("moejit precompile fills the cache with every kernel the MoE blocks re
         INFO(c.model);
         TempDir tmp;
         const std::string cache = tmp / "cache";
-        const Result result = run_cli({"precompile", "--model", c.model, "--tokens", "16,8192"}, cache);
+        const ProcessResult result =
+            run_cli({"precompile", "--model", c.model, "--tokens", "16,8192"}, {{"MOEJIT_CACHE_DIR", cache}});
         REQUIRE(result.status == 0);
         CacheEnv env(cache);
         Compiler compiler(DiskCache::from_environment());
@@ -604,7 +613,7 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     TempDir tmp;
     const std::string cache = tmp / "cache";
 
-    const Result compile = run_cli({"compile", kSpec}, cache);
+    const ProcessResult compile = run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", cache}});
     REQUIRE(compile.status == 0);
     CHECK(compile.err.empty());
     std::smatch match;
@@ -621,17 +630,18 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     CHECK(compile.out.find("cache      " + entry) != std::string::npos);
     REQUIRE(fs::is_regular_file(entry));
     // compile always runs NVRTC, and rewrites the entry it finds.
-    const Result again = run_cli({"compile", kSpec}, cache);
+    const ProcessResult again = run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(again.status == 0);
     CHECK(again.out.find(key) != std::string::npos);
     CHECK(fs::is_regular_file(entry));
 
-    const Result clear_one = run_cli({"cache", "clear"}, cache);
+    const ProcessResult clear_one = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(clear_one.status == 0);
     CHECK(clear_one.out.find("removed 1 entry from " + cache) != std::string::npos);
     CHECK(files_under(cache).empty());
 
-    const Result precompile = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--arch", "sm_90a"}, cache);
+    const ProcessResult precompile =
+        run_cli({"precompile", "--model", "qwen3-30b-a3b", "--arch", "sm_90a"}, {{"MOEJIT_CACHE_DIR", cache}});
     REQUIRE(precompile.status == 0);
     CHECK(precompile.err.empty());
     const std::vector<Problem> kernels =
@@ -662,25 +672,26 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
         Compiler compiler(DiskCache::from_environment());
         for (const Problem& problem : kernels) CHECK(compiler.get(problem, choose_config(problem)).from_disk);
     }
-    const Result cached = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "4096,8192"}, cache);
+    const ProcessResult cached =
+        run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", "4096,8192"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(cached.status == 0);
     CHECK(count_of(cached.out, "  cached ") == count);
     CHECK(cached.out.find("0 compiled, " + n + " already cached") != std::string::npos);
 
-    const Result ls = run_cli({"cache", "ls"}, cache);
+    const ProcessResult ls = run_cli({"cache", "ls"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(ls.status == 0);
     CHECK(count_of(ls.out, "\n") == count);
     for (const CacheEntryInfo& info : infos) CHECK(ls.out.find(info.key_hex) != std::string::npos);
     CHECK(count_of(ls.out, "rw " + cache) == count);
-    const Result ls_verify = run_cli({"cache", "ls", "--verify"}, cache);
+    const ProcessResult ls_verify = run_cli({"cache", "ls", "--verify"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(count_of(ls_verify.out, "  valid") == count);
 
-    const Result stats = run_cli({"cache", "stats"}, cache);
+    const ProcessResult stats = run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(stats.status == 0);
     CHECK(stats.out.find("writable root   " + cache + "  " + n + " entries") != std::string::npos);
     CHECK(stats.out.find("total           " + n + " entries") != std::string::npos);
 
-    const Result verify = run_cli({"cache", "verify"}, cache);
+    const ProcessResult verify = run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(verify.status == 0);
     CHECK(verify.out.find(n + " entries checked, 0 invalid") != std::string::npos);
 
@@ -688,16 +699,18 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
     std::vector<char> bytes = read_bytes(infos[0].path);
     bytes[bytes.size() / 2] ^= 0x01;
     write_bytes(infos[0].path, bytes);
-    const Result bad = run_cli({"cache", "verify"}, cache);
+    const ProcessResult bad = run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(bad.status == 1);
     CHECK(bad.out.find("invalid " + infos[0].path + ": checksum mismatch") != std::string::npos);
     CHECK(bad.out.find(n + " entries checked, 1 invalid") != std::string::npos);
-    CHECK(run_cli({"cache", "ls", "--verify"}, cache).out.find("invalid: checksum mismatch") != std::string::npos);
+    CHECK(run_cli({"cache", "ls", "--verify"}, {{"MOEJIT_CACHE_DIR", cache}}).out.find("invalid: checksum mismatch") !=
+          std::string::npos);
 
-    const Result clear = run_cli({"cache", "clear"}, cache);
+    const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(clear.status == 0);
     CHECK(clear.out.find("removed " + n + " entries from " + cache) != std::string::npos);
     CHECK(files_under(cache).empty());
-    CHECK(run_cli({"cache", "ls"}, cache).out.empty());
-    CHECK(run_cli({"cache", "stats"}, cache).out.find("total           0 entries") != std::string::npos);
+    CHECK(run_cli({"cache", "ls"}, {{"MOEJIT_CACHE_DIR", cache}}).out.empty());
+    CHECK(run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", cache}}).out.find("total           0 entries") !=
+          std::string::npos);
 }

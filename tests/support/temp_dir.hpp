@@ -1,11 +1,13 @@
 #pragma once
-// A fresh directory under /tmp for one test, removed with everything in it at scope exit. A test
-// that takes permissions away inside it gives them back through ScopedMode, or the removal cannot
-// descend.
+// A fresh directory under /tmp for one test, removed with everything in it at scope exit, and the
+// text of a file a test (or a child process) wrote. A test that takes permissions away inside the
+// directory gives them back through ScopedMode, or the removal cannot descend.
 #include <stdlib.h>
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -40,5 +42,11 @@ struct ScopedMode {
     ScopedMode(const ScopedMode&) = delete;
     ScopedMode& operator=(const ScopedMode&) = delete;
 };
+
+// The whole file, byte for byte; empty if it cannot be read.
+inline std::string read_text(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
 
 }  // namespace moejit::testing
