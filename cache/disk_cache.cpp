@@ -376,8 +376,8 @@ void DiskCache::store(const Hash128& key, const CacheEntry& entry, const std::st
     if (memory_only()) return;
     if (root_.empty()) {
         memory_only_.store(true);
-        log::warn_once("cache-unwritable", "cannot write the kernel cache: no cache directory (set "
-                                           "MOEJIT_CACHE_DIR or HOME); caching in memory only");
+        log::warn_once("cache-unwritable",
+                       std::string("cannot write the kernel cache: ") + kNoCacheDirectory + "; caching in memory only");
         return;
     }
     const std::string hex = key.hex();
@@ -407,17 +407,20 @@ void DiskCache::store(const Hash128& key, const CacheEntry& entry, const std::st
     const std::optional<IoFailure> source_failure = write_atomically(dir, hex + ".cu", source.data(), source.size());
     if (source_failure) log::debug("cache: could not write source " + source_failure->text());
     if (size_cap_ > 0 && stores_.fetch_add(1, std::memory_order_relaxed) % kStoresPerPruneCheck == 0)
-        keep_under_size_cap();
+        keep_under_size_cap(dir + "/" + hex + ".cubin");
 }
 
-void DiskCache::keep_under_size_cap() const {
-    // The entry just written has the newest mtime, so it stays unless it alone exceeds the cap.
-    const PruneResult pruned = prune(*this, size_cap_);
+void DiskCache::keep_under_size_cap(const std::string& just_stored) const {
+    // The entry just written stays, even where the clock's granularity makes it look no newer.
+    const PruneResult pruned = prune(*this, size_cap_, just_stored);
     if (pruned.removed > 0)
         log::info("cache: removed " + std::to_string(pruned.removed) + " least recently used entries (" +
                   std::to_string(pruned.removed_bytes) + " bytes) to stay under the " +
                   std::to_string(size_cap_) + "-byte cap (MOEJIT_CACHE_MAX_SIZE)");
-    for (const std::string& error : pruned.errors) log::debug("cache: size cap: " + error);
+    // A cap that cannot be kept (an entry that cannot be removed) is worth one warning, not silence.
+    if (!pruned.errors.empty())
+        log::warn_once("cache-size-cap", "cannot keep the kernel cache under its size cap (MOEJIT_CACHE_MAX_SIZE): " +
+                                             pruned.errors.front());
 }
 
 CacheListing DiskCache::list(bool verify) const {
@@ -442,6 +445,7 @@ CacheListing DiskCache::list(bool verify) const {
                 }
                 info.bytes = static_cast<uint64_t>(st.st_size);
                 info.mtime = static_cast<int64_t>(st.st_mtime);
+                info.mtime_ns = info.mtime * 1000000000 + static_cast<int64_t>(st.st_mtim.tv_nsec);
                 if (!S_ISREG(st.st_mode)) {
                     info.valid = false;
                     info.problem = "not a regular file";

@@ -21,6 +21,9 @@
 
 namespace moejit {
 
+// What to say where no writable cache directory could be found.
+inline constexpr const char* kNoCacheDirectory = "no cache directory (set MOEJIT_CACHE_DIR, XDG_CACHE_HOME or HOME)";
+
 struct CacheEntry {
     std::string kernel_name;  // lowered name
     std::vector<char> cubin;
@@ -30,9 +33,10 @@ struct CacheEntryInfo {
     std::string path;
     std::string key_hex;
     uint64_t bytes = 0;   // file size
-    int64_t mtime = 0;    // seconds since the epoch; load() refreshes it (LRU order for pruning)
+    int64_t mtime = 0;     // seconds since the epoch; load() refreshes it (its last use)
+    int64_t mtime_ns = 0;  // the same in nanoseconds: LRU order for pruning, where seconds tie
     bool read_only_root = false;
-    bool valid = true;    // only checked by list(verify = true)
+    bool valid = true;    // false for files that are no entry (not regular, oversized); list(verify) reads the rest
     std::string problem;  // why invalid, empty if valid
 };
 
@@ -91,7 +95,7 @@ public:
     std::string entry_path(const Hash128& key) const;  // in the writable root
 
 private:
-    void keep_under_size_cap() const;
+    void keep_under_size_cap(const std::string& just_stored) const;
 
     std::string root_;
     std::vector<std::string> read_only_roots_;

@@ -19,7 +19,7 @@ uint64_t parse_cache_size(const std::string& text) {
     if (end == 0 || text.empty()) throw bad;
     if (end != std::string::npos && text[end] == '.') {
         const size_t fraction = text.find_first_not_of("0123456789", end + 1);
-        if (fraction == end + 1) throw bad;
+        if (fraction == end + 1 || end + 1 == text.size()) throw bad;  // "1." or "1.M": digits must follow
         end = fraction;
     }
     const std::string number = text.substr(0, end);
@@ -35,12 +35,17 @@ uint64_t parse_cache_size(const std::string& text) {
         if (unit.size() != 1 || index == std::string::npos) throw bad;
         shift = 10 * static_cast<int>(index + 1);
     }
+    // At most 24 characters: stold cannot overflow, and anything longer is past any disk anyway.
+    if (number.size() > 24) throw bad;
     const long double bytes = std::stold(number) * static_cast<long double>(uint64_t{1} << shift);
     if (bytes >= 9.2e18L) throw bad;  // past what a uint64_t (and any disk) holds
+    // "0.1" (bytes) would round to 0, which means "no cap" to MOEJIT_CACHE_MAX_SIZE and "remove
+    // everything" to prune: only a written zero means zero.
+    if (bytes < 1 && number.find_first_of("123456789") != std::string::npos) throw bad;
     return static_cast<uint64_t>(bytes);
 }
 
-PruneResult prune(const DiskCache& cache, uint64_t max_bytes) {
+PruneResult prune(const DiskCache& cache, uint64_t max_bytes, const std::string& keep) {
     PruneResult result;
     CacheListing listing = cache.list(/*verify=*/false);
     result.errors = std::move(listing.errors);
@@ -50,7 +55,7 @@ PruneResult prune(const DiskCache& cache, uint64_t max_bytes) {
     // Invalid entries are misses anyway; then the oldest use. The path breaks ties so that equal
     // mtimes (a precompiled batch) are pruned in a reproducible order.
     std::sort(entries.begin(), entries.end(), [](const CacheEntryInfo& a, const CacheEntryInfo& b) {
-        return std::make_tuple(a.valid, a.mtime, a.path) < std::make_tuple(b.valid, b.mtime, b.path);
+        return std::make_tuple(a.valid, a.mtime_ns, a.path) < std::make_tuple(b.valid, b.mtime_ns, b.path);
     });
 
     uint64_t total = 0;
@@ -58,6 +63,7 @@ PruneResult prune(const DiskCache& cache, uint64_t max_bytes) {
     result.kept = entries.size();
     for (const CacheEntryInfo& info : entries) {
         if (total <= max_bytes) break;
+        if (info.path == keep) continue;
         if (::unlink(info.path.c_str()) != 0 && errno != ENOENT) {  // ENOENT: someone else removed it
             result.errors.push_back("cannot remove " + info.path + ": " + std::strerror(errno));
             continue;

@@ -25,7 +25,8 @@ uint64_t parse_cache_size(const std::string& text);
 // Removes entries of the writable root (never of a read-only root) until their sizes (as list()
 // reports them: the entry files, not the sources beside them) add up to at most `max_bytes`: first
 // those list() marks invalid without reading them (not regular files, over the size cap), then the
-// least recently used. Goes on past failures; each is named in `errors`.
-PruneResult prune(const DiskCache& cache, uint64_t max_bytes);
+// least recently used. Never removes the entry at `keep` (a path as list() gives it). Goes on
+// past failures; each is named in `errors`.
+PruneResult prune(const DiskCache& cache, uint64_t max_bytes, const std::string& keep = "");
 
 }  // namespace moejit

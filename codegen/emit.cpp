@@ -106,7 +106,8 @@ Source emit_source(const Problem& problem, const Config& config) {
     }
     Source source;
     source.program_name = "moejit_" + std::string(to_string(problem.op)) + ".cu";
-    source.text = "// moejit kernel " + to_spec(problem) + " with config " + config.to_string() + "\n#include \"" +
+    const std::string tiling = is_elementwise(problem.op) ? "(elementwise: no tiling)" : "with config " + config.to_string();
+    source.text = "// moejit kernel " + to_spec(problem) + " " + tiling + "\n#include \"" +
                   header + "\"\n\nnamespace moejit_generated {\nusing Config = " + config_type +
                   ";\n}  // namespace moejit_generated\n";
     source.name_expression = kernel + "<moejit_generated::Config>";

@@ -64,8 +64,8 @@ std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const 
                                const Config& config) {
     const std::string root = DiskCache::from_environment().root();
     if (root.empty()) {  // as DiskCache::store: "" + "/tuning/..." would write below the file system root
-        log::warn_once("tuning-no-root", "cannot store tuned tilings: no cache directory (set MOEJIT_CACHE_DIR or "
-                                         "HOME); the heuristic's tilings stay in use");
+        log::warn_once("tuning-no-root", std::string("cannot store tuned tilings: ") + kNoCacheDirectory +
+                                             "; the heuristic's tilings stay in use");
         return "";
     }
     const std::string path = tuning_path(root, problem, bucket, device);

@@ -24,13 +24,13 @@ void warn_unrecognized(const char* name, const std::string& expected, const std:
                    setting + " is not understood (expected " + expected + "); using " + fallback);
 }
 
-bool flag(const char* name, bool fallback) {
+bool flag(const char* name, bool unset, bool unrecognized) {
     const std::optional<std::string> value = lowercase_value(name);
-    if (!value) return fallback;
+    if (!value) return unset;
     if (*value == "1" || *value == "on" || *value == "true" || *value == "yes") return true;
     if (*value == "0" || *value == "off" || *value == "false" || *value == "no") return false;
-    warn_unrecognized(name, "1, on, true, yes or 0, off, false, no", fallback ? "on" : "off");
-    return fallback;
+    warn_unrecognized(name, "1, on, true, yes or 0, off, false, no", unrecognized ? "on" : "off");
+    return unrecognized;
 }
 
 }  // namespace moejit::env

@@ -12,8 +12,8 @@ std::optional<std::string> lowercase_value(const char* name);
 // Warns, once per variable, that its value is none of `expected` and that `fallback` applies.
 void warn_unrecognized(const char* name, const std::string& expected, const std::string& fallback);
 
-// 1, on, true, yes: true; 0, off, false, no: false (any case). Unset or empty: `fallback`; anything
-// else warns once and gives `fallback`.
-bool flag(const char* name, bool fallback);
+// 1, on, true, yes: true; 0, off, false, no: false (any case). Unset or empty: `unset`; anything
+// else warns once and gives `unrecognized`.
+bool flag(const char* name, bool unset, bool unrecognized);
 
 }  // namespace moejit::env

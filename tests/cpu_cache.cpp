@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include <moejit/error.hpp>
+
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
 #include "cache/prune.hpp"
@@ -676,6 +678,33 @@ TEST_CASE("disk cache: stores keep the writable root under its size cap, least r
         for (size_t i = 0; i <= 2 * kEvery; ++i) store(cache, i);
         for (size_t i = 0; i <= 2 * kEvery; ++i) CHECK(present(cache, i));
     }
+}
+
+TEST_CASE("parse_cache_size: powers of 1024, and moejit::Error for anything else", "[cache]") {
+    CHECK(parse_cache_size("4096") == 4096);
+    CHECK(parse_cache_size("0") == 0);
+    CHECK(parse_cache_size("500M") == uint64_t{500} << 20);
+    CHECK(parse_cache_size("2g") == uint64_t{2} << 30);
+    CHECK(parse_cache_size("2GB") == uint64_t{2} << 30);
+    CHECK(parse_cache_size("1.5GiB") == (uint64_t{3} << 30) / 2);
+    CHECK(parse_cache_size("3T") == uint64_t{3} << 40);
+    CHECK(parse_cache_size("0.5K") == 512);
+    for (const std::string& bad : std::vector<std::string>{"", "abc", "5X", "M", "1.", ".5", "1e3", "-1", "0.1",
+                                                           "0.00001K", "9000000T", "1" + std::string(5000, '0')}) {
+        INFO("'" << bad << "'");
+        CHECK_THROWS_AS(parse_cache_size(bad), moejit::Error);
+    }
+}
+
+TEST_CASE("disk cache: prune never removes the entry it is told to keep", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "rw", {});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(3);
+    for (size_t i = 0; i < keys.size(); ++i) cache.store(keys[i], make_entry("k", 1000, 40 + i), "src");
+    const PruneResult result = prune(cache, 0, cache.entry_path(keys[1]));
+    CHECK(result.removed == 2);
+    CHECK(result.kept == 1);
+    for (size_t i = 0; i < keys.size(); ++i) CHECK(fs::exists(cache.entry_path(keys[i])) == (i == 1));
 }
 
 TEST_CASE("disk cache: MOEJIT_CACHE_MAX_SIZE sets the size cap", "[cache]") {

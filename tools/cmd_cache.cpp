@@ -155,7 +155,7 @@ int cache_prune(const std::vector<std::string>& argv) {
     if (!max_size) throw Error("'moejit cache prune' needs --max-size SIZE, such as 500M or 2G");
     const uint64_t max_bytes = parse_cache_size(*max_size);
     const DiskCache cache = DiskCache::from_environment();
-    if (cache.root().empty()) throw Error("no cache directory (set MOEJIT_CACHE_DIR or HOME)");
+    if (cache.root().empty()) throw Error(kNoCacheDirectory);
     const PruneResult result = prune(cache, max_bytes);
     std::printf("removed %zu entr%s (%s) from %s; %zu entr%s (%s) remain, at most %s\n", result.removed,
                 result.removed == 1 ? "y" : "ies", format_bytes(result.removed_bytes).c_str(), cache.root().c_str(),
@@ -172,7 +172,7 @@ int cache_clear(const std::vector<std::string>& argv) {
     }
     args.expect_positionals(0, 0, "");
     DiskCache cache = DiskCache::from_environment();
-    if (cache.root().empty()) throw Error("no cache directory (set MOEJIT_CACHE_DIR or HOME)");
+    if (cache.root().empty()) throw Error(kNoCacheDirectory);
     const ClearResult result = cache.clear();
     std::printf("removed %zu entr%s from %s\n", result.removed, result.removed == 1 ? "y" : "ies",
                 cache.root().c_str());
@@ -208,7 +208,9 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "Compiles every kernel the model's MoE layer launches, forward and backward, into the writable\n"
             "cache root, skipping kernels already cached, with one progress line per kernel. Needs NVRTC,\n"
             "no GPU: point MOEJIT_CACHE_DIR at a directory, precompile, and ship it (read-only through\n"
-            "MOEJIT_CACHE_PATH if you like); a process running the layer then compiles nothing.\n"
+            "MOEJIT_CACHE_PATH if you like); a process running the layer then compiles nothing. The cache's\n"
+            "size cap (MOEJIT_CACHE_MAX_SIZE) does not apply here. Tilings are the heuristic's: a tiling\n"
+            "that `moejit tune` stored on the target compiles there at its first use.\n"
             "\n"
             "The kernels are those of the model's block, listed where the block builds them:\n"
             "  qwen3-*        Qwen3MoeBlock: the router GEMM (fwd, dX, dW fp32), top-k, routing indices and\n"
@@ -266,7 +268,10 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             if (!seen) kernels.emplace_back(problem, config);
         }
     }
-    Compiler compiler(DiskCache::from_environment());
+    // A deployment cache holds every kernel it was asked for: the size cap, meant for the JIT's
+    // own cache, does not apply here.
+    const DiskCache environment = DiskCache::from_environment();
+    Compiler compiler(DiskCache(environment.root(), environment.read_only_roots(), /*size_cap=*/0));
     size_t compiled = 0, cached = 0, elsewhere = 0, unstored = 0;
     for (size_t i = 0; i < kernels.size(); ++i) {
         const auto& [problem, config] = kernels[i];

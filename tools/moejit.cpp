@@ -177,8 +177,9 @@ const char* const kUsage =
     "      [--dtype bf16|fp16] [--arch sm_90a]\n"
     "\n"
     "environment: MOEJIT_CACHE_DIR (writable cache root), MOEJIT_CACHE_PATH (read-only roots,\n"
-    "colon-separated, searched first), MOEJIT_DUMP_DIR, MOEJIT_LOG=off|info|debug,\n"
-    "MOEJIT_KERNEL_PATH=auto|portable\n"
+    "colon-separated, searched first), MOEJIT_CACHE_MAX_SIZE (size cap, default 4G; 0 or off: none),\n"
+    "MOEJIT_DUMP_DIR, MOEJIT_LOG=off|info|debug, MOEJIT_KERNEL_PATH=auto|portable,\n"
+    "MOEJIT_CHECK_ROUTING=0|1 (the README's table has them all)\n"
     "\n"
     "'moejit <command> --help' describes a command.\n";
 
