@@ -1,6 +1,8 @@
 #include <moejit/error.hpp>
 #include <moejit/problem.hpp>
 
+#include "codegen/config.hpp"  // is_elementwise
+
 #include <algorithm>
 #include <cstdlib>
 #include <iterator>
@@ -82,9 +84,7 @@ void Problem::validate() const {
     if (out_fp32 && op != Op::dw) fail("out_fp32 applies to dw only");
     if (fuse_mul_post && op == Op::dw)
         fail("dw with fuse_mul_post is not supported: the scale is an inference fusion; scale dY by topk_weights first");
-    const bool elementwise = op == Op::combine || op == Op::gated_backward || op == Op::check_routing ||
-                             op == Op::combine_backward;
-    if (elementwise && (permute_x || permute_y || fuse_mul_post || gated))
+    if (is_elementwise(op) && (permute_x || permute_y || fuse_mul_post || gated))
         fail(std::string(to_string(op)) + " takes no fusion flags");
 }
 

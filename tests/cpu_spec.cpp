@@ -114,3 +114,16 @@ TEST_CASE("N and K must fit the kernels' int: 2^31 - 8 passes, 2^31 does not", "
     CHECK(mentions(spec_error("fwd:bf16:n2048:k2147483648:e8:topk2:sm_90a"), "below 2^31"));
     CHECK(spec_error("fwd:bf16:n2147483640:k2147483640:e8:topk2:sm_90a").empty());
 }
+
+TEST_CASE("elementwise and routing kernels take no GEMM fusion flags", "[cpu][spec]") {
+    // Each flag would otherwise make a second cache key for the same kernel.
+    for (const char* op : {"combine", "gated_backward", "check_routing", "combine_backward", "route_topk",
+                           "router_backward", "routing_histogram", "routing_indices", "permute_rows",
+                           "unpermute_rows"}) {
+        const std::string base = std::string(op) + ":bf16:n16:k16:e16:topk4";
+        INFO(base);
+        CHECK(spec_error(base + ":sm_90a").empty());
+        for (const char* flag : {"permute_x", "permute_y", "gated"})
+            CHECK(mentions(spec_error(base + ":" + flag + ":sm_90a"), "takes no fusion flags"));
+    }
+}
