@@ -45,9 +45,8 @@ Problem combine_backward_problem(DType dtype, int64_t width, int topk) {
     return elementwise(Op::combine_backward, dtype, width, topk, topk);
 }
 
-Problem router_problem(Op op, const RouterConfig& router, DType dtype) {
-    // Scoring and renormalization are run-time arguments: one kernel serves every RouterConfig mode.
-    return elementwise(op, dtype, kUnusedWidth, router.experts, router.topk);
+Problem router_problem(Op op, int experts, int topk, DType dtype) {
+    return elementwise(op, dtype, kUnusedWidth, experts, topk);
 }
 
 Problem routing_indices_problem(Op op, int experts) {
@@ -76,11 +75,11 @@ void KernelList::add_gemm(const Problem& forward, std::initializer_list<GemmPass
     add(check_routing_problem(forward.experts));
 }
 
-void KernelList::add_routing(const RouterConfig& router, DType dtype) {
-    add(router_problem(Op::route_topk, router, dtype));
-    add(routing_indices_problem(Op::routing_histogram, router.experts));
-    add(routing_indices_problem(Op::routing_indices, router.experts));
-    add(router_problem(Op::router_backward, router, dtype));
+void KernelList::add_routing(int experts, int topk, DType dtype) {
+    add(router_problem(Op::route_topk, experts, topk, dtype));
+    add(routing_indices_problem(Op::routing_histogram, experts));
+    add(routing_indices_problem(Op::routing_indices, experts));
+    add(router_problem(Op::router_backward, experts, topk, dtype));
 }
 
 std::vector<Problem> KernelList::for_arch(const Arch& arch) const {

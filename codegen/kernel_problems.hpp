@@ -5,7 +5,6 @@
 // their Problems here and nowhere else: a precompiled cache then holds exactly the kernels a run
 // asks for, down to each fusion flag.
 #include <moejit/problem.hpp>
-#include <moejit/routing.hpp>
 
 #include <initializer_list>
 #include <vector>
@@ -25,7 +24,9 @@ Problem gemm_pass(const Problem& forward, GemmPass pass);
 Problem combine_problem(DType dtype, int64_t width, int topk);           // combine_topk
 Problem gated_backward_problem(DType dtype, int64_t n);                  // gated_activation_backward
 Problem combine_backward_problem(DType dtype, int64_t width, int topk);  // combine_backward
-Problem router_problem(Op op, const RouterConfig& router, DType dtype);  // route_topk, router_backward
+// route_topk, router_backward: scoring and renormalization are run-time arguments, so one kernel
+// serves every RouterConfig mode of `experts` and `topk`.
+Problem router_problem(Op op, int experts, int topk, DType dtype);
 Problem routing_indices_problem(Op op, int experts);  // routing_indices' two kernels: routing_histogram, routing_indices
 Problem permute_rows_problem(DType dtype, int64_t width, int topk);
 Problem unpermute_rows_problem(DType dtype, int64_t width);
@@ -38,8 +39,8 @@ public:
     // The passes of the GroupedGemm over `forward` that the caller runs (a pass never called never
     // compiles), and the routing check that MOEJIT_CHECK_ROUTING runs before each of them.
     void add_gemm(const Problem& forward, std::initializer_list<GemmPass> passes);
-    // route_topk, routing_indices (two kernels) and router_backward for `router`.
-    void add_routing(const RouterConfig& router, DType dtype);
+    // route_topk, routing_indices (two kernels) and router_backward for a router over `experts`.
+    void add_routing(int experts, int topk, DType dtype);
     // Every kernel, compiled for `arch`; throws moejit::Error naming the first invalid one.
     std::vector<Problem> for_arch(const Arch& arch) const;
 

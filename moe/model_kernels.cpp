@@ -1,6 +1,5 @@
 #include "moe/model_kernels.hpp"
 
-#include <moejit/routing.hpp>
 
 #include "codegen/kernel_problems.hpp"
 
@@ -23,8 +22,7 @@ std::vector<Problem> layer_kernels(const ModelPreset& model, Arch arch, DType dt
     Problem down = weighted_down;
     down.fuse_mul_post = false;
     KernelList list;
-    // The scoring is a run-time argument of the routing kernels: any RouterConfig of this shape will do.
-    list.add_routing(RouterConfig::qwen3(model.experts, model.topk, true), dtype);
+    list.add_routing(model.experts, model.topk, dtype);
     list.add_gemm(gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32});
     list.add_gemm(weighted_down, {GemmPass::fwd, GemmPass::dx});  // GroupedGemm has no dw with fuse_mul_post
     list.add_gemm(down, {GemmPass::fwd, GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32});

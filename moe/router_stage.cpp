@@ -48,7 +48,7 @@ void RouterStage::validate(const RouterConfig& router, const char* block) {
 
 void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router) {
     list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
-    list.add_routing(router, dtype);
+    list.add_routing(router.experts, router.topk, dtype);
 }
 
 void RouterStage::forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,

@@ -96,7 +96,7 @@ void route_topk(const RouterConfig& router, DType dtype, CUdeviceptr logits, CUd
     check_pointer(topk_weights, 4, where, "topk_weights");
     check_tokens(tokens, where);
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(router_problem(Op::route_topk, router, dtype), device);
+    auto kernel = kernel_for(router_problem(Op::route_topk, router.experts, router.topk, dtype), device);
     if (tokens == 0) return;
     RouteTopkArguments arguments{reinterpret_cast<const void*>(logits), reinterpret_cast<int*>(topk_ids),
                                  reinterpret_cast<float*>(topk_weights), tokens, router_mode(router)};
@@ -115,7 +115,7 @@ void router_backward(const RouterConfig& router, DType dtype, CUdeviceptr logits
     check_pointer(grad_logits, 2, where, "grad_logits");
     check_tokens(tokens, where);
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(router_problem(Op::router_backward, router, dtype), device);
+    auto kernel = kernel_for(router_problem(Op::router_backward, router.experts, router.topk, dtype), device);
     if (tokens == 0) return;
     RouterBackwardArguments arguments{reinterpret_cast<const void*>(logits), reinterpret_cast<const int*>(topk_ids),
                                       reinterpret_cast<const float*>(grad_topk_weights),
