@@ -85,9 +85,10 @@ std::vector<char> encode_entry(const Hash128& key, const CacheEntry& entry) {
     payload.insert(payload.end(), entry.kernel_name.begin(), entry.kernel_name.end());
     payload.insert(payload.end(), entry.cubin.begin(), entry.cubin.end());
 
-    std::vector<char> file;
+    // Built from the magic rather than inserted into an empty vector: GCC 12 warns (falsely,
+    // -Wstringop-overflow) about the insert.
+    std::vector<char> file(kMagic, kMagic + sizeof kMagic);
     file.reserve(kHeaderSize + payload.size());
-    file.insert(file.end(), kMagic, kMagic + sizeof kMagic);
     put_u32(file, kCacheFormatVersion);
     put_u32(file, 0);
     put_u64(file, key.high);
