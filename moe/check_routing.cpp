@@ -2,13 +2,12 @@
 
 #include <moejit/error.hpp>
 
-#include "codegen/config.hpp"
 #include "codegen/kernel_problems.hpp"
+#include "moe/elementwise_kernel.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/environment.hpp"
 #include "runtime/launch_arguments.hpp"
-#include "runtime/runtime.hpp"
 
 #include <limits>
 #include <string>
@@ -35,9 +34,7 @@ struct Scratch {
 void check_routing(const Problem& gemm, const Routing& routing, bool uses_gather, CUstream stream) {
     const Driver& cu = driver();
     const DeviceInfo& device = current_device();
-    Problem problem = check_routing_problem(gemm.experts);
-    problem.arch = device.arch;
-    auto kernel = Runtime::instance().kernel(problem, choose_config(problem));
+    auto kernel = elementwise_kernel(check_routing_problem(gemm.experts), device);
 
     const int64_t rows = routing.rows;
     const long long unset = std::numeric_limits<long long>::max();

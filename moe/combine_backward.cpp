@@ -2,11 +2,10 @@
 
 #include <moejit/error.hpp>
 
-#include "codegen/config.hpp"
 #include "codegen/kernel_problems.hpp"
+#include "moe/elementwise_kernel.hpp"
 #include "runtime/device.hpp"
 #include "runtime/launch_arguments.hpp"
-#include "runtime/runtime.hpp"
 
 #include <algorithm>
 
@@ -25,8 +24,7 @@ void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out
             throw Error(to_spec(problem) + ": null or misaligned pointer argument");
     if (rows < 0) throw Error(to_spec(problem) + ": rows must not be negative");
     const DeviceInfo& device = current_device();
-    problem.arch = device.arch;
-    auto kernel = Runtime::instance().kernel(problem, choose_config(problem));
+    auto kernel = elementwise_kernel(problem, device);
     if (rows == 0) return;
     CombineBackwardArguments arguments{reinterpret_cast<const void*>(grad_out),  reinterpret_cast<const void*>(y),
                                        reinterpret_cast<const int*>(gather_idx), reinterpret_cast<const float*>(weights),

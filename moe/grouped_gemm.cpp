@@ -4,6 +4,7 @@
 #include "codegen/config.hpp"
 #include "codegen/kernel_problems.hpp"
 #include "moe/check_routing.hpp"
+#include "moe/elementwise_kernel.hpp"
 #include "runtime/device.hpp"
 #include "runtime/device_buffer.hpp"
 #include "runtime/launch_arguments.hpp"
@@ -34,12 +35,6 @@ void check_rows(int64_t rows, const Problem& problem) {
 
 unsigned elementwise_grid(int64_t work_items, int sm_count) {
     return static_cast<unsigned>(std::clamp<int64_t>((work_items + 255) / 256, 1, int64_t(sm_count) * 16));
-}
-
-// JITs (or finds) the kernel of an elementwise problem, validated by the caller, on the current device.
-std::shared_ptr<const Kernel> elementwise_kernel(Problem problem, const DeviceInfo& device) {
-    problem.arch = device.arch;
-    return Runtime::instance().kernel(problem, choose_config(problem));
 }
 
 }  // namespace

@@ -4,13 +4,12 @@
 #include <moejit/error.hpp>
 #include <moejit/routing.hpp>
 
-#include "codegen/config.hpp"
 #include "codegen/kernel_problems.hpp"
+#include "moe/elementwise_kernel.hpp"
 #include "moe/router_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/launch_arguments.hpp"
-#include "runtime/runtime.hpp"
 
 #include <algorithm>
 #include <string>
@@ -34,13 +33,6 @@ void check_pointer(CUdeviceptr pointer, unsigned alignment, const Where& where, 
 template <class Where>
 void check_dtype(DType dtype, const Where& where) {
     if (dtype != DType::bf16 && dtype != DType::fp16) throw Error(where() + ": dtype must be bf16 or fp16");
-}
-
-// The kernel of `problem` on the current device (JIT on first use, then from the runtime's cache).
-std::shared_ptr<const Kernel> kernel_for(Problem problem, const DeviceInfo& device) {
-    problem.arch = device.arch;
-    problem.validate();
-    return Runtime::instance().kernel(problem, choose_config(problem));
 }
 
 unsigned grid_for(int64_t blocks, int sm_count) {
@@ -96,7 +88,7 @@ void route_topk(const RouterConfig& router, DType dtype, CUdeviceptr logits, CUd
     check_pointer(topk_weights, 4, where, "topk_weights");
     check_tokens(tokens, where);
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(router_problem(Op::route_topk, router.experts, router.topk, dtype), device);
+    auto kernel = elementwise_kernel(router_problem(Op::route_topk, router.experts, router.topk, dtype), device);
     if (tokens == 0) return;
     RouteTopkArguments arguments{reinterpret_cast<const void*>(logits), reinterpret_cast<int*>(topk_ids),
                                  reinterpret_cast<float*>(topk_weights), tokens, router_mode(router)};
@@ -115,7 +107,7 @@ void router_backward(const RouterConfig& router, DType dtype, CUdeviceptr logits
     check_pointer(grad_logits, 2, where, "grad_logits");
     check_tokens(tokens, where);
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(router_problem(Op::router_backward, router.experts, router.topk, dtype), device);
+    auto kernel = elementwise_kernel(router_problem(Op::router_backward, router.experts, router.topk, dtype), device);
     if (tokens == 0) return;
     RouterBackwardArguments arguments{reinterpret_cast<const void*>(logits), reinterpret_cast<const int*>(topk_ids),
                                       reinterpret_cast<const float*>(grad_topk_weights),
@@ -158,8 +150,8 @@ void routing_indices(int experts, int topk, CUdeviceptr topk_ids, int64_t tokens
         throw Error(where() + ": workspace of " + std::to_string(workspace_bytes) + " bytes is too small for " +
                     std::to_string(tokens) + " tokens; routing_workspace_bytes gives " + std::to_string(needed));
     const DeviceInfo& device = current_device();
-    auto histogram = kernel_for(routing_indices_problem(Op::routing_histogram, experts), device);
-    auto indices = kernel_for(routing_indices_problem(Op::routing_indices, experts), device);
+    auto histogram = elementwise_kernel(routing_indices_problem(Op::routing_histogram, experts), device);
+    auto indices = elementwise_kernel(routing_indices_problem(Op::routing_indices, experts), device);
     if (rows == 0) {  // no slots: every expert gets zero rows
         check_cuda(driver().cuMemsetD32Async(m_sizes, 0, size_t(experts), stream), "routing_indices: clear m_sizes");
         return;
@@ -205,7 +197,7 @@ void permute_rows(DType dtype, int64_t width, int topk, CUdeviceptr x, CUdevicep
     check_pointer(gather_idx, 4, where, "gather_idx");
     check_pointer(xp, 16, where, "xp");
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(permute_rows_problem(dtype, width, topk), device);
+    auto kernel = elementwise_kernel(permute_rows_problem(dtype, width, topk), device);
     const int64_t rows = tokens * topk;
     if (rows == 0) return;
     PermuteRowsArguments arguments{reinterpret_cast<const void*>(x), reinterpret_cast<void*>(xp),
@@ -225,7 +217,7 @@ void unpermute_rows(DType dtype, int64_t width, CUdeviceptr y, CUdeviceptr gathe
     check_pointer(gather_idx, 4, where, "gather_idx");
     check_pointer(ys, 16, where, "ys");
     const DeviceInfo& device = current_device();
-    auto kernel = kernel_for(unpermute_rows_problem(dtype, width), device);
+    auto kernel = elementwise_kernel(unpermute_rows_problem(dtype, width), device);
     if (rows == 0) return;
     PermuteRowsArguments arguments{reinterpret_cast<const void*>(y), reinterpret_cast<void*>(ys),
                                    reinterpret_cast<const int*>(gather_idx), rows};
