@@ -92,6 +92,22 @@ TEST_CASE("moejit bench --skew takes a whole number in (0, 1] and says so otherw
     }
 }
 
+TEST_CASE("--tokens takes the same positive integers in bench and precompile", "[cpu][cli]") {
+    // Both read --tokens before any GPU or NVRTC work; --pass bogus then shows an accepted value.
+    for (const char* tokens : {"+12", " 12", "12 ", "0", "1e3", "99999999999", ""}) {
+        INFO("--tokens '" << tokens << "'");
+        const ProcessResult bench = run_cli({"bench", "--model", "qwen3-30b-a3b", "--tokens", tokens, "--pass", "bogus"});
+        CHECK(bench.status == 1);
+        CHECK(mentions(bench.err, std::string("bad --tokens '") + tokens + "': expected a positive integer"));
+        const ProcessResult precompile =
+            run_cli({"precompile", "--model", "qwen3-30b-a3b", "--tokens", std::string("16,") + tokens});
+        CHECK(precompile.status == 1);
+        CHECK(mentions(precompile.err, std::string("bad --tokens '") + tokens + "': expected a positive integer"));
+    }
+    const ProcessResult accepted = run_cli({"bench", "--model", "qwen3-30b-a3b", "--tokens", "999999999", "--pass", "bogus"});
+    CHECK(mentions(accepted.err, "--pass must be fwd, dx or dw, got 'bogus'"));
+}
+
 TEST_CASE("output that cannot be written fails the command", "[cpu][cli]") {
     if (!std::filesystem::exists("/dev/full")) {
         WARN("no /dev/full on this machine: not tested");

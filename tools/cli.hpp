@@ -59,6 +59,11 @@ Kernel resolve_kernel(const Args& args);
 DType parse_dtype(const std::string& text);
 Op parse_pass(const std::string& text);
 
+// A --tokens value: digits only, 1 to 999999999 (so that tokens x topk rows stay countable).
+int64_t parse_token_count(const std::string& text);
+// A comma-separated list of them: "16,8192".
+std::vector<int64_t> parse_token_counts(const std::string& text);
+
 std::string format_bytes(uint64_t bytes);  // "12.3 KiB"
 std::string format_ms(double milliseconds);  // "152 ms", "0.31 ms"
 

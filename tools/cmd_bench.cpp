@@ -21,17 +21,7 @@ namespace moejit::cli {
 
 namespace {
 
-int64_t parse_tokens(const Args& args) {
-    const std::string text = args.value("--tokens").value_or("8192");
-    size_t used = 0;
-    long long tokens = -1;
-    try {
-        tokens = std::stoll(text, &used);
-    } catch (const std::exception&) {
-    }
-    if (used != text.size() || tokens < 1) throw Error("--tokens must be a positive integer, got '" + text + "'");
-    return tokens;
-}
+int64_t parse_tokens(const Args& args) { return parse_token_count(args.value("--tokens").value_or("8192")); }
 
 // --skew: the share of the experts that get tokens, in (0, 1]; the whole text must be the number.
 double parse_skew(const Args& args) {

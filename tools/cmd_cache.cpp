@@ -241,19 +241,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     // Token counts pick the tilings: each count's rows bucket for each kernel (decode-sized calls
     // take other tiles on sm_90a). Without --tokens: the large-call tilings only.
     std::vector<int64_t> token_counts;
-    if (const auto tokens = args.value("--tokens")) {
-        size_t begin = 0;
-        while (begin <= tokens->size()) {
-            size_t end = tokens->find(',', begin);
-            if (end == std::string::npos) end = tokens->size();
-            const std::string item = tokens->substr(begin, end - begin);
-            if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9 ||
-                std::stoll(item) < 1)
-                throw Error("bad --tokens '" + *tokens + "': expected positive integers separated by commas");
-            token_counts.push_back(std::stoll(item));
-            begin = end + 1;
-        }
-    }
+    if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
 
     std::vector<std::pair<Problem, Config>> kernels;
     for (const Problem& problem : model_kernels(model, arch, dtype)) {

@@ -132,6 +132,25 @@ Kernel resolve_kernel(const Args& args) {
     return kernel;
 }
 
+int64_t parse_token_count(const std::string& text) {
+    if (text.empty() || text.size() > 9 || text.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoll(text) < 1)
+        throw Error("bad --tokens '" + text + "': expected a positive integer (at most 999999999)");
+    return std::stoll(text);
+}
+
+std::vector<int64_t> parse_token_counts(const std::string& text) {
+    std::vector<int64_t> counts;
+    size_t begin = 0;
+    while (begin <= text.size()) {
+        size_t end = text.find(',', begin);
+        if (end == std::string::npos) end = text.size();
+        counts.push_back(parse_token_count(text.substr(begin, end - begin)));
+        begin = end + 1;
+    }
+    return counts;
+}
+
 std::string format_bytes(uint64_t bytes) {
     char text[32];
     if (bytes < 1024) std::snprintf(text, sizeof text, "%llu B", static_cast<unsigned long long>(bytes));
