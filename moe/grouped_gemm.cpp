@@ -126,7 +126,6 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
             Config& chosen = pass->variants[static_cast<int>(bucket)].config;
             chosen = config_override_.empty() ? select_config(pass->problem, bucket, device)
                                               : Config::parse(config_override_);
-            if (pass->problem.op == Op::dw) chosen.cluster = 1;  // CTA pairs are for the row-grouped passes
             check_config(pass->problem, chosen);
         }
         passes_[i] = std::move(pass);
