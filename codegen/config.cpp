@@ -239,7 +239,7 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 configs.push_back(deepest);
                 for (int fewer : {4, 3})  // the deepest ring is not always fastest (gathered rows: 3 of 128x256)
                     if (fewer < deepest.stages) configs.push_back(hopper_config(tile_m, tile_n, fewer));
-                if (tile_m == 128 && problem.op != Op::dw) {  // the same tiles in CTA pairs
+                if (tile_m == 128) {  // the same tiles in CTA pairs
                     Config paired = deepest;
                     paired.cluster = 2;
                     configs.push_back(paired);
@@ -269,7 +269,6 @@ void check_config(const Problem& problem, const Config& config) {
             throw Error(what + ": the gated epilogue needs n128 or n256");
         if (config.stages < 3) throw Error(what + ": hopper kernels need at least 3 stages");
         if (config.cluster != 1 && config.cluster != 2) throw Error(what + ": clusters are of 1 or 2 CTAs");
-        if (config.cluster == 2 && problem.op == Op::dw) throw Error(what + ": dW kernels run without clusters");
         if (config.cluster == 2 && config.tile_n < 128) throw Error(what + ": a CTA pair needs n128 or n256");
     } else {
         check_portable_tiling(problem, config, what);

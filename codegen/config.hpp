@@ -18,8 +18,9 @@ struct Config {
     int stages = 3;
     int warps_m = 2;  // portable only; a hopper tile has tile_m/64 consumer warpgroups
     int warps_n = 4;
-    // Hopper row-grouped passes only: CTAs per cluster. In a pair, the two CTAs take neighbouring
-    // tiles and, where both need the same weight tile, each loads half of it for both (TMA multicast).
+    // Hopper only: CTAs per cluster. In a pair, the two CTAs take neighbouring tiles and, where both
+    // need the same operand tile (forward and dX: weights; dW: X), each loads half of it for both
+    // (TMA multicast).
     int cluster = 1;
     static constexpr int tile_k = 64;  // fixed by the templates' 128-byte swizzled rows
 

@@ -50,7 +50,9 @@ Source emit_source(const Problem& problem, const Config& config) {
             header = "kernels/" + family + "_grouped_gemm_dw.cuh";
             config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "WeightGradConfig<\n    " +
                           element + ",\n" + gemm_parameters(problem, config) +
-                          (config.hopper() ? ", /*StagingBoxes=*/" + std::to_string(dw_staging_boxes(problem, config)) : "") +
+                          (config.hopper() ? ", /*StagingBoxes=*/" + std::to_string(dw_staging_boxes(problem, config)) +
+                                                 ", /*Cluster=*/" + std::to_string(config.cluster)
+                                           : "") +
                           ">";
             kernel = "moejit::" + family + "_grouped_gemm_dw";
             break;

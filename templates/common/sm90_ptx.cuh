@@ -76,6 +76,17 @@ __device__ __forceinline__ void tma_load_3d(uint32 destination, const TensorMap&
 
 // The same box, written at the same shared offset into every CTA of the cluster named in `ctas`
 // (bit i: rank i), completing bytes on the barrier at the same offset in each of them.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32 destination, const TensorMap& map, int c0, int c1,
+                                                      uint32 barrier, unsigned short ctas) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, "
+        "%3}], [%4], %5;\n" ::"r"(destination),
+        "l"(reinterpret_cast<uint64>(&map)), "r"(c0), "r"(c1), "r"(barrier), "h"(ctas)
+        : "memory");
+}
+
+// The 3-D box, written at the same shared offset into every CTA of the cluster named in `ctas`
+// (bit i: rank i), completing bytes on the barrier at the same offset in each of them.
 __device__ __forceinline__ void tma_load_3d_multicast(uint32 destination, const TensorMap& map, int c0, int c1, int c2,
                                                       uint32 barrier, unsigned short ctas) {
     asm volatile(

@@ -9,6 +9,12 @@
 // TMA; a slice whose rows are indirect (permute_y for dY, permute_x for X) or that runs past the
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
+//
+// In CTA pairs (Cluster 2) the two CTAs take neighbouring tiles: in band order, two N tiles of one
+// expert and one K tile, which read the same X slices. Each CTA then loads its half of every X
+// slice and multicasts it to both, so a pair reads 64 KB a slice from L2 instead of 96 KB. The
+// pair walks the ring in lockstep (a slot is free once the consumers of both CTAs are done with
+// it), each CTA through as many slices as the longer of the two tiles.
 #include "common/arguments.cuh"
 #include "epilogue/sm90_box_store.cuh"
 #include "mma/sm90_pipeline.cuh"
@@ -17,11 +23,12 @@
 namespace moejit {
 
 template <class Element_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_, int TileN_, int Stages_,
-          int StagingBoxes_>
+          int StagingBoxes_, int Cluster_>
 struct Sm90WeightGradConfig {
     using Element = Element_;
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
+    static constexpr int Cluster = Cluster_;  // CTAs per cluster: 1, or a pair sharing X slices
     static constexpr int Consumers = TileM / 64;
     static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
     static constexpr int NTiles = (N + TileM - 1) / TileM, KTiles = (K + TileN - 1) / TileN;
@@ -53,6 +60,27 @@ struct Sm90WeightGradConfig {
     using GatherB = sm90::GatherPlan<sm90::kSliceK, TileN / 64>;
 
     static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
+    static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits X slices into halves of 64+ columns");
+};
+
+// The tiles of the pair (or single CTA) in round `pair_index`: tile Cluster * pair_index + rank for
+// each rank. Both CTAs of a pair compute both, to walk the same number of slices.
+template <class Cfg>
+struct WeightGradTile {
+    bool exists = false;
+    int expert = 0, n0 = 0, k0 = 0;
+
+    __device__ WeightGradTile(int tile_index) {
+        exists = tile_index < Cfg::Experts * Cfg::TilesPerExpert;
+        if (!exists) return;
+        // Expert-major; within an expert, bands of N tiles (grouped_tiles.cuh) so that the CTAs
+        // running at one time share blocks of both dY and X in L2.
+        expert = tile_index / Cfg::TilesPerExpert;
+        int n_tile, k_tile;
+        band_order(tile_index - expert * Cfg::TilesPerExpert, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
+        n0 = n_tile * Cfg::TileM;
+        k0 = k_tile * Cfg::TileN;
+    }
 };
 
 template <class Cfg>
@@ -63,31 +91,36 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     using Element = typename Cfg::Element;
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;  // row offsets only
     constexpr int Flags = Cfg::Flags;
-    constexpr int TotalTiles = Cfg::Experts * Cfg::TilesPerExpert;
+    constexpr int Cluster = Cfg::Cluster;
+    constexpr int Pairs = (Cfg::Experts * Cfg::TilesPerExpert + Cluster - 1) / Cluster;  // rounds of work, per cluster
+    using Tile = WeightGradTile<Cfg>;
 
     __shared__ typename Scheduler::Shared scheduler_storage;
-    __shared__ sm90::StageBarriers<Cfg::Stages> barriers;
+    __shared__ sm90::StageBarriers<Cfg::Stages, Cluster> barriers;
     extern __shared__ __align__(1024) unsigned char shared_raw[];
     const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;
 
     const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
     if (threadIdx.x == 0) {
-        barriers.init(1 + sm90::kGatherArrivals, Cfg::Consumers);
+        barriers.init(1 + sm90::kGatherArrivals, Cfg::Consumers * Cluster);
         if (!(Flags & kPermuteY)) sm90::prefetch_tensor_map(map_dy);
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
         sm90::prefetch_tensor_map(map_dw);
     }
-    const Scheduler scheduler(scheduler_storage, args.m_sizes);
-
-    // Expert-major; within an expert, bands of N tiles (grouped_tiles.cuh) so that the CTAs running
-    // at one time share blocks of both dY and X in L2.
-    auto tile_origin = [](int tile_index, int& expert, int& n0, int& k0) {
-        expert = tile_index / Cfg::TilesPerExpert;
-        int n_tile, k_tile;
-        band_order(tile_index - expert * Cfg::TilesPerExpert, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
-        n0 = n_tile * Cfg::TileM;
-        k0 = k_tile * Cfg::TileN;
+    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
+    // The partner's barriers are initialized before anything arrives on them or multicasts to them.
+    if constexpr (Cluster > 1) sm90::cluster_sync();
+    const int rank = Cluster > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
+    const int first_pair = blockIdx.x / Cluster, pair_stride = gridDim.x / Cluster;
+    auto slices_of = [&](const Tile& tile) {
+        return tile.exists ? (scheduler.rows(tile.expert) + sm90::kSliceK - 1) / sm90::kSliceK : 0;
+    };
+    // Slices this CTA walks in a round: its own, or its partner's where those are more.
+    auto ring_slices = [&](int pair, const Tile& own) {
+        int slices = slices_of(own);
+        if constexpr (Cluster > 1) slices = max_of(slices, slices_of(Tile(pair * Cluster + (rank ^ 1))));
+        return slices;
     };
 
     if (warpgroup == 0) {
@@ -95,22 +128,30 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const Element* dy = static_cast<const Element*>(args.a);
         const Element* x = static_cast<const Element*>(args.b);
         sm90::RingPosition<Cfg::Stages> position;
-        for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
-            int expert, n0, k0;
-            tile_origin(tile_index, expert, n0, k0);
+        for (int pair = first_pair; pair < Pairs; pair += pair_stride) {
+            const Tile tile(pair * Cluster + rank);
+            const int expert = tile.expert, n0 = tile.n0, k0 = tile.k0;
             const int row_begin = scheduler.row_begin(expert);
-            const int expert_rows = scheduler.rows(expert);
-            const int slices = (expert_rows + sm90::kSliceK - 1) / sm90::kSliceK;
-            for (int slice = 0; slice < slices; ++slice, position.advance()) {
+            const int expert_rows = tile.exists ? scheduler.rows(expert) : 0;
+            const int slices = slices_of(tile);
+            // The pair reads the same X slices: each CTA loads half and multicasts it to both.
+            bool shares_x = false;
+            if constexpr (Cluster > 1) {
+                const Tile partner(pair * Cluster + (rank ^ 1));
+                shares_x = tile.exists && partner.exists && partner.expert == expert && partner.k0 == k0;
+            }
+            const int walk = ring_slices(pair, tile);
+            for (int slice = 0; slice < walk; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
                 const uint32 sA = ring + position.stage * Cfg::StageBytes;
                 const uint32 sB = sA + Cfg::BytesA;
                 const uint32 full = barriers.full_address(position.stage);
                 const int slice_row = slice * sm90::kSliceK;  // within the expert
+                const bool own = slice < slices;  // else only walking with the partner: an empty slot
                 const bool whole = slice_row + sm90::kSliceK <= expert_rows &&
                                    static_cast<int64>(row_begin) + slice_row + sm90::kSliceK <= args.rows;
-                const bool tma_a = whole && !(Flags & kPermuteY);
-                const bool tma_b = whole && !(Flags & kPermuteX);
+                const bool tma_a = own && whole && !(Flags & kPermuteY);
+                const bool tma_b = own && whole && !(Flags & kPermuteX);
                 if (thread == 0) {
                     sm90::mbarrier_arrive_expect_tx(full, (tma_a ? Cfg::BytesA : 0) + (tma_b ? Cfg::BytesB : 0));
                     const int row = row_begin + slice_row;
@@ -118,10 +159,16 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
 #pragma unroll
                         for (int box = 0; box < Cfg::TileM / 64; ++box)
                             sm90::tma_load_2d(sA + box * Cfg::BoxBytes, map_dy, n0 + box * 64, row, full);
-                    if (tma_b)
+                    if (tma_b) {
+                        constexpr int Boxes = Cfg::TileN / 64;
 #pragma unroll
-                        for (int box = 0; box < Cfg::TileN / 64; ++box)
-                            sm90::tma_load_2d(sB + box * Cfg::BoxBytes, map_x, k0 + box * 64, row, full);
+                        for (int box = 0; box < Boxes; ++box) {
+                            const uint32 destination = sB + box * Cfg::BoxBytes;
+                            if (!shares_x) sm90::tma_load_2d(destination, map_x, k0 + box * 64, row, full);
+                            else if (box / (Boxes / 2) == rank)
+                                sm90::tma_load_2d_multicast(destination, map_x, k0 + box * 64, row, full, 0x3);
+                        }
+                    }
                 }
                 // This thread's four slice rows (t/8 + 16q): source rows, or -1 past the expert's end.
                 auto source_rows = [&](bool x_side, int64 (&source)[4]) {
@@ -151,42 +198,49 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                                          valid ? matrix + row * pitch + col : matrix, valid);
                     }
                 };
-                if (!tma_a) gather(typename Cfg::GatherA{}, sA, dy, Cfg::N, n0, false);
-                if (!tma_b) gather(typename Cfg::GatherB{}, sB, x, Cfg::K, k0, true);
+                if (own && !tma_a) gather(typename Cfg::GatherA{}, sA, dy, Cfg::N, n0, false);
+                if (own && !tma_b) gather(typename Cfg::GatherB{}, sB, x, Cfg::K, k0, true);
                 sm90::cp_async_arrive_noinc(full);  // every producer thread, gathering this slice or not
             }
         }
-        return;
-    }
-
-    sm90::claim_registers<Cfg::ConsumerRegisters>();
-    const int consumer = warpgroup - 1;  // owns dW rows n0 + [64 * consumer, 64 * consumer + 64)
-    float accumulators[Cfg::Mma::Registers];
-    sm90::RingPosition<Cfg::Stages> position;
-    sm90::SlotReleaser<Cfg::Stages> release;
-    const typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
-                                    1 + consumer};
-    for (int tile_index = blockIdx.x; tile_index < TotalTiles; tile_index += gridDim.x) {
-        int expert, n0, k0;
-        tile_origin(tile_index, expert, n0, k0);
-        const int slices = (scheduler.rows(expert) + sm90::kSliceK - 1) / sm90::kSliceK;
+    } else {
+        sm90::claim_registers<Cfg::ConsumerRegisters>();
+        const int consumer = warpgroup - 1;  // owns dW rows n0 + [64 * consumer, 64 * consumer + 64)
+        float accumulators[Cfg::Mma::Registers];
+        sm90::RingPosition<Cfg::Stages> position;
+        sm90::SlotReleaser<Cfg::Stages> release;
+        const typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
+                                        1 + consumer};
+        for (int pair = first_pair; pair < Pairs; pair += pair_stride) {
+            const Tile tile(pair * Cluster + rank);
+            const int slices = slices_of(tile);
+            const int walk = ring_slices(pair, tile);
 #pragma unroll
-        for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
-        for (int slice = 0; slice < slices; ++slice, position.advance()) {
-            sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-            sm90::fence_proxy_async();  // rows gathered by cp.async
-            const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
-            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
-            sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB,
-                                                 Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
-            release.issued(accumulators, barriers, position.stage, thread == 0);
-        }
-        release.drain(accumulators, barriers, thread == 0);
+            for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
+            for (int slice = 0; slice < walk; ++slice, position.advance()) {
+                sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+                if (Cluster > 1 && slice >= slices) {  // the partner's slice count: hand the empty slot straight back
+                    release.drain(accumulators, barriers, thread == 0);
+                    if (thread == 0) barriers.release(position.stage);
+                    continue;
+                }
+                sm90::fence_proxy_async();  // rows gathered by cp.async
+                const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
+                const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
+                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow,
+                                                     sB, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
+                release.issued(accumulators, barriers, position.stage, thread == 0);
+            }
+            release.drain(accumulators, barriers, thread == 0);
+            if (!tile.exists) continue;
 
-        // dW[expert][n0 + 64 * consumer + row][k0 + column]; TMA clips rows past N and columns past K.
-        store.store(accumulators, map_dw, k0, n0 + consumer * 64, expert, Cfg::K, thread);
+            // dW[expert][n0 + 64 * consumer + row][k0 + column]; TMA clips rows past N and columns past K.
+            store.store(accumulators, map_dw, tile.k0, tile.n0 + consumer * 64, tile.expert, Cfg::K, thread);
+        }
+        store.finish(thread);
     }
-    store.finish(thread);
+    // Neither CTA of a pair leaves while the other may still arrive on its barriers or multicast to it.
+    if constexpr (Cluster > 1) sm90::cluster_sync();
 }
 
 }  // namespace moejit
