@@ -73,6 +73,10 @@ const char* to_string(RowsBucket bucket) {
 
 namespace {
 
+// CTA pairs multicast an operand tile both CTAs read: the expert's weights in the row-grouped
+// passes, X slices in dW, unless X rows are gathered (TMA cannot gather).
+bool pairs_share_operand(const Problem& problem) { return !(problem.op == Op::dw && problem.permute_x); }
+
 Config hopper_config(int tile_m, int tile_n, int stages) {
     Config config;
     config.path = KernelPath::hopper;
@@ -239,7 +243,7 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 configs.push_back(deepest);
                 for (int fewer : {4, 3})  // the deepest ring is not always fastest (gathered rows: 3 of 128x256)
                     if (fewer < deepest.stages) configs.push_back(hopper_config(tile_m, tile_n, fewer));
-                if (tile_m == 128) {  // the same tiles in CTA pairs
+                if (tile_m == 128 && pairs_share_operand(problem)) {  // the same tiles in CTA pairs
                     Config paired = deepest;
                     paired.cluster = 2;
                     configs.push_back(paired);
@@ -270,6 +274,8 @@ void check_config(const Problem& problem, const Config& config) {
         if (config.stages < 3) throw Error(what + ": hopper kernels need at least 3 stages");
         if (config.cluster != 1 && config.cluster != 2) throw Error(what + ": clusters are of 1 or 2 CTAs");
         if (config.cluster == 2 && config.tile_n < 128) throw Error(what + ": a CTA pair needs n128 or n256");
+        if (config.cluster == 2 && !pairs_share_operand(problem))
+            throw Error(what + ": dW pairs multicast X slices loaded by TMA, and permute_x gathers them");
     } else {
         check_portable_tiling(problem, config, what);
     }

@@ -217,13 +217,8 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             const int walk = ring_slices(pair, tile);
 #pragma unroll
             for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
-            for (int slice = 0; slice < walk; ++slice, position.advance()) {
+            for (int slice = 0; slice < slices; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-                if (Cluster > 1 && slice >= slices) {  // the partner's slice count: hand the empty slot straight back
-                    release.drain(accumulators, barriers, thread == 0);
-                    if (thread == 0) barriers.release(position.stage);
-                    continue;
-                }
                 sm90::fence_proxy_async();  // rows gathered by cp.async
                 const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
                 const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
@@ -232,6 +227,13 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
             release.drain(accumulators, barriers, thread == 0);
+            // Walking on with the partner through its longer tile: empty slots, handed straight
+            // back. Apart from the loop above, since ptxas serializes every wgmma of a loop in which
+            // one path leaves the accumulators untouched (C7520).
+            for (int slice = slices; slice < walk; ++slice, position.advance()) {
+                sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+                if (thread == 0) barriers.release(position.stage);
+            }
             if (!tile.exists) continue;
 
             // dW[expert][n0 + 64 * consumer + row][k0 + column]; TMA clips rows past N and columns past K.
