@@ -16,36 +16,41 @@ constexpr int kBoxStoreRowBytes = 128;  // one swizzle period
 constexpr int kBoxStoreBytes = kBoxStoreRows * kBoxStoreRowBytes;
 
 // Out: the stored type (16-bit or float). TileN accumulator columns per row, `Buffers` boxes of
-// shared memory (1024-byte aligned) at `base`: the tile goes out Buffers boxes at a time.
+// shared memory (1024-byte aligned) at `base`, used in turn.
 template <class Out, int TileN, int Buffers>
 struct BoxStore {
     static constexpr int BoxCols = kBoxStoreRowBytes / sizeof(Out);
     static constexpr int Boxes = TileN / BoxCols;
-    static_assert(Boxes % Buffers == 0, "whole batches of boxes");
+    static_assert(Buffers == 1 || Buffers == 2, "");
 
     uint32 base;
     int barrier_id;  // named barrier of this warpgroup
 
     // Accumulator columns [0, TileN) of this warpgroup's rows go to map coordinates (col0 + column,
     // row0 + row, matrix); boxes starting at or past `cols` are skipped (the same for every thread).
+    // Box b goes through buffer b % Buffers. With two buffers, TMA reads box b - 1 while box b is
+    // written: the issuing thread waits for that read only after writing its share of box b.
     template <int Registers>
     __device__ __forceinline__ void store(const float (&accumulators)[Registers], const TensorMap& map, int col0,
                                           int row0, int matrix, int cols, int thread) const {
         static_assert(Registers == TileN / 2, "m64 x TileN fp32 fragment");
 #pragma unroll
-        for (int first = 0; first < Boxes; first += Buffers) {
-            if (col0 + first * BoxCols >= cols) break;
-            if (thread == 0) bulk_wait_read<0>();  // the previous batch has left the buffers
-            named_barrier(barrier_id, kWarpgroupThreads);
-#pragma unroll
-            for (int b = 0; b < Buffers; ++b) write_box(accumulators, first + b, base + b * kBoxStoreBytes, thread);
+        for (int box = 0; box < Boxes; ++box) {
+            if (col0 + box * BoxCols >= cols) break;
+            // The buffer is free: the previous tile's stores (or, with one buffer, the previous box)
+            // have been read.
+            if (box == 0 || Buffers == 1) {
+                if (thread == 0) bulk_wait_read<0>();
+                named_barrier(barrier_id, kWarpgroupThreads);
+            }
+            const uint32 buffer = base + (box % Buffers) * kBoxStoreBytes;
+            write_box(accumulators, box, buffer, thread);
             fence_proxy_async();  // the generic-proxy writes, before TMA reads them
+            // Box b - 1 read, so that box b + 1 may overwrite its buffer after the barrier.
+            if (Buffers == 2 && thread == 0) bulk_wait_read<0>();
             named_barrier(barrier_id, kWarpgroupThreads);
             if (thread == 0) {
-#pragma unroll
-                for (int b = 0; b < Buffers; ++b)
-                    if (col0 + (first + b) * BoxCols < cols)
-                        tma_store_3d(map, base + b * kBoxStoreBytes, col0 + (first + b) * BoxCols, row0, matrix);
+                tma_store_3d(map, buffer, col0 + box * BoxCols, row0, matrix);
                 bulk_commit();
             }
         }
