@@ -32,7 +32,7 @@ Config Config::parse(const std::string& text) {
     if (!parsed || static_cast<size_t>(consumed) != text.size() || config.to_string() != text)
         throw Error("bad config '" + text +
                     "': expected e.g. m128n128s4w2x4 (portable: tile M, tile N, stages, warps) or h:m128n256s4 "
-                    "(hopper: tile M, tile N, stages; a c2 suffix pairs CTAs in clusters)");
+                    "(hopper: tile M, tile N, stages; a c2 suffix pairs CTAs in clusters, c4 in dW clusters of four)");
     return config;
 }
 
@@ -72,10 +72,6 @@ const char* to_string(RowsBucket bucket) {
 }
 
 namespace {
-
-// CTA pairs multicast an operand tile both CTAs read: the expert's weights in the row-grouped
-// passes, X slices in dW, unless X rows are gathered (TMA cannot gather).
-bool pairs_share_operand(const Problem& problem) { return !(problem.op == Op::dw && problem.permute_x); }
 
 Config hopper_config(int tile_m, int tile_n, int stages) {
     Config config;
@@ -208,6 +204,14 @@ void check_portable_tiling(const Problem& problem, const Config& config, const s
 
 }  // namespace
 
+int max_cluster(const Problem& problem, const Config& config) {
+    if (!config.hopper() || (problem.op == Op::dw && problem.permute_x)) return 1;
+    // Each CTA loads a share of whole 64-column boxes: of the weight tile's TileN rows, or in dW of
+    // the X slice's TileN columns.
+    const int shares = config.tile_n / 64;
+    return std::min(problem.op == Op::dw ? 4 : 2, shares);
+}
+
 int dw_staging_boxes(const Problem& problem, const Config& config) {
     const size_t two = ring_bytes(config) + size_t(config.tile_m / 64) * 2 * kStagingBoxBytes + 1024 +
                        hopper_static_bytes(problem);
@@ -243,11 +247,12 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 configs.push_back(deepest);
                 for (int fewer : {4, 3})  // the deepest ring is not always fastest (gathered rows: 3 of 128x256)
                     if (fewer < deepest.stages) configs.push_back(hopper_config(tile_m, tile_n, fewer));
-                if (tile_m == 128 && pairs_share_operand(problem)) {  // the same tiles in CTA pairs
-                    Config paired = deepest;
-                    paired.cluster = 2;
-                    configs.push_back(paired);
-                }
+                if (tile_m == 128)  // the same tiles in clusters: pairs, and in dW four CTAs along N
+                    for (int cluster = 2; cluster <= max_cluster(problem, deepest); cluster *= 2) {
+                        Config clustered = deepest;
+                        clustered.cluster = cluster;
+                        configs.push_back(clustered);
+                    }
             }
         return configs;
     }
@@ -272,10 +277,12 @@ void check_config(const Problem& problem, const Config& config) {
         if (problem.gated && problem.op == Op::fwd && config.tile_n < 128)
             throw Error(what + ": the gated epilogue needs n128 or n256");
         if (config.stages < 3) throw Error(what + ": hopper kernels need at least 3 stages");
-        if (config.cluster != 1 && config.cluster != 2) throw Error(what + ": clusters are of 1 or 2 CTAs");
-        if (config.cluster == 2 && config.tile_n < 128) throw Error(what + ": a CTA pair needs n128 or n256");
-        if (config.cluster == 2 && !pairs_share_operand(problem))
-            throw Error(what + ": dW pairs multicast X slices loaded by TMA, and permute_x gathers them");
+        if (config.cluster != 1 && config.cluster != 2 && config.cluster != 4)
+            throw Error(what + ": clusters are of 1, 2 or 4 CTAs");
+        if (config.cluster > max_cluster(problem, config))
+            throw Error(what + ": at most " + std::to_string(max_cluster(problem, config)) +
+                        " CTA(s) a cluster here (pairs need n128 or more; clusters of four only dW with n256; "
+                        "dW clusters multicast X slices loaded by TMA, which permute_x gathers instead)");
     } else {
         check_portable_tiling(problem, config, what);
     }

@@ -18,9 +18,9 @@ struct Config {
     int stages = 3;
     int warps_m = 2;  // portable only; a hopper tile has tile_m/64 consumer warpgroups
     int warps_n = 4;
-    // Hopper only: CTAs per cluster. In a pair, the two CTAs take neighbouring tiles and, where both
-    // need the same operand tile (forward and dX: weights; dW: X), each loads half of it for both
-    // (TMA multicast).
+    // Hopper only: CTAs per cluster (2; dW also 4). The CTAs of a cluster take neighbouring tiles
+    // and, where all need the same operand tile (forward and dX: weights; dW: X), each loads its
+    // share of it for all (TMA multicast).
     int cluster = 1;
     static constexpr int tile_k = 64;  // fixed by the templates' 128-byte swizzled rows
 
@@ -39,6 +39,11 @@ struct Config {
 // Hopper row-grouped kernels that gather A into 128-row tiles, without clusters. Mirrors `Dynamic`
 // in templates/kernels/sm90_grouped_gemm.cuh.
 bool claims_tiles(const Problem& problem, const Config& config);
+
+// The most CTAs a cluster of `config`'s tiles may have for `problem`: 2 in the row-grouped
+// passes (n128 or more), 4 in dW (n256), 1 on the portable path and in dW with permute_x (nothing
+// to multicast: X rows are gathered by cp.async).
+int max_cluster(const Problem& problem, const Config& config);
 
 // Dynamic shared memory one block may opt into on each supported arch.
 size_t max_shared_bytes(const Arch& arch);

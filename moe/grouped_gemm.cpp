@@ -124,8 +124,12 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
         pass->problem = gemm_pass(forward_, static_cast<GemmPass>(i));
         for (RowsBucket bucket : kRowsBuckets) {
             Config& chosen = pass->variants[static_cast<int>(bucket)].config;
-            chosen = config_override_.empty() ? select_config(pass->problem, bucket, device)
-                                              : Config::parse(config_override_);
+            if (config_override_.empty()) {
+                chosen = select_config(pass->problem, bucket, device);
+            } else {  // the same tiles in every pass, clustered as far as the pass allows
+                chosen = Config::parse(config_override_);
+                chosen.cluster = std::min(chosen.cluster, max_cluster(pass->problem, chosen));
+            }
             check_config(pass->problem, chosen);
         }
         passes_[i] = std::move(pass);

@@ -33,6 +33,15 @@ TEST_CASE("check_config accepts CTA pairs only for Hopper tiles of n128 or more 
     Problem dw_gathered = dw;  // X rows gathered by cp.async: nothing for a pair to multicast
     dw_gathered.permute_x = true;
     CHECK_THROWS_AS(check_config(dw_gathered, Config::parse("h:m128n256s4c2")), Error);
+    // Four CTAs: only in dW, each loading one 64-column box of an n256 X slice.
+    CHECK_NOTHROW(check_config(dw, Config::parse("h:m128n256s4c4")));
+    CHECK_THROWS_AS(check_config(dw, Config::parse("h:m128n128s4c4")), Error);
+    CHECK_THROWS_AS(check_config(forward, Config::parse("h:m128n256s3c4")), Error);
+    CHECK(max_cluster(dw, Config::parse("h:m128n256s4")) == 4);
+    CHECK(max_cluster(dw, Config::parse("h:m128n128s4")) == 2);
+    CHECK(max_cluster(forward, Config::parse("h:m128n256s4")) == 2);
+    CHECK(max_cluster(dw_gathered, Config::parse("h:m128n256s4")) == 1);
+    CHECK(max_cluster(forward, Config::parse("m128n128s4w2x4")) == 1);
     CHECK_THROWS_AS(check_config(forward, Config::parse("h:m128n64s4c2")), Error);
     CHECK_THROWS_AS(check_config(forward, Config::parse("h:m128n256s3c3")), Error);
     // The static shared memory counts too: 9 stages of 64x128 plus staging fit in the 227 KB alone,
@@ -71,14 +80,16 @@ TEST_CASE("every Hopper candidate passes check_config, CTA pairs among them wher
                              "dw:bf16:n2048:k768:e128:topk8:sm_90a", "fwd:bf16:n14336:k4096:e8:topk2:sm_90a",
                              "dw:bf16:n2048:k768:e128:topk8:permute_x:sm_90a"}) {
         const Problem problem = parse_spec(spec);
-        bool paired = false;
+        bool paired = false, fours = false;
         for (const Config& config : candidate_configs(problem)) {
             INFO(spec << " " << config.to_string());
             CHECK(config.hopper());
             CHECK_NOTHROW(check_config(problem, config));
             paired = paired || config.cluster == 2;
+            fours = fours || config.cluster == 4;
         }
         CHECK(paired == !problem.permute_x);
+        CHECK(fours == (problem.op == Op::dw && !problem.permute_x));
     }
 }
 

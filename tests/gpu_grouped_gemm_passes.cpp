@@ -295,6 +295,32 @@ TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu][gemm][
     }
 }
 
+TEST_CASE("passes: dW in CTA clusters (pairs and fours along N) matches float64", "[gpu][gemm][hopper]") {
+    const Problem probe = make_problem(DType::bf16, 208, 136, 8, 2, kNone);
+    if (GroupedGemm(probe).problem().arch.sm() != 90) {
+        WARN("not an sm_90a device: no Hopper kernels to test");
+        return;
+    }
+    std::vector<int> allowed = all_experts(8);
+    allowed.erase(allowed.begin() + 5);  // an empty expert
+    const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+    // n512: four N tiles of 128 an expert, so a cluster's tiles share X slices (the second K tile
+    // is 8 columns wide). n208: two N tiles an expert, so a cluster of four spans two experts with
+    // different row counts and walks the ring through the longer one's slices.
+    for (int64_t n : {512, 208}) {
+        Problem dw = make_problem(DType::bf16, n, 264, 8, 2, kNone);
+        dw.op = Op::dw;
+        dw.arch = GroupedGemm(probe).problem().arch;
+        for (const Config& config : candidate_configs(dw)) {
+            if (config.cluster == 1) continue;
+            INFO("config " << config.to_string());
+            check_passes(DType::bf16, n, 264, routing, kNone, kDw | kDw32, config.to_string());
+            check_passes(DType::bf16, n, 264, routing, kPermuteY, kDw, config.to_string());
+            check_passes(DType::fp16, n, 264, routing, kNone, kDw32, config.to_string());
+        }
+    }
+}
+
 TEST_CASE("passes: a tile-claiming forward on two streams at once matches one on the default stream", "[gpu][gemm][hopper]") {
     // Hopper kernels that gather A into 128-row tiles claim tiles from a counter the library keeps
     // per stream (templates/scheduler/tile_queue.cuh); launches on two streams must not share one.

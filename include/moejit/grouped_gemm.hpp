@@ -41,7 +41,9 @@ public:
     explicit GroupedGemm(Problem forward);
     // With an explicit tiling for every pass and row count instead of the heuristic's (or the
     // tuned one), e.g. "m128n128s3w2x4" (portable path) or "h:m128n256s4" (Hopper path), or
-    // "h:m128n256s3c2": forward and dX in CTA pairs that share weight tiles (dW runs unpaired).
+    // "h:m128n256s4c2": CTA pairs that share weight tiles (forward, dX) or X slices (dW). Each pass
+    // takes the cluster as far as it allows (c4: dW in fours, forward and dX in pairs; dW with
+    // permute_x unclustered); config() reports what each pass runs.
     GroupedGemm(Problem forward, const std::string& config);
     ~GroupedGemm();
 

@@ -10,11 +10,12 @@
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
 //
-// In CTA pairs (Cluster 2) the two CTAs take neighbouring tiles: in band order, two N tiles of one
-// expert and one K tile, which read the same X slices. Each CTA then loads its half of every X
-// slice and multicasts it to both, so a pair reads 64 KB a slice from L2 instead of 96 KB. The
-// pair walks the ring in lockstep (a slot is free once the consumers of both CTAs are done with
-// it), each CTA through as many slices as the longer of the two tiles.
+// In clusters (Cluster 2 or 4) the CTAs take neighbouring tiles: in band order, Cluster N tiles of
+// one expert and one K tile, which read the same X slices. Each CTA then loads its share of every
+// X slice and multicasts it to all, so that per slice a pair reads 64 KB from L2 instead of 96 KB,
+// four CTAs 96 KB instead of 192 KB. The cluster walks the ring in lockstep (a slot is free once
+// the consumers of every CTA are done with it), each CTA through as many slices as the longest
+// tile of the cluster.
 #include "common/arguments.cuh"
 #include "epilogue/sm90_box_store.cuh"
 #include "mma/sm90_pipeline.cuh"
@@ -28,7 +29,7 @@ struct Sm90WeightGradConfig {
     using Element = Element_;
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
-    static constexpr int Cluster = Cluster_;  // CTAs per cluster: 1, or a pair sharing X slices
+    static constexpr int Cluster = Cluster_;  // CTAs per cluster: 1, or 2 or 4 sharing X slices
     static constexpr int Consumers = TileM / 64;
     static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
     static constexpr int NTiles = (N + TileM - 1) / TileM, KTiles = (K + TileN - 1) / TileN;
@@ -60,11 +61,12 @@ struct Sm90WeightGradConfig {
     using GatherB = sm90::GatherPlan<sm90::kSliceK, TileN / 64>;
 
     static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
-    static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits X slices into halves of 64+ columns");
+    static_assert(Cluster == 1 || ((Cluster == 2 || Cluster == 4) && TileN / 64 % Cluster == 0),
+                  "a cluster splits X slices into shares of whole 64-column boxes");
 };
 
-// The tiles of the pair (or single CTA) in round `pair_index`: tile Cluster * pair_index + rank for
-// each rank. Both CTAs of a pair compute both, to walk the same number of slices.
+// The tiles of the cluster (or single CTA) in round `round`: tile Cluster * round + rank for each
+// rank. Every CTA of a cluster computes all of them, to walk the same number of slices.
 template <class Cfg>
 struct WeightGradTile {
     bool exists = false;
@@ -92,7 +94,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;  // row offsets only
     constexpr int Flags = Cfg::Flags;
     constexpr int Cluster = Cfg::Cluster;
-    constexpr int Pairs = (Cfg::Experts * Cfg::TilesPerExpert + Cluster - 1) / Cluster;  // rounds of work, per cluster
+    constexpr int Rounds = (Cfg::Experts * Cfg::TilesPerExpert + Cluster - 1) / Cluster;  // of Cluster tiles
     using Tile = WeightGradTile<Cfg>;
 
     __shared__ typename Scheduler::Shared scheduler_storage;
@@ -109,17 +111,19 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::prefetch_tensor_map(map_dw);
     }
     const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
-    // The partner's barriers are initialized before anything arrives on them or multicasts to them.
+    // The other CTAs' barriers are initialized before anything arrives on them or multicasts to them.
     if constexpr (Cluster > 1) sm90::cluster_sync();
     const int rank = Cluster > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
-    const int first_pair = blockIdx.x / Cluster, pair_stride = gridDim.x / Cluster;
+    const int first_round = blockIdx.x / Cluster, round_stride = gridDim.x / Cluster;
     auto slices_of = [&](const Tile& tile) {
         return tile.exists ? (scheduler.rows(tile.expert) + sm90::kSliceK - 1) / sm90::kSliceK : 0;
     };
-    // Slices this CTA walks in a round: its own, or its partner's where those are more.
-    auto ring_slices = [&](int pair, const Tile& own) {
+    // Slices this CTA walks in a round: as many as the cluster's longest tile has.
+    auto ring_slices = [&](int round, const Tile& own) {
         int slices = slices_of(own);
-        if constexpr (Cluster > 1) slices = max_of(slices, slices_of(Tile(pair * Cluster + (rank ^ 1))));
+#pragma unroll
+        for (int other = 1; other < Cluster; ++other)
+            slices = max_of(slices, slices_of(Tile(round * Cluster + (rank ^ other))));
         return slices;
     };
 
@@ -128,26 +132,28 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const Element* dy = static_cast<const Element*>(args.a);
         const Element* x = static_cast<const Element*>(args.b);
         sm90::RingPosition<Cfg::Stages> position;
-        for (int pair = first_pair; pair < Pairs; pair += pair_stride) {
-            const Tile tile(pair * Cluster + rank);
+        for (int round = first_round; round < Rounds; round += round_stride) {
+            const Tile tile(round * Cluster + rank);
             const int expert = tile.expert, n0 = tile.n0, k0 = tile.k0;
             const int row_begin = scheduler.row_begin(expert);
             const int expert_rows = tile.exists ? scheduler.rows(expert) : 0;
             const int slices = slices_of(tile);
-            // The pair reads the same X slices: each CTA loads half and multicasts it to both.
-            bool shares_x = false;
-            if constexpr (Cluster > 1) {
-                const Tile partner(pair * Cluster + (rank ^ 1));
-                shares_x = tile.exists && partner.exists && partner.expert == expert && partner.k0 == k0;
+            // Where the cluster's tiles read the same X slices, each CTA loads its share and
+            // multicasts it to all.
+            bool shares_x = Cluster > 1 && tile.exists;
+#pragma unroll
+            for (int other = 1; other < Cluster; ++other) {
+                const Tile neighbour(round * Cluster + (rank ^ other));
+                shares_x = shares_x && neighbour.exists && neighbour.expert == expert && neighbour.k0 == k0;
             }
-            const int walk = ring_slices(pair, tile);
+            const int walk = ring_slices(round, tile);
             for (int slice = 0; slice < walk; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
                 const uint32 sA = ring + position.stage * Cfg::StageBytes;
                 const uint32 sB = sA + Cfg::BytesA;
                 const uint32 full = barriers.full_address(position.stage);
                 const int slice_row = slice * sm90::kSliceK;  // within the expert
-                const bool own = slice < slices;  // else only walking with the partner: an empty slot
+                const bool own = slice < slices;  // else only walking with the cluster: an empty slot
                 const bool whole = slice_row + sm90::kSliceK <= expert_rows &&
                                    static_cast<int64>(row_begin) + slice_row + sm90::kSliceK <= args.rows;
                 const bool tma_a = own && whole && !(Flags & kPermuteY);
@@ -165,8 +171,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                         for (int box = 0; box < Boxes; ++box) {
                             const uint32 destination = sB + box * Cfg::BoxBytes;
                             if (!shares_x) sm90::tma_load_2d(destination, map_x, k0 + box * 64, row, full);
-                            else if (box / (Boxes / 2) == rank)
-                                sm90::tma_load_2d_multicast(destination, map_x, k0 + box * 64, row, full, 0x3);
+                            else if (box / (Boxes / Cluster) == rank)
+                                sm90::tma_load_2d_multicast(destination, map_x, k0 + box * 64, row, full,
+                                                            (1u << Cluster) - 1);
                         }
                     }
                 }
@@ -211,10 +218,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::SlotReleaser<Cfg::Stages> release;
         const typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
                                         1 + consumer};
-        for (int pair = first_pair; pair < Pairs; pair += pair_stride) {
-            const Tile tile(pair * Cluster + rank);
+        for (int round = first_round; round < Rounds; round += round_stride) {
+            const Tile tile(round * Cluster + rank);
             const int slices = slices_of(tile);
-            const int walk = ring_slices(pair, tile);
+            const int walk = ring_slices(round, tile);
 #pragma unroll
             for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
             for (int slice = 0; slice < slices; ++slice, position.advance()) {
@@ -227,7 +234,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
             release.drain(accumulators, barriers, thread == 0);
-            // Walking on with the partner through its longer tile: empty slots, handed straight
+            // Walking on with the cluster through its longest tile: empty slots, handed straight
             // back. Apart from the loop above, since ptxas serializes every wgmma of a loop in which
             // one path leaves the accumulators untouched (C7520).
             for (int slice = slices; slice < walk; ++slice, position.advance()) {
@@ -241,7 +248,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         }
         store.finish(thread);
     }
-    // Neither CTA of a pair leaves while the other may still arrive on its barriers or multicast to it.
+    // No CTA of a cluster leaves while another may still arrive on its barriers or multicast to it.
     if constexpr (Cluster > 1) sm90::cluster_sync();
 }
 

@@ -40,12 +40,12 @@ struct RingPosition {
     }
 };
 
-// In a CTA pair (Cluster == 2) each producer may multicast into the partner's slot, so a slot is
-// free only when the consumers of both CTAs are done with it: empty barriers count the arrivals of
-// both, and release() arrives on both. The pair walks the ring in lockstep.
+// In a cluster (a pair, or four CTAs in dW) each producer may multicast into the other CTAs' slot,
+// so a slot is free only when the consumers of every CTA are done with it: empty barriers count the
+// arrivals of all, and release() arrives on all. The cluster walks the ring in lockstep.
 template <int Stages, int Cluster = 1>
 struct StageBarriers {
-    static_assert(Cluster == 1 || Cluster == 2, "");
+    static_assert(Cluster == 1 || Cluster == 2 || Cluster == 4, "");
     unsigned long long full[Stages];
     unsigned long long empty[Stages];
 
@@ -55,7 +55,12 @@ struct StageBarriers {
     // A consumer warpgroup (one thread of it) hands slot `stage` back.
     __device__ __forceinline__ void release(int stage) const {
         mbarrier_arrive(empty_address(stage));
-        if constexpr (Cluster == 2) mbarrier_arrive_remote(map_to_cta(empty_address(stage), cluster_rank() ^ 1));
+        if constexpr (Cluster > 1) {
+            const uint32 rank = cluster_rank();
+#pragma unroll
+            for (uint32 other = 1; other < Cluster; ++other)
+                mbarrier_arrive_remote(map_to_cta(empty_address(stage), rank ^ other));
+        }
     }
 
     // One thread, before the block-wide barrier that precedes the role split.
