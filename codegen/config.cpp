@@ -247,7 +247,10 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 configs.push_back(deepest);
                 for (int fewer : {4, 3})  // the deepest ring is not always fastest (gathered rows: 3 of 128x256)
                     if (fewer < deepest.stages) configs.push_back(hopper_config(tile_m, tile_n, fewer));
-                if (tile_m == 128)  // the same tiles in clusters: pairs, and in dW four CTAs along N
+                // The same tiles in CTA pairs. Not in dW: its pairs and fours (h:...c2, c4, still
+                // accepted) measured 5-25% slower than single CTAs on H100 (bench/RESULTS.md, eighth
+                // session), the lockstep ring costing more than the X traffic they save.
+                if (tile_m == 128 && problem.op != Op::dw)
                     for (int cluster = 2; cluster <= max_cluster(problem, deepest); cluster *= 2) {
                         Config clustered = deepest;
                         clustered.cluster = cluster;

@@ -75,7 +75,7 @@ TEST_CASE("claims_tiles: Hopper kernels that gather A into 128-row tiles, withou
     CHECK_FALSE(claims_tiles(gathered, Config::parse("m128n128s3w2x4")));
 }
 
-TEST_CASE("every Hopper candidate passes check_config, CTA pairs among them where they share an operand", "[cpu]") {
+TEST_CASE("every Hopper candidate passes check_config, CTA pairs among them for forward and dX", "[cpu]") {
     for (const char* spec : {"fwd:bf16:n1536:k2048:e128:topk8:sm_90a", "dx:bf16:n2048:k768:e128:topk8:sm_90a",
                              "dw:bf16:n2048:k768:e128:topk8:sm_90a", "fwd:bf16:n14336:k4096:e8:topk2:sm_90a",
                              "dw:bf16:n2048:k768:e128:topk8:permute_x:sm_90a"}) {
@@ -88,8 +88,8 @@ TEST_CASE("every Hopper candidate passes check_config, CTA pairs among them wher
             paired = paired || config.cluster == 2;
             fours = fours || config.cluster == 4;
         }
-        CHECK(paired == !problem.permute_x);
-        CHECK(fours == (problem.op == Op::dw && !problem.permute_x));
+        CHECK(paired == (problem.op != Op::dw));  // dW clusters measured slower: accepted, not offered
+        CHECK_FALSE(fours);
     }
 }
 
