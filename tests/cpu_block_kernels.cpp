@@ -10,6 +10,7 @@
 #include "codegen/models.hpp"
 #include "moe/model_kernels.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/errors.hpp"
 
 #include <algorithm>
 #include <set>
@@ -17,6 +18,8 @@
 #include <vector>
 
 using namespace moejit;
+using moejit::testing::error_message;
+using moejit::testing::mentions;
 
 namespace {
 
@@ -26,19 +29,6 @@ std::set<std::string> specs_of(const std::vector<Problem>& problems) {
     return specs;
 }
 
-// The message of the moejit::Error `call` throws; fails the test if it throws nothing.
-template <class Call>
-std::string error_of(Call&& call) {
-    try {
-        call();
-    } catch (const Error& error) {
-        return error.what();
-    }
-    FAIL("no moejit::Error thrown");
-    return "";
-}
-
-bool mentions(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 const Arch kHopper = Arch::parse("sm_90a");
 
@@ -216,7 +206,7 @@ TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][b
     auto bad_qwen3 = [&](auto&& change, int64_t max_tokens, const char* mention) {
         Qwen3MoeConfig c = qwen3;
         change(c);
-        const std::string message = error_of([&] { Qwen3MoeBlock::workspace_bytes(c, max_tokens); });
+        const std::string message = error_message([&] { Qwen3MoeBlock::workspace_bytes(c, max_tokens); });
         INFO(message);
         CHECK(mentions(message, "Qwen3MoeBlock"));
         CHECK(mentions(message, mention));
@@ -235,7 +225,7 @@ TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][b
     auto bad_llama4 = [&](auto&& change, int64_t max_tokens, const char* mention) {
         Llama4MoeConfig c = llama4;
         change(c);
-        const std::string message = error_of([&] { Llama4TextMoe::workspace_bytes(c, max_tokens); });
+        const std::string message = error_message([&] { Llama4TextMoe::workspace_bytes(c, max_tokens); });
         INFO(message);
         CHECK(mentions(message, "Llama4TextMoe"));
         CHECK(mentions(message, mention));
@@ -250,7 +240,7 @@ TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][b
     // The kernel lists take the same checks.
     Qwen3MoeConfig wide = qwen3;
     wide.topk = 33;
-    CHECK(mentions(error_of([&] { Qwen3MoeBlock::kernels(wide, kHopper); }), "topk"));
+    CHECK(mentions(error_message([&] { Qwen3MoeBlock::kernels(wide, kHopper); }), "topk"));
 }
 
 TEST_CASE("block constructors reject router limits before touching the device", "[cpu][blocks]") {
@@ -259,26 +249,26 @@ TEST_CASE("block constructors reject router limits before touching the device", 
     const CUdeviceptr external = 1 << 20;  // a caller's workspace: 256-byte aligned, never dereferenced
     for (CUdeviceptr workspace : {CUdeviceptr{0}, external}) {
         Qwen3MoeConfig qwen3{256, 128, 64, 33, true, DType::bf16};
-        std::string message = error_of([&] { Qwen3MoeBlock block(qwen3, 64, workspace); });
+        std::string message = error_message([&] { Qwen3MoeBlock block(qwen3, 64, workspace); });
         CHECK(mentions(message, "Qwen3MoeBlock: topk must be in 1..min(32, experts), got 33"));
         qwen3.topk = 8;
         qwen3.experts = 2048;
-        message = error_of([&] { Qwen3MoeBlock block(qwen3, 64, workspace); });
+        message = error_message([&] { Qwen3MoeBlock block(qwen3, 64, workspace); });
         CHECK(mentions(message, "Qwen3MoeBlock: experts must be in 1..1024, got 2048"));
         qwen3.experts = 64;
-        message = error_of([&] { Qwen3MoeBlock block(qwen3, 0, workspace); });
+        message = error_message([&] { Qwen3MoeBlock block(qwen3, 0, workspace); });
         CHECK(mentions(message, "Qwen3MoeBlock: max_tokens"));
 
         Llama4MoeConfig llama4{256, 128, 0, 1032, 1, DType::bf16};
-        message = error_of([&] { Llama4TextMoe block(llama4, 64, workspace); });
+        message = error_message([&] { Llama4TextMoe block(llama4, 64, workspace); });
         CHECK(mentions(message, "Llama4TextMoe: experts must be in 1..1024, got 1032"));
         llama4.experts = 16;
         llama4.topk = 17;
-        message = error_of([&] { Llama4TextMoe block(llama4, 64, workspace); });
+        message = error_message([&] { Llama4TextMoe block(llama4, 64, workspace); });
         CHECK(mentions(message, "Llama4TextMoe: topk must be in 1..min(32, experts), got 17"));
         llama4.topk = 1;
         llama4.experts = 12;
-        message = error_of([&] { Llama4TextMoe block(llama4, 64, workspace); });
+        message = error_message([&] { Llama4TextMoe block(llama4, 64, workspace); });
         CHECK(mentions(message, "Llama4TextMoe: the router GEMM needs experts to be a multiple of 8"));
     }
 }

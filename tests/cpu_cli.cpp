@@ -1,6 +1,7 @@
 // The `moejit` command line where it needs neither NVRTC nor a GPU: how it picks tilings, which
 // kernels it can show, how it parses options and how it reports failures.
 #include "tests/catch.hpp"
+#include "tests/support/errors.hpp"
 #include "tests/support/process.hpp"
 
 #include <string>
@@ -10,8 +11,6 @@ using namespace moejit::testing;
 namespace {
 
 const char* const kHopperSpec = "fwd:bf16:n1536:k2048:e128:topk8:sm_90a";
-
-bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
 // The first line of `moejit source`: "// moejit kernel SPEC with config CONFIG".
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }

@@ -4,8 +4,11 @@
 #include <moejit/error.hpp>
 
 #include "tests/catch.hpp"
+#include "tests/support/errors.hpp"
 
 using namespace moejit;
+using moejit::testing::error_message;
+using moejit::testing::mentions;
 
 TEST_CASE("config strings round trip, with and without a CTA pair", "[cpu]") {
     for (const char* text : {"m128n128s3w2x4", "m64n64s4w1x2", "h:m128n256s3", "h:m64n128s8", "h:m128n256s3c2",
@@ -110,15 +113,8 @@ TEST_CASE("dW's 128x256 heuristic keeps four stages, staging two boxes a warpgro
 namespace {
 
 std::string config_error(const Problem& problem, const std::string& config) {
-    try {
-        check_config(problem, Config::parse(config));
-    } catch (const Error& error) {
-        return error.what();
-    }
-    return "";
+    return error_message([&] { check_config(problem, Config::parse(config)); });
 }
-
-bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
 }  // namespace
 

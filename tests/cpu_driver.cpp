@@ -1,5 +1,6 @@
 // Without a GPU the library still loads; the first GPU call fails with one clear moejit::Error.
 #include "tests/catch.hpp"
+#include "tests/support/errors.hpp"
 #include "tests/support/process.hpp"
 
 #include <moejit/error.hpp>
@@ -14,20 +15,11 @@
 #include <filesystem>
 
 using namespace moejit;
+using moejit::testing::error_message;
+using moejit::testing::mentions;
 
 namespace {
 
-bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
-
-template <class Call>
-std::string error_of(Call&& call) {
-    try {
-        call();
-    } catch (const Error& error) {
-        return error.what();
-    }
-    return "";
-}
 
 }  // namespace
 
@@ -92,24 +84,24 @@ TEST_CASE("argument errors are reported before the device is looked up", "[cpu]"
     odd.k = 64;
     odd.experts = 2;
     const std::pair<std::string, std::string> cases[] = {
-        {error_of([&] { GroupedGemm gemm(odd); }), "N must be a positive multiple of 8"},
-        {error_of([&] { gated_activation_backward(DType::bf16, 24, buffer, buffer, buffer, 8, nullptr); }),
+        {error_message([&] { GroupedGemm gemm(odd); }), "N must be a positive multiple of 8"},
+        {error_message([&] { gated_activation_backward(DType::bf16, 24, buffer, buffer, buffer, 8, nullptr); }),
          "N = 2*I needs I to be a multiple of 8"},
-        {error_of([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, 0, 8, nullptr); }),
+        {error_message([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, 0, 8, nullptr); }),
          "grad_preactivation is a null pointer"},
-        {error_of([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, buffer, -1, nullptr); }),
+        {error_message([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, buffer, -1, nullptr); }),
          "rows (M) must be in [0, 2^31)"},
-        {error_of([&] { combine_topk(DType::bf16, 7, 2, buffer, buffer, 4, nullptr); }),
+        {error_message([&] { combine_topk(DType::bf16, 7, 2, buffer, buffer, 4, nullptr); }),
          "N must be a positive multiple of 8"},
-        {error_of([&] { combine_topk(DType::bf16, 64, 2, buffer + 8, buffer, 4, nullptr); }),
+        {error_message([&] { combine_topk(DType::bf16, 64, 2, buffer + 8, buffer, 4, nullptr); }),
          "slots must be 16-byte aligned"},
-        {error_of([&] { combine_topk(DType::bf16, 64, 2, buffer, buffer, -4, nullptr); }),
+        {error_message([&] { combine_topk(DType::bf16, 64, 2, buffer, buffer, -4, nullptr); }),
          "tokens must not be negative"},
-        {error_of([&] {
+        {error_message([&] {
              combine_backward(DType::bf16, 7, 2, buffer, buffer, buffer, buffer, buffer, buffer, 8, nullptr);
          }),
          "N must be a positive multiple of 8"},
-        {error_of([&] {
+        {error_message([&] {
              combine_backward(DType::bf16, 64, 2, buffer, 0, buffer, buffer, buffer, buffer, 8, nullptr);
          }),
          "null or misaligned pointer"},

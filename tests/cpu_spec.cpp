@@ -4,33 +4,23 @@
 #include <moejit/problem.hpp>
 
 #include "tests/catch.hpp"
+#include "tests/support/errors.hpp"
 
 #include <string>
 
 using namespace moejit;
+using moejit::testing::error_message;
+using moejit::testing::mentions;
 
 namespace {
 
 // The message of the moejit::Error that parse_spec throws, or "" when it accepts the spec.
 std::string spec_error(const std::string& spec) {
-    try {
-        parse_spec(spec);
-    } catch (const Error& error) {
-        return error.what();
-    }
-    return "";
+    return error_message([&] { parse_spec(spec); });
 }
 
-// What a thrown message must say; Catch2 v2 and v3 spell their string matchers differently.
-bool mentions(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
-
 std::string validate_error(const Problem& problem) {
-    try {
-        problem.validate();
-    } catch (const Error& error) {
-        return error.what();
-    }
-    return "";
+    return error_message([&] { problem.validate(); });
 }
 
 }  // namespace

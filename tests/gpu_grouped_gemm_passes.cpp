@@ -14,6 +14,7 @@
 #include <moejit/grouped_gemm.hpp>
 
 #include "codegen/config.hpp"
+#include "codegen/kernel_problems.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -59,13 +60,7 @@ Problem with_flags(Problem problem, const Flags& flags) {
 }
 
 Problem make_problem(DType dtype, int64_t n, int64_t k, int experts, int topk, const Flags& flags) {
-    Problem problem;
-    problem.dtype = dtype;
-    problem.n = n;
-    problem.k = k;
-    problem.experts = experts;
-    problem.topk = topk;
-    return with_flags(problem, flags);
+    return with_flags(expert_gemm(dtype, n, k, experts, topk), flags);
 }
 
 // How many of the first `count` 16-bit elements are no longer kPoison.
