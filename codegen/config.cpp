@@ -9,7 +9,9 @@ namespace moejit {
 
 std::string Config::to_string() const {
     const std::string tiles = "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages);
-    if (hopper()) return "h:" + tiles + (cluster > 1 ? "c" + std::to_string(cluster) : "");
+    if (hopper())
+        return "h:" + tiles + (slice_k != 64 ? "k" + std::to_string(slice_k) : "") +
+               (cluster > 1 ? "c" + std::to_string(cluster) : "");
     return tiles + "w" + std::to_string(warps_m) + "x" + std::to_string(warps_n);
 }
 
@@ -21,10 +23,14 @@ Config Config::parse(const std::string& text) {
         config.path = KernelPath::hopper;
         parsed = std::sscanf(text.c_str(), "h:m%dn%ds%d%n", &config.tile_m, &config.tile_n, &config.stages,
                              &consumed) == 3;
-        int suffix = 0;  // optional "c<cluster>"
-        if (parsed && static_cast<size_t>(consumed) < text.size())
-            parsed = std::sscanf(text.c_str() + consumed, "c%d%n", &config.cluster, &suffix) == 1;
-        consumed += suffix;
+        // Optional suffixes, in this order: "k<slice_k>", "c<cluster>".
+        for (const auto& [format, field] : {std::pair{"k%d%n", &config.slice_k}, std::pair{"c%d%n", &config.cluster}}) {
+            int suffix = 0;
+            if (parsed && static_cast<size_t>(consumed) < text.size() && text[consumed] == format[0]) {
+                parsed = std::sscanf(text.c_str() + consumed, format, field, &suffix) == 1;
+                consumed += suffix;
+            }
+        }
     } else {
         parsed = std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%n", &config.tile_m, &config.tile_n, &config.stages,
                              &config.warps_m, &config.warps_n, &consumed) == 5;
@@ -32,7 +38,8 @@ Config Config::parse(const std::string& text) {
     if (!parsed || static_cast<size_t>(consumed) != text.size() || config.to_string() != text)
         throw Error("bad config '" + text +
                     "': expected e.g. m128n128s4w2x4 (portable: tile M, tile N, stages, warps) or h:m128n256s4 "
-                    "(hopper: tile M, tile N, stages; a c2 suffix pairs CTAs in clusters, c4 in dW clusters of four)");
+                    "(hopper: tile M, tile N, stages; dW may add k32, 32-row stages; a c2 suffix pairs CTAs in clusters, c4 "
+                    "in dW clusters of four)");
     return config;
 }
 
@@ -73,12 +80,13 @@ const char* to_string(RowsBucket bucket) {
 
 namespace {
 
-Config hopper_config(int tile_m, int tile_n, int stages) {
+Config hopper_config(int tile_m, int tile_n, int stages, int slice_k = 64) {
     Config config;
     config.path = KernelPath::hopper;
     config.tile_m = tile_m;
     config.tile_n = tile_n;
     config.stages = stages;
+    config.slice_k = slice_k;
     return config;
 }
 
@@ -87,7 +95,9 @@ Config hopper_config(int tile_m, int tile_n, int stages) {
 // barrier pairs, 12 warps of totals and the tile queue's two slots (264 bytes).
 size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.experts + 1) * 8 + 320; }
 
-size_t ring_bytes(const Config& config) { return size_t(config.stages) * (config.tile_m + config.tile_n) * Config::tile_k * 2; }
+size_t ring_bytes(const Config& config) {
+    return size_t(config.stages) * (config.tile_m + config.tile_n) * config.slice_k * 2;
+}
 
 // The portable kernels' static shared memory: the scheduler's prefix sums over the experts and its
 // per-warp totals (templates/scheduler/grouped_tiles.cuh, 8 bytes each), rounded up to the 128-byte
@@ -103,10 +113,10 @@ size_t block_shared_bytes(const Problem& problem, const Config& config) {
 }
 
 // As many stages as fit next to the static shared memory.
-int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most) {
-    const size_t stage_bytes = ring_bytes(hopper_config(tile_m, tile_n, 1));
+int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most, int slice_k = 64) {
+    const size_t stage_bytes = ring_bytes(hopper_config(tile_m, tile_n, 1, slice_k));
     // A ring with no stages: the smallest output staging, the alignment slack and the static part.
-    const Config empty = hopper_config(tile_m, tile_n, 0);
+    const Config empty = hopper_config(tile_m, tile_n, 0, slice_k);
     size_t room = max_shared_bytes(problem.arch) - block_shared_bytes(problem, empty);
     if (problem.op == Op::dw) room += size_t(tile_m / 64) * (dw_staging_boxes(problem, empty) - 1) * kStagingBoxBytes;
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
@@ -124,7 +134,7 @@ Config choose_portable(const Problem& problem) {
     // Three stages where two CTAs then fit on a multiprocessor (sm_90: 2 x 96 KB; measured 10% faster
     // than one CTA with four stages on H100), else as many stages as fit beside the scheduler's
     // static part (many experts leave room for fewer), up to four.
-    const size_t stage_bytes = size_t(config.tile_m + config.tile_n) * Config::tile_k * 2;
+    const size_t stage_bytes = size_t(config.tile_m + config.tile_n) * config.slice_k * 2;
     const size_t static_bytes = portable_static_bytes(problem, config);
     const size_t capacity = max_shared_bytes(problem.arch);
     config.stages = 2 * (3 * stage_bytes + static_bytes) <= capacity
@@ -212,6 +222,15 @@ int max_cluster(const Problem& problem, const Config& config) {
     return std::min(problem.op == Op::dw ? 4 : 2, shares);
 }
 
+Config adapt_to_pass(const Problem& problem, Config config) {
+    config.cluster = std::min(config.cluster, max_cluster(problem, config));
+    if (config.slice_k == 32 && problem.op != Op::dw) {
+        config.slice_k = 64;
+        config.stages = std::max(3, config.stages / 2);
+    }
+    return config;
+}
+
 int dw_staging_boxes(const Problem& problem, const Config& config) {
     const size_t two = ring_bytes(config) + size_t(config.tile_m / 64) * 2 * kStagingBoxBytes + 1024 +
                        hopper_static_bytes(problem);
@@ -256,6 +275,9 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                         clustered.cluster = cluster;
                         configs.push_back(clustered);
                     }
+                // dW: the same ring bytes in twice the stages of 32 rows.
+                if (problem.op == Op::dw && tile_m == 128)
+                    configs.push_back(hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8, 32), 32));
             }
         return configs;
     }
@@ -279,7 +301,10 @@ void check_config(const Problem& problem, const Config& config) {
             throw Error(what + ": hopper tiles are m64 or m128 by n64, n128 or n256");
         if (problem.gated && problem.op == Op::fwd && config.tile_n < 128)
             throw Error(what + ": the gated epilogue needs n128 or n256");
-        if (config.stages < 3) throw Error(what + ": hopper kernels need at least 3 stages");
+        // The static shared memory (hopper_static_bytes) has room for 8 stages' barriers.
+        if (config.stages < 3 || config.stages > 8) throw Error(what + ": hopper kernels run 3 to 8 stages");
+        if (config.slice_k != 64 && !(config.slice_k == 32 && problem.op == Op::dw))
+            throw Error(what + ": stages hold 64 reduction elements (k32, 32 rows a stage, only in dW)");
         if (config.cluster != 1 && config.cluster != 2 && config.cluster != 4)
             throw Error(what + ": clusters are of 1, 2 or 4 CTAs");
         if (config.cluster > max_cluster(problem, config))
@@ -287,6 +312,7 @@ void check_config(const Problem& problem, const Config& config) {
                         " CTA(s) a cluster here (pairs need n128 or more; clusters of four only dW with n256; "
                         "dW clusters multicast X slices loaded by TMA, which permute_x gathers instead)");
     } else {
+        if (config.slice_k != 64) throw Error(what + ": portable stages hold 64 reduction elements");
         check_portable_tiling(problem, config, what);
     }
     if (config.stages < 2) throw Error(what + ": at least 2 stages");

@@ -22,16 +22,21 @@ struct Config {
     // and, where all need the same operand tile (forward and dX: weights; dW: X), each loads its
     // share of it for all (TMA multicast).
     int cluster = 1;
-    static constexpr int tile_k = 64;  // fixed by the templates' 128-byte swizzled rows
+    // Reduction elements a stage holds: 64 (one 128-byte swizzled row of a K-major slice). Hopper
+    // dW may take 32: its operands are MN-major, so a stage is [32 rows][64 columns] boxes, and
+    // twice the stages fit in the same ring; the consumers then hold a smaller share of it while
+    // more of it is in flight.
+    int slice_k = 64;
 
     bool hopper() const { return path == KernelPath::hopper; }
     // Hopper: one producer warpgroup plus one consumer warpgroup per 64 tile rows.
     int threads() const { return hopper() ? 128 * (1 + tile_m / 64) : warps_m * warps_n * 32; }
-    std::string to_string() const;  // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2" (hopper)
+    // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2", "h:m128n256s8k32" (hopper)
+    std::string to_string() const;
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
         return path == o.path && tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages && cluster == o.cluster &&
-               (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
+               slice_k == o.slice_k && (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
     }
 };
 
@@ -44,6 +49,10 @@ bool claims_tiles(const Problem& problem, const Config& config);
 // passes (n128 or more), 4 in dW (n256), 1 on the portable path and in dW with permute_x (nothing
 // to multicast: X rows are gathered by cp.async).
 int max_cluster(const Problem& problem, const Config& config);
+
+// A config given for all passes (an override), adapted to `problem`'s pass: clustered as far as
+// max_cluster allows, and 32-row stages (dW only) as half as many 64-row stages elsewhere.
+Config adapt_to_pass(const Problem& problem, Config config);
 
 // Dynamic shared memory one block may opt into on each supported arch.
 size_t max_shared_bytes(const Arch& arch);

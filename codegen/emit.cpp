@@ -51,7 +51,8 @@ Source emit_source(const Problem& problem, const Config& config) {
             config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "WeightGradConfig<\n    " +
                           element + ",\n" + gemm_parameters(problem, config) +
                           (config.hopper() ? ", /*StagingBoxes=*/" + std::to_string(dw_staging_boxes(problem, config)) +
-                                                 ", /*Cluster=*/" + std::to_string(config.cluster)
+                                                 ", /*Cluster=*/" + std::to_string(config.cluster) +
+                                                 ", /*SliceK=*/" + std::to_string(config.slice_k)
                                            : "") +
                           ">";
             kernel = "moejit::" + family + "_grouped_gemm_dw";

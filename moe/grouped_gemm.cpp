@@ -126,9 +126,8 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
             Config& chosen = pass->variants[static_cast<int>(bucket)].config;
             if (config_override_.empty()) {
                 chosen = select_config(pass->problem, bucket, device);
-            } else {  // the same tiles in every pass, clustered as far as the pass allows
-                chosen = Config::parse(config_override_);
-                chosen.cluster = std::min(chosen.cluster, max_cluster(pass->problem, chosen));
+            } else {  // the same tiles in every pass, as far as the pass allows
+                chosen = adapt_to_pass(pass->problem, Config::parse(config_override_));
             }
             check_config(pass->problem, chosen);
         }

@@ -70,9 +70,9 @@ HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUde
             if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.tile_m);
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
             break;
-        default:  // dW: A = dY [M, N], B = X [M, K], both as [64 rows][64 columns] boxes; C = dW [E][N][K]
-            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, 64);
-            if (!p.permute_x) maps.b = matrix_tensor_map(p.dtype, b, p.k, rows, 64);
+        default:  // dW: A = dY [M, N], B = X [M, K], both as [slice_k rows][64 columns] boxes; C = dW [E][N][K]
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, config.slice_k);
+            if (!p.permute_x) maps.b = matrix_tensor_map(p.dtype, b, p.k, rows, config.slice_k);
             maps.c = weight_gradient_tensor_map(p.dtype, p.out_fp32, c, p.k, p.n, p.experts);
             break;
     }

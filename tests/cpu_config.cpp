@@ -12,15 +12,20 @@ using moejit::testing::mentions;
 
 TEST_CASE("config strings round trip, with and without a CTA pair", "[cpu]") {
     for (const char* text : {"m128n128s3w2x4", "m64n64s4w1x2", "h:m128n256s3", "h:m64n128s8", "h:m128n256s3c2",
-                             "h:m128n128s6c2"}) {
+                             "h:m128n128s6c2", "h:m128n256s8k32", "h:m128n256s8k32c2"}) {
         const Config config = Config::parse(text);
         CHECK(config.to_string() == text);
     }
     CHECK(Config::parse("h:m128n256s3c2").cluster == 2);
     CHECK(Config::parse("h:m128n256s3").cluster == 1);
     CHECK_FALSE(Config::parse("h:m128n256s3") == Config::parse("h:m128n256s3c2"));
+    CHECK(Config::parse("h:m128n256s8k32c2").slice_k == 32);
+    CHECK(Config::parse("h:m128n256s8k32c2").cluster == 2);
+    CHECK(Config::parse("h:m128n256s4").slice_k == 64);
+    CHECK_FALSE(Config::parse("h:m128n256s8") == Config::parse("h:m128n256s8k32"));
     for (const char* bad : {"h:m128n256s3c", "h:m128n256s3c2x", "h:m128n256s3c02", "m128n128s3w2x4c2", "h:m128n256",
-                            "m128n128s3", ""})
+                            "m128n128s3", "", "h:m128n256s8k", "h:m128n256s8c2k32", "h:m128n256s8k64",
+                            "m128n128s3w2x4k32"})
         CHECK_THROWS_AS(Config::parse(bad), Error);
 }
 
@@ -58,6 +63,28 @@ TEST_CASE("check_config accepts CTA pairs only for Hopper tiles of n128 or more 
     CHECK_THROWS_AS(check_config(ampere, Config::parse("h:m128n256s3")), Error);
 }
 
+TEST_CASE("check_config: 32-row stages only in Hopper dW, and at most 8 stages", "[cpu]") {
+    const Problem forward = parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_90a");
+    Problem dx = forward, dw = forward;
+    dx.op = Op::dx;
+    dw.op = Op::dw;
+    // Eight stages of [32 rows] x (128 + 256 columns) take the ring bytes of four of 64 rows.
+    CHECK_NOTHROW(check_config(dw, Config::parse("h:m128n256s8k32")));
+    CHECK_NOTHROW(check_config(dw, Config::parse("h:m128n256s8k32c2")));
+    CHECK(dynamic_shared_bytes(dw, Config::parse("h:m128n256s8k32")) ==
+          dynamic_shared_bytes(dw, Config::parse("h:m128n256s4")));
+    CHECK(mentions(error_message([&] { check_config(forward, Config::parse("h:m128n256s8k32")); }), "only in dW"));
+    CHECK_THROWS_AS(check_config(dx, Config::parse("h:m128n256s8k32")), Error);
+    CHECK(mentions(error_message([&] { check_config(dw, Config::parse("h:m128n256s8k16")); }), "only in dW"));
+    CHECK(mentions(error_message([&] { check_config(dw, Config::parse("h:m64n64s9k32")); }), "3 to 8 stages"));
+    CHECK_THROWS_AS(check_config(dw, Config::parse("h:m128n256s9k32")), Error);
+    // An override for every pass: dW keeps its 32-row stages, the others take the same ring in 64-row ones.
+    CHECK(adapt_to_pass(dw, Config::parse("h:m128n256s8k32c4")).to_string() == "h:m128n256s8k32c4");
+    CHECK(adapt_to_pass(forward, Config::parse("h:m128n256s8k32c4")).to_string() == "h:m128n256s4c2");
+    CHECK(adapt_to_pass(dx, Config::parse("h:m128n128s8k32")).to_string() == "h:m128n128s4");
+    CHECK(adapt_to_pass(forward, Config::parse("h:m128n256s3")).to_string() == "h:m128n256s3");
+}
+
 TEST_CASE("claims_tiles: Hopper kernels that gather A into 128-row tiles, without clusters", "[cpu]") {
     const Problem plain = parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_90a");
     Problem gathered = plain, scattered = plain, dx_gathered = plain, dw = plain;
@@ -83,16 +110,18 @@ TEST_CASE("every Hopper candidate passes check_config, CTA pairs among them for 
                              "dw:bf16:n2048:k768:e128:topk8:sm_90a", "fwd:bf16:n14336:k4096:e8:topk2:sm_90a",
                              "dw:bf16:n2048:k768:e128:topk8:permute_x:sm_90a"}) {
         const Problem problem = parse_spec(spec);
-        bool paired = false, fours = false;
+        bool paired = false, fours = false, short_stages = false;
         for (const Config& config : candidate_configs(problem)) {
             INFO(spec << " " << config.to_string());
             CHECK(config.hopper());
             CHECK_NOTHROW(check_config(problem, config));
             paired = paired || config.cluster == 2;
             fours = fours || config.cluster == 4;
+            short_stages = short_stages || config.slice_k == 32;
         }
         CHECK(paired == (problem.op != Op::dw));  // dW clusters measured slower: accepted, not offered
         CHECK_FALSE(fours);
+        CHECK(short_stages == (problem.op == Op::dw));
     }
 }
 

@@ -317,6 +317,25 @@ TEST_CASE("passes: dW in CTA clusters (pairs and fours along N) matches float64"
     }
 }
 
+TEST_CASE("passes: dW in 32-row stages matches float64", "[gpu][gemm][hopper]") {
+    const Problem probe = make_problem(DType::bf16, 208, 136, 8, 2, kNone);
+    if (GroupedGemm(probe).problem().arch.sm() != 90) {
+        WARN("not an sm_90a device: no Hopper kernels to test");
+        return;
+    }
+    std::vector<int> allowed = all_experts(8);
+    allowed.erase(allowed.begin() + 5);  // an empty expert
+    // About 75 rows an expert: every expert ends inside a 32-row stage, gathered with zeros past its end.
+    const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+    for (const char* config : {"h:m128n256s8k32", "h:m64n128s8k32", "h:m128n256s8k32c2"}) {
+        INFO("config " << config);
+        check_passes(DType::bf16, 512, 264, routing, kNone, kDw | kDw32, config);
+        check_passes(DType::bf16, 512, 264, routing, kPermuteY, kDw, config);
+        check_passes(DType::fp16, 512, 264, routing, kNone, kDw32, config);
+        if (Config::parse(config).cluster == 1) check_passes(DType::bf16, 208, 136, routing, kGatedPermuteX, kDw, config);
+    }
+}
+
 TEST_CASE("passes: a tile-claiming forward on two streams at once matches one on the default stream", "[gpu][gemm][hopper]") {
     // Hopper kernels that gather A into 128-row tiles claim tiles from a counter the library keeps
     // per stream (templates/scheduler/tile_queue.cuh); launches on two streams must not share one.

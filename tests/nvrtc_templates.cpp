@@ -88,13 +88,24 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                 const bool plain_forward = problem.op == Op::fwd && !problem.permute_x && !problem.permute_y && !problem.gated;
                 std::vector<Config> configs =
                     plain_forward ? candidate_configs(problem) : std::vector<Config>{choose_config(problem)};
-                if (problem.op == Op::dw)  // clusters are accepted by override, though not offered
+                if (problem.op == Op::dw) {  // clusters are accepted by override, though not offered
                     for (int cluster : {2, 4})
                         if (cluster <= max_cluster(problem, configs.front())) {
                             Config clustered = configs.front();
                             clustered.cluster = cluster;
                             configs.push_back(clustered);
                         }
+                    if (configs.front().hopper()) {  // the same ring in 32-row stages, alone and in pairs
+                        Config short_stages = configs.front();
+                        short_stages.slice_k = 32;
+                        short_stages.stages *= 2;
+                        configs.push_back(short_stages);
+                        if (max_cluster(problem, short_stages) >= 2) {
+                            short_stages.cluster = 2;
+                            configs.push_back(short_stages);
+                        }
+                    }
+                }
                 for (const Config& config : configs) {
                     INFO(to_spec(problem) << " " << config.to_string());
                     const NvrtcOutput output = nvrtc_compile(emit_source(problem, config), nvrtc_options(problem.arch));

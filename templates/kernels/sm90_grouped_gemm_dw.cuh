@@ -3,16 +3,18 @@
 //
 //   dW[e] = dY_e^T @ X_e      dY [M, N], X [M or T, K], dW [E, N, K]
 //
-// reducing over the routed rows of expert e, 64 rows per stage. Both operands arrive MN-major:
-// a slice is [64 routed rows][TileM of N] of dY and [64 routed rows][TileN of K] of X, stored as
-// 64-column boxes with the 128-byte swizzle, and wgmma reads both transposed. Full slices come by
+// reducing over the routed rows of expert e, SliceK (64 or 32) rows per stage. Both operands arrive
+// MN-major: a slice is [SliceK routed rows][TileM of N] of dY and [SliceK routed rows][TileN of K]
+// of X, stored as 64-column boxes with the 128-byte swizzle, and wgmma reads both transposed.
+// (32-row stages: twice as many in the same ring, so that more of it is in flight while the
+// consumers hold one or two stages.) Full slices come by
 // TMA; a slice whose rows are indirect (permute_y for dY, permute_x for X) or that runs past the
 // expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
 // since TMA cannot stop at an expert boundary. Empty experts write zeros.
 //
 // In clusters (Cluster 2 or 4) the CTAs take neighbouring tiles: in band order, Cluster N tiles of
 // one expert and one K tile, which read the same X slices. Each CTA then loads its share of every
-// X slice and multicasts it to all, so that per slice a pair reads 64 KB from L2 instead of 96 KB,
+// X slice and multicasts it to all, so that per 64 rows a pair reads 64 KB from L2 instead of 96 KB,
 // four CTAs 96 KB instead of 192 KB. The cluster walks the ring in lockstep (a slot is free once
 // the consumers of every CTA are done with it), each CTA through as many slices as the longest
 // tile of the cluster.
@@ -24,19 +26,22 @@
 namespace moejit {
 
 template <class Element_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_, int TileN_, int Stages_,
-          int StagingBoxes_, int Cluster_>
+          int StagingBoxes_, int Cluster_, int SliceK_>
 struct Sm90WeightGradConfig {
     using Element = Element_;
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
     static constexpr int Cluster = Cluster_;  // CTAs per cluster: 1, or 2 or 4 sharing X slices
+    static constexpr int SliceK = SliceK_;    // routed rows a stage holds
+    static_assert(SliceK == 32 || SliceK == 64, "whole 8-row swizzle periods, whole k16 steps");
     static constexpr int Consumers = TileM / 64;
     static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
     static constexpr int NTiles = (N + TileM - 1) / TileM, KTiles = (K + TileN - 1) / TileN;
     static constexpr int TilesPerExpert = NTiles * KTiles;
 
-    static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;  // TileM/64 boxes of 8 KB
-    static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow * sm90::kSliceK / 64;
+    static constexpr int BoxBytes = SliceK * sm90::kSliceBytesPerRow;  // [SliceK rows][64 columns]
+    static constexpr int BytesA = TileM / 64 * BoxBytes;
+    static constexpr int BytesB = TileN / 64 * BoxBytes;
     static constexpr int StageBytes = BytesA + BytesB;
     static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
     using Out = typename conditional_type<OutFp32, float, Element>::type;
@@ -51,14 +56,13 @@ struct Sm90WeightGradConfig {
     static_assert(SharedBytes + (Experts + 1) * 8 + 320 <= 227 * 1024, "shared memory");
     static constexpr int BoxesPerRow = TileN * sizeof(Out) / sm90::kBoxStoreRowBytes;
     using Store = sm90::BoxStore<Out, TileN, (BoxesPerRow < StagingBoxes ? BoxesPerRow : StagingBoxes)>;
-    static constexpr int BoxBytes = sm90::kSliceK * sm90::kSliceBytesPerRow;  // [64 rows][64 columns]
 
     static constexpr int ProducerRegisters = 56;
     static constexpr int ConsumerRegisters = Consumers == 1 ? 256 : 224;
 
     using Mma = sm90::Wgmma<Element, TileN, 1, 1>;
-    using GatherA = sm90::GatherPlan<sm90::kSliceK, TileM / 64>;
-    using GatherB = sm90::GatherPlan<sm90::kSliceK, TileN / 64>;
+    using GatherA = sm90::GatherPlan<SliceK, TileM / 64>;
+    using GatherB = sm90::GatherPlan<SliceK, TileN / 64>;
 
     static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
     static_assert(Cluster == 1 || ((Cluster == 2 || Cluster == 4) && TileN / 64 % Cluster == 0),
@@ -116,7 +120,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     const int rank = Cluster > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
     const int first_round = blockIdx.x / Cluster, round_stride = gridDim.x / Cluster;
     auto slices_of = [&](const Tile& tile) {
-        return tile.exists ? (scheduler.rows(tile.expert) + sm90::kSliceK - 1) / sm90::kSliceK : 0;
+        return tile.exists ? (scheduler.rows(tile.expert) + Cfg::SliceK - 1) / Cfg::SliceK : 0;
     };
     // Slices this CTA walks in a round: as many as the cluster's longest tile has.
     auto ring_slices = [&](int round, const Tile& own) {
@@ -152,10 +156,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const uint32 sA = ring + position.stage * Cfg::StageBytes;
                 const uint32 sB = sA + Cfg::BytesA;
                 const uint32 full = barriers.full_address(position.stage);
-                const int slice_row = slice * sm90::kSliceK;  // within the expert
+                const int slice_row = slice * Cfg::SliceK;  // within the expert
                 const bool own = slice < slices;  // else only walking with the cluster: an empty slot
-                const bool whole = slice_row + sm90::kSliceK <= expert_rows &&
-                                   static_cast<int64>(row_begin) + slice_row + sm90::kSliceK <= args.rows;
+                const bool whole = slice_row + Cfg::SliceK <= expert_rows &&
+                                   static_cast<int64>(row_begin) + slice_row + Cfg::SliceK <= args.rows;
                 const bool tma_a = own && whole && !(Flags & kPermuteY);
                 const bool tma_b = own && whole && !(Flags & kPermuteX);
                 if (thread == 0) {
@@ -177,10 +181,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                         }
                     }
                 }
-                // This thread's four slice rows (t/8 + 16q): source rows, or -1 past the expert's end.
-                auto source_rows = [&](bool x_side, int64 (&source)[4]) {
+                // This thread's slice rows (t/8 + 16q): source rows, or -1 past the expert's end.
+                constexpr int RowsPerThread = Cfg::SliceK / 16;
+                auto source_rows = [&](bool x_side, int64 (&source)[RowsPerThread]) {
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) {
+                    for (int q = 0; q < RowsPerThread; ++q) {
                         const int row = slice_row + thread / 8 + 16 * q;
                         const int64 routed = static_cast<int64>(row_begin) + row;
                         const bool valid = row < expert_rows && routed < args.rows;
@@ -190,16 +195,16 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                                                                         : routed;
                     }
                 };
-                // This thread's share of a [64 rows][columns from col0] slice of `matrix` (rows `pitch` long).
+                // This thread's share of a [SliceK rows][columns from col0] slice of `matrix` (rows `pitch` long).
                 auto gather = [&](auto plan, uint32 destination, const Element* matrix, int pitch, int col0,
                                   bool x_side) {
                     using Gather = decltype(plan);
-                    int64 source[4];
+                    int64 source[RowsPerThread];
                     source_rows(x_side, source);
 #pragma unroll
                     for (int i = 0; i < Gather::Copies; ++i) {
                         const int col = col0 + Gather::box(thread, i) * 64 + (thread % 8) * 8;
-                        const int64 row = source[i % 4];
+                        const int64 row = source[i % RowsPerThread];  // GatherPlan: row t/8 + 16i mod SliceK
                         const bool valid = row >= 0 && col < pitch;
                         ptx::cp_async_16(destination + Gather::offset(thread, i),
                                          valid ? matrix + row * pitch + col : matrix, valid);
@@ -229,8 +234,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 sm90::fence_proxy_async();  // rows gathered by cp.async
                 const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
                 const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
-                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow,
-                                                     sB, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, true);
+                sm90::wgmma_slice<typename Cfg::Mma, Cfg::SliceK>(accumulators, sA, Cfg::BoxBytes,
+                                                                  16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
+                                                                  16 * sm90::kSliceBytesPerRow, true);
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
             release.drain(accumulators, barriers, thread == 0);

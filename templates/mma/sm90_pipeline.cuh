@@ -118,15 +118,15 @@ struct SlotReleaser {
     }
 };
 
-// One consumer step over a filled slot: four k16 wgmma into `accumulators`. `a_step` / `b_step`
+// One consumer step over a filled slot: SliceK / 16 k16 wgmma into `accumulators`. `a_step` / `b_step`
 // are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
-template <class Mma, int Registers>
+template <class Mma, int SliceK = kSliceK, int Registers>
 __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
                                             uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
                                             bool accumulate) {
     wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < kSliceK / 16; ++k) {
+    for (int k = 0; k < SliceK / 16; ++k) {
         const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, 1024);
         const uint64 desc_b = smem_descriptor(b_address + k * b_step, b_leading, 1024);
         Mma::mma(accumulators, desc_a, desc_b, (accumulate || k > 0) ? 1 : 0);
