@@ -91,9 +91,14 @@ Config hopper_config(int tile_m, int tile_n, int stages, int slice_k = 64) {
 }
 
 // The Hopper kernels' static shared memory, which shares the block's budget with the dynamic
-// part: the scheduler's prefix sums over the experts (8 bytes each), then at most 8 stages of
-// barrier pairs, 12 warps of totals and the tile queue's two slots (264 bytes).
-size_t hopper_static_bytes(const Problem& problem) { return size_t(problem.experts + 1) * 8 + 320; }
+// part: the scheduler's prefix sums over the experts (rows and tiles, 8 bytes each; dW keeps the
+// rows only, 4), then at most 8 stages of barrier pairs, 12 warps of totals and the tile queue's
+// two slots (264 bytes), rounded up to the 1024-byte alignment of the dynamic ring that follows
+// (ptxas reports 2048 bytes for dW with 256 experts, whose static variables take 1148).
+size_t hopper_static_bytes(const Problem& problem) {
+    const size_t bytes = size_t(problem.experts + 1) * (problem.op == Op::dw ? 4 : 8) + 320;
+    return (bytes + 1023) / 1024 * 1024;
+}
 
 size_t ring_bytes(const Config& config) {
     return size_t(config.stages) * (config.tile_m + config.tile_n) * config.slice_k * 2;

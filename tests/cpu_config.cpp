@@ -131,12 +131,19 @@ TEST_CASE("dW's 128x256 heuristic keeps four stages, staging two boxes a warpgro
     const Problem qwen3 = parse_spec("dw:bf16:n1536:k2048:e128:topk8:sm_90a");
     CHECK(choose_config(qwen3).to_string() == "h:m128n256s4");
     CHECK(dynamic_shared_bytes(qwen3, choose_config(qwen3)) == kRing + 2 * 2 * kBox + 1024);
-    // 256 experts' prefix sums leave room for one box each, not for a second beside four stages.
+    // 256 experts: dW keeps row offsets only (4 bytes an expert), 2 KB of static shared memory
+    // once aligned, which leaves exactly room for two boxes beside four stages.
     const Problem deepseek = parse_spec("dw:bf16:n4096:k7168:e256:topk8:sm_90a");
     CHECK(choose_config(deepseek).to_string() == "h:m128n256s4");
-    CHECK(dynamic_shared_bytes(deepseek, choose_config(deepseek)) == kRing + 2 * kBox + 1024);
-    CHECK(dynamic_shared_bytes(deepseek, Config::parse("h:m128n256s3")) == kRing * 3 / 4 + 2 * 2 * kBox + 1024);
+    CHECK(dynamic_shared_bytes(deepseek, choose_config(deepseek)) == kRing + 2 * 2 * kBox + 1024);
+    CHECK(dynamic_shared_bytes(deepseek, choose_config(deepseek)) + 2048 == 227 * 1024);
     CHECK_NOTHROW(check_config(deepseek, choose_config(deepseek)));
+    // 512 experts' offsets (3 KB aligned) leave room for one box each, not for a second.
+    const Problem many = parse_spec("dw:bf16:n4096:k7168:e512:topk8:sm_90a");
+    CHECK(choose_config(many).to_string() == "h:m128n256s4");
+    CHECK(dynamic_shared_bytes(many, choose_config(many)) == kRing + 2 * kBox + 1024);
+    CHECK(dynamic_shared_bytes(many, Config::parse("h:m128n256s3")) == kRing * 3 / 4 + 2 * 2 * kBox + 1024);
+    CHECK_NOTHROW(check_config(many, choose_config(many)));
 }
 
 namespace {

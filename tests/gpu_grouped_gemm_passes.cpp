@@ -336,6 +336,14 @@ TEST_CASE("passes: dW in 32-row stages matches float64", "[gpu][gemm][hopper]") 
     }
 }
 
+TEST_CASE("passes: dW with 512 experts (one staging box a warpgroup) matches float64", "[gpu][gemm][hopper]") {
+    // 512 experts' row offsets leave room for one 8 KB staging box beside four 128x256 stages, not
+    // two (codegen/config.cpp, dw_staging_boxes); 256 experts take two.
+    const HostRouting routing = make_routing(512, 8, random_choices(600, 8, all_experts(512)));
+    check_passes(DType::bf16, 512, 264, routing, kNone, kDw | kDw32);
+    check_passes(DType::bf16, 208, 136, routing, kGatedPermuteX, kDw);
+}
+
 TEST_CASE("passes: a tile-claiming forward on two streams at once matches one on the default stream", "[gpu][gemm][hopper]") {
     // Hopper kernels that gather A into 128-row tiles claim tiles from a counter the library keeps
     // per stream (templates/scheduler/tile_queue.cuh); launches on two streams must not share one.

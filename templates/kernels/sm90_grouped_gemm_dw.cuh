@@ -50,10 +50,11 @@ struct Sm90WeightGradConfig {
     static constexpr int StagingBoxes = StagingBoxes_;
     static constexpr int StagingBytes = StagingBoxes * sm90::kBoxStoreBytes;
     // The ring, the staging, the alignment slack and the static shared memory (the scheduler's
-    // prefix sums and the barriers, within 320 bytes) fit in sm_90's 227 KB.
+    // row offsets and, within 320 bytes, the barriers and warp totals, rounded up to the ring's
+    // 1024-byte alignment) fit in sm_90's 227 KB.
     static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;
     static_assert(StagingBoxes == 1 || StagingBoxes == 2, "");
-    static_assert(SharedBytes + (Experts + 1) * 8 + 320 <= 227 * 1024, "shared memory");
+    static_assert(SharedBytes + ((Experts + 1) * 4 + 320 + 1023) / 1024 * 1024 <= 227 * 1024, "shared memory");
     static constexpr int BoxesPerRow = TileN * sizeof(Out) / sm90::kBoxStoreRowBytes;
     using Store = sm90::BoxStore<Out, TileN, (BoxesPerRow < StagingBoxes ? BoxesPerRow : StagingBoxes)>;
 
@@ -95,7 +96,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                          const __grid_constant__ sm90::TensorMap map_x,
                          const __grid_constant__ sm90::TensorMap map_dw) {
     using Element = typename Cfg::Element;
-    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;  // row offsets only
+    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 0>;  // row offsets only
     constexpr int Flags = Cfg::Flags;
     constexpr int Cluster = Cfg::Cluster;
     constexpr int Rounds = (Cfg::Experts * Cfg::TilesPerExpert + Cluster - 1) / Cluster;  // of Cluster tiles

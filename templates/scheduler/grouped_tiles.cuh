@@ -2,7 +2,9 @@
 // Tile scheduler for grouped GEMMs whose group sizes live on the device.
 //
 // Every CTA scans m_sizes [E] once into shared memory (row offsets and tile offsets per expert),
-// then maps a linear tile index to (expert, m tile, n tile) by binary search. Tiles are ordered
+// then maps a linear tile index to (expert, m tile, n tile) by binary search. With NTiles 0 it
+// keeps the row offsets only (dW walks its own tile grid): half the shared memory, which with 256
+// experts is what leaves room for the dW epilogue's second staging box. Tiles are ordered
 // expert-major, then in bands (band_order), so the CTAs resident at one time share one or two
 // experts' weights and a few row blocks in L2.
 #include "common/types.cuh"
@@ -39,12 +41,13 @@ struct GroupedTileScheduler {
     static_assert(Threads % 32 == 0, "whole warps");
     static constexpr int kWarps = Threads / 32;
     static constexpr int kExpertsPerThread = (Experts + Threads - 1) / Threads;
+    static constexpr bool kTiles = NTiles > 0;
 
     struct Shared {
-        int row_start[Experts + 1];   // exclusive prefix sum of m_sizes
-        int tile_start[Experts + 1];  // exclusive prefix sum of tiles per expert
+        int row_start[Experts + 1];                  // exclusive prefix sum of m_sizes
+        int tile_start[kTiles ? Experts + 1 : 1];    // exclusive prefix sum of tiles per expert
         int warp_rows[kWarps];
-        int warp_tiles[kWarps];
+        int warp_tiles[kTiles ? kWarps : 1];
     };
 
     Shared& shared;
@@ -59,13 +62,13 @@ struct GroupedTileScheduler {
             const int expert = first_expert + i;
             const int rows = expert < Experts ? max_of(m_sizes[expert], 0) : 0;
             my_rows += rows;
-            my_tiles += ceil_div(rows, TileM) * NTiles;
+            if constexpr (kTiles) my_tiles += ceil_div(rows, TileM) * NTiles;
         }
         int rows_inclusive = my_rows, tiles_inclusive = my_tiles;
 #pragma unroll
         for (int offset = 1; offset < 32; offset *= 2) {
             const int rows_before = __shfl_up_sync(0xffffffffu, rows_inclusive, offset);
-            const int tiles_before = __shfl_up_sync(0xffffffffu, tiles_inclusive, offset);
+            const int tiles_before = kTiles ? __shfl_up_sync(0xffffffffu, tiles_inclusive, offset) : 0;
             if (lane >= offset) {
                 rows_inclusive += rows_before;
                 tiles_inclusive += tiles_before;
@@ -73,12 +76,12 @@ struct GroupedTileScheduler {
         }
         if (lane == 31) {
             shared.warp_rows[warp] = rows_inclusive;
-            shared.warp_tiles[warp] = tiles_inclusive;
+            if constexpr (kTiles) shared.warp_tiles[warp] = tiles_inclusive;
         }
         __syncthreads();
         for (int w = 0; w < warp; ++w) {
             rows_inclusive += shared.warp_rows[w];
-            tiles_inclusive += shared.warp_tiles[w];
+            if constexpr (kTiles) tiles_inclusive += shared.warp_tiles[w];
         }
         int row = rows_inclusive - my_rows, tile = tiles_inclusive - my_tiles;
 #pragma unroll
@@ -86,24 +89,30 @@ struct GroupedTileScheduler {
             const int expert = first_expert + i;
             if (expert < Experts) {
                 shared.row_start[expert] = row;
-                shared.tile_start[expert] = tile;
                 const int rows = max_of(m_sizes[expert], 0);
                 row += rows;
-                tile += ceil_div(rows, TileM) * NTiles;
+                if constexpr (kTiles) {
+                    shared.tile_start[expert] = tile;
+                    tile += ceil_div(rows, TileM) * NTiles;
+                }
             }
         }
         if (thread == Threads - 1) {
             shared.row_start[Experts] = rows_inclusive;
-            shared.tile_start[Experts] = tiles_inclusive;
+            if constexpr (kTiles) shared.tile_start[Experts] = tiles_inclusive;
         }
         __syncthreads();
     }
 
-    __device__ int total_tiles() const { return shared.tile_start[Experts]; }
+    __device__ int total_tiles() const {
+        static_assert(kTiles, "row offsets only");
+        return shared.tile_start[Experts];
+    }
     __device__ int row_begin(int expert) const { return shared.row_start[expert]; }
     __device__ int rows(int expert) const { return shared.row_start[expert + 1] - shared.row_start[expert]; }
 
     __device__ GroupedTile tile(int index) const {
+        static_assert(kTiles, "row offsets only");
         int low = 0, high = Experts - 1;  // last expert whose tile_start <= index
         while (low < high) {
             const int middle = (low + high + 1) / 2;
