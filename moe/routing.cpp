@@ -7,6 +7,7 @@
 #include "codegen/kernel_problems.hpp"
 #include "moe/elementwise_kernel.hpp"
 #include "moe/router_limits.hpp"
+#include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/launch_arguments.hpp"
@@ -19,7 +20,6 @@ namespace moejit {
 namespace {
 
 constexpr int kTokensPerBlock = 8;  // route_topk and router_backward: one warp per token, 256 threads
-constexpr int64_t kMaxRows = (int64_t{1} << 31) - 1;
 
 // `where()` names the call in an error message; it is only built when a check fails (cheap hot path).
 template <class Where>
