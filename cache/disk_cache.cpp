@@ -175,15 +175,17 @@ bool write_all(int fd, const char* data, size_t size) {
     return true;
 }
 
-// A name no other process or thread can pick: pid + thread id + a random number. The ".tmp"
-// suffix lets clear() recognize leftovers of a crashed writer.
+// Ends the name of every temporary file a store writes, so that list() and clear() know them.
+constexpr char kTemporarySuffix[] = ".tmp";
+
+// A name no other process or thread can pick: pid + thread id + a random number.
 std::string temp_name(const std::string& final_name) {
     thread_local std::mt19937_64 random(std::random_device{}() ^
                                         static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
     const size_t tid = std::hash<std::thread::id>{}(std::this_thread::get_id());
     char suffix[96];
-    std::snprintf(suffix, sizeof suffix, ".%ld-%zx-%016llx.tmp", static_cast<long>(::getpid()), tid,
-                  static_cast<unsigned long long>(random()));
+    std::snprintf(suffix, sizeof suffix, ".%ld-%zx-%016llx%s", static_cast<long>(::getpid()), tid,
+                  static_cast<unsigned long long>(random()), kTemporarySuffix);
     return final_name + suffix;
 }
 
@@ -260,6 +262,10 @@ std::vector<std::string> directory_names(const std::string& dir, std::vector<std
     ::closedir(handle);
     std::sort(names.begin(), names.end());
     return names;
+}
+
+int64_t mtime_ns(const struct stat& st) {
+    return static_cast<int64_t>(st.st_mtime) * 1000000000 + static_cast<int64_t>(st.st_mtim.tv_nsec);
 }
 
 // "<32 hex>.cubin" -> the hex; otherwise "" (temporary files, sources, foreign files).
@@ -418,14 +424,28 @@ void DiskCache::keep_under_size_cap(const std::string& just_stored) const {
         log::info("cache: removed " + std::to_string(pruned.removed) + " least recently used entries (" +
                   std::to_string(pruned.removed_bytes) + " bytes) to stay under the " +
                   std::to_string(size_cap_) + "-byte cap (MOEJIT_CACHE_MAX_SIZE)");
+    if (pruned.removed_temporaries > 0)
+        log::info("cache: removed " + std::to_string(pruned.removed_temporaries) +
+                  " temporary files that crashed stores left behind (" +
+                  std::to_string(pruned.removed_temporary_bytes) + " bytes)");
     // A cap that cannot be kept (an entry that cannot be removed) is worth one warning, not silence.
     if (!pruned.errors.empty())
         log::warn_once("cache-size-cap", "cannot keep the kernel cache under its size cap (MOEJIT_CACHE_MAX_SIZE): " +
                                              pruned.errors.front());
 }
 
-CacheListing DiskCache::list(bool verify) const {
+CacheListing DiskCache::list(bool verify, CacheRoots roots) const {
     CacheListing listing;
+    // A temporary file of the writable root; one gone meanwhile was renamed into place.
+    auto add_temporary = [&](const std::string& path) {
+        struct stat st {};
+        if (::stat(path.c_str(), &st) != 0) {
+            if (errno != ENOENT) listing.errors.push_back("cannot stat " + path + ": " + errno_text(errno));
+            return;
+        }
+        if (!S_ISREG(st.st_mode)) return;  // no store writes anything else
+        listing.temporaries.push_back({path, static_cast<uint64_t>(st.st_size), mtime_ns(st)});
+    };
     auto scan = [&](const std::string& root, bool read_only) {
         if (root.empty()) return;
         for (const std::string& shard : directory_names(root, listing.errors)) {
@@ -433,7 +453,10 @@ CacheListing DiskCache::list(bool verify) const {
             const std::string dir = root + "/" + shard;
             for (const std::string& name : directory_names(dir, listing.errors)) {
                 const std::string hex = entry_key_hex(name);
-                if (hex.empty()) continue;
+                if (hex.empty()) {
+                    if (!read_only && ends_with(name, kTemporarySuffix)) add_temporary(dir + "/" + name);
+                    continue;
+                }
                 CacheEntryInfo info;
                 info.path = dir + "/" + name;
                 info.key_hex = hex;
@@ -446,7 +469,7 @@ CacheListing DiskCache::list(bool verify) const {
                 }
                 info.bytes = static_cast<uint64_t>(st.st_size);
                 info.mtime = static_cast<int64_t>(st.st_mtime);
-                info.mtime_ns = info.mtime * 1000000000 + static_cast<int64_t>(st.st_mtim.tv_nsec);
+                info.mtime_ns = mtime_ns(st);
                 if (!S_ISREG(st.st_mode)) {
                     info.valid = false;
                     info.problem = "not a regular file";
@@ -468,7 +491,8 @@ CacheListing DiskCache::list(bool verify) const {
             }
         }
     };
-    for (const std::string& root : read_only_roots_) scan(root, true);
+    if (roots == CacheRoots::all)
+        for (const std::string& root : read_only_roots_) scan(root, true);
     scan(root_, false);
     return listing;
 }
@@ -481,7 +505,9 @@ ClearResult DiskCache::clear() {
         const std::string dir = root_ + "/" + shard;
         for (const std::string& name : directory_names(dir, result.errors)) {
             const bool entry = !entry_key_hex(name).empty();
-            if (!entry && !ends_with(name, ".cu") && !ends_with(name, ".tmp") && !ends_with(name, ".lock")) continue;
+            const bool ours = entry || ends_with(name, ".cu") || ends_with(name, kTemporarySuffix) ||
+                              ends_with(name, ".lock");
+            if (!ours) continue;
             const std::string path = dir + "/" + name;
             if (::unlink(path.c_str()) == 0) {
                 if (entry) ++result.removed;

@@ -40,10 +40,23 @@ struct CacheEntryInfo {
     std::string problem;  // why invalid, empty if valid
 };
 
-struct CacheListing {
-    std::vector<CacheEntryInfo> entries;  // sorted by path, read-only roots first
-    std::vector<std::string> errors;      // "cannot read directory <path>: <reason>", ...
+// A store's temporary file ("<name>.<pid>-<thread>-<random>.tmp" beside the entry it becomes). It
+// exists only while the store writes it; one left behind is a crashed writer's.
+struct CacheTemporaryInfo {
+    std::string path;
+    uint64_t bytes = 0;
+    int64_t mtime_ns = 0;  // its last write, in nanoseconds since the epoch
 };
+
+struct CacheListing {
+    std::vector<CacheEntryInfo> entries;          // sorted by path, read-only roots first
+    std::vector<CacheTemporaryInfo> temporaries;  // of the writable root only, sorted by path
+    std::vector<std::string> errors;              // "cannot read directory <path>: <reason>", ...
+};
+
+// Which roots list() walks: all (ls, stats, verify), or the writable one alone (prune, which
+// never removes anything from a read-only root).
+enum class CacheRoots { all, writable };
 
 struct ClearResult {
     size_t removed = 0;               // entries (.cubin files)
@@ -81,9 +94,10 @@ public:
     // that entry and leaves the others going to disk.
     void store(const Hash128& key, const CacheEntry& entry, const std::string& source);
 
-    // Every entry file of every root. verify = true reads and checks each fully. A root that does
-    // not exist is empty; a directory that cannot be read is named in `errors`, never skipped quietly.
-    CacheListing list(bool verify) const;
+    // Every entry file of every root (or of the writable root only), and the temporary files of the
+    // writable root. verify = true reads and checks each entry fully. A root that does not exist is
+    // empty; a directory that cannot be read is named in `errors`, never skipped quietly.
+    CacheListing list(bool verify, CacheRoots roots = CacheRoots::all) const;
 
     // Removes entries, sources, temporary and lock files of the writable root (never a read-only
     // root, never other files), going on past failures; each is named in `errors`.

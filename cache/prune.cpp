@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <tuple>
 
@@ -45,13 +46,32 @@ uint64_t parse_cache_size(const std::string& text) {
     return static_cast<uint64_t>(bytes);
 }
 
+namespace {
+
+void remove_abandoned_temporaries(const std::vector<CacheTemporaryInfo>& temporaries, PruneResult& result) {
+    const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+    for (const CacheTemporaryInfo& temporary : temporaries) {
+        if (now_ns - temporary.mtime_ns < kAbandonedTemporarySeconds * 1000000000) continue;  // maybe in use
+        if (::unlink(temporary.path.c_str()) != 0) {
+            if (errno != ENOENT)  // ENOENT: someone else removed it
+                result.errors.push_back("cannot remove " + temporary.path + ": " + std::strerror(errno));
+            continue;
+        }
+        ++result.removed_temporaries;
+        result.removed_temporary_bytes += temporary.bytes;
+    }
+}
+
+}  // namespace
+
 PruneResult prune(const DiskCache& cache, uint64_t max_bytes, const std::string& keep) {
     PruneResult result;
-    CacheListing listing = cache.list(/*verify=*/false);
+    CacheListing listing = cache.list(/*verify=*/false, CacheRoots::writable);
     result.errors = std::move(listing.errors);
-    std::vector<CacheEntryInfo> entries;
-    for (CacheEntryInfo& info : listing.entries)
-        if (!info.read_only_root) entries.push_back(std::move(info));
+    remove_abandoned_temporaries(listing.temporaries, result);
+    std::vector<CacheEntryInfo>& entries = listing.entries;
     // Invalid entries are misses anyway; then the oldest use. The path breaks ties so that equal
     // mtimes (a precompiled batch) are pruned in a reproducible order.
     std::sort(entries.begin(), entries.end(), [](const CacheEntryInfo& a, const CacheEntryInfo& b) {

@@ -5,6 +5,7 @@
 #include "codegen/kernel_problems.hpp"
 #include "moe/check_routing.hpp"
 #include "moe/elementwise_kernel.hpp"
+#include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/device_buffer.hpp"
 #include "runtime/launch_arguments.hpp"
@@ -29,7 +30,7 @@ void check_pointer(CUdeviceptr pointer, unsigned alignment, const char* name, co
 }
 
 void check_rows(int64_t rows, const Problem& problem) {
-    if (rows < 0 || rows >= (int64_t{1} << 31))
+    if (rows < 0 || rows > kMaxRows)
         throw Error(to_spec(problem) + ": rows (M) must be in [0, 2^31), got " + std::to_string(rows));
 }
 

@@ -1,6 +1,5 @@
 #include "moe/model_kernels.hpp"
 
-
 #include "codegen/kernel_problems.hpp"
 
 namespace moejit {
@@ -40,6 +39,13 @@ std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dt
         case ModelBlock::none: break;
     }
     return layer_kernels(model, arch, dtype);
+}
+
+std::vector<Problem> model_grouped_gemms(const ModelPreset& model, Arch arch, DType dtype) {
+    std::vector<Problem> gemms;
+    for (const Problem& kernel : model_kernels(model, arch, dtype))
+        if (!is_elementwise(kernel.op)) gemms.push_back(kernel);
+    return gemms;
 }
 
 RowsBucket layer_rows_bucket(const Problem& kernel, int64_t tokens) {

@@ -26,6 +26,11 @@ Llama4MoeConfig llama4_moe_config(const ModelPreset& model, DType dtype);
 // Each grouped GEMM also brings the MOEJIT_CHECK_ROUTING kernel for its expert count.
 std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype);
 
+// The grouped GEMMs among model_kernels (op fwd, dx or dw), in its order, each with the flags its
+// layer launches it with: what `moejit tune --model` times, so that its winners are stored under
+// the problems the layer's GroupedGemms look them up by.
+std::vector<Problem> model_grouped_gemms(const ModelPreset& model, Arch arch, DType dtype);
+
 // The rows bucket (the tiling) a kernel of an MoE layer runs in for `tokens` tokens: the routed
 // GEMMs see tokens * topk rows over their experts; the dense ones (the router's, a shared
 // expert's: one expert, topk 1) tokens rows. Elementwise kernels have one tiling for all.

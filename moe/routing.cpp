@@ -7,6 +7,7 @@
 #include "codegen/kernel_problems.hpp"
 #include "moe/elementwise_kernel.hpp"
 #include "moe/router_limits.hpp"
+#include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/launch_arguments.hpp"
@@ -19,7 +20,6 @@ namespace moejit {
 namespace {
 
 constexpr int kTokensPerBlock = 8;  // route_topk and router_backward: one warp per token, 256 threads
-constexpr int64_t kMaxRows = (int64_t{1} << 31) - 1;
 
 // `where()` names the call in an error message; it is only built when a check fails (cheap hot path).
 template <class Where>
@@ -188,16 +188,17 @@ void permute_rows(DType dtype, int64_t width, int topk, CUdeviceptr x, CUdevicep
         return "permute_rows (width " + std::to_string(width) + ", topk " + std::to_string(topk) + ")";
     };
     check_dtype(dtype, where);
-    if (width <= 0 || width % 8 != 0 || width > (int64_t{1} << 30))
-        throw Error(where() + ": width must be a positive multiple of 8 (16-byte rows)");
     if (topk < 1 || topk > 4096) throw Error(where() + ": topk must be in 1..4096");
+    // The width's limits are the kernel's (16-byte rows, an int template argument): its Problem's.
+    const Problem problem = permute_rows_problem(dtype, width, topk);
+    problem.validate();
     if (tokens < 0 || tokens > kMaxRows / topk)
         throw Error(where() + ": tokens * topk must be in [0, 2^31), got tokens " + std::to_string(tokens));
     check_pointer(x, 16, where, "x");
     check_pointer(gather_idx, 4, where, "gather_idx");
     check_pointer(xp, 16, where, "xp");
     const DeviceInfo& device = current_device();
-    auto kernel = elementwise_kernel(permute_rows_problem(dtype, width, topk), device);
+    auto kernel = elementwise_kernel(problem, device);
     const int64_t rows = tokens * topk;
     if (rows == 0) return;
     PermuteRowsArguments arguments{reinterpret_cast<const void*>(x), reinterpret_cast<void*>(xp),
@@ -210,14 +211,14 @@ void unpermute_rows(DType dtype, int64_t width, CUdeviceptr y, CUdeviceptr gathe
                     CUstream stream) {
     const auto where = [&] { return "unpermute_rows (width " + std::to_string(width) + ")"; };
     check_dtype(dtype, where);
-    if (width <= 0 || width % 8 != 0 || width > (int64_t{1} << 30))
-        throw Error(where() + ": width must be a positive multiple of 8 (16-byte rows)");
+    const Problem problem = unpermute_rows_problem(dtype, width);  // the width's limits, as in permute_rows
+    problem.validate();
     if (rows < 0 || rows > kMaxRows) throw Error(where() + ": rows must be in [0, 2^31), got " + std::to_string(rows));
     check_pointer(y, 16, where, "y");
     check_pointer(gather_idx, 4, where, "gather_idx");
     check_pointer(ys, 16, where, "ys");
     const DeviceInfo& device = current_device();
-    auto kernel = elementwise_kernel(unpermute_rows_problem(dtype, width), device);
+    auto kernel = elementwise_kernel(problem, device);
     if (rows == 0) return;
     PermuteRowsArguments arguments{reinterpret_cast<const void*>(y), reinterpret_cast<void*>(ys),
                                    reinterpret_cast<const int*>(gather_idx), rows};

@@ -3,6 +3,7 @@
 #include <moejit/tuning.hpp>
 
 #include "codegen/config.hpp"
+#include "codegen/kernel_problems.hpp"
 #include "moe/synthetic.hpp"
 #include "moe/tuning.hpp"
 #include "runtime/device_buffer.hpp"
@@ -10,6 +11,7 @@
 
 #include <limits>
 #include <memory>
+#include <utility>
 
 namespace moejit {
 
@@ -23,18 +25,18 @@ struct Inputs {
     Routing routing;
 };
 
+// Buffers for every pass of a GEMM over W [experts, n, k]; X in token order with permute_x.
 Inputs make_inputs(const Problem& forward, int64_t tokens) {
     const SyntheticRouting synthetic = random_routing(tokens, forward.experts, forward.topk, 1234);
     const int64_t rows = tokens * forward.topk;
     const int64_t x_rows = forward.permute_x ? tokens : rows;
-    const int64_t y_cols = forward.gated ? forward.n / 2 : forward.n;
     Inputs inputs;
     for (int i = 0; i < kInputSets; ++i) {
         inputs.x[i] = DeviceBuffer::from(random_halves(forward.dtype, size_t(x_rows) * forward.k, 10 + i));
         inputs.dy[i] = DeviceBuffer::from(random_halves(forward.dtype, size_t(rows) * forward.n, 20 + i));
     }
     inputs.w = DeviceBuffer::from(random_halves(forward.dtype, size_t(forward.experts) * forward.n * forward.k, 30));
-    inputs.y = DeviceBuffer(size_t(rows) * y_cols * 2);
+    inputs.y = DeviceBuffer(size_t(rows) * forward.n * 2);  // a gated forward writes half of it
     inputs.dx = DeviceBuffer(size_t(rows) * forward.k * 2);
     inputs.dw = DeviceBuffer(size_t(forward.experts) * forward.n * forward.k * 4);
     inputs.m_sizes = DeviceBuffer::from(synthetic.m_sizes);
@@ -44,71 +46,133 @@ Inputs make_inputs(const Problem& forward, int64_t tokens) {
     return inputs;
 }
 
-// Median ms of one pass of `gemm` over rotating inputs.
-double time_pass(const GroupedGemm& gemm, int pass, Inputs& in, EventTimer& timer) {
+// Whether make_inputs gives `a` and `b` alike, so that they can share one set.
+bool same_inputs(const Problem& a, const Problem& b) {
+    return a.dtype == b.dtype && a.n == b.n && a.k == b.k && a.experts == b.experts && a.topk == b.topk &&
+           a.permute_x == b.permute_x;
+}
+
+GemmPass gemm_pass_of(const Problem& pass) {
+    switch (pass.op) {
+        case Op::fwd: return GemmPass::fwd;
+        case Op::dx: return GemmPass::dx;
+        case Op::dw: return pass.out_fp32 ? GemmPass::dw_fp32 : GemmPass::dw;
+        default: throw Error("tune: " + to_spec(pass) + " is no grouped GEMM pass (fwd, dx or dw)");
+    }
+}
+
+const char* pass_name(GemmPass pass) {
+    switch (pass) {
+        case GemmPass::fwd: return "fwd";
+        case GemmPass::dx: return "dx";
+        case GemmPass::dw: return "dw";
+        case GemmPass::dw_fp32: return "dw fp32";
+    }
+    return "?";
+}
+
+// The forward of the GroupedGemm that runs `pass`. dx and dw never carry `gated` (gemm_pass drops
+// it), so a forward without it runs them alike; anything gemm_pass could not have built is refused.
+Problem forward_of(const Problem& pass) {
+    Problem forward = pass;
+    forward.op = Op::fwd;
+    forward.out_fp32 = false;
+    if (gemm_pass(forward, gemm_pass_of(pass)) != pass)
+        throw Error("tune: " + to_spec(pass) + " is not a pass a GroupedGemm runs");
+    return forward;
+}
+
+// Median ms of `pass` of `gemm` over rotating inputs.
+double time_pass(const GroupedGemm& gemm, GemmPass pass, Inputs& in, EventTimer& timer) {
     return timer.median_ms([&](int call) {
         const int set = call % kInputSets;
         switch (pass) {
-            case 0: gemm.forward(in.x[set].get(), in.w.get(), in.y.get(), in.routing, nullptr); break;
-            case 1: gemm.dx(in.dy[set].get(), in.w.get(), in.dx.get(), in.routing, nullptr); break;
-            default: gemm.dw(in.dy[set].get(), in.x[set].get(), in.dw.get(), in.routing, nullptr, pass == 3); break;
+            case GemmPass::fwd: gemm.forward(in.x[set].get(), in.w.get(), in.y.get(), in.routing, nullptr); break;
+            case GemmPass::dx: gemm.dx(in.dy[set].get(), in.w.get(), in.dx.get(), in.routing, nullptr); break;
+            case GemmPass::dw:
+            case GemmPass::dw_fp32:
+                gemm.dw(in.dy[set].get(), in.x[set].get(), in.dw.get(), in.routing, nullptr,
+                        pass == GemmPass::dw_fp32);
+                break;
         }
     });
+}
+
+// Times every candidate tiling of `problem`, the heuristic's among them, and stores the fastest.
+TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket bucket, Inputs& inputs,
+                    EventTimer& timer, const DeviceInfo& device) {
+    const GemmPass pass = gemm_pass_of(problem);
+    TunedPass result;
+    result.problem = problem;
+    result.pass = pass_name(pass);
+    // The heuristic's choice, ignoring earlier tuning, as the baseline.
+    result.heuristic = choose_config(problem, bucket).to_string();
+    result.best_ms = std::numeric_limits<double>::infinity();
+    for (const Config& candidate : candidate_configs(problem)) {
+        std::unique_ptr<GroupedGemm> gemm;
+        try {
+            check_config(problem, candidate);
+            gemm = std::make_unique<GroupedGemm>(forward, candidate.to_string());
+        } catch (const Error& error) {  // a tiling this pass cannot use
+            log::debug("tune: skipping " + candidate.to_string() + ": " + error.what());
+            continue;
+        }
+        const double ms = time_pass(*gemm, pass, inputs, timer);
+        ++result.candidates;
+        if (candidate.to_string() == result.heuristic) result.heuristic_ms = ms;
+        if (ms < result.best_ms) {
+            result.best_ms = ms;
+            result.best = candidate.to_string();
+        }
+    }
+    if (result.candidates == 0) throw Error("tune: no candidate tiling fits " + to_spec(problem));
+    if (result.heuristic_ms == 0)  // the heuristic's choice is not among the candidates: time it too
+        result.heuristic_ms = time_pass(GroupedGemm(forward, result.heuristic), pass, inputs, timer);
+    if (result.heuristic_ms <= result.best_ms) {
+        result.best = result.heuristic;
+        result.best_ms = result.heuristic_ms;
+    }
+    result.stored = store_tuned_config(problem, bucket, device, Config::parse(result.best));
+    return result;
 }
 
 }  // namespace
 
 std::vector<TunedPass> tune_grouped_gemm(Problem forward, int64_t tokens) {
+    forward.op = Op::fwd;
+    std::vector<Problem> passes;
+    for (GemmPass pass : {GemmPass::fwd, GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32}) {
+        const bool dw = pass == GemmPass::dw || pass == GemmPass::dw_fp32;
+        if (dw && forward.fuse_mul_post) continue;  // no dW for an inference fusion
+        passes.push_back(gemm_pass(forward, pass));
+    }
+    return tune_grouped_gemm_passes(passes, tokens);
+}
+
+std::vector<TunedPass> tune_grouped_gemm_passes(const std::vector<Problem>& passes, int64_t tokens,
+                                                const std::function<void(const TunedPass&)>& on_tuned) {
     if (tokens < 1) throw Error("tune_grouped_gemm: tokens must be at least 1");
     const DeviceInfo& device = current_device();
-    forward.arch = device.arch;
-    forward.op = Op::fwd;
-    forward.validate();
-    Inputs inputs = make_inputs(forward, tokens);
+    std::vector<std::pair<Problem, Problem>> tuned;  // each pass and the forward of its GroupedGemm
+    for (Problem problem : passes) {  // every argument checked before the first timing
+        problem.arch = device.arch;
+        problem.validate();
+        tuned.emplace_back(problem, forward_of(problem));
+    }
     EventTimer timer;
-    const int64_t rows = tokens * forward.topk;
-    const RowsBucket bucket = rows_bucket(rows, forward.experts);
-
+    // Passes of one GEMM come in a row (as the blocks list them) and share its inputs.
+    std::unique_ptr<Inputs> inputs;
+    const Problem* inputs_of = nullptr;
     std::vector<TunedPass> results;
-    const char* names[4] = {"fwd", "dx", "dw", "dw fp32"};
-    const Op ops[4] = {Op::fwd, Op::dx, Op::dw, Op::dw};
-    for (int pass = 0; pass < 4; ++pass) {
-        if (ops[pass] == Op::dw && forward.fuse_mul_post) continue;  // no dW for an inference fusion
-        Problem problem = forward;
-        problem.op = ops[pass];
-        problem.gated = forward.gated && pass == 0;
-        problem.out_fp32 = pass == 3;
-        TunedPass result;
-        result.pass = names[pass];
-        // The heuristic's choice, ignoring earlier tuning, as the baseline.
-        result.heuristic = choose_config(problem, bucket).to_string();
-        result.best_ms = std::numeric_limits<double>::infinity();
-        for (const Config& candidate : candidate_configs(problem)) {
-            std::unique_ptr<GroupedGemm> gemm;
-            try {
-                check_config(problem, candidate);
-                gemm = std::make_unique<GroupedGemm>(forward, candidate.to_string());
-            } catch (const Error& error) {  // a tiling this pass cannot use
-                log::debug("tune: skipping " + candidate.to_string() + ": " + error.what());
-                continue;
-            }
-            const double ms = time_pass(*gemm, pass, inputs, timer);
-            ++result.candidates;
-            if (candidate.to_string() == result.heuristic) result.heuristic_ms = ms;
-            if (ms < result.best_ms) {
-                result.best_ms = ms;
-                result.best = candidate.to_string();
-            }
+    for (const auto& [problem, forward] : tuned) {
+        if (inputs_of == nullptr || !same_inputs(*inputs_of, forward)) {
+            inputs.reset();  // the previous GEMM's buffers go before the next one's are allocated
+            inputs = std::make_unique<Inputs>(make_inputs(forward, tokens));
+            inputs_of = &forward;
         }
-        if (result.candidates == 0) throw Error("tune: no candidate tiling fits " + to_spec(problem));
-        if (result.heuristic_ms == 0)  // the heuristic's choice is not among the candidates: time it too
-            result.heuristic_ms = time_pass(GroupedGemm(forward, result.heuristic), pass, inputs, timer);
-        if (result.heuristic_ms <= result.best_ms) {
-            result.best = result.heuristic;
-            result.best_ms = result.heuristic_ms;
-        }
-        result.stored = store_tuned_config(problem, bucket, device, Config::parse(result.best));
-        results.push_back(result);
+        const RowsBucket bucket = rows_bucket(tokens * problem.topk, problem.experts);
+        results.push_back(tune_pass(problem, forward, bucket, *inputs, timer, device));
+        if (on_tuned) on_tuned(results.back());
     }
     return results;
 }

@@ -2,6 +2,7 @@
 // Device workspace of the MoE blocks: offsets planned once, memory owned or borrowed.
 #include <moejit/error.hpp>
 
+#include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 
@@ -12,9 +13,9 @@
 namespace moejit {
 
 // The blocks plan their workspace for max_tokens tokens, max_tokens * topk routed rows: each a
-// positive count the routing kernels can index (below 2^31).
+// positive count the routing kernels can index (at most kMaxRows).
 inline void check_max_tokens(int64_t max_tokens, int topk, const char* block) {
-    if (max_tokens <= 0 || max_tokens > ((int64_t{1} << 31) - 1) / topk)
+    if (max_tokens <= 0 || max_tokens > kMaxRows / topk)
         throw Error(std::string(block) + ": max_tokens must be positive and max_tokens * topk below 2^31, got " +
                     std::to_string(max_tokens));
 }

@@ -272,3 +272,39 @@ TEST_CASE("block constructors reject router limits before touching the device", 
         CHECK(mentions(message, "Llama4TextMoe: the router GEMM needs experts to be a multiple of 8"));
     }
 }
+
+TEST_CASE("model_grouped_gemms: `moejit tune` times the grouped GEMMs the layer launches, flags and all",
+          "[cpu][blocks]") {
+    // A tuned tiling is looked up by the exact Problem of the pass: one tuned under other flags than
+    // the block launches would never be used.
+    const std::vector<Problem> qwen3 = model_grouped_gemms(find_model("qwen3-30b-a3b"), kHopper, DType::bf16);
+    CHECK(qwen3.size() == specs_of(qwen3).size());  // each once
+    const std::set<std::string> expected = {
+        "fwd:bf16:n128:k2048:e1:topk1:sm_90a",  // the router GEMM
+        "dx:bf16:n128:k2048:e1:topk1:sm_90a",
+        "dw:bf16:n128:k2048:e1:topk1:out_fp32:sm_90a",
+        "fwd:bf16:n1536:k2048:e128:topk8:permute_x:gated:sm_90a",
+        "dx:bf16:n1536:k2048:e128:topk8:permute_x:sm_90a",
+        "dw:bf16:n1536:k2048:e128:topk8:permute_x:out_fp32:sm_90a",
+        "fwd:bf16:n2048:k768:e128:topk8:permute_y:sm_90a",  // unscaled: the combine applies the weights
+        "dx:bf16:n2048:k768:e128:topk8:sm_90a",
+        "dw:bf16:n2048:k768:e128:topk8:out_fp32:sm_90a",
+    };
+    CHECK(specs_of(qwen3) == expected);
+
+    // For every preset: exactly the GEMMs among the layer's kernels (for qwen3 and llama4, the block's).
+    for (const ModelPreset& model : model_presets()) {
+        INFO(model.name);
+        std::vector<Problem> launched;
+        for (const Problem& kernel : model_kernels(model, kHopper, DType::fp16))
+            if (kernel.op == Op::fwd || kernel.op == Op::dx || kernel.op == Op::dw) launched.push_back(kernel);
+        const std::vector<Problem> tuned = model_grouped_gemms(model, kHopper, DType::fp16);
+        CHECK(tuned == launched);
+        for (const Problem& problem : tuned) CHECK(problem.dtype == DType::fp16);
+    }
+    std::vector<Problem> llama4;
+    for (const Problem& kernel : Llama4TextMoe::kernels(llama4_moe_config(find_model("llama4-scout"), DType::bf16),
+                                                        kHopper))
+        if (kernel.op == Op::fwd || kernel.op == Op::dx || kernel.op == Op::dw) llama4.push_back(kernel);
+    CHECK(model_grouped_gemms(find_model("llama4-scout"), kHopper, DType::bf16) == llama4);
+}

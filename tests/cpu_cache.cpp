@@ -1,7 +1,8 @@
 // Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
 // paths, oversized entries, directories that cannot be read and entries that cannot be removed,
-// pruning to a size, read-only roots, an unwritable root, concurrent writers in separate
-// processes, the environment variables, and tuning records (stored in the cache directory).
+// pruning to a size and of abandoned temporary files, read-only roots, an unwritable root,
+// concurrent writers in separate processes, the environment variables, and tuning records (stored
+// in the cache directory).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -694,6 +696,75 @@ TEST_CASE("parse_cache_size: powers of 1024, and moejit::Error for anything else
         INFO("'" << bad << "'");
         CHECK_THROWS_AS(parse_cache_size(bad), moejit::Error);
     }
+}
+
+TEST_CASE("disk cache: prune removes temporary files abandoned for kAbandonedTemporarySeconds, no others",
+          "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "rw", {tmp / "ro"});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(2);
+    for (size_t i = 0; i < keys.size(); ++i) cache.store(keys[i], make_entry("k", 1000, 50 + i), "src");
+    const uint64_t entry_bytes = fs::file_size(cache.entry_path(keys[0]));
+    const std::string shard = fs::path(cache.entry_path(keys[0])).parent_path().string();
+    // Named as store() names them; each last written `age` seconds ago (negative: now).
+    const auto temporary = [&](const std::string& dir, const std::string& name, size_t bytes, time_t age) {
+        const std::string path = dir + "/" + keys[0].hex() + name;
+        write_bytes(path, std::vector<char>(bytes, 't'));
+        if (age >= 0) {
+            const time_t written = std::time(nullptr) - age;
+            const struct timespec times[2] = {{written, 0}, {written, 0}};
+            REQUIRE(::utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
+        }
+        return path;
+    };
+    const time_t limit = kAbandonedTemporarySeconds;
+    const std::string crashed = temporary(shard, ".cubin.11-a-0000000000000001.tmp", 700, 1000000);
+    const std::string just_over = temporary(shard, ".cu.12-b-0000000000000002.tmp", 300, limit + 120);
+    const std::string just_under = temporary(shard, ".cubin.13-c-0000000000000003.tmp", 200, limit - 120);
+    const std::string being_written = temporary(shard, ".cubin.14-d-0000000000000004.tmp", 100, -1);
+    const std::string foreign = temporary(shard, ".notes", 50, 1000000);
+    // A read-only root's leftovers are not ours to remove.
+    DiskCache(tmp / "ro", {}).store(keys[1], make_entry("ro", 1000, 60), "src");
+    const std::string read_only_shard =
+        fs::path(DiskCache(tmp / "ro", {}).entry_path(keys[1])).parent_path().string();
+    const std::string read_only_leftover = temporary(read_only_shard, ".cubin.15-e-0000000000000005.tmp", 10, 1000000);
+
+    const PruneResult result = prune(cache, 1 << 30);
+    CHECK(result.removed_temporaries == 2);
+    CHECK(result.removed_temporary_bytes == 700 + 300);
+    CHECK(result.removed == 0);
+    CHECK(result.kept == 2);
+    CHECK(result.kept_bytes == 2 * entry_bytes);  // temporary files are not entries
+    CHECK(result.errors.empty());
+    CHECK_FALSE(fs::exists(crashed));
+    CHECK_FALSE(fs::exists(just_over));
+    CHECK(fs::exists(just_under));
+    CHECK(fs::exists(being_written));
+    CHECK(fs::exists(foreign));
+    CHECK(fs::exists(read_only_leftover));
+    for (const Hash128& key : keys) CHECK(cache.load(key).has_value());
+
+    // Nothing left to remove the second time.
+    const PruneResult again = prune(cache, 1 << 30);
+    CHECK(again.removed_temporaries == 0);
+    CHECK(again.removed_temporary_bytes == 0);
+}
+
+TEST_CASE("disk cache: prune does not read the read-only roots it never removes from", "[cache]") {
+    TempDir tmp;
+    write_bytes(tmp / "file", {'x'});  // a root under a regular file cannot be read, even by root
+    DiskCache cache(tmp / "rw", {tmp / "file/ro"});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(3);
+    for (size_t i = 0; i < keys.size(); ++i) cache.store(keys[i], make_entry("k", 1000, 70 + i), "src");
+    const uint64_t entry_bytes = fs::file_size(cache.entry_path(keys[0]));
+    // Listing every root meets the unreadable one; pruning does not.
+    REQUIRE(cache.list(false).errors ==
+            std::vector<std::string>{"cannot read directory " + (tmp / "file/ro") + ": " + std::strerror(ENOTDIR)});
+    CHECK(cache.list(false, CacheRoots::writable).errors.empty());
+    const PruneResult result = prune(cache, 2 * entry_bytes);
+    CHECK(result.errors.empty());
+    CHECK(result.removed == 1);
+    CHECK(result.kept == 2);
 }
 
 TEST_CASE("disk cache: prune never removes the entry it is told to keep", "[cache]") {

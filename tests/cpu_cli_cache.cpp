@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -228,4 +229,33 @@ TEST_CASE("moejit cache prune --max-size removes least-recently-used entries dow
     const ProcessResult help = run_cli({"cache", "prune", "--help"}, {{"MOEJIT_CACHE_DIR", root}});
     CHECK(help.status == 0);
     CHECK(help.out.find("prune --max-size SIZE") != std::string::npos);
+}
+
+TEST_CASE("moejit cache prune removes abandoned temporary files and leaves read-only roots unread", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 2);
+    const std::string shard = fs::path(DiskCache(root, {}).entry_path(keys[0])).parent_path().string();
+    // A crashed store's file, last written a day ago, and one a live store is writing now.
+    const std::string abandoned = shard + "/" + keys[0].hex() + ".cubin.11-a-0000000000000001.tmp";
+    const std::string in_progress = shard + "/" + keys[0].hex() + ".cubin.12-b-0000000000000002.tmp";
+    write_bytes(abandoned, std::string(700, 't'));
+    write_bytes(in_progress, std::string(100, 't'));
+    const time_t day_ago = std::time(nullptr) - 86400;
+    const struct timespec times[2] = {{day_ago, 0}, {day_ago, 0}};
+    REQUIRE(::utimensat(AT_FDCWD, abandoned.c_str(), times, 0) == 0);
+    // A read-only root nobody can read (under a regular file): prune has no business there.
+    write_bytes(tmp / "file", "x");
+    const Environment environment = {{"MOEJIT_CACHE_DIR", root}, {"MOEJIT_CACHE_PATH", tmp / "file/deployed"}};
+
+    const ProcessResult pruned = run_cli({"cache", "prune", "--max-size", "1G"}, environment);
+    INFO("stdout:\n" << pruned.out << "\nstderr:\n" << pruned.err);
+    CHECK(pruned.status == 0);
+    CHECK(pruned.err.empty());
+    CHECK(pruned.out.rfind("removed 0 entries (0 B) and 1 abandoned temporary file (700 B) from " + root +
+                               "; 2 entries (",
+                           0) == 0);
+    CHECK_FALSE(fs::exists(abandoned));
+    CHECK(fs::exists(in_progress));
+    for (const Hash128& key : keys) CHECK(fs::exists(DiskCache(root, {}).entry_path(key)));
 }

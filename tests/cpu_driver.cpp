@@ -5,6 +5,7 @@
 
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
+#include <moejit/routing.hpp>
 
 #include "moe/combine_backward.hpp"
 #include "runtime/driver.hpp"
@@ -105,10 +106,35 @@ TEST_CASE("argument errors are reported before the device is looked up", "[cpu]"
              combine_backward(DType::bf16, 64, 2, buffer, 0, buffer, buffer, buffer, buffer, 8, nullptr);
          }),
          "null or misaligned pointer"},
+        {error_message([&] { permute_rows(DType::bf16, 12, 2, buffer, buffer, buffer, 4, nullptr); }),
+         "N must be a positive multiple of 8"},
+        {error_message([&] { permute_rows(DType::bf16, int64_t{1} << 31, 2, buffer, buffer, buffer, 4, nullptr); }),
+         "N and K must each be below 2^31"},
+        {error_message([&] { unpermute_rows(DType::bf16, 12, buffer, buffer, buffer, 8, nullptr); }),
+         "N must be a positive multiple of 8"},
+        {error_message([&] { unpermute_rows(DType::bf16, int64_t{1} << 31, buffer, buffer, buffer, 8, nullptr); }),
+         "N and K must each be below 2^31"},
     };
     for (const auto& [error, mention] : cases) {
         INFO(error);
         CHECK(mentions(error, mention));
         CHECK_FALSE(mentions(error, "CUDA driver"));
+    }
+}
+
+TEST_CASE("permute_rows and unpermute_rows take every width their kernel holds in an int, up to 2^31 - 8",
+          "[cpu]") {
+    // The kernel indexes in 64 bits and takes the width as an int template argument, as the GEMMs
+    // take N and K. No rows: on a GPU the kernel is compiled and nothing launched; without one the
+    // device lookup fails. Either way no argument error names the call.
+    const CUdeviceptr buffer = 1 << 20;
+    for (const int64_t width : {(int64_t{1} << 30) + 8, (int64_t{1} << 31) - 8}) {
+        for (const std::string& error :
+             {error_message([&] { permute_rows(DType::bf16, width, 2, buffer, buffer, buffer, 0, nullptr); }),
+              error_message([&] { unpermute_rows(DType::bf16, width, buffer, buffer, buffer, 0, nullptr); })}) {
+            INFO("width " << width << ": " << error);
+            CHECK_FALSE(mentions(error, "permute_rows"));
+            CHECK_FALSE(mentions(error, "width"));
+        }
     }
 }

@@ -1,5 +1,6 @@
 // `moejit bench` and `moejit tune`: the grouped GEMMs of a model preset on this GPU, timed beside
-// cuBLAS (bench), or every candidate tiling timed and the winners stored (tune).
+// cuBLAS (bench), or every candidate tiling of those its MoE layer launches timed and the winners
+// stored (tune).
 #include "tools/cli.hpp"
 
 #include <moejit/grouped_gemm.hpp>
@@ -7,6 +8,7 @@
 
 #include "bench/cublas.hpp"
 #include "codegen/models.hpp"
+#include "moe/model_kernels.hpp"
 #include "moe/synthetic.hpp"
 #include "runtime/device_buffer.hpp"
 
@@ -197,11 +199,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
 int cmd_tune(const std::vector<std::string>& argv) {
     const Args args("tune", argv, {{"--model", true}, {"--tokens", true}, {"--dtype", true}});
     if (print_command_help(args, "--model NAME [--tokens T]",
-                   "Times every candidate tiling of forward, dX and dW of the model's two expert GEMMs (with the\n"
-                   "model's fusions) at T tokens (default 8192) of uniform random routing on this GPU, with\n"
-                   "CUDA events over rotating inputs, and stores each winner in the cache directory\n"
-                   "(<cache>/tuning/), keyed by problem, token-count bucket, device and library version. Later\n"
-                   "processes on this device use the winners instead of the heuristic.\n"))
+                   "Times every candidate tiling of each grouped GEMM the model's MoE layer launches, forward and\n"
+                   "backward, with the fusions it launches them with (the GEMMs of `moejit precompile --model`'s\n"
+                   "list: for qwen3 and llama4 presets their block's, router GEMM included), at T tokens (default\n"
+                   "8192) of uniform random routing on this GPU, with CUDA events over rotating inputs, and stores\n"
+                   "each winner in the cache directory (<cache>/tuning/), keyed by problem, token-count bucket,\n"
+                   "device and library version. Later processes on this device use the winners instead of the\n"
+                   "heuristic.\n"))
         return 0;
     args.expect_positionals(0, 0, "");
     if (!args.value("--model")) throw Error("'moejit tune' needs --model NAME (see moejit tune --help)");
@@ -209,20 +213,17 @@ int cmd_tune(const std::vector<std::string>& argv) {
     const int64_t tokens = parse_tokens(args);
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
     const DeviceInfo& device = current_device();
-    std::printf("device %s (%s); %s, %lld tokens\n\n| gemm | pass | candidates | heuristic | ms | tuned | ms | "
-                "heuristic / tuned |\n|---|---|---|---|---|---|---|---|\n",
+    std::printf("device %s (%s); %s, %lld tokens\n\n| kernel | candidates | heuristic | ms | tuned | ms | "
+                "heuristic / tuned |\n|---|---|---|---|---|---|---|\n",
                 device.name.c_str(), device.arch.name().c_str(), model.name.c_str(), (long long)tokens);
     std::string stored;
-    for (ModelGemm which : model_gemms()) {
-        const Problem forward = model_gemm(model, which, Op::fwd, dtype, device.arch);
-        for (const TunedPass& pass : tune_grouped_gemm(forward, tokens)) {
-            std::printf("| %s | %s | %d | %s | %.3f | %s | %.3f | %.3f |\n", to_string(which), pass.pass.c_str(),
-                        pass.candidates, pass.heuristic.c_str(), pass.heuristic_ms, pass.best.c_str(), pass.best_ms,
-                        pass.heuristic_ms / pass.best_ms);
-            std::fflush(stdout);
-            stored = pass.stored;
-        }
-    }
+    tune_grouped_gemm_passes(model_grouped_gemms(model, device.arch, dtype), tokens, [&](const TunedPass& pass) {
+        std::printf("| %s | %d | %s | %.3f | %s | %.3f | %.3f |\n", to_spec(pass.problem).c_str(), pass.candidates,
+                    pass.heuristic.c_str(), pass.heuristic_ms, pass.best.c_str(), pass.best_ms,
+                    pass.heuristic_ms / pass.best_ms);
+        std::fflush(stdout);
+        stored = pass.stored;
+    });
     if (!stored.empty()) std::printf("\nwinners stored beside %s\n", stored.c_str());
     return 0;
 }

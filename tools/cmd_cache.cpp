@@ -59,7 +59,8 @@ const char* const kCacheHelp =
     "  prune --max-size SIZE\n"
     "                  removes entries of the writable root, least recently used first (every cache hit\n"
     "                  refreshes an entry's time), until what stats counts there is at most SIZE: bytes,\n"
-    "                  or 500M, 2G (K, M, G, T are powers of 1024)\n"
+    "                  or 500M, 2G (K, M, G, T are powers of 1024); also removes temporary files that\n"
+    "                  crashed stores left behind (unwritten for an hour)\n"
     "  clear           removes every entry of the writable root (never a read-only root)\n"
     "\n"
     "A directory that cannot be read or an entry that cannot be removed is named on stderr, and the\n"
@@ -157,10 +158,15 @@ int cache_prune(const std::vector<std::string>& argv) {
     const DiskCache cache = DiskCache::from_environment();
     if (cache.root().empty()) throw Error(kNoCacheDirectory);
     const PruneResult result = prune(cache, max_bytes);
-    std::printf("removed %zu entr%s (%s) from %s; %zu entr%s (%s) remain, at most %s\n", result.removed,
-                result.removed == 1 ? "y" : "ies", format_bytes(result.removed_bytes).c_str(), cache.root().c_str(),
-                result.kept, result.kept == 1 ? "y" : "ies", format_bytes(result.kept_bytes).c_str(),
-                format_bytes(max_bytes).c_str());
+    std::string temporaries;
+    if (result.removed_temporaries > 0)
+        temporaries = " and " + std::to_string(result.removed_temporaries) + " abandoned temporary file" +
+                      (result.removed_temporaries == 1 ? "" : "s") + " (" +
+                      format_bytes(result.removed_temporary_bytes) + ")";
+    std::printf("removed %zu entr%s (%s)%s from %s; %zu entr%s (%s) remain, at most %s\n", result.removed,
+                result.removed == 1 ? "y" : "ies", format_bytes(result.removed_bytes).c_str(), temporaries.c_str(),
+                cache.root().c_str(), result.kept, result.kept == 1 ? "y" : "ies",
+                format_bytes(result.kept_bytes).c_str(), format_bytes(max_bytes).c_str());
     return report_errors(result.errors);
 }
 

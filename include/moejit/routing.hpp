@@ -84,12 +84,14 @@ void routing_indices(int experts, int topk, CUdeviceptr topk_ids, int64_t tokens
 void check_routing_errors(CUdeviceptr error_count, int experts, CUstream stream);
 
 // x [T, width] -> xp [M, width] in expert order: xp[r] = x[gather_idx[r] / topk]; rows whose
-// gather_idx is outside [0, M) (dropped slots) are zero. width a multiple of 8; x, xp 16-byte aligned.
+// gather_idx is outside [0, M) (dropped slots) are zero. width a positive multiple of 8 below 2^31;
+// x, xp 16-byte aligned.
 void permute_rows(DType dtype, int64_t width, int topk, CUdeviceptr x, CUdeviceptr gather_idx, CUdeviceptr xp,
                   int64_t tokens, CUstream stream);
 
 // y [rows, width] in expert order -> ys [rows, width] in slot order: ys[gather_idx[r]] = y[r]; rows
 // whose gather_idx is outside [0, rows) are skipped (those rows of ys are left as they were).
+// width as in permute_rows.
 void unpermute_rows(DType dtype, int64_t width, CUdeviceptr y, CUdeviceptr gather_idx, CUdeviceptr ys, int64_t rows,
                     CUstream stream);
 

@@ -6,12 +6,14 @@
 #include <moejit/problem.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 namespace moejit {
 
 struct TunedPass {
+    Problem problem;             // the pass tuned, as its GroupedGemm runs it (op fwd, dx or dw)
     std::string pass;            // "fwd", "dx", "dw" or "dw fp32"
     std::string heuristic;       // the untuned choice and its time
     double heuristic_ms = 0;
@@ -21,9 +23,17 @@ struct TunedPass {
     std::string stored;          // where the winner was written; empty with no cache directory
 };
 
-// Tunes forward, dX, dW and fp32 dW of `forward` (op fwd, with its fusion flags) for `tokens`
-// tokens of uniform random routing, on the current device. Each candidate is timed with CUDA events
-// over inputs rotating among three sets (so caches do not flatter it); the median counts.
+// Tunes forward, dX, dW and fp32 dW of `forward` (op fwd, with its fusion flags; no dW with
+// fuse_mul_post) for `tokens` tokens of uniform random routing, on the current device. Each
+// candidate is timed with CUDA events over inputs rotating among three sets (so caches do not
+// flatter it); the median counts.
 std::vector<TunedPass> tune_grouped_gemm(Problem forward, int64_t tokens);
+
+// Tunes each of `passes` the same way, in their order: grouped-GEMM passes exactly as a GroupedGemm
+// runs them, such as the fwd, dx and dw problems of Qwen3MoeBlock::kernels, so that the winners are
+// stored under the problems a block launches. A dense GEMM (one expert, topk 1) gets `tokens` rows,
+// a routed one tokens * topk. `on_tuned`, if given, sees each result as soon as it is stored.
+std::vector<TunedPass> tune_grouped_gemm_passes(const std::vector<Problem>& passes, int64_t tokens,
+                                                const std::function<void(const TunedPass&)>& on_tuned = {});
 
 }  // namespace moejit
