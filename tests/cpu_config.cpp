@@ -125,7 +125,7 @@ TEST_CASE("every Hopper candidate passes check_config, CTA pairs among them for 
     }
 }
 
-TEST_CASE("dW's 128x256 heuristic keeps four stages, staging two boxes a warpgroup where they fit", "[cpu]") {
+TEST_CASE("dW heuristic: 128x256 tiles in four stages, two staging boxes where they fit; 64x128 where few", "[cpu]") {
     constexpr size_t kRing = 4 * (128 + 256) * 64 * 2, kBox = 8192;
     // 128 experts: two boxes for each of the two consumer warpgroups.
     const Problem qwen3 = parse_spec("dw:bf16:n1536:k2048:e128:topk8:sm_90a");
@@ -144,6 +144,12 @@ TEST_CASE("dW's 128x256 heuristic keeps four stages, staging two boxes a warpgro
     CHECK(dynamic_shared_bytes(many, choose_config(many)) == kRing + 2 * kBox + 1024);
     CHECK(dynamic_shared_bytes(many, Config::parse("h:m128n256s3")) == kRing * 3 / 4 + 2 * 2 * kBox + 1024);
     CHECK_NOTHROW(check_config(many, choose_config(many)));
+    // Fewer 128x256 tiles than multiprocessors (a router's dW: 8 of them): 64x128 tiles, four times as many.
+    const Problem router = parse_spec("dw:bf16:n128:k2048:e1:topk1:out_fp32:sm_90a");
+    CHECK(choose_config(router).to_string() == "h:m64n128s8");
+    CHECK_NOTHROW(check_config(router, choose_config(router)));
+    CHECK(choose_config(parse_spec("dw:bf16:n1024:k4096:e1:topk1:sm_90a")).to_string() == "h:m64n128s8");  // 128
+    CHECK(choose_config(parse_spec("dw:bf16:n2048:k4096:e1:topk1:sm_90a")).to_string() == "h:m128n256s4");  // 256
 }
 
 namespace {
