@@ -307,6 +307,8 @@ std::vector<Config> candidate_configs(const Problem& problem) {
 
 void check_config(const Problem& problem, const Config& config) {
     const std::string what = "config " + config.to_string() + " for " + to_spec(problem);
+    if (config.slice_k != 64 && !(config.hopper() && config.slice_k == 32 && problem.op == Op::dw))
+        throw Error(what + ": stages hold 64 reduction elements (k32, 32 rows a stage, only in dW on hopper)");
     if (config.hopper()) {
         if (!hopper_path_available(problem))
             throw Error(what + ": hopper kernels need a grouped GEMM on sm_90a");
@@ -317,8 +319,6 @@ void check_config(const Problem& problem, const Config& config) {
             throw Error(what + ": the gated epilogue needs n128 or n256");
         // The static shared memory (hopper_static_bytes) has room for 8 stages' barriers.
         if (config.stages < 3 || config.stages > 8) throw Error(what + ": hopper kernels run 3 to 8 stages");
-        if (config.slice_k != 64 && !(config.slice_k == 32 && problem.op == Op::dw))
-            throw Error(what + ": stages hold 64 reduction elements (k32, 32 rows a stage, only in dW)");
         if (config.cluster != 1 && config.cluster != 2 && config.cluster != 4)
             throw Error(what + ": clusters are of 1, 2 or 4 CTAs");
         if (config.cluster > max_cluster(problem, config))
@@ -326,7 +326,6 @@ void check_config(const Problem& problem, const Config& config) {
                         " CTA(s) a cluster here (pairs need n128 or more; clusters of four only dW with n256; "
                         "dW clusters multicast X slices loaded by TMA, which permute_x gathers instead)");
     } else {
-        if (config.slice_k != 64) throw Error(what + ": portable stages hold 64 reduction elements");
         check_portable_tiling(problem, config, what);
     }
     if (config.stages < 2) throw Error(what + ": at least 2 stages");

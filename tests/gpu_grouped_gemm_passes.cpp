@@ -20,6 +20,7 @@
 #include <cmath>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <tuple>
 #include <utility>
@@ -239,15 +240,28 @@ void check_training_flag_sets(DType dtype, int64_t n, int64_t k, const HostRouti
     check_passes(dtype, n, k, routing, kPermuteY, kDw);
 }
 
+// 8 experts, top-2, 301 tokens (M = 602); expert 5 never chosen (an empty expert); about half of
+// the tokens put expert 0 first.
+HostRouting routing_with_an_empty_expert() {
+    std::vector<int> allowed = all_experts(8);
+    allowed.erase(allowed.begin() + 5);
+    return make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+}
+
+// The device's arch where it runs the Hopper kernels (sm_90a); elsewhere a warning and nothing.
+std::optional<Arch> hopper_device_arch() {
+    const Arch arch = GroupedGemm(make_problem(DType::bf16, 208, 136, 8, 2, kNone)).problem().arch;
+    if (arch.sm() == 90) return arch;
+    WARN("not an sm_90a device: no Hopper kernels to test");
+    return std::nullopt;
+}
+
 }  // namespace
 
 TEST_CASE("passes: every allowed flag combination, forward, dX and dW, bf16 and fp16", "[gpu][gemm]") {
     for (DType dtype : {DType::bf16, DType::fp16}) {
-        // 8 experts, top-2, 301 tokens (M = 602); expert 5 never chosen; about half of the tokens
-        // put expert 0 first. N and K are not multiples of the tiles.
-        std::vector<int> allowed = all_experts(8);
-        allowed.erase(allowed.begin() + 5);
-        const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+        // N and K are not multiples of the tiles.
+        const HostRouting routing = routing_with_an_empty_expert();
         for (const Flags& flags : kAllFlagSets) check_passes(dtype, 208, 136, routing, flags, kFwd | kDx | kDw | kDw32);
     }
 }
@@ -271,16 +285,11 @@ TEST_CASE("passes: the Hopper path is chosen on sm_90a for every pass and row co
 }
 
 TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu][gemm][hopper]") {
-    const Problem probe = make_problem(DType::bf16, 208, 136, 8, 2, kNone);
-    if (GroupedGemm(probe).problem().arch.sm() != 90) {
-        WARN("not an sm_90a device: no Hopper kernels to test");
-        return;
-    }
-    std::vector<int> allowed = all_experts(8);
-    allowed.erase(allowed.begin() + 5);
-    const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+    const std::optional<Arch> hopper = hopper_device_arch();
+    if (!hopper) return;
+    const HostRouting routing = routing_with_an_empty_expert();
     Problem forward = make_problem(DType::bf16, 208, 136, 8, 2, kGatedPermuteX);
-    forward.arch = GroupedGemm(probe).problem().arch;
+    forward.arch = *hopper;
     for (const Config& config : candidate_configs(forward)) {
         INFO("config " << config.to_string());
         check_passes(DType::bf16, 208, 136, routing, kGatedPermuteX, kFwd | kDx | kDw | kDw32, config.to_string());
@@ -291,21 +300,16 @@ TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu][gemm][
 }
 
 TEST_CASE("passes: dW in CTA clusters (pairs and fours along N) matches float64", "[gpu][gemm][hopper]") {
-    const Problem probe = make_problem(DType::bf16, 208, 136, 8, 2, kNone);
-    if (GroupedGemm(probe).problem().arch.sm() != 90) {
-        WARN("not an sm_90a device: no Hopper kernels to test");
-        return;
-    }
-    std::vector<int> allowed = all_experts(8);
-    allowed.erase(allowed.begin() + 5);  // an empty expert
-    const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+    const std::optional<Arch> hopper = hopper_device_arch();
+    if (!hopper) return;
+    const HostRouting routing = routing_with_an_empty_expert();
     // n512: four N tiles of 128 an expert, so a cluster's tiles share X slices (the second K tile
     // is 8 columns wide). n208: two N tiles an expert, so a cluster of four spans two experts with
     // different row counts and walks the ring through the longer one's slices.
     for (int64_t n : {512, 208}) {
         Problem dw = make_problem(DType::bf16, n, 264, 8, 2, kNone);
         dw.op = Op::dw;
-        dw.arch = GroupedGemm(probe).problem().arch;
+        dw.arch = *hopper;
         for (const char* cluster : {"c2", "c4"}) {
             const Config config = Config::parse(std::string("h:m128n256s4") + cluster);
             REQUIRE_NOTHROW(check_config(dw, config));
@@ -318,15 +322,10 @@ TEST_CASE("passes: dW in CTA clusters (pairs and fours along N) matches float64"
 }
 
 TEST_CASE("passes: dW in 32-row stages matches float64", "[gpu][gemm][hopper]") {
-    const Problem probe = make_problem(DType::bf16, 208, 136, 8, 2, kNone);
-    if (GroupedGemm(probe).problem().arch.sm() != 90) {
-        WARN("not an sm_90a device: no Hopper kernels to test");
-        return;
-    }
-    std::vector<int> allowed = all_experts(8);
-    allowed.erase(allowed.begin() + 5);  // an empty expert
+    const std::optional<Arch> hopper = hopper_device_arch();
+    if (!hopper) return;
     // About 75 rows an expert: every expert ends inside a 32-row stage, gathered with zeros past its end.
-    const HostRouting routing = make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
+    const HostRouting routing = routing_with_an_empty_expert();
     for (const char* config : {"h:m128n256s8k32", "h:m64n128s8k32", "h:m128n256s8k32c2"}) {
         INFO("config " << config);
         check_passes(DType::bf16, 512, 264, routing, kNone, kDw | kDw32, config);
