@@ -152,6 +152,22 @@ TEST_CASE("dW heuristic: 128x256 tiles in four stages, two staging boxes where t
     CHECK(choose_config(parse_spec("dw:bf16:n2048:k4096:e1:topk1:sm_90a")).to_string() == "h:m128n256s4");  // 256
 }
 
+TEST_CASE("forward heuristic: one 128-column tile of outputs takes 64-row tiles at every row count", "[cpu]") {
+    // The router's forward: [T, 2048] x [2048, 128]; the rows are read once whatever the tile height.
+    const Problem router = parse_spec("fwd:bf16:n128:k2048:e1:topk1:sm_90a");
+    for (RowsBucket bucket : kRowsBuckets) {
+        INFO(to_string(bucket));
+        CHECK(choose_config(router, bucket).to_string() == "h:m64n128s8");
+    }
+    CHECK_NOTHROW(check_config(router, choose_config(router)));
+    // 129 output columns need two tiles of 128 (or one of 256): the row-count rules apply again.
+    CHECK(choose_config(parse_spec("fwd:bf16:n136:k2048:e1:topk1:sm_90a")).to_string() == "h:m128n256s4");
+    // The gated forward's outputs are N/2 wide.
+    CHECK(choose_config(parse_spec("fwd:bf16:n256:k2048:e8:topk2:gated:sm_90a")).to_string() == "h:m64n128s8");
+    // dX of the router writes K = 2048 columns: not narrow.
+    CHECK(choose_config(parse_spec("dx:bf16:n128:k2048:e1:topk1:sm_90a")).tile_m == 128);
+}
+
 namespace {
 
 std::string config_error(const Problem& problem, const std::string& config) {

@@ -105,6 +105,24 @@ __device__ __forceinline__ void tma_store_3d(const TensorMap& map, uint32 source
                  : "memory");
 }
 
+// An L2 policy for data written once and not read again by this kernel: its lines are the first
+// evicted, so that they do not push out the operands that other CTAs are still reading.
+__device__ __forceinline__ uint64 evict_first_policy() {
+    uint64 policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+
+// tma_store_3d under an L2 policy from createpolicy.
+__device__ __forceinline__ void tma_store_3d(const TensorMap& map, uint32 source, int c0, int c1, int c2,
+                                             uint64 policy) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%2, %3, %4}], [%1], %5;\n" ::"l"(
+            reinterpret_cast<uint64>(&map)),
+        "r"(source), "r"(c0), "r"(c1), "r"(c2), "l"(policy)
+        : "memory");
+}
+
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 
 // Until at most `Pending` of this thread's bulk groups have not finished reading shared memory.

@@ -50,7 +50,8 @@ struct BoxStore {
             if (Buffers == 2 && thread == 0) bulk_wait_read<0>();
             named_barrier(barrier_id, kWarpgroupThreads);
             if (thread == 0) {
-                tma_store_3d(map, buffer, col0 + box * BoxCols, row0, matrix);
+                // dW is written once: evict-first, not to displace the dY and X rows in L2.
+                tma_store_3d(map, buffer, col0 + box * BoxCols, row0, matrix, evict_first_policy());
                 bulk_commit();
             }
         }
