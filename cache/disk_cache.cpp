@@ -178,8 +178,10 @@ bool write_all(int fd, const char* data, size_t size) {
 // Ends the name of every temporary file a store writes, so that list() and clear() know them.
 constexpr char kTemporarySuffix[] = ".tmp";
 
+}  // namespace
+
 // A name no other process or thread can pick: pid + thread id + a random number.
-std::string temp_name(const std::string& final_name) {
+std::string temporary_file_name(const std::string& final_name) {
     thread_local std::mt19937_64 random(std::random_device{}() ^
                                         static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
     const size_t tid = std::hash<std::thread::id>{}(std::this_thread::get_id());
@@ -188,6 +190,8 @@ std::string temp_name(const std::string& final_name) {
                   static_cast<unsigned long long>(random()), kTemporarySuffix);
     return final_name + suffix;
 }
+
+namespace {
 
 // A failed file system call: which path, and errno (to tell a full or read-only disk from one bad file).
 struct IoFailure {
@@ -202,7 +206,7 @@ struct IoFailure {
 std::optional<IoFailure> write_atomically(const std::string& dir, const std::string& final_name, const char* data,
                                           size_t size) {
     const std::string final_path = dir + "/" + final_name;
-    const std::string temp_path = dir + "/" + temp_name(final_name);
+    const std::string temp_path = dir + "/" + temporary_file_name(final_name);
     const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return IoFailure{temp_path, errno};
     // fsync before rename: otherwise a crash can leave the new name pointing at an empty file.
@@ -448,6 +452,12 @@ CacheListing DiskCache::list(bool verify, CacheRoots roots) const {
     };
     auto scan = [&](const std::string& root, bool read_only) {
         if (root.empty()) return;
+        if (!read_only) {
+            const std::string tuning = root + "/" + kTuningDirectory;
+            if (::access(tuning.c_str(), F_OK) == 0)
+                for (const std::string& name : directory_names(tuning, listing.errors))
+                    if (ends_with(name, kTemporarySuffix)) add_temporary(tuning + "/" + name);
+        }
         for (const std::string& shard : directory_names(root, listing.errors)) {
             if (!is_shard_name(shard)) continue;
             const std::string dir = root + "/" + shard;

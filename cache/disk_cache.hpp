@@ -2,7 +2,7 @@
 // The on-disk kernel cache: one file per key holding a cubin behind a self-checking header.
 //
 // Layout: <root>/<first two hex digits of the key>/<32-hex key>.cubin, and the generated source
-// beside it as <key>.cu. An entry file is
+// beside it as <key>.cu; `moejit tune`'s winners go to <root>/tuning/<key>.config (moe/tuning.cpp). An entry file is
 //     "MOEJITCB" | u32 format version | u32 reserved (0) | u64 key.high | u64 key.low
 //     | u64 payload size | u64 checksum64(payload) | payload
 // with payload = u32 name length | name bytes | cubin bytes, all integers little-endian. A file
@@ -20,6 +20,14 @@
 #include "cache/hash.hpp"
 
 namespace moejit {
+
+// The subdirectory of a root that holds the tuned tilings. list() reports its temporary files as
+// it does the entries', so that prune removes those that a crashed `moejit tune` left behind.
+inline constexpr const char* kTuningDirectory = "tuning";
+
+// The name of a store's temporary file for `final_name`, unique to this process and thread:
+// "<final_name>.<pid>-<thread>-<random>.tmp". Written, then renamed to `final_name`.
+std::string temporary_file_name(const std::string& final_name);
 
 // What to say where no writable cache directory could be found.
 inline constexpr const char* kNoCacheDirectory = "no cache directory (set MOEJIT_CACHE_DIR, XDG_CACHE_HOME or HOME)";
@@ -40,7 +48,7 @@ struct CacheEntryInfo {
     std::string problem;  // why invalid, empty if valid
 };
 
-// A store's temporary file ("<name>.<pid>-<thread>-<random>.tmp" beside the entry it becomes). It
+// A store's temporary file (temporary_file_name, beside the entry or tuned tiling it becomes). It
 // exists only while the store writes it; one left behind is a crashed writer's.
 struct CacheTemporaryInfo {
     std::string path;

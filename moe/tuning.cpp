@@ -35,7 +35,7 @@ std::string tuning_path(const std::string& root, const Problem& problem, RowsBuc
     Hasher hasher;
     hasher.field("moejit-tuning").field(to_spec(problem)).field(to_string(bucket)).field(device.name);
     hasher.field(uint64_t(device.sm_count)).field(library_digest().hex());
-    return root + "/tuning/" + hasher.digest().hex() + ".config";
+    return root + "/" + kTuningDirectory + "/" + hasher.digest().hex() + ".config";
 }
 
 }  // namespace
@@ -70,8 +70,9 @@ std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const 
     }
     const std::string path = tuning_path(root, problem, bucket, device);
     ::mkdir(root.c_str(), 0755);
-    ::mkdir((root + "/tuning").c_str(), 0755);
-    const std::string temporary = path + ".tmp" + std::to_string(::getpid());
+    ::mkdir((root + "/" + kTuningDirectory).c_str(), 0755);
+    // Named as the kernel cache names its temporaries, so that prune finds one a crash left behind.
+    const std::string temporary = path.substr(0, path.rfind('/') + 1) + temporary_file_name(path.substr(path.rfind('/') + 1));
     {
         std::ofstream file(temporary);
         file << config.to_string() << "\n"

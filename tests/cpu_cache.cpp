@@ -750,6 +750,39 @@ TEST_CASE("disk cache: prune removes temporary files abandoned for kAbandonedTem
     CHECK(again.removed_temporary_bytes == 0);
 }
 
+TEST_CASE("disk cache: prune removes a crashed tune's temporary tuned tiling, never a tuned tiling", "[cache]") {
+    TempDir tmp;
+    DiskCache cache(tmp / "rw", {});
+    const std::string tuning = tmp / "rw" + "/" + kTuningDirectory;
+    fs::create_directories(tuning);
+    const std::string tuned = tuning + "/0123456789abcdef0123456789abcdef.config";
+    write_bytes(tuned, std::vector<char>(40, 'c'));
+    const auto aged = [](const std::string& path, time_t age) {
+        const time_t written = std::time(nullptr) - age;
+        const struct timespec times[2] = {{written, 0}, {written, 0}};
+        REQUIRE(::utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
+    };
+    aged(tuned, 10 * kAbandonedTemporarySeconds);  // old, but a finished record: kept
+    // Named as store_tuned_config names it.
+    const std::string crashed = tuning + "/" + temporary_file_name("0123456789abcdef0123456789abcdef.config");
+    const std::string being_written = tuning + "/" + temporary_file_name("fedcba9876543210fedcba9876543210.config");
+    CHECK(crashed != being_written);
+    write_bytes(crashed, std::vector<char>(30, 't'));
+    aged(crashed, kAbandonedTemporarySeconds + 120);
+    write_bytes(being_written, std::vector<char>(20, 't'));
+
+    const CacheListing listing = cache.list(false);
+    CHECK(listing.entries.empty());
+    CHECK(listing.temporaries.size() == 2);
+    const PruneResult result = prune(cache, 1 << 30);
+    CHECK(result.removed_temporaries == 1);
+    CHECK(result.removed_temporary_bytes == 30);
+    CHECK(result.errors.empty());
+    CHECK_FALSE(fs::exists(crashed));
+    CHECK(fs::exists(being_written));
+    CHECK(fs::exists(tuned));
+}
+
 TEST_CASE("disk cache: prune does not read the read-only roots it never removes from", "[cache]") {
     TempDir tmp;
     write_bytes(tmp / "file", {'x'});  // a root under a regular file cannot be read, even by root

@@ -60,7 +60,7 @@ const char* const kCacheHelp =
     "                  removes entries of the writable root, least recently used first (every cache hit\n"
     "                  refreshes an entry's time), until what stats counts there is at most SIZE: bytes,\n"
     "                  or 500M, 2G (K, M, G, T are powers of 1024); also removes temporary files that\n"
-    "                  crashed stores left behind (unwritten for an hour)\n"
+    "                  crashed stores or tunes left behind (unwritten for an hour)\n"
     "  clear           removes every entry of the writable root (never a read-only root)\n"
     "\n"
     "A directory that cannot be read or an entry that cannot be removed is named on stderr, and the\n"
