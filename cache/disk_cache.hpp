@@ -2,7 +2,8 @@
 // The on-disk kernel cache: one file per key holding a cubin behind a self-checking header.
 //
 // Layout: <root>/<first two hex digits of the key>/<32-hex key>.cubin, and the generated source
-// beside it as <key>.cu; `moejit tune`'s winners go to <root>/tuning/<key>.config (moe/tuning.cpp). An entry file is
+// beside it as <key>.cu; `moejit tune`'s winners go to <root>/tuning/<key>.config (moe/tuning.cpp).
+// An entry file is
 //     "MOEJITCB" | u32 format version | u32 reserved (0) | u64 key.high | u64 key.low
 //     | u64 payload size | u64 checksum64(payload) | payload
 // with payload = u32 name length | name bytes | cubin bytes, all integers little-endian. A file

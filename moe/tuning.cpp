@@ -68,11 +68,12 @@ std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const 
                                              "; the heuristic's tilings stay in use");
         return "";
     }
-    const std::string path = tuning_path(root, problem, bucket, device);
+    const std::string directory = root + "/" + kTuningDirectory;
+    const std::string path = tuning_path(root, problem, bucket, device);  // directory + "/" + name
     ::mkdir(root.c_str(), 0755);
-    ::mkdir((root + "/" + kTuningDirectory).c_str(), 0755);
+    ::mkdir(directory.c_str(), 0755);
     // Named as the kernel cache names its temporaries, so that prune finds one a crash left behind.
-    const std::string temporary = path.substr(0, path.rfind('/') + 1) + temporary_file_name(path.substr(path.rfind('/') + 1));
+    const std::string temporary = directory + "/" + temporary_file_name(path.substr(directory.size() + 1));
     {
         std::ofstream file(temporary);
         file << config.to_string() << "\n"

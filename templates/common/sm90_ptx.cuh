@@ -96,15 +96,6 @@ __device__ __forceinline__ void tma_load_3d_multicast(uint32 destination, const 
         : "memory");
 }
 
-// Box at (c0 innermost, c1, c2) <- shared `source`, in this thread's current bulk group. Elements
-// past the map's bounds are not written, which clips a tile at the matrix's last row and column.
-__device__ __forceinline__ void tma_store_3d(const TensorMap& map, uint32 source, int c0, int c1, int c2) {
-    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
-                     reinterpret_cast<uint64>(&map)),
-                 "r"(source), "r"(c0), "r"(c1), "r"(c2)
-                 : "memory");
-}
-
 // An L2 policy for data written once and not read again by this kernel: its lines are the first
 // evicted, so that they do not push out the operands that other CTAs are still reading.
 __device__ __forceinline__ uint64 evict_first_policy() {
@@ -113,7 +104,9 @@ __device__ __forceinline__ uint64 evict_first_policy() {
     return policy;
 }
 
-// tma_store_3d under an L2 policy from createpolicy.
+// Box at (c0 innermost, c1, c2) <- shared `source`, in this thread's current bulk group, under an
+// L2 policy from createpolicy. Elements past the map's bounds are not written, which clips a tile
+// at the matrix's last row and column.
 __device__ __forceinline__ void tma_store_3d(const TensorMap& map, uint32 source, int c0, int c1, int c2,
                                              uint64 policy) {
     asm volatile(
