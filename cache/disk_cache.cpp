@@ -227,6 +227,15 @@ std::optional<IoFailure> write_atomically(const std::string& dir, const std::str
     return std::nullopt;
 }
 
+}  // namespace
+
+std::string write_file_atomically(const std::string& dir, const std::string& final_name, const std::string& data) {
+    const std::optional<IoFailure> failure = write_atomically(dir, final_name, data.data(), data.size());
+    return failure ? failure->text() : "";
+}
+
+namespace {
+
 std::optional<IoFailure> make_directories(const std::string& path) {
     std::error_code ec;
     std::filesystem::create_directories(path, ec);

@@ -30,6 +30,11 @@ inline constexpr const char* kTuningDirectory = "tuning";
 // "<final_name>.<pid>-<thread>-<random>.tmp". Written, then renamed to `final_name`.
 std::string temporary_file_name(const std::string& final_name);
 
+// Writes `data` to dir/final_name atomically: a temporary file beside it, written, fsynced and
+// renamed, so that readers see the old file or the whole new one. Returns "" on success, else
+// "<path>: <reason>". The kernel cache's entries and the tuned tilings are written this way.
+std::string write_file_atomically(const std::string& dir, const std::string& final_name, const std::string& data);
+
 // What to say where no writable cache directory could be found.
 inline constexpr const char* kNoCacheDirectory = "no cache directory (set MOEJIT_CACHE_DIR, XDG_CACHE_HOME or HOME)";
 

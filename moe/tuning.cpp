@@ -8,7 +8,6 @@
 #include "runtime/environment.hpp"
 #include "runtime/log.hpp"
 
-#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -30,13 +29,15 @@ const Hash128& library_digest() {
     return digest;
 }
 
-std::string tuning_path(const std::string& root, const Problem& problem, RowsBucket bucket,
-                        const DeviceInfo& device) {
+// <root>/tuning/<this>: one file per (problem, rows bucket, device, library version).
+std::string tuning_file_name(const Problem& problem, RowsBucket bucket, const DeviceInfo& device) {
     Hasher hasher;
     hasher.field("moejit-tuning").field(to_spec(problem)).field(to_string(bucket)).field(device.name);
     hasher.field(uint64_t(device.sm_count)).field(library_digest().hex());
-    return root + "/" + kTuningDirectory + "/" + hasher.digest().hex() + ".config";
+    return hasher.digest().hex() + ".config";
 }
+
+std::string tuning_directory(const std::string& root) { return root + "/" + kTuningDirectory; }
 
 }  // namespace
 
@@ -46,7 +47,7 @@ std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, co
     roots.push_back(cache.root());
     for (const std::string& root : roots) {
         if (root.empty()) continue;  // no cache directory: "" + "/tuning/..." would name a system path
-        std::ifstream file(tuning_path(root, problem, bucket, device));
+        std::ifstream file(tuning_directory(root) + "/" + tuning_file_name(problem, bucket, device));
         std::string text;
         if (!file || !std::getline(file, text)) continue;
         try {
@@ -68,23 +69,15 @@ std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const 
                                              "; the heuristic's tilings stay in use");
         return "";
     }
-    const std::string directory = root + "/" + kTuningDirectory;
-    const std::string path = tuning_path(root, problem, bucket, device);  // directory + "/" + name
+    const std::string directory = tuning_directory(root), name = tuning_file_name(problem, bucket, device);
     ::mkdir(root.c_str(), 0755);
     ::mkdir(directory.c_str(), 0755);
-    // Named as the kernel cache names its temporaries, so that prune finds one a crash left behind.
-    const std::string temporary = directory + "/" + temporary_file_name(path.substr(directory.size() + 1));
-    {
-        std::ofstream file(temporary);
-        file << config.to_string() << "\n"
-             << to_spec(problem) << " " << to_string(bucket) << " " << device.name << "\n";
-        if (!file.flush()) throw Error("cannot write tuned config to " + temporary);
-    }
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-        std::remove(temporary.c_str());
-        throw Error("cannot write tuned config to " + path);
-    }
-    return path;
+    std::ostringstream text;
+    text << config.to_string() << "\n" << to_spec(problem) << " " << to_string(bucket) << " " << device.name << "\n";
+    // As the kernel cache writes its entries, so that prune knows a temporary file a crash left behind.
+    const std::string failure = write_file_atomically(directory, name, text.str());
+    if (!failure.empty()) throw Error("cannot write tuned config: " + failure);
+    return directory + "/" + name;
 }
 
 KernelPath preferred_path() {
