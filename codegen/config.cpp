@@ -164,9 +164,10 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // 128-wide wgmma where a 256-wide tile would be mostly padding (gated tiles hold half as many outputs).
     const int tile_out_cols_256 = problem.gated ? 128 : 256;
     const int tile_n = out_cols <= tile_out_cols_256 / 2 ? 128 : 256;
-    // One 128-column tile of outputs (the router's [T, H] x [H, E] forward): every row of A is read
-    // once whatever the tile height, so 64-row tiles give twice the multiprocessors work for the
-    // same traffic (`moejit tune`, qwen3-30b-a3b router at 8192 tokens: 0.020 against 0.024 ms).
+    // At most 128 output columns (the router's [T, H] x [H, E] forward): A's traffic does not
+    // depend on the tile height, so 64-row tiles give twice the multiprocessors work for the same
+    // traffic (`moejit tune`, qwen3-30b-a3b router at 8192 tokens: 0.020 against 0.024 ms). A gated
+    // forward's 128-wide tile holds 64 outputs, so there this means up to two tiles across.
     if (out_cols <= 128) return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
     switch (bucket) {
         case RowsBucket::decode:  // weight streaming: one 64-row tile per expert, a deep ring of weight slices
