@@ -288,12 +288,11 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 // The same tiles in CTA pairs. Not in dW: its pairs and fours (h:...c2, c4, still
                 // accepted) measured 5-25% slower than single CTAs on H100 (bench/RESULTS.md, eighth
                 // session), the lockstep ring costing more than the X traffic they save.
-                if (tile_m == 128 && problem.op != Op::dw)
-                    for (int cluster = 2; cluster <= max_cluster(problem, deepest); cluster *= 2) {
-                        Config clustered = deepest;
-                        clustered.cluster = cluster;
-                        configs.push_back(clustered);
-                    }
+                if (tile_m == 128 && problem.op != Op::dw && max_cluster(problem, deepest) >= 2) {
+                    Config paired = deepest;
+                    paired.cluster = 2;
+                    configs.push_back(paired);
+                }
                 // dW: the same ring bytes in twice the stages of 32 rows.
                 if (problem.op == Op::dw && tile_m == 128)
                     configs.push_back(hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8, 32), 32));

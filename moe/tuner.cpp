@@ -4,6 +4,7 @@
 
 #include "codegen/config.hpp"
 #include "codegen/kernel_problems.hpp"
+#include "moe/model_kernels.hpp"
 #include "moe/synthetic.hpp"
 #include "moe/tuning.hpp"
 #include "runtime/device_buffer.hpp"
@@ -170,7 +171,7 @@ std::vector<TunedPass> tune_grouped_gemm_passes(const std::vector<Problem>& pass
             inputs = std::make_unique<Inputs>(make_inputs(forward, tokens));
             inputs_of = &forward;
         }
-        const RowsBucket bucket = rows_bucket(tokens * problem.topk, problem.experts);
+        const RowsBucket bucket = layer_rows_bucket(problem, tokens);
         results.push_back(tune_pass(problem, forward, bucket, *inputs, timer, device));
         if (on_tuned) on_tuned(results.back());
     }
