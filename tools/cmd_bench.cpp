@@ -46,6 +46,16 @@ double copy_gb_per_s(EventTimer& timer) {
     return 2.0 * bytes / ms / 1e6;
 }
 
+// Write-only rate (a 1 GiB fill): the ceiling for dW, which writes every expert's weight gradient
+// once and reads far fewer bytes.
+double fill_gb_per_s(EventTimer& timer) {
+    const size_t bytes = size_t(1) << 30;
+    DeviceBuffer to(bytes);
+    const double ms = timer.median_ms(
+        [&](int) { check_cuda(driver().cuMemsetD32Async(to.get(), 0, bytes / 4, nullptr), "fill"); }, 2, 10);
+    return bytes / ms / 1e6;
+}
+
 // Our kernel and its cuBLAS reference timed in alternating rounds (CUDA-event medians of 10 calls
 // each), so that clock and temperature drift within a run touch both alike; the ratio reported is
 // the median of the rounds' ratios, with their range.
@@ -85,9 +95,10 @@ int cmd_bench(const std::vector<std::string>& argv) {
                    "8192) of random routing, plain and with the model's fusions, and prints TFLOP/s beside\n"
                    "cuBLAS: dense cublasGemmEx at the same FLOPs, and cublasGemmGroupedBatchedEx (one group per\n"
                    "expert) for the plain forward. Each pass and its dense reference are timed in 5 alternating\n"
-                   "rounds; the ratio is the median of the rounds' ratios (range beside it). Weight GB/s (bytes\n"
-                   "of the experts that got rows, over the time) is shown against the measured device copy rate:\n"
-                   "the number that matters at decode.\n"
+                   "rounds; the ratio is the median of the rounds' ratios (range beside it). Weight GB/s: bytes\n"
+                   "of the experts' weights over the time, against the measured copy rate where the pass reads\n"
+                   "them (fwd, dX: the number that matters at decode), against the measured fill (write-only)\n"
+                   "rate where it writes them (dW: at few rows an expert, the floor under its time).\n"
                    "  --pass P       time only pass P (fwd, dx or dw)\n"
                    "  --skew F       route every token to the first F of the experts only (e.g. 0.25)\n"
                    "  --config C     force one tiling for every pass instead of the library's choice\n"
@@ -114,12 +125,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const int64_t rows = tokens * model.topk;
     int used_experts = 0;
     for (int size : synthetic.m_sizes) used_experts += size > 0;
-    const double copy_rate = copy_gb_per_s(timer);
-    std::printf("device %s (%s, %d SMs), copy %.0f GB/s; %s, %lld tokens, M = %lld routed rows on %d of %d experts\n\n",
-                device.name.c_str(), device.arch.name().c_str(), device.sm_count, copy_rate, model.name.c_str(),
-                (long long)tokens, (long long)rows, used_experts, model.experts);
+    const double copy_rate = copy_gb_per_s(timer), fill_rate = fill_gb_per_s(timer);
+    std::printf("device %s (%s, %d SMs), copy %.0f GB/s, fill %.0f GB/s; %s, %lld tokens, M = %lld routed rows on %d "
+                "of %d experts\n\n",
+                device.name.c_str(), device.arch.name().c_str(), device.sm_count, copy_rate, fill_rate,
+                model.name.c_str(), (long long)tokens, (long long)rows, used_experts, model.experts);
     std::printf("| gemm | pass | fusions | config | ms | TFLOP/s | cuBLAS dense TFLOP/s | ratio (range) | cuBLAS grouped "
-                "TFLOP/s | weights GB/s | of copy |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "TFLOP/s | weights GB/s | of copy (dW: of fill) |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
 
     DeviceBuffer m_sizes = DeviceBuffer::from(synthetic.m_sizes), gather = DeviceBuffer::from(synthetic.gather_idx);
     DeviceBuffer topk_weights = DeviceBuffer::from(std::vector<float>(size_t(rows), 0.5f));
@@ -141,6 +153,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
         DeviceBuffer y(size_t(rows) * n * 2), dx(size_t(rows) * k * 2), dw(size_t(plain.experts) * n * k * 2);
         const double flops = 2.0 * double(rows) * double(n) * double(k);
         const double weight_bytes = double(used_experts) * double(n) * double(k) * 2;
+        const double gradient_bytes = double(plain.experts) * double(n) * double(k) * 2;  // empty experts: zeros
         // Dense C [m, n] = A [m, k] @ B [n, k]^T at the same FLOPs, in each pass's orientation.
         auto dense = [&](int64_t m_, int64_t n_, int64_t k_, const DeviceBuffer& a, const DeviceBuffer& b,
                          const DeviceBuffer& c) {
@@ -152,16 +165,15 @@ int cmd_bench(const std::vector<std::string>& argv) {
         const auto dense_fwd = dense(rows, n, k, x, w, y), dense_dx = dense(rows, k, n, dy, w, dx),
                    dense_dw = dense(n, k, rows, dy, x, dw);
         auto report = [&](const char* pass, const Problem& problem, const std::string& tiling, const Paired& t,
-                          double grouped, bool reads_weights) {
+                          double grouped, bool writes_weights) {
             std::string spec = to_spec(problem), fusions;
             for (const char* flag : {"permute_x", "permute_y", "mul_post", "gated"})
                 if (spec.find(flag) != std::string::npos) fusions += (fusions.empty() ? "" : ":") + std::string(flag);
             char grouped_text[32] = "-", weights_text[32] = "-", share_text[32] = "-";
             if (grouped > 0) std::snprintf(grouped_text, sizeof grouped_text, "%.1f", flops / grouped / 1e9);
-            if (reads_weights) {
-                std::snprintf(weights_text, sizeof weights_text, "%.0f", weight_bytes / t.ms / 1e6);
-                std::snprintf(share_text, sizeof share_text, "%.0f%%", 100.0 * weight_bytes / t.ms / 1e6 / copy_rate);
-            }
+            const double gb_per_s = (writes_weights ? gradient_bytes : weight_bytes) / t.ms / 1e6;
+            std::snprintf(weights_text, sizeof weights_text, "%.0f", gb_per_s);
+            std::snprintf(share_text, sizeof share_text, "%.0f%%", 100.0 * gb_per_s / (writes_weights ? fill_rate : copy_rate));
             std::printf("| %s | %s | %s | %s | %.3f | %.1f | %.1f | %.2f (%.2f-%.2f) | %s | %s | %s |\n",
                         to_string(which), pass, fusions.empty() ? "-" : fusions.c_str(), tiling.c_str(), t.ms,
                         flops / t.ms / 1e9, flops / t.reference_ms / 1e9, t.ratio, t.lowest_ratio, t.highest_ratio,
@@ -178,20 +190,20 @@ int cmd_bench(const std::vector<std::string>& argv) {
                 });
             report("fwd", plain, gemm.config(Op::fwd, rows),
                    time_paired(timer, [&] { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); }, dense_fwd),
-                   grouped_ms, true);
+                   grouped_ms, false);
             report("fwd", fused, fused_gemm.config(Op::fwd, rows),
                    time_paired(timer, [&] { fused_gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); },
                                dense_fwd),
-                   0, true);
+                   0, false);
         }
         if (wants("dx"))
             report("dx", plain, gemm.config(Op::dx, rows),
                    time_paired(timer, [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); }, dense_dx), 0,
-                   true);
+                   false);
         if (wants("dw"))
             report("dw", plain, gemm.config(Op::dw, rows),
                    time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw), 0,
-                   false);
+                   true);
     }
     return 0;
 }
