@@ -80,11 +80,11 @@ struct WeightGradTile {
     __device__ WeightGradTile(int tile_index) {
         exists = tile_index < Cfg::Experts * Cfg::TilesPerExpert;
         if (!exists) return;
-        // Expert-major; within an expert, bands of N tiles (grouped_tiles.cuh) so that the CTAs
-        // running at one time share blocks of both dY and X in L2.
+        // Expert-major; within an expert, K tiles fastest: the CTAs running at one time write whole
+        // rows of dW (contiguous in DRAM) rather than 16 row blocks of a few K tiles each.
         expert = tile_index / Cfg::TilesPerExpert;
-        int n_tile, k_tile;
-        band_order(tile_index - expert * Cfg::TilesPerExpert, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
+        const int local = tile_index - expert * Cfg::TilesPerExpert;
+        const int n_tile = local / Cfg::KTiles, k_tile = local - n_tile * Cfg::KTiles;
         n0 = n_tile * Cfg::TileM;
         k0 = k_tile * Cfg::TileN;
     }
