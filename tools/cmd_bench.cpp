@@ -165,7 +165,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
         const auto dense_fwd = dense(rows, n, k, x, w, y), dense_dx = dense(rows, k, n, dy, w, dx),
                    dense_dw = dense(n, k, rows, dy, x, dw);
         auto report = [&](const char* pass, const Problem& problem, const std::string& tiling, const Paired& t,
-                          double grouped, bool writes_weights) {
+                          double grouped) {
+            const bool writes_weights = std::string(pass) == "dw";  // dW writes them; fwd and dX read them
             std::string spec = to_spec(problem), fusions;
             for (const char* flag : {"permute_x", "permute_y", "mul_post", "gated"})
                 if (spec.find(flag) != std::string::npos) fusions += (fusions.empty() ? "" : ":") + std::string(flag);
@@ -173,7 +174,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
             if (grouped > 0) std::snprintf(grouped_text, sizeof grouped_text, "%.1f", flops / grouped / 1e9);
             const double gb_per_s = (writes_weights ? gradient_bytes : weight_bytes) / t.ms / 1e6;
             std::snprintf(weights_text, sizeof weights_text, "%.0f", gb_per_s);
-            std::snprintf(share_text, sizeof share_text, "%.0f%%", 100.0 * gb_per_s / (writes_weights ? fill_rate : copy_rate));
+            std::snprintf(share_text, sizeof share_text, "%.0f%%",
+                          100.0 * gb_per_s / (writes_weights ? fill_rate : copy_rate));
             std::printf("| %s | %s | %s | %s | %.3f | %.1f | %.1f | %.2f (%.2f-%.2f) | %s | %s | %s |\n",
                         to_string(which), pass, fusions.empty() ? "-" : fusions.c_str(), tiling.c_str(), t.ms,
                         flops / t.ms / 1e9, flops / t.reference_ms / 1e9, t.ratio, t.lowest_ratio, t.highest_ratio,
@@ -190,20 +192,18 @@ int cmd_bench(const std::vector<std::string>& argv) {
                 });
             report("fwd", plain, gemm.config(Op::fwd, rows),
                    time_paired(timer, [&] { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); }, dense_fwd),
-                   grouped_ms, false);
+                   grouped_ms);
             report("fwd", fused, fused_gemm.config(Op::fwd, rows),
                    time_paired(timer, [&] { fused_gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); },
                                dense_fwd),
-                   0, false);
+                   0);
         }
         if (wants("dx"))
             report("dx", plain, gemm.config(Op::dx, rows),
-                   time_paired(timer, [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); }, dense_dx), 0,
-                   false);
+                   time_paired(timer, [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); }, dense_dx), 0);
         if (wants("dw"))
             report("dw", plain, gemm.config(Op::dw, rows),
-                   time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw), 0,
-                   true);
+                   time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw), 0);
     }
     return 0;
 }
