@@ -37,23 +37,27 @@ double parse_skew(const Args& args) {
     return skew;
 }
 
-// Device-to-device copy rate, counting bytes read plus bytes written: the ceiling for weight reads.
-double copy_gb_per_s(EventTimer& timer) {
+// The device's memory rates over 1 GiB: copy, counting bytes read plus bytes written (the ceiling
+// for weight reads), and fill, write-only (the ceiling for dW, which writes every expert's weight
+// gradient once and reads far fewer bytes).
+struct MemoryRates {
+    double copy_gb_per_s = 0, fill_gb_per_s = 0;
+};
+
+MemoryRates memory_rates(EventTimer& timer) {
     const size_t bytes = size_t(1) << 30;
     DeviceBuffer from(bytes), to(bytes);
-    const double ms = timer.median_ms([&](int) { check_cuda(driver().cuMemcpyDtoD(to.get(), from.get(), bytes), "copy"); },
-                                      2, 10);
-    return 2.0 * bytes / ms / 1e6;
-}
-
-// Write-only rate (a 1 GiB fill): the ceiling for dW, which writes every expert's weight gradient
-// once and reads far fewer bytes.
-double fill_gb_per_s(EventTimer& timer) {
-    const size_t bytes = size_t(1) << 30;
-    DeviceBuffer to(bytes);
-    const double ms = timer.median_ms(
-        [&](int) { check_cuda(driver().cuMemsetD32Async(to.get(), 0, bytes / 4, nullptr), "fill"); }, 2, 10);
-    return bytes / ms / 1e6;
+    auto gb_per_s = [&](double counted_bytes, auto&& run) {
+        return counted_bytes / timer.median_ms([&](int) { run(); }, 2, 10) / 1e6;
+    };
+    MemoryRates rates;
+    rates.copy_gb_per_s = gb_per_s(2.0 * bytes, [&] {
+        check_cuda(driver().cuMemcpyDtoD(to.get(), from.get(), bytes), "copy");
+    });
+    rates.fill_gb_per_s = gb_per_s(double(bytes), [&] {
+        check_cuda(driver().cuMemsetD32Async(to.get(), 0, bytes / 4, nullptr), "fill");
+    });
+    return rates;
 }
 
 // Our kernel and its cuBLAS reference timed in alternating rounds (CUDA-event medians of 10 calls
@@ -125,7 +129,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const int64_t rows = tokens * model.topk;
     int used_experts = 0;
     for (int size : synthetic.m_sizes) used_experts += size > 0;
-    const double copy_rate = copy_gb_per_s(timer), fill_rate = fill_gb_per_s(timer);
+    const MemoryRates rates = memory_rates(timer);
+    const double copy_rate = rates.copy_gb_per_s, fill_rate = rates.fill_gb_per_s;
     std::printf("device %s (%s, %d SMs), copy %.0f GB/s, fill %.0f GB/s; %s, %lld tokens, M = %lld routed rows on %d "
                 "of %d experts\n\n",
                 device.name.c_str(), device.arch.name().c_str(), device.sm_count, copy_rate, fill_rate,
