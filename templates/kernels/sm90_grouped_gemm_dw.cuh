@@ -71,29 +71,41 @@ struct Sm90WeightGradConfig {
 };
 
 // The tiles of the cluster (or single CTA) in round `round`: tile Cluster * round + rank for each
-// rank. Every CTA of a cluster computes all of them, to walk the same number of slices.
+// rank. Every CTA of a cluster computes all of them, to walk the same number of slices. Where in
+// the expert's dW the tile lies (`place`) is computed apart: consumers need it only for the
+// epilogue, and compute it while their last wgmma batch runs (computed before the mainloop, it
+// measured 2-3% slower on H100 at deepseek-v3 and qwen3-30b-a3b shapes).
 template <class Cfg>
 struct WeightGradTile {
-    bool exists = false;
-    int expert = 0, n0 = 0, k0 = 0;
+    // Experts of at most this many rows take their tiles K-fastest (place); larger ones in bands.
+    static constexpr int kRowsKFastest = 1024;
 
-    __device__ WeightGradTile(int tile_index) {
+    bool exists = false;
+    int expert = 0, local = 0;  // the tile's index within its expert
+    int n0 = 0, k0 = 0;         // set by place
+
+    __device__ explicit WeightGradTile(int tile_index) {
         exists = tile_index < Cfg::Experts * Cfg::TilesPerExpert;
         if (!exists) return;
-        // Expert-major. Within an expert, single CTAs go K tiles fastest, so that the CTAs running
-        // at one time write whole rows of dW, contiguous in DRAM (measured 3% faster than bands of
-        // 16 N tiles on the geometric mean, H100: at a few hundred rows an expert dW is bound by
-        // its DRAM writes).
-        // Clusters keep the bands of N tiles (grouped_tiles.cuh): neighbouring tiles then share K
-        // tiles, whose X slices the cluster multicasts.
         expert = tile_index / Cfg::TilesPerExpert;
-        const int local = tile_index - expert * Cfg::TilesPerExpert;
+        local = tile_index - expert * Cfg::TilesPerExpert;
+        if constexpr (Cfg::Cluster > 1) place(0);  // bands, whatever the rows
+    }
+
+    // Expert-major. Within an expert, single CTAs go K tiles fastest where the expert has few rows:
+    // dW is then bound by its DRAM writes, and the CTAs running at one time write whole rows of dW,
+    // contiguous in DRAM (H100: 1-11% faster at 256-512 rows an expert). With many rows the
+    // operands matter more than the writes: K-fastest, the resident CTAs read all of X's columns
+    // for the expert's rows (58 MB at mixtral-8x7b down, past L2), which measured 5-29% slower at
+    // 2048 rows and equal at 1024. There, and in clusters, whose neighbouring tiles share the K
+    // tile whose X slices they multicast, the tiles go in bands of N tiles (grouped_tiles.cuh).
+    __device__ void place(int expert_rows) {
         int n_tile, k_tile;
-        if constexpr (Cfg::Cluster > 1) {
-            band_order(local, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
-        } else {
+        if (Cfg::Cluster == 1 && expert_rows <= kRowsKFastest) {
             n_tile = local / Cfg::KTiles;
             k_tile = local - n_tile * Cfg::KTiles;
+        } else {
+            band_order(local, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
         }
         n0 = n_tile * Cfg::TileM;
         k0 = k_tile * Cfg::TileN;
@@ -148,10 +160,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const Element* x = static_cast<const Element*>(args.b);
         sm90::RingPosition<Cfg::Stages> position;
         for (int round = first_round; round < Rounds; round += round_stride) {
-            const Tile tile(round * Cluster + rank);
+            Tile tile(round * Cluster + rank);
+            const int expert_rows = tile.exists ? scheduler.rows(tile.expert) : 0;
+            if constexpr (Cluster == 1) tile.place(expert_rows);
             const int expert = tile.expert, n0 = tile.n0, k0 = tile.k0;
             const int row_begin = scheduler.row_begin(expert);
-            const int expert_rows = tile.exists ? scheduler.rows(expert) : 0;
             const int slices = slices_of(tile);
             // Where the cluster's tiles read the same X slices, each CTA loads its share and
             // multicasts it to all.
@@ -235,7 +248,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         const typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
                                         1 + consumer};
         for (int round = first_round; round < Rounds; round += round_stride) {
-            const Tile tile(round * Cluster + rank);
+            Tile tile(round * Cluster + rank);
             const int slices = slices_of(tile);
             const int walk = ring_slices(round, tile);
 #pragma unroll
@@ -250,6 +263,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                                                                   16 * sm90::kSliceBytesPerRow, true);
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
+            if constexpr (Cluster == 1) tile.place(tile.exists ? scheduler.rows(tile.expert) : 0);  // under the last batch
             release.drain(accumulators, barriers, thread == 0);
             // Walking on with the cluster through its longest tile: empty slots, handed straight
             // back. Apart from the loop above, since ptxas serializes every wgmma of a loop in which
