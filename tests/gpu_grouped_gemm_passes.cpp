@@ -337,19 +337,20 @@ TEST_CASE("passes: dW in 32-row stages matches float64", "[gpu][gemm][hopper]") 
 
 TEST_CASE("passes: dW tiles in both orders (experts above and below the K-fastest row limit) match float64",
           "[gpu][gemm][hopper]") {
-    // Single CTAs take an expert's tiles K-fastest up to 1024 rows and in bands of N tiles beyond
-    // (sm90_grouped_gemm_dw.cuh, WeightGradTile). n520 x k520: 5 N tiles of 128 and 3 K tiles of
-    // 256 an expert, so the two orders map tiles differently; 1025 and 1024 rows sit either side
-    // of the limit, and an empty expert writes zeros under either.
+    // Single CTAs take an expert's tiles K-fastest up to 1024 rows and in bands of 16 N tiles
+    // beyond (sm90_grouped_gemm_dw.cuh, WeightGradTile), so experts of 1025 and 1500 rows take
+    // bands and those of 1024 and 300 rows K-fastest, in one launch. n520 x k520: 5 x 3 tiles of
+    // 128x256 or 9 x 5 of 64x128 an expert, one band; n2120 x k264: 17 x 2 or 34 x 3, a full band
+    // and a partial one.
     const std::optional<Arch> hopper = hopper_device_arch();
     if (!hopper) return;
     const HostRouting routing = make_routing(5, 1, choices_from_sizes({1025, 1024, 300, 0, 1500}));
-    // The library's choice (64x128 tiles: fewer 128x256 tiles than multiprocessors), then 128x256.
-    for (const char* config : {"", "h:m128n256s4"}) {
-        INFO("config '" << config << "'");
-        check_passes(DType::bf16, 520, 520, routing, kNone, kDw | kDw32, config);
-        check_passes(DType::bf16, 520, 520, routing, kPermuteY, kDw, config);
-    }
+    for (const auto& [n, k] : {std::pair<int64_t, int64_t>{520, 520}, {2120, 264}})
+        for (const char* config : {"h:m64n128s8", "h:m128n256s4"}) {
+            INFO("config " << config);
+            check_passes(DType::bf16, n, k, routing, kNone, kDw | kDw32, config);
+            check_passes(DType::bf16, n, k, routing, kPermuteY, kDw, config);
+        }
 }
 
 TEST_CASE("passes: dW with 512 experts (one staging box a warpgroup) matches float64", "[gpu][gemm][hopper]") {

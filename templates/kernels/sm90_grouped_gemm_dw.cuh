@@ -71,43 +71,49 @@ struct Sm90WeightGradConfig {
 };
 
 // The tiles of the cluster (or single CTA) in round `round`: tile Cluster * round + rank for each
-// rank. Every CTA of a cluster computes all of them, to walk the same number of slices. Where in
-// the expert's dW the tile lies (`place`) is computed apart: consumers need it only for the
-// epilogue, and compute it while their last wgmma batch runs. (Computed before the mainloop, the
-// per-expert choice cost 2-3% against a fixed order at deepseek-v3 and qwen3-30b-a3b shapes, H100;
-// computed there, about 1%.)
+// rank, expert-major. Every CTA of a cluster computes all of them, to walk the same number of
+// slices. Where a single CTA's tile lies in its expert's dW depends on the expert's rows, so it is
+// set apart, by `place`: the consumers need it only for the epilogue and set it under their last
+// wgmma batch (set before the mainloop, the row lookup, the branch and band_order's division cost
+// 1-3% on H100, bench/RESULTS.md, thirteenth session).
 template <class Cfg>
 struct WeightGradTile {
-    // Experts of at most this many rows take their tiles K-fastest (place); larger ones in bands.
-    static constexpr int kRowsKFastest = 1024;
+    // Single CTAs take the tiles of experts of at most this many rows K-fastest, larger ones in bands.
+    static constexpr int kMaxRowsKFastest = 1024;
 
     bool exists = false;
-    int expert = 0, local = 0;  // the tile's index within its expert
-    int n0 = 0, k0 = 0;         // set by place
+    int expert = 0, local = 0;  // local: the tile's index within its expert
+    int n0 = 0, k0 = 0;         // clusters: set here; single CTAs: set by place
 
     __device__ explicit WeightGradTile(int tile_index) {
         exists = tile_index < Cfg::Experts * Cfg::TilesPerExpert;
         if (!exists) return;
         expert = tile_index / Cfg::TilesPerExpert;
         local = tile_index - expert * Cfg::TilesPerExpert;
-        if constexpr (Cfg::Cluster > 1) place(0);  // bands, whatever the rows
+        // Neighbouring tiles of a cluster share the K tile whose X slices the cluster multicasts.
+        if constexpr (Cfg::Cluster > 1) place_in_bands();
     }
 
-    // Expert-major. Within an expert, single CTAs go K tiles fastest where the expert has few rows:
-    // dW is then bound by its DRAM writes, and the CTAs running at one time write whole rows of dW,
-    // contiguous in DRAM (H100: 1-11% faster at 256-512 rows an expert). With many rows the
-    // operands matter more than the writes: K-fastest, the resident CTAs read all of X's columns
-    // for the expert's rows (58 MB at mixtral-8x7b down, past L2), which measured 5-29% slower at
-    // 2048 rows and equal at 1024. There, and in clusters, whose neighbouring tiles share the K
-    // tile whose X slices they multicast, the tiles go in bands of N tiles (grouped_tiles.cuh).
+    // Single CTAs. With few rows an expert, dW is bound by its DRAM writes: K tiles fastest, the CTAs
+    // running at one time write whole rows of dW, contiguous in DRAM (H100: 1-11% faster at 256-512
+    // rows an expert). With many rows the operands matter more: K-fastest, the resident CTAs read
+    // X's columns for all of the expert's rows (58 MB at mixtral-8x7b down, past L2), which measured
+    // 5-29% slower at 2048 rows, and equal at 1024.
     __device__ void place(int expert_rows) {
+        static_assert(Cfg::Cluster == 1, "clusters place their tiles in the constructor");
+        if (expert_rows > kMaxRowsKFastest) return place_in_bands();
+        const int n_tile = local / Cfg::KTiles;
+        set(n_tile, local - n_tile * Cfg::KTiles);
+    }
+
+  private:
+    // Bands of N tiles, N fastest within a band (grouped_tiles.cuh).
+    __device__ void place_in_bands() {
         int n_tile, k_tile;
-        if (Cfg::Cluster == 1 && expert_rows <= kRowsKFastest) {
-            n_tile = local / Cfg::KTiles;
-            k_tile = local - n_tile * Cfg::KTiles;
-        } else {
-            band_order(local, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
-        }
+        band_order(local, Cfg::NTiles, Cfg::KTiles, n_tile, k_tile);
+        set(n_tile, k_tile);
+    }
+    __device__ void set(int n_tile, int k_tile) {
         n0 = n_tile * Cfg::TileM;
         k0 = k_tile * Cfg::TileN;
     }
@@ -143,8 +149,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     if constexpr (Cluster > 1) sm90::cluster_sync();
     const int rank = Cluster > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
     const int first_round = blockIdx.x / Cluster, round_stride = gridDim.x / Cluster;
-    auto slices_of = [&](const Tile& tile) {
-        return tile.exists ? (scheduler.rows(tile.expert) + Cfg::SliceK - 1) / Cfg::SliceK : 0;
+    auto rows_of = [&](const Tile& tile) { return tile.exists ? scheduler.rows(tile.expert) : 0; };
+    auto slices_of = [&](const Tile& tile) { return (rows_of(tile) + Cfg::SliceK - 1) / Cfg::SliceK; };
+    // Producer and consumers place a single CTA's tile from the same row count, so agree on it.
+    auto place = [&](Tile& tile) {
+        if constexpr (Cluster == 1) tile.place(rows_of(tile));
     };
     // Slices this CTA walks in a round: as many as the cluster's longest tile has.
     auto ring_slices = [&](int round, const Tile& own) {
@@ -162,9 +171,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::RingPosition<Cfg::Stages> position;
         for (int round = first_round; round < Rounds; round += round_stride) {
             Tile tile(round * Cluster + rank);
-            const int expert_rows = tile.exists ? scheduler.rows(tile.expert) : 0;
-            if constexpr (Cluster == 1) tile.place(expert_rows);
+            place(tile);
             const int expert = tile.expert, n0 = tile.n0, k0 = tile.k0;
+            const int expert_rows = rows_of(tile);
             const int row_begin = scheduler.row_begin(expert);
             const int slices = slices_of(tile);
             // Where the cluster's tiles read the same X slices, each CTA loads its share and
@@ -264,7 +273,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                                                                   16 * sm90::kSliceBytesPerRow, true);
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
-            if constexpr (Cluster == 1) tile.place(tile.exists ? scheduler.rows(tile.expert) : 0);  // under the last batch
+            place(tile);  // under the last wgmma batch
             release.drain(accumulators, barriers, thread == 0);
             // Walking on with the cluster through its longest tile: empty slots, handed straight
             // back. Apart from the loop above, since ptxas serializes every wgmma of a loop in which
