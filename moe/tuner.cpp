@@ -62,16 +62,6 @@ GemmPass gemm_pass_of(const Problem& pass) {
     }
 }
 
-const char* pass_name(GemmPass pass) {
-    switch (pass) {
-        case GemmPass::fwd: return "fwd";
-        case GemmPass::dx: return "dx";
-        case GemmPass::dw: return "dw";
-        case GemmPass::dw_fp32: return "dw fp32";
-    }
-    return "?";
-}
-
 // The forward of the GroupedGemm that runs `pass`. dx and dw never carry `gated` (gemm_pass drops
 // it), so a forward without it runs them alike; anything gemm_pass could not have built is refused.
 Problem forward_of(const Problem& pass) {
@@ -105,7 +95,6 @@ TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket b
     const GemmPass pass = gemm_pass_of(problem);
     TunedPass result;
     result.problem = problem;
-    result.pass = pass_name(pass);
     // The heuristic's choice, ignoring earlier tuning, as the baseline.
     result.heuristic = choose_config(problem, bucket).to_string();
     result.best_ms = std::numeric_limits<double>::infinity();

@@ -177,6 +177,13 @@ std::string stderr_of_hidden_test(const std::string& tag, const std::string& dir
     return log;
 }
 
+// Sets a file's access and modification times to `seconds` since the epoch (entries' last use,
+// temporary files' last write).
+void set_file_time(const std::string& path, time_t seconds) {
+    const struct timespec times[2] = {{seconds, 0}, {seconds, 0}};
+    REQUIRE(::utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
+}
+
 }  // namespace
 
 TEST_CASE("cache key changes with every input and nothing else", "[cache]") {
@@ -282,8 +289,7 @@ TEST_CASE("disk cache: store then load round trips", "[cache]") {
     CHECK(empty->cubin.empty());
 
     // A hit refreshes the mtime (LRU order for pruning).
-    const struct timespec old_times[2] = {{1000, 0}, {1000, 0}};
-    REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(key).c_str(), old_times, 0) == 0);
+    set_file_time(cache.entry_path(key), 1000);
     REQUIRE(cache.load(key).has_value());
     struct stat st {};
     REQUIRE(::stat(cache.entry_path(key).c_str(), &st) == 0);
@@ -583,9 +589,7 @@ TEST_CASE("disk cache: prune removes least-recently-used entries until the root 
     const uint64_t entry_bytes = fs::file_size(cache.entry_path(keys[0]));
     // Used long ago, in key order; then a hit makes keys[0] the most recently used.
     for (size_t i = 0; i < keys.size(); ++i) {
-        const time_t used = 1000 + 10 * static_cast<time_t>(i);
-        const struct timespec times[2] = {{used, 0}, {used, 0}};
-        REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(keys[i]).c_str(), times, 0) == 0);
+        set_file_time(cache.entry_path(keys[i]), 1000 + 10 * static_cast<time_t>(i));
     }
     REQUIRE(cache.load(keys[0]).has_value());
     // A read-only root's entries are neither counted nor removed.
@@ -652,9 +656,7 @@ TEST_CASE("disk cache: stores keep the writable root under its size cap, least r
     // Each entry marked as used at 1000 + i seconds right after it is stored, so the order is known.
     const auto store = [&](DiskCache& cache, size_t i) {
         cache.store(keys[i], make_entry("k", 1000, static_cast<unsigned>(i)), "src");
-        const time_t used = 1000 + static_cast<time_t>(i);
-        const struct timespec times[2] = {{used, 0}, {used, 0}};
-        REQUIRE(::utimensat(AT_FDCWD, cache.entry_path(keys[i]).c_str(), times, 0) == 0);
+        set_file_time(cache.entry_path(keys[i]), 1000 + static_cast<time_t>(i));
     };
 
     SECTION("a cap of three entries: checked at the first and every 16th store") {
@@ -710,11 +712,7 @@ TEST_CASE("disk cache: prune removes temporary files abandoned for kAbandonedTem
     const auto temporary = [&](const std::string& dir, const std::string& name, size_t bytes, time_t age) {
         const std::string path = dir + "/" + keys[0].hex() + name;
         write_bytes(path, std::vector<char>(bytes, 't'));
-        if (age >= 0) {
-            const time_t written = std::time(nullptr) - age;
-            const struct timespec times[2] = {{written, 0}, {written, 0}};
-            REQUIRE(::utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
-        }
+        if (age >= 0) set_file_time(path, std::time(nullptr) - age);
         return path;
     };
     const time_t limit = kAbandonedTemporarySeconds;
@@ -757,11 +755,7 @@ TEST_CASE("disk cache: prune removes a crashed tune's temporary tuned tiling, ne
     fs::create_directories(tuning);
     const std::string tuned = tuning + "/0123456789abcdef0123456789abcdef.config";
     write_bytes(tuned, std::vector<char>(40, 'c'));
-    const auto aged = [](const std::string& path, time_t age) {
-        const time_t written = std::time(nullptr) - age;
-        const struct timespec times[2] = {{written, 0}, {written, 0}};
-        REQUIRE(::utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
-    };
+    const auto aged = [](const std::string& path, time_t age) { set_file_time(path, std::time(nullptr) - age); };
     aged(tuned, 10 * kAbandonedTemporarySeconds);  // old, but a finished record: kept
     // Named as store_tuned_config names it.
     const std::string crashed = tuning + "/" + temporary_file_name("0123456789abcdef0123456789abcdef.config");

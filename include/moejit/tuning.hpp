@@ -13,8 +13,7 @@
 namespace moejit {
 
 struct TunedPass {
-    Problem problem;             // the pass tuned, as its GroupedGemm runs it (op fwd, dx or dw)
-    std::string pass;            // "fwd", "dx", "dw" or "dw fp32"
+    Problem problem;             // the pass tuned, as its GroupedGemm runs it (op fwd, dx or dw; out_fp32)
     std::string heuristic;       // the untuned choice and its time
     double heuristic_ms = 0;
     std::string best;            // the winner and its time
