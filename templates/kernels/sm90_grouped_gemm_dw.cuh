@@ -21,6 +21,7 @@
 #include "common/arguments.cuh"
 #include "epilogue/sm90_box_store.cuh"
 #include "mma/sm90_pipeline.cuh"
+#include "mma/sm90_weight_grad_slice.cuh"
 #include "scheduler/grouped_tiles.cuh"
 
 namespace moejit {
@@ -130,6 +131,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     constexpr int Cluster = Cfg::Cluster;
     constexpr int Rounds = (Cfg::Experts * Cfg::TilesPerExpert + Cluster - 1) / Cluster;  // of Cluster tiles
     using Tile = WeightGradTile<Cfg>;
+    using Slice = sm90::WeightGradSlice<Element, Flags, Cfg::Topk, Cfg::SliceK>;
 
     __shared__ typename Scheduler::Shared scheduler_storage;
     __shared__ sm90::StageBarriers<Cfg::Stages, Cluster> barriers;
@@ -190,15 +192,13 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const uint32 sA = ring + position.stage * Cfg::StageBytes;
                 const uint32 sB = sA + Cfg::BytesA;
                 const uint32 full = barriers.full_address(position.stage);
-                const int slice_row = slice * Cfg::SliceK;  // within the expert
+                const Slice piece{args, row_begin, expert_rows, slice * Cfg::SliceK, thread};
                 const bool own = slice < slices;  // else only walking with the cluster: an empty slot
-                const bool whole = slice_row + Cfg::SliceK <= expert_rows &&
-                                   static_cast<int64>(row_begin) + slice_row + Cfg::SliceK <= args.rows;
-                const bool tma_a = own && whole && !(Flags & kPermuteY);
-                const bool tma_b = own && whole && !(Flags & kPermuteX);
+                const bool tma_a = own && piece.by_tma(false);
+                const bool tma_b = own && piece.by_tma(true);
                 if (thread == 0) {
                     sm90::mbarrier_arrive_expect_tx(full, (tma_a ? Cfg::BytesA : 0) + (tma_b ? Cfg::BytesB : 0));
-                    const int row = row_begin + slice_row;
+                    const int row = row_begin + piece.slice_row;
                     if (tma_a)
 #pragma unroll
                         for (int box = 0; box < Cfg::TileM / 64; ++box)
@@ -215,37 +215,8 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                         }
                     }
                 }
-                // This thread's slice rows (t/8 + 16q): source rows, or -1 past the expert's end.
-                constexpr int RowsPerThread = Cfg::SliceK / 16;
-                auto source_rows = [&](bool x_side, int64 (&source)[RowsPerThread]) {
-#pragma unroll
-                    for (int q = 0; q < RowsPerThread; ++q) {
-                        const int row = slice_row + thread / 8 + 16 * q;
-                        const int64 routed = static_cast<int64>(row_begin) + row;
-                        const bool valid = row < expert_rows && routed < args.rows;
-                        source[q] = !valid                              ? -1
-                                    : (x_side && (Flags & kPermuteX))   ? token_row<Cfg::Topk>(args, routed)
-                                    : (!x_side && (Flags & kPermuteY))  ? slot_row(args, routed)
-                                                                        : routed;
-                    }
-                };
-                // This thread's share of a [SliceK rows][columns from col0] slice of `matrix` (rows `pitch` long).
-                auto gather = [&](auto plan, uint32 destination, const Element* matrix, int pitch, int col0,
-                                  bool x_side) {
-                    using Gather = decltype(plan);
-                    int64 source[RowsPerThread];
-                    source_rows(x_side, source);
-#pragma unroll
-                    for (int i = 0; i < Gather::Copies; ++i) {
-                        const int col = col0 + Gather::box(thread, i) * 64 + (thread % 8) * 8;
-                        const int64 row = source[i % RowsPerThread];  // GatherPlan: row t/8 + 16i mod SliceK
-                        const bool valid = row >= 0 && col < pitch;
-                        ptx::cp_async_16(destination + Gather::offset(thread, i),
-                                         valid ? matrix + row * pitch + col : matrix, valid);
-                    }
-                };
-                if (own && !tma_a) gather(typename Cfg::GatherA{}, sA, dy, Cfg::N, n0, false);
-                if (own && !tma_b) gather(typename Cfg::GatherB{}, sB, x, Cfg::K, k0, true);
+                if (own && !tma_a) piece.template gather<typename Cfg::GatherA>(sA, dy, Cfg::N, n0, false);
+                if (own && !tma_b) piece.template gather<typename Cfg::GatherB>(sB, x, Cfg::K, k0, true);
                 sm90::cp_async_arrive_noinc(full);  // every producer thread, gathering this slice or not
             }
         }
