@@ -258,9 +258,14 @@ Config adapt_to_pass(const Problem& problem, Config config) {
 }
 
 int dw_staging_boxes(const Problem& problem, const Config& config) {
-    const size_t two = ring_bytes(config) + size_t(config.tile_m / 64) * 2 * kStagingBoxBytes + 1024 +
-                       hopper_static_bytes(problem, config);
-    return two <= max_shared_bytes(problem.arch) ? 2 : 1;
+    const int out_bytes = problem.out_fp32 ? 4 : 2;
+    const int boxes_per_row = std::max(1, config.tile_n * out_bytes / 128);
+    for (int boxes = std::min(boxes_per_row, 8); boxes > 1; boxes /= 2)
+        if (ring_bytes(config) + size_t(config.tile_m / 64) * boxes * kStagingBoxBytes + 1024 +
+                hopper_static_bytes(problem, config) <=
+            max_shared_bytes(problem.arch))
+            return boxes;
+    return 1;
 }
 
 int dw_run_tiles(const Problem& problem, const Config& config) {

@@ -64,8 +64,9 @@ Config adapt_to_pass(const Problem& problem, Config config);
 size_t max_shared_bytes(const Arch& arch);
 
 // dW on Hopper: the epilogue's staging boxes (epilogue/sm90_box_store.cuh, 8 KB each) per consumer
-// warpgroup, passed to the template: two where they fit beside the ring, else one, rather than a
-// shallower ring (deepseek-v3's 256 experts leave room for one beside four 128x256 stages).
+// warpgroup, passed to the template: as many as fit beside the config's ring, up to the boxes of a
+// tile's row (4 for 16-bit n256, when its stores drain during the next tile's mainloop), in powers
+// of two (deepseek-v3's 256 experts leave room for one beside four 128x256 stages).
 constexpr size_t kStagingBoxBytes = 8192;
 int dw_staging_boxes(const Problem& problem, const Config& config);
 

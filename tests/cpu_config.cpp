@@ -63,9 +63,9 @@ TEST_CASE("resident X slots: parsed, checked and counted in shared memory (dW in
     CHECK(dw_run_tiles(dw, Config::parse("h:m128n256s4k32r11")) == 32);
     const Problem down = parse_spec("dw:bf16:n7168:k2048:e256:topk8:permute_y:sm_90a");
     CHECK(dw_run_tiles(down, Config::parse("h:m128n256s4k32r11")) == 28);
-    const Problem small = parse_spec("dw:bf16:n2120:k264:e7:topk1:sm_90a");
+    const Problem small = parse_spec("dw:bf16:n2128:k264:e7:topk1:sm_90a");
     CHECK(dw_run_tiles(small, Config::parse("h:m128n256s4k32r11")) == kMinRunTiles);
-    const Problem narrow = parse_spec("dw:bf16:n520:k520:e7:topk1:sm_90a");
+    const Problem narrow = parse_spec("dw:bf16:n528:k520:e7:topk1:sm_90a");
     CHECK(dw_run_tiles(narrow, Config::parse("h:m128n256s4k32r11")) == 5);
 }
 

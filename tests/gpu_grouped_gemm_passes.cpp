@@ -358,12 +358,12 @@ TEST_CASE("passes: dW with X resident in shared memory (experts within and beyon
     // sm90_grouped_gemm_dw_resident.cuh keeps an expert's X in r slots of 32 or 64 rows (352, 320
     // and 128 rows here) and streams it through them beyond that: the 352-row expert fills all
     // eleven 32-row slots, the 353- and 700-row ones stream through them (wrapping once and twice),
-    // the others stay resident with a partial last slice. n520: one run of 5 N tiles an expert;
-    // n2120: runs of 8, 8 and 1 (codegen/config.cpp, dw_run_tiles).
+    // the others stay resident with a partial last slice. n528: one run of 5 N tiles an expert;
+    // n2128: runs of 8, 8 and 1 (codegen/config.cpp, dw_run_tiles).
     const std::optional<Arch> hopper = hopper_device_arch();
     if (!hopper) return;
     const HostRouting routing = make_routing(7, 1, choices_from_sizes({352, 353, 100, 0, 32, 700, 1}));
-    for (const auto& [n, k] : {std::pair<int64_t, int64_t>{520, 520}, {2120, 264}})
+    for (const auto& [n, k] : {std::pair<int64_t, int64_t>{528, 520}, {2128, 264}})  // gated: N = 2 x 8i
         for (const char* config : {"h:m128n256s4k32r11", "h:m128n256s3r5", "h:m64n128s8k32r4"}) {
             INFO("config " << config << ", n" << n << " k" << k);
             Problem dw = make_problem(DType::bf16, n, k, routing.experts, routing.topk, kNone);

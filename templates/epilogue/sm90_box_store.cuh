@@ -16,38 +16,37 @@ constexpr int kBoxStoreRowBytes = 128;  // one swizzle period
 constexpr int kBoxStoreBytes = kBoxStoreRows * kBoxStoreRowBytes;
 
 // Out: the stored type (16-bit or float). TileN accumulator columns per row, `Buffers` boxes of
-// shared memory (1024-byte aligned) at `base`, used in turn.
+// shared memory (1024-byte aligned) at `base`, used in turn across boxes and tiles. With as many
+// buffers as a tile's row has boxes, a tile's stores drain while the next tile's mainloop runs,
+// and the consumers wait only if the previous tile's have not been read by then.
 template <class Out, int TileN, int Buffers>
 struct BoxStore {
     static constexpr int BoxCols = kBoxStoreRowBytes / sizeof(Out);
     static constexpr int Boxes = TileN / BoxCols;
-    static_assert(Buffers == 1 || Buffers == 2, "");
+    static_assert(Buffers == 1 || Buffers == 2 || Buffers == 4 || Buffers == 8, "");
+    static_assert(Buffers <= Boxes, "no more buffers than boxes");
 
     uint32 base;
     int barrier_id;  // named barrier of this warpgroup
+    int next = 0;    // the buffer the next box goes through
 
     // Accumulator columns [0, TileN) of this warpgroup's rows go to map coordinates (col0 + column,
     // row0 + row, matrix); boxes starting at or past `cols` are skipped (the same for every thread).
-    // Box b goes through buffer b % Buffers. With two buffers, TMA reads box b - 1 while box b is
-    // written: the issuing thread waits for that read only after writing its share of box b.
     template <int Registers>
     __device__ __forceinline__ void store(const float (&accumulators)[Registers], const TensorMap& map, int col0,
-                                          int row0, int matrix, int cols, int thread) const {
+                                          int row0, int matrix, int cols, int thread) {
         static_assert(Registers == TileN / 2, "m64 x TileN fp32 fragment");
 #pragma unroll
         for (int box = 0; box < Boxes; ++box) {
             if (col0 + box * BoxCols >= cols) break;
-            // The buffer is free: the previous tile's stores (or, with one buffer, the previous box)
-            // have been read.
-            if (box == 0 || Buffers == 1) {
-                if (thread == 0) bulk_wait_read<0>();
-                named_barrier(barrier_id, kWarpgroupThreads);
-            }
-            const uint32 buffer = base + (box % Buffers) * kBoxStoreBytes;
+            // The buffer is free: the store that last went through it, Buffers stores ago, has
+            // been read (one bulk group a store).
+            if (thread == 0) bulk_wait_read<Buffers - 1>();
+            named_barrier(barrier_id, kWarpgroupThreads);
+            const uint32 buffer = base + next * kBoxStoreBytes;
+            next = next + 1 == Buffers ? 0 : next + 1;
             write_box(accumulators, box, buffer, thread);
             fence_proxy_async();  // the generic-proxy writes, before TMA reads them
-            // Box b - 1 read, so that box b + 1 may overwrite its buffer after the barrier.
-            if (Buffers == 2 && thread == 0) bulk_wait_read<0>();
             named_barrier(barrier_id, kWarpgroupThreads);
             if (thread == 0) {
                 // dW is written once: evict-first, not to displace the dY and X rows in L2.

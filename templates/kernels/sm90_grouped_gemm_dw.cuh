@@ -54,7 +54,7 @@ struct Sm90WeightGradConfig {
     // row offsets and, within 320 bytes, the barriers and warp totals, rounded up to the ring's
     // 1024-byte alignment) fit in sm_90's 227 KB.
     static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;
-    static_assert(StagingBoxes == 1 || StagingBoxes == 2, "");
+    static_assert(StagingBoxes == 1 || StagingBoxes == 2 || StagingBoxes == 4 || StagingBoxes == 8, "");
     static_assert(SharedBytes + ((Experts + 1) * 4 + 320 + 1023) / 1024 * 1024 <= 227 * 1024, "shared memory");
     static constexpr int BoxesPerRow = TileN * sizeof(Out) / sm90::kBoxStoreRowBytes;
     using Store = sm90::BoxStore<Out, TileN, (BoxesPerRow < StagingBoxes ? BoxesPerRow : StagingBoxes)>;
@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         float accumulators[Cfg::Mma::Registers];
         sm90::RingPosition<Cfg::Stages> position;
         sm90::SlotReleaser<Cfg::Stages> release;
-        const typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
+        typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
                                         1 + consumer};
         for (int round = first_round; round < Rounds; round += round_stride) {
             Tile tile(round * Cluster + rank);

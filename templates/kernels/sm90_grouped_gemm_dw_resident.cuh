@@ -54,7 +54,7 @@ struct Sm90WeightGradResidentConfig {
     // Ring, slots, staging and alignment slack; then the static part as in sm90_grouped_gemm_dw.cuh,
     // with room for Stages + Slots barrier pairs.
     static constexpr int SharedBytes = Stages * BytesA + Slots * BytesX + Consumers * StagingBytes + 1024;
-    static_assert(StagingBoxes == 1 || StagingBoxes == 2, "");
+    static_assert(StagingBoxes == 1 || StagingBoxes == 2 || StagingBoxes == 4 || StagingBoxes == 8, "");
     static_assert(SharedBytes + ((Experts + 1) * 4 + 320 + 16 * Slots + 1023) / 1024 * 1024 <= 227 * 1024,
                   "shared memory");
     static constexpr int BoxesPerRow = TileN * sizeof(Out) / sm90::kBoxStoreRowBytes;
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             if (thread == 0 && previous_stage >= 0) dy_barriers.release(previous_stage);
             if (thread == 0 && previous_slot >= 0) x_barriers.release(previous_slot);
         };
-        const typename Cfg::Store store{slots + Cfg::Slots * Cfg::BytesX + consumer * Cfg::StagingBytes,
+        typename Cfg::Store store{slots + Cfg::Slots * Cfg::BytesX + consumer * Cfg::StagingBytes,
                                         1 + consumer};
         for (int index = blockIdx.x; index < Cfg::Units; index += gridDim.x) {
             const Unit unit(index);
