@@ -11,7 +11,7 @@ std::string Config::to_string() const {
     const std::string tiles = "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages);
     if (hopper())
         return "h:" + tiles + (slice_k != 64 ? "k" + std::to_string(slice_k) : "") +
-               (resident_slots > 0 ? "r" + std::to_string(resident_slots) : "") + (cluster > 1 ? "c" + std::to_string(cluster) : "");
+               (cluster > 1 ? "c" + std::to_string(cluster) : "");
     return tiles + "w" + std::to_string(warps_m) + "x" + std::to_string(warps_n);
 }
 
@@ -23,10 +23,8 @@ Config Config::parse(const std::string& text) {
         config.path = KernelPath::hopper;
         parsed = std::sscanf(text.c_str(), "h:m%dn%ds%d%n", &config.tile_m, &config.tile_n, &config.stages,
                              &consumed) == 3;
-        // Optional suffixes, in this order: "k<slice_k>", "r<resident_slots>", "c<cluster>".
-        for (const auto& [format, field] : {std::pair{"k%d%n", &config.slice_k},
-                                            std::pair{"r%d%n", &config.resident_slots},
-                                            std::pair{"c%d%n", &config.cluster}}) {
+        // Optional suffixes, in this order: "k<slice_k>", "c<cluster>".
+        for (const auto& [format, field] : {std::pair{"k%d%n", &config.slice_k}, std::pair{"c%d%n", &config.cluster}}) {
             int suffix = 0;
             if (parsed && static_cast<size_t>(consumed) < text.size() && text[consumed] == format[0]) {
                 parsed = std::sscanf(text.c_str() + consumed, format, field, &suffix) == 1;
@@ -40,7 +38,7 @@ Config Config::parse(const std::string& text) {
     if (!parsed || static_cast<size_t>(consumed) != text.size() || config.to_string() != text)
         throw Error("bad config '" + text +
                     "': expected e.g. m128n128s4w2x4 (portable: tile M, tile N, stages, warps) or h:m128n256s4 "
-                    "(hopper: tile M, tile N, stages; dW may add k32, 32-row stages, and r<slots>, X slices kept resident; a c2 suffix pairs CTAs in clusters, c4 "
+                    "(hopper: tile M, tile N, stages; dW may add k32, 32-row stages; a c2 suffix pairs CTAs in clusters, c4 "
                     "in dW clusters of four)");
     return config;
 }
@@ -95,19 +93,15 @@ Config hopper_config(int tile_m, int tile_n, int stages, int slice_k = 64) {
 // The Hopper kernels' static shared memory, which shares the block's budget with the dynamic
 // part: the scheduler's prefix sums over the experts (rows and tiles, 8 bytes each; dW keeps the
 // rows only, 4), then at most 8 stages of barrier pairs, 12 warps of totals and the tile queue's
-// two slots (264 bytes), and a barrier pair per resident X slot, rounded up to the 1024-byte
-// alignment of the dynamic ring that follows (ptxas reports 2048 bytes for dW with 256 experts,
-// whose static variables take 1148).
-size_t hopper_static_bytes(const Problem& problem, const Config& config) {
-    const size_t bytes =
-        size_t(problem.experts + 1) * (problem.op == Op::dw ? 4 : 8) + 320 + 16 * size_t(config.resident_slots);
+// two slots (264 bytes), rounded up to the 1024-byte alignment of the dynamic ring that follows
+// (ptxas reports 2048 bytes for dW with 256 experts, whose static variables take 1148).
+size_t hopper_static_bytes(const Problem& problem) {
+    const size_t bytes = size_t(problem.experts + 1) * (problem.op == Op::dw ? 4 : 8) + 320;
     return (bytes + 1023) / 1024 * 1024;
 }
 
-// The stages (of both operands, or of dY where X is resident) and the resident X slots.
 size_t ring_bytes(const Config& config) {
-    const size_t stage_rows = config.resident_slots > 0 ? config.tile_m : config.tile_m + config.tile_n;
-    return (size_t(config.stages) * stage_rows + size_t(config.resident_slots) * config.tile_n) * config.slice_k * 2;
+    return size_t(config.stages) * (config.tile_m + config.tile_n) * config.slice_k * 2;
 }
 
 // The portable kernels' static shared memory: the scheduler's prefix sums over the experts and its
@@ -120,7 +114,7 @@ size_t portable_static_bytes(const Problem& problem, const Config& config) {
 
 size_t block_shared_bytes(const Problem& problem, const Config& config) {
     return dynamic_shared_bytes(problem, config) +
-           (config.hopper() ? hopper_static_bytes(problem, config) : portable_static_bytes(problem, config));
+           (config.hopper() ? hopper_static_bytes(problem) : portable_static_bytes(problem, config));
 }
 
 // As many stages as fit next to the static shared memory.
@@ -249,7 +243,6 @@ int max_cluster(const Problem& problem, const Config& config) {
 
 Config adapt_to_pass(const Problem& problem, Config config) {
     config.cluster = std::min(config.cluster, max_cluster(problem, config));
-    if (problem.op != Op::dw) config.resident_slots = 0;  // dW's alone; the stages stay a ring of both operands
     if (config.slice_k == 32 && problem.op != Op::dw) {
         config.slice_k = 64;
         config.stages = std::max(3, config.stages / 2);
@@ -262,20 +255,10 @@ int dw_staging_boxes(const Problem& problem, const Config& config) {
     const int boxes_per_row = std::max(1, config.tile_n * out_bytes / 128);
     for (int boxes = std::min(boxes_per_row, 8); boxes > 1; boxes /= 2)
         if (ring_bytes(config) + size_t(config.tile_m / 64) * boxes * kStagingBoxBytes + 1024 +
-                hopper_static_bytes(problem, config) <=
+                hopper_static_bytes(problem) <=
             max_shared_bytes(problem.arch))
             return boxes;
     return 1;
-}
-
-int dw_run_tiles(const Problem& problem, const Config& config) {
-    const int64_t n_tiles = (problem.n + config.tile_m - 1) / config.tile_m;
-    const int64_t k_tiles = (problem.k + config.tile_n - 1) / config.tile_n;
-    const int64_t wanted_units = 16 * kHopperMultiprocessors;
-    const int64_t one_run_units = std::max<int64_t>(1, int64_t(problem.experts) * k_tiles);
-    const int64_t runs = std::clamp<int64_t>((wanted_units + one_run_units - 1) / one_run_units, 1, n_tiles);
-    // Not so short that loading X is a large share of a run.
-    return static_cast<int>(std::min<int64_t>(n_tiles, std::max<int64_t>(kMinRunTiles, (n_tiles + runs - 1) / runs)));
 }
 
 size_t dynamic_shared_bytes(const Problem& problem, const Config& config) {
@@ -347,9 +330,6 @@ void check_config(const Problem& problem, const Config& config) {
         if (config.stages < 3 || config.stages > 8) throw Error(what + ": hopper kernels run 3 to 8 stages");
         if (config.cluster != 1 && config.cluster != 2 && config.cluster != 4)
             throw Error(what + ": clusters are of 1, 2 or 4 CTAs");
-        if (config.resident_slots != 0 &&
-            (problem.op != Op::dw || config.cluster != 1 || config.resident_slots < 2 || config.resident_slots > 16))
-            throw Error(what + ": resident X slots (r2 to r16) are for dW in single CTAs");
         if (config.cluster > max_cluster(problem, config))
             throw Error(what + ": at most " + std::to_string(max_cluster(problem, config)) +
                         " CTA(s) a cluster here (pairs need n128 or more; clusters of four only dW with n256; "

@@ -27,21 +27,16 @@ struct Config {
     // twice the stages fit in the same ring; the consumers then hold a smaller share of it while
     // more of it is in flight.
     int slice_k = 64;
-    // Hopper dW only: X slices kept in shared memory (kernels/sm90_grouped_gemm_dw_resident.cuh),
-    // 0 for none. An expert of up to resident_slots x slice_k rows has its X columns of a K tile
-    // loaded once for a run of N tiles; `stages` is then the ring of dY slices alone.
-    int resident_slots = 0;
 
     bool hopper() const { return path == KernelPath::hopper; }
     // Hopper: one producer warpgroup plus one consumer warpgroup per 64 tile rows.
     int threads() const { return hopper() ? 128 * (1 + tile_m / 64) : warps_m * warps_n * 32; }
-    // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2", "h:m128n256s8k32",
-    // "h:m128n256s4k32r11" (hopper)
+    // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2", "h:m128n256s8k32" (hopper)
     std::string to_string() const;
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
         return path == o.path && tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages && cluster == o.cluster &&
-               slice_k == o.slice_k && resident_slots == o.resident_slots && (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
+               slice_k == o.slice_k && (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
     }
 };
 
@@ -56,25 +51,19 @@ bool claims_tiles(const Problem& problem, const Config& config);
 int max_cluster(const Problem& problem, const Config& config);
 
 // A config given for all passes (an override), adapted to `problem`'s pass: clustered as far as
-// max_cluster allows, 32-row stages (dW only) as half as many 64-row stages elsewhere, and resident
-// X slots (dW only) dropped elsewhere.
+// max_cluster allows, and 32-row stages (dW only) as half as many 64-row stages elsewhere.
 Config adapt_to_pass(const Problem& problem, Config config);
 
 // Dynamic shared memory one block may opt into on each supported arch.
 size_t max_shared_bytes(const Arch& arch);
 
 // dW on Hopper: the epilogue's staging boxes (epilogue/sm90_box_store.cuh, 8 KB each) per consumer
-// warpgroup, passed to the template: as many as fit beside the config's ring, up to the boxes of a
-// tile's row (4 for 16-bit n256, when its stores drain during the next tile's mainloop), in powers
-// of two (deepseek-v3's 256 experts leave room for one beside four 128x256 stages).
+// warpgroup, passed to the template: as many as fit beside the config's ring, in powers of two up
+// to the boxes of a tile's row (4 for 16-bit n256: its stores then drain during the next tile's
+// mainloop), rather than a shallower ring. Four 128x256 stages leave room for two, with 256 experts
+// exactly (their row offsets and the barriers take 2 KB of static shared memory).
 constexpr size_t kStagingBoxBytes = 8192;
 int dw_staging_boxes(const Problem& problem, const Config& config);
-
-// dW with resident X: the N tiles a unit walks with one load of X. As many as the expert has,
-// unless fewer units than 16 per multiprocessor would leave the grid's end ragged; at least
-// kMinRunTiles where the expert has as many.
-constexpr int kMinRunTiles = 8;
-int dw_run_tiles(const Problem& problem, const Config& config);
 
 // The dynamic shared memory the kernel of `problem` with `config` launches with. Portable: the
 // ring of A and B slices. Hopper: the ring, the epilogue's staging of each consumer warpgroup

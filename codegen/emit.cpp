@@ -47,23 +47,15 @@ Source emit_source(const Problem& problem, const Config& config) {
         }
         case Op::dw: {
             const std::string family = config.hopper() ? "sm90" : "sm80";
-            const bool resident = config.resident_slots > 0;
-            const std::string variant = resident ? "_dw_resident" : "_dw";
-            header = "kernels/" + family + "_grouped_gemm" + variant + ".cuh";
-            std::string hopper_parameters;
-            if (resident)
-                hopper_parameters = ", /*Slots=*/" + std::to_string(config.resident_slots) + ", /*StagingBoxes=*/" +
-                                    std::to_string(dw_staging_boxes(problem, config)) + ", /*SliceK=*/" +
-                                    std::to_string(config.slice_k) + ", /*RunTiles=*/" +
-                                    std::to_string(dw_run_tiles(problem, config));
-            else if (config.hopper())
-                hopper_parameters = ", /*StagingBoxes=*/" + std::to_string(dw_staging_boxes(problem, config)) +
-                                    ", /*Cluster=*/" + std::to_string(config.cluster) + ", /*SliceK=*/" +
-                                    std::to_string(config.slice_k);
-            config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "WeightGrad" +
-                          (resident ? "Resident" : "") + "Config<\n    " + element + ",\n" +
-                          gemm_parameters(problem, config) + hopper_parameters + ">";
-            kernel = "moejit::" + family + "_grouped_gemm" + variant;
+            header = "kernels/" + family + "_grouped_gemm_dw.cuh";
+            config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "WeightGradConfig<\n    " +
+                          element + ",\n" + gemm_parameters(problem, config) +
+                          (config.hopper() ? ", /*StagingBoxes=*/" + std::to_string(dw_staging_boxes(problem, config)) +
+                                                 ", /*Cluster=*/" + std::to_string(config.cluster) +
+                                                 ", /*SliceK=*/" + std::to_string(config.slice_k)
+                                           : "") +
+                          ">";
+            kernel = "moejit::" + family + "_grouped_gemm_dw";
             break;
         }
         case Op::combine:

@@ -353,29 +353,6 @@ TEST_CASE("passes: dW tiles in both orders (experts above and below the K-fastes
         }
 }
 
-TEST_CASE("passes: dW with X resident in shared memory (experts within and beyond the slots) matches float64",
-          "[gpu][gemm][hopper]") {
-    // sm90_grouped_gemm_dw_resident.cuh keeps an expert's X in r slots of 32 or 64 rows (352, 320
-    // and 128 rows here) and streams it through them beyond that: the 352-row expert fills all
-    // eleven 32-row slots, the 353- and 700-row ones stream through them (wrapping once and twice),
-    // the others stay resident with a partial last slice. n528: one run of 5 N tiles an expert;
-    // n2128: runs of 8, 8 and 1 (codegen/config.cpp, dw_run_tiles).
-    const std::optional<Arch> hopper = hopper_device_arch();
-    if (!hopper) return;
-    const HostRouting routing = make_routing(7, 1, choices_from_sizes({352, 353, 100, 0, 32, 700, 1}));
-    for (const auto& [n, k] : {std::pair<int64_t, int64_t>{528, 520}, {2128, 264}})  // gated: N = 2 x 8i
-        for (const char* config : {"h:m128n256s4k32r11", "h:m128n256s3r5", "h:m64n128s8k32r4"}) {
-            INFO("config " << config << ", n" << n << " k" << k);
-            Problem dw = make_problem(DType::bf16, n, k, routing.experts, routing.topk, kNone);
-            dw.op = Op::dw;
-            dw.arch = *hopper;
-            REQUIRE_NOTHROW(check_config(dw, Config::parse(config)));
-            check_passes(DType::bf16, n, k, routing, kNone, kDw | kDw32, config);
-            check_passes(DType::bf16, n, k, routing, kPermuteY, kDw, config);
-            check_passes(DType::fp16, n, k, routing, kGatedPermuteX, kDw, config);
-        }
-}
-
 TEST_CASE("passes: dW with 512 experts (one staging box a warpgroup) matches float64", "[gpu][gemm][hopper]") {
     // 512 experts' row offsets leave room for one 8 KB staging box beside four 128x256 stages, not
     // two (codegen/config.cpp, dw_staging_boxes); 256 experts take two.

@@ -7,10 +7,8 @@
 // MN-major: a slice is [SliceK routed rows][TileM of N] of dY and [SliceK routed rows][TileN of K]
 // of X, stored as 64-column boxes with the 128-byte swizzle, and wgmma reads both transposed.
 // (32-row stages: twice as many in the same ring, so that more of it is in flight while the
-// consumers hold one or two stages.) Full slices come by
-// TMA; a slice whose rows are indirect (permute_y for dY, permute_x for X) or that runs past the
-// expert's last row is gathered with cp.async instead, with zeros for the rows past the end,
-// since TMA cannot stop at an expert boundary. Empty experts write zeros.
+// consumers hold one or two stages.) Whole slices of direct rows come by TMA, the others are
+// gathered by cp.async (mma/sm90_weight_grad_slice.cuh). Empty experts write zeros.
 //
 // In clusters (Cluster 2 or 4) the CTAs take neighbouring tiles: in band order, Cluster N tiles of
 // one expert and one K tile, which read the same X slices. Each CTA then loads its share of every

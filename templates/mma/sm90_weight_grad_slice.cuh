@@ -1,7 +1,7 @@
 #pragma once
 // One slice of a dW operand as the producer warpgroup loads it: SliceK routed rows of one expert,
 // as 64-column boxes (dY [SliceK][TileM columns from n0], X [SliceK][TileN columns from k0]).
-// Shared by the dW kernels (kernels/sm90_grouped_gemm_dw.cuh, sm90_grouped_gemm_dw_resident.cuh).
+// Used by kernels/sm90_grouped_gemm_dw.cuh.
 //
 // A slice comes by TMA where its rows are whole and direct. One whose rows are indirect
 // (permute_y for dY, permute_x for X) or that runs past the expert's last row is gathered with
