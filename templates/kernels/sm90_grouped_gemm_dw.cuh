@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::RingPosition<Cfg::Stages> position;
         sm90::SlotReleaser<Cfg::Stages> release;
         typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
-                                        1 + consumer};
+                                  1 + consumer};
         for (int round = first_round; round < Rounds; round += round_stride) {
             Tile tile(round * Cluster + rank);
             const int slices = slices_of(tile);

@@ -30,8 +30,8 @@ struct WeightGradSlice {
         return whole() && !(Flags & (x_side ? kPermuteX : kPermuteY));
     }
 
-    // This thread's share of the slice's `columns` boxes from col0 of `matrix` (rows `pitch` long),
-    // into 128-byte-swizzled [SliceK][64] boxes at `destination`, through Plan (GatherPlan).
+    // This thread's share (Plan, a GatherPlan over the slice's boxes) of the slice's columns from
+    // col0 of `matrix` (rows `pitch` long), into 128-byte-swizzled [SliceK][64] boxes at `destination`.
     template <class Plan>
     __device__ __forceinline__ void gather(uint32 destination, const Element* matrix, int pitch, int col0,
                                            bool x_side) const {
