@@ -104,6 +104,15 @@ size_t ring_bytes(const Config& config) {
     return size_t(config.stages) * (config.tile_m + config.tile_n) * config.slice_k * 2;
 }
 
+// The Hopper kernels' dynamic shared memory: the ring, the epilogue's staging and 1 KB to align the
+// ring to the 1024-byte swizzle period. The row-grouped passes stage 64 rows of 128 + 16 bytes per
+// consumer (epilogue/sm90_staged_rows.cuh); dW `dw_boxes` 8 KB boxes per consumer (sm90_box_store.cuh).
+size_t hopper_dynamic_bytes(const Problem& problem, const Config& config, int dw_boxes) {
+    const size_t staging = problem.op == Op::dw ? size_t(config.tile_m / 64) * dw_boxes * kStagingBoxBytes
+                                                : size_t(config.tile_m) * 144;
+    return ring_bytes(config) + staging + 1024;
+}
+
 // The portable kernels' static shared memory: the scheduler's prefix sums over the experts and its
 // per-warp totals (templates/scheduler/grouped_tiles.cuh, 8 bytes each), rounded up to the 128-byte
 // alignment of the dynamic ring that follows them.
@@ -120,10 +129,10 @@ size_t block_shared_bytes(const Problem& problem, const Config& config) {
 // As many stages as fit next to the static shared memory.
 int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most, int slice_k = 64) {
     const size_t stage_bytes = ring_bytes(hopper_config(tile_m, tile_n, 1, slice_k));
-    // A ring with no stages: the smallest output staging, the alignment slack and the static part.
+    // A ring with no stages: the smallest output staging (dW: one box), the alignment slack and the static part.
     const Config empty = hopper_config(tile_m, tile_n, 0, slice_k);
-    size_t room = max_shared_bytes(problem.arch) - block_shared_bytes(problem, empty);
-    if (problem.op == Op::dw) room += size_t(tile_m / 64) * (dw_staging_boxes(problem, empty) - 1) * kStagingBoxBytes;
+    const size_t room =
+        max_shared_bytes(problem.arch) - hopper_dynamic_bytes(problem, empty, 1) - hopper_static_bytes(problem);
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
 }
 
@@ -254,20 +263,14 @@ int dw_staging_boxes(const Problem& problem, const Config& config) {
     const int out_bytes = problem.out_fp32 ? 4 : 2;
     const int boxes_per_row = std::max(1, config.tile_n * out_bytes / 128);
     for (int boxes = std::min(boxes_per_row, 8); boxes > 1; boxes /= 2)
-        if (ring_bytes(config) + size_t(config.tile_m / 64) * boxes * kStagingBoxBytes + 1024 +
-                hopper_static_bytes(problem) <=
-            max_shared_bytes(problem.arch))
+        if (hopper_dynamic_bytes(problem, config, boxes) + hopper_static_bytes(problem) <= max_shared_bytes(problem.arch))
             return boxes;
     return 1;
 }
 
 size_t dynamic_shared_bytes(const Problem& problem, const Config& config) {
     if (!config.hopper()) return ring_bytes(config);
-    // The row-grouped passes stage 64 rows of 128 + 16 bytes per consumer (epilogue/sm90_staged_rows.cuh).
-    const size_t staging = problem.op == Op::dw
-                               ? size_t(config.tile_m / 64) * dw_staging_boxes(problem, config) * kStagingBoxBytes
-                               : size_t(config.tile_m) * 144;
-    return ring_bytes(config) + staging + 1024;
+    return hopper_dynamic_bytes(problem, config, problem.op == Op::dw ? dw_staging_boxes(problem, config) : 0);
 }
 
 Config choose_config(const Problem& problem, RowsBucket bucket, KernelPath path) {

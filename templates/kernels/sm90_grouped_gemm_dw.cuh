@@ -44,18 +44,16 @@ struct Sm90WeightGradConfig {
     static constexpr int StageBytes = BytesA + BytesB;
     static constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
     using Out = typename conditional_type<OutFp32, float, Element>::type;
-    // The epilogue's staging boxes per consumer warpgroup, as the host chose them (two where they
-    // fit beside the ring, else one) and launches with: codegen/config.cpp, dw_staging_boxes.
+    // The epilogue's staging boxes per consumer warpgroup, as the host chose them (as many as fit
+    // beside the ring, up to a tile row's) and launches with: codegen/config.cpp, dw_staging_boxes.
     static constexpr int StagingBoxes = StagingBoxes_;
     static constexpr int StagingBytes = StagingBoxes * sm90::kBoxStoreBytes;
     // The ring, the staging, the alignment slack and the static shared memory (the scheduler's
     // row offsets and, within 320 bytes, the barriers and warp totals, rounded up to the ring's
     // 1024-byte alignment) fit in sm_90's 227 KB.
     static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;
-    static_assert(StagingBoxes == 1 || StagingBoxes == 2 || StagingBoxes == 4 || StagingBoxes == 8, "");
     static_assert(SharedBytes + ((Experts + 1) * 4 + 320 + 1023) / 1024 * 1024 <= 227 * 1024, "shared memory");
-    static constexpr int BoxesPerRow = TileN * sizeof(Out) / sm90::kBoxStoreRowBytes;
-    using Store = sm90::BoxStore<Out, TileN, (BoxesPerRow < StagingBoxes ? BoxesPerRow : StagingBoxes)>;
+    using Store = sm90::BoxStore<Out, TileN, StagingBoxes>;  // checks the count: 1, 2, 4 or 8, at most a row's
 
     static constexpr int ProducerRegisters = 56;
     static constexpr int ConsumerRegisters = Consumers == 1 ? 256 : 224;
