@@ -1,7 +1,7 @@
 #pragma once
 // The sm_90a forward and dX epilogue's staging: a consumer warpgroup turns its accumulator
 // fragments into rows of global memory 128 bytes (64 16-bit columns) of each row at a time. The fragments go to
-// this warpgroup's 64 staging rows (stmatrix, two 8-column blocks at a time), a named barrier, then every thread copies four 16-byte pieces
+// this warpgroup's 64 staging rows, a named barrier, then every thread copies four 16-byte pieces
 // to their global rows (which may scatter) with ordinary vector stores, and a second barrier frees
 // the rows for the next chunk. One small buffer per warpgroup (9 KB) instead of a whole tile's rows
 // (67 KB for 128x256) leaves room for a fourth ring stage next to 128x256 tiles; the stores are
@@ -29,15 +29,9 @@ struct StagedRows {
     __device__ static int copy_row(int thread, int i) { return thread / kPiecesPerRow + i * (kWarpgroupThreads / kPiecesPerRow); }
     __device__ static int copy_piece(int thread) { return thread % kPiecesPerRow; }
 
-    // Fragment store of the chunk's 8-column blocks 2 * pair and 2 * pair + 1, one stmatrix for the
-    // warpgroup's 64 rows: r0 and r1 hold the first block's fragment rows (fragment_row halves 0 and
-    // 1), r2 and r3 the second's, two packed 16-bit columns each. Lane l names the staging row of
-    // matrix l / 8 (rows 0-7 | 8-15 of the warp's 16, x first block | second block).
-    __device__ __forceinline__ void store_blocks(int thread, int pair, uint32 r0, uint32 r1, uint32 r2,
-                                                 uint32 r3) const {
-        const int lane = thread % 32, matrix = lane / 8;
-        const int row = (thread / 32) * 16 + (matrix % 2) * 8 + lane % 8;
-        stmatrix_x4(base + row * kStagingPitch + (pair * 2 + matrix / 2) * 16, r0, r1, r2, r3);
+    // Fragment store: `bytes_in_row` counts from the chunk's first column.
+    __device__ __forceinline__ void store_32(int row, int bytes_in_row, uint32 value) const {
+        ptx::store_shared_32(base + row * kStagingPitch + bytes_in_row, value);
     }
 
     // Waits for the fragments of the warpgroup (named barrier `barrier_id`), then copies chunk

@@ -208,23 +208,25 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         // 64 output columns per chunk; fragment column block j holds output columns 8j..8j+7.
         const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
         constexpr int BlocksPerChunk = sm90::kStagingRowBytes / 16;
-        // Fragment row half `half` of block j, as two packed output columns.
-        auto packed = [&](int j, int half) -> uint32 {
-            if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
-                const float* gate = &accumulators[j * 4 + half * 2];
-                const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
-                return pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
-            } else {
-                const float* v = &accumulators[j * 4 + half * 2];
-                return pack2<Element>(v[0] * scale[half], v[1] * scale[half]);
-            }
-        };
 #pragma unroll
         for (int chunk = 0; chunk < Cfg::TileOutCols / 64; ++chunk) {
 #pragma unroll
-            for (int pair = 0; pair < BlocksPerChunk / 2; ++pair) {
-                const int j = chunk * BlocksPerChunk + pair * 2;
-                staging.store_blocks(thread, pair, packed(j, 0), packed(j, 1), packed(j + 1, 0), packed(j + 1, 1));
+            for (int half = 0; half < 2; ++half) {
+                const int staging_row = sm90::StagedRows::fragment_row(thread, half);
+#pragma unroll
+                for (int b = 0; b < BlocksPerChunk; ++b) {
+                    const int j = chunk * BlocksPerChunk + b;
+                    uint32 packed;
+                    if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
+                        const float* gate = &accumulators[j * 4 + half * 2];
+                        const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
+                        packed = pack2<Element>(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+                    } else {
+                        const float* v = &accumulators[j * 4 + half * 2];
+                        packed = pack2<Element>(v[0] * scale[half], v[1] * scale[half]);
+                    }
+                    staging.store_32(staging_row, b * 16 + (lane % 4) * 4, packed);
+                }
             }
             staging.copy_out(1 + consumer, destination, chunk, thread, (Cfg::OutCols - out_col0) * 2);
         }
