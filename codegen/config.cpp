@@ -247,6 +247,7 @@ int max_cluster(const Problem& problem, const Config& config) {
     // Each CTA loads a share of whole 64-column boxes: of the weight tile's TileN rows, or in dW of
     // the X slice's TileN columns.
     const int shares = config.tile_n / 64;
+    if (shares % 2 != 0) return 1;  // n192: three boxes do not halve
     return std::min(problem.op == Op::dw ? 4 : 2, shares);
 }
 
@@ -305,6 +306,12 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 if (problem.op == Op::dw && tile_m == 128)
                     configs.push_back(hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8, 32), 32));
             }
+        // Three consumer warpgroups on 192x192 tiles (the row-grouped passes; not the gated forward).
+        if (problem.op != Op::dw && !(problem.gated && problem.op == Op::fwd)) {
+            const Config deepest = hopper_config(192, 192, hopper_stages(problem, 192, 192, 8));
+            configs.push_back(deepest);
+            if (deepest.stages > 3) configs.push_back(hopper_config(192, 192, 3));
+        }
         return configs;
     }
     for (int tile_n : {64, 128})
@@ -324,9 +331,15 @@ void check_config(const Problem& problem, const Config& config) {
     if (config.hopper()) {
         if (!hopper_path_available(problem))
             throw Error(what + ": hopper kernels need a grouped GEMM on sm_90a");
-        if ((config.tile_m != 64 && config.tile_m != 128) ||
-            (config.tile_n != 64 && config.tile_n != 128 && config.tile_n != 256))
-            throw Error(what + ": hopper tiles are m64 or m128 by n64, n128 or n256");
+        if ((config.tile_m != 64 && config.tile_m != 128 && config.tile_m != 192) ||
+            (config.tile_n != 64 && config.tile_n != 128 && config.tile_n != 192 && config.tile_n != 256))
+            throw Error(what + ": hopper tiles are m64, m128 or m192 by n64, n128, n192 or n256");
+        if ((config.tile_m == 192 || config.tile_n == 192) && problem.op == Op::dw)
+            throw Error(what + ": dW tiles are m64 or m128 by n64, n128 or n256");
+        if (config.tile_m == 192 && config.tile_n > 192)
+            throw Error(what + ": three consumer warpgroups (m192) hold at most n192 accumulators");
+        if (problem.gated && problem.op == Op::fwd && config.tile_n == 192)
+            throw Error(what + ": the gated epilogue needs n128 or n256 (n192 holds 96 outputs, not whole 64-column chunks)");
         if (problem.gated && problem.op == Op::fwd && config.tile_n < 128)
             throw Error(what + ": the gated epilogue needs n128 or n256");
         // The static shared memory (hopper_static_bytes) has room for 8 stages' barriers.

@@ -73,6 +73,31 @@ TEST_CASE("check_config accepts CTA pairs only for Hopper tiles of n128 or more 
     CHECK_THROWS_AS(check_config(ampere, Config::parse("h:m128n256s3")), Error);
 }
 
+TEST_CASE("check_config: 192x192 tiles (three consumers) only in the row-grouped passes, not gated", "[cpu]") {
+    const Problem forward = parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_90a");
+    Problem dx = forward, dw = forward, gated = forward;
+    dx.op = Op::dx;
+    dw.op = Op::dw;
+    gated.gated = true;
+    CHECK_NOTHROW(check_config(forward, Config::parse("h:m192n192s4")));
+    CHECK_NOTHROW(check_config(dx, Config::parse("h:m192n192s3")));
+    CHECK_NOTHROW(check_config(forward, Config::parse("h:m128n192s4")));
+    // 96 accumulators a consumer at most beside two others; 4 stages of 48 KB plus three consumers' staging.
+    CHECK_THROWS_AS(check_config(forward, Config::parse("h:m192n256s3")), Error);
+    CHECK_THROWS_AS(check_config(forward, Config::parse("h:m192n192s5")), Error);
+    CHECK_THROWS_AS(check_config(dw, Config::parse("h:m192n192s4")), Error);
+    CHECK_THROWS_AS(check_config(dw, Config::parse("h:m128n192s4")), Error);
+    CHECK_THROWS_AS(check_config(gated, Config::parse("h:m192n192s4")), Error);
+    // Three 64-column boxes do not split over a pair.
+    CHECK(max_cluster(forward, Config::parse("h:m192n192s4")) == 1);
+    CHECK_THROWS_AS(check_config(dx, Config::parse("h:m192n192s4c2")), Error);
+    bool offered = false;
+    for (const Config& config : candidate_configs(forward)) offered = offered || config.tile_m == 192;
+    CHECK(offered);
+    for (const Config& config : candidate_configs(gated)) CHECK(config.tile_n != 192);
+    for (const Config& config : candidate_configs(dw)) CHECK(config.tile_m != 192);
+}
+
 TEST_CASE("check_config: 32-row stages only in Hopper dW, and at most 8 stages", "[cpu]") {
     const Problem forward = parse_spec("fwd:bf16:n1536:k2048:e128:topk8:sm_90a");
     Problem dx = forward, dw = forward;

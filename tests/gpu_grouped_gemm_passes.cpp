@@ -299,6 +299,25 @@ TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu][gemm][
     }
 }
 
+TEST_CASE("passes: 192x192 tiles (three consumer warpgroups) match float64", "[gpu][gemm][hopper]") {
+    if (!hopper_device_arch()) return;
+    // About 86 rows an expert (one partial m tile each) and about 430 (three m tiles, the last
+    // partial, so some tiles leave a consumer's 64 rows past the expert's end); n208 and k136 leave
+    // a partial n tile of 16 columns in both passes.
+    std::vector<int> allowed = all_experts(8);
+    allowed.erase(allowed.begin() + 5);
+    const HostRouting few_rows = routing_with_an_empty_expert();
+    const HostRouting more_rows = make_routing(8, 2, random_choices(1501, 2, allowed, 0, 0.5));
+    for (const char* config : {"h:m192n192s4", "h:m192n192s3"}) {
+        INFO("config " << config);
+        for (const Flags& flags : {kNone, kPermuteX, kPermuteY, kPermuteYMulPost})
+            check_passes(DType::bf16, 208, 136, few_rows, flags, kFwd | kDx, config);
+        check_passes(DType::fp16, 400, 200, more_rows, kNone, kFwd | kDx, config);
+        check_passes(DType::bf16, 400, 200, more_rows, kPermuteX, kFwd | kDx, config);
+        check_passes(DType::bf16, 400, 200, more_rows, kPermuteYMulPost, kFwd | kDx, config);
+    }
+}
+
 TEST_CASE("passes: dW in CTA clusters (pairs and fours along N) matches float64", "[gpu][gemm][hopper]") {
     const std::optional<Arch> hopper = hopper_device_arch();
     if (!hopper) return;

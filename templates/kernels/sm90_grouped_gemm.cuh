@@ -51,9 +51,12 @@ struct Sm90RowGroupedConfig {
     static constexpr int StageBytes = BytesA + BytesB;
     static constexpr int SharedBytes = Stages * StageBytes + Consumers * sm90::kStagingBytes + 1024;  // + ring alignment
 
-    // The producer keeps only addresses; consumers hold TileN/2 accumulators each.
-    static constexpr int ProducerRegisters = GatherA ? 56 : 40;
-    static constexpr int ConsumerRegisters = Consumers == 1 ? 256 : (GatherA ? 224 : 232);
+    // The producer keeps only addresses (a gathering one, a row pointer per copy); consumers hold
+    // TileN/2 accumulators each. Three consumers (192x192 tiles) hold 96 and share what is left of
+    // the 65536 registers: 152 each, or 144 beside a producer gathering 12 rows a thread.
+    static constexpr int ProducerRegisters = GatherA ? (Consumers == 3 ? 80 : 56) : 40;
+    static constexpr int ConsumerRegisters =
+        Consumers == 1 ? 256 : Consumers == 3 ? (GatherA ? 144 : 152) : (GatherA ? 224 : 232);
 
     using Mma = sm90::Wgmma<Element, TileN, 0, Forward ? 0 : 1>;
     using Gather = sm90::GatherPlan<TileM, 1>;
@@ -62,6 +65,8 @@ struct Sm90RowGroupedConfig {
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
     static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits weight tiles into halves of 64+ rows");
+    static_assert(Consumers < 3 || TileN <= 192, "three consumers hold at most 96 accumulators each");
+    static_assert(TileOutCols % 64 == 0, "the epilogue stages 64 output columns at a time");
 };
 
 // The tile a CTA of a pair works on in round `pair`: CTA `rank` takes tile 2 * pair + rank (one CTA

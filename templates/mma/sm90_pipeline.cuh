@@ -20,8 +20,8 @@ constexpr int kWarpgroupThreads = 128;
 template <class Element, int TileM, int TileN, int N, int K, int Stages>
 struct TileRequirements {
     static_assert(sizeof(Element) == 2, "16-bit inputs");
-    static_assert(TileM == 64 || TileM == 128, "one or two consumer warpgroups");
-    static_assert(TileN == 64 || TileN == 128 || TileN == 256, "wgmma N");
+    static_assert(TileM == 64 || TileM == 128 || TileM == 192, "one to three consumer warpgroups");
+    static_assert(TileN == 64 || TileN == 128 || TileN == 192 || TileN == 256, "wgmma N");
     static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
     static_assert(Stages >= 3, "two slots loading while the consumers hold one");
     static constexpr bool met = true;
