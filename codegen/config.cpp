@@ -252,6 +252,12 @@ int max_cluster(const Problem& problem, const Config& config) {
 }
 
 Config adapt_to_pass(const Problem& problem, Config config) {
+    // 192-row and 192-column tiles exist only in the row-grouped kernels, and not where the gated
+    // epilogue needs whole 64-column chunks of outputs: there the nearest tiles of equal stage bytes.
+    if (problem.op == Op::dw || (problem.op == Op::fwd && problem.gated)) {
+        if (config.tile_m == 192) config.tile_m = 128;
+        if (config.tile_n == 192) config.tile_n = 256;
+    }
     config.cluster = std::min(config.cluster, max_cluster(problem, config));
     if (config.slice_k == 32 && problem.op != Op::dw) {
         config.slice_k = 64;

@@ -91,6 +91,10 @@ TEST_CASE("check_config: 192x192 tiles (three consumers) only in the row-grouped
     // Three 64-column boxes do not split over a pair.
     CHECK(max_cluster(forward, Config::parse("h:m192n192s4")) == 1);
     CHECK_THROWS_AS(check_config(dx, Config::parse("h:m192n192s4c2")), Error);
+    // A tiling forced on every pass (GroupedGemm's override) falls back to 128x256 where 192 is not allowed.
+    CHECK(adapt_to_pass(dw, Config::parse("h:m192n192s4")).to_string() == "h:m128n256s4");
+    CHECK(adapt_to_pass(gated, Config::parse("h:m192n192s3")).to_string() == "h:m128n256s3");
+    CHECK(adapt_to_pass(dx, Config::parse("h:m192n192s4")).to_string() == "h:m192n192s4");
     bool offered = false;
     for (const Config& config : candidate_configs(forward)) offered = offered || config.tile_m == 192;
     CHECK(offered);
