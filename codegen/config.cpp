@@ -315,7 +315,7 @@ std::vector<Config> candidate_configs(const Problem& problem) {
         // Three consumer warpgroups on 192x192 tiles (the row-grouped passes; not the gated forward).
         if (problem.op != Op::dw && !(problem.gated && problem.op == Op::fwd)) {
             const Config deepest = hopper_config(192, 192, hopper_stages(problem, 192, 192, 8));
-            configs.push_back(deepest);
+            if (deepest.stages >= 3) configs.push_back(deepest);
             if (deepest.stages > 3) configs.push_back(hopper_config(192, 192, 3));
         }
         return configs;
