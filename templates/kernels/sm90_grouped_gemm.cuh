@@ -149,7 +149,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         const GroupedTile& tile = work.tile;
         constexpr int slices = Cfg::Slices;
         // A CTA with no tile this round only hands the slots back, in step with its partner. A
-        // warpgroup whose rows all lie past its expert's end does not: skipping measured 1.2-2.1x
+        // warpgroup whose rows all lie past its expert's end does not: skipping measured up to 2.1x
         // slower with the static stride and up to 1.2x with tiles claimed at run time (bench/RESULTS.md,
         // sixteenth session), most likely because a tile that ends early runs its CTA ahead of the
         // CTAs reading the same weight slices, which then miss them in L2 (not profiled).
