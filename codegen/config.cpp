@@ -240,6 +240,12 @@ void check_portable_tiling(const Problem& problem, const Config& config, const s
     }
 }
 
+// 192-row and 192-column tiles (three consumer warpgroups) exist only in the row-grouped kernels,
+// and not where the gated epilogue needs whole 64-column chunks of outputs.
+bool takes_192_tiles(const Problem& problem) {
+    return problem.op == Op::dx || (problem.op == Op::fwd && !problem.gated);
+}
+
 }  // namespace
 
 int max_cluster(const Problem& problem, const Config& config) {
@@ -252,9 +258,8 @@ int max_cluster(const Problem& problem, const Config& config) {
 }
 
 Config adapt_to_pass(const Problem& problem, Config config) {
-    // 192-row and 192-column tiles exist only in the row-grouped kernels, and not where the gated
-    // epilogue needs whole 64-column chunks of outputs: there the nearest tiles of equal stage bytes.
-    if (problem.op == Op::dw || (problem.op == Op::fwd && problem.gated)) {
+    // Where 192 tiles do not exist, the nearest tiles of equal stage bytes.
+    if (!takes_192_tiles(problem)) {
         if (config.tile_m == 192) config.tile_m = 128;
         if (config.tile_n == 192) config.tile_n = 256;
     }
@@ -312,8 +317,8 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 if (problem.op == Op::dw && tile_m == 128)
                     configs.push_back(hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8, 32), 32));
             }
-        // Three consumer warpgroups on 192x192 tiles (the row-grouped passes; not the gated forward).
-        if (problem.op != Op::dw && !(problem.gated && problem.op == Op::fwd)) {
+        // Three consumer warpgroups on 192x192 tiles.
+        if (takes_192_tiles(problem)) {
             const Config deepest = hopper_config(192, 192, hopper_stages(problem, 192, 192, 8));
             if (deepest.stages >= 3) configs.push_back(deepest);
             if (deepest.stages > 3) configs.push_back(hopper_config(192, 192, 3));
@@ -340,12 +345,11 @@ void check_config(const Problem& problem, const Config& config) {
         if ((config.tile_m != 64 && config.tile_m != 128 && config.tile_m != 192) ||
             (config.tile_n != 64 && config.tile_n != 128 && config.tile_n != 192 && config.tile_n != 256))
             throw Error(what + ": hopper tiles are m64, m128 or m192 by n64, n128, n192 or n256");
-        if ((config.tile_m == 192 || config.tile_n == 192) && problem.op == Op::dw)
-            throw Error(what + ": dW tiles are m64 or m128 by n64, n128 or n256");
+        if ((config.tile_m == 192 || config.tile_n == 192) && !takes_192_tiles(problem))
+            throw Error(what + ": m192 and n192 tiles are for dX and the forward that is not gated only (dW tiles are "
+                               "m64 or m128 by n64, n128 or n256; the gated epilogue needs n128 or n256)");
         if (config.tile_m == 192 && config.tile_n > 192)
             throw Error(what + ": three consumer warpgroups (m192) hold at most n192 accumulators");
-        if (problem.gated && problem.op == Op::fwd && config.tile_n == 192)
-            throw Error(what + ": the gated epilogue needs n128 or n256 (n192 holds 96 outputs, not whole 64-column chunks)");
         if (problem.gated && problem.op == Op::fwd && config.tile_n < 128)
             throw Error(what + ": the gated epilogue needs n128 or n256");
         // The static shared memory (hopper_static_bytes) has room for 8 stages' barriers.
