@@ -91,6 +91,25 @@ TEST_CASE("moejit bench --skew takes a whole number in (0, 1] and says so otherw
     }
 }
 
+TEST_CASE("moejit bench --fusions takes none or a list of known fusions and says so otherwise", "[cpu][cli]") {
+    // Read before --pass, so --pass bogus shows an accepted list, as for --skew.
+    for (const char* fusions : {"foo", "gated,", "permute_x,,gated", "", "Gated"}) {
+        const ProcessResult bench =
+            run_cli({"bench", "--model", "qwen3-30b-a3b", "--fusions", fusions, "--pass", "bogus"});
+        INFO("--fusions '" << fusions << "': " << bench.err);
+        CHECK(bench.status == 1);
+        CHECK(mentions(bench.err, std::string("--fusions: expected 'none' or a comma list of permute_x, permute_y, "
+                                              "mul_post, gated; got '") + fusions + "'"));
+    }
+    for (const char* fusions : {"none", "gated", "permute_x,gated", "permute_y,mul_post"}) {
+        const ProcessResult bench =
+            run_cli({"bench", "--model", "qwen3-30b-a3b", "--fusions", fusions, "--pass", "bogus"});
+        INFO("--fusions '" << fusions << "': " << bench.err);
+        CHECK(bench.status == 1);
+        CHECK(mentions(bench.err, "--pass must be fwd, dx or dw, got 'bogus'"));
+    }
+}
+
 TEST_CASE("--tokens takes the same positive integers in bench and precompile", "[cpu][cli]") {
     // Both read --tokens before any GPU or NVRTC work; --pass bogus then shows an accepted value.
     for (const char* tokens : {"+12", " 12", "12 ", "0", "1e3", "99999999999", ""}) {

@@ -37,6 +37,36 @@ double parse_skew(const Args& args) {
     return skew;
 }
 
+// --fusions: the fused rows' fusions instead of the model's (each GEMM's own), e.g. "gated" or
+// "permute_x,gated", or "none"; to tell what each fusion of a fused kernel costs.
+struct FusionOverride {
+    bool given = false;
+    bool permute_x = false, permute_y = false, mul_post = false, gated = false;
+};
+
+FusionOverride parse_fusions(const Args& args) {
+    FusionOverride fusions;
+    const std::optional<std::string> text = args.value("--fusions");
+    if (!text) return fusions;
+    fusions.given = true;
+    if (*text == "none") return fusions;
+    // Every comma separates two names: "gated," and "" name an empty fusion and are refused.
+    for (size_t begin = 0, end = 0; end != std::string::npos; begin = end + 1) {
+        end = text->find(',', begin);
+        const std::string flag = text->substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+        bool* field = flag == "permute_x"   ? &fusions.permute_x
+                      : flag == "permute_y" ? &fusions.permute_y
+                      : flag == "mul_post"  ? &fusions.mul_post
+                      : flag == "gated"     ? &fusions.gated
+                                            : nullptr;
+        if (field == nullptr)
+            throw Error("--fusions: expected 'none' or a comma list of permute_x, permute_y, mul_post, gated; got '" +
+                        *text + "'");
+        *field = true;
+    }
+    return fusions;
+}
+
 // The device's memory rates over 1 GiB: copy, counting bytes read plus bytes written (the ceiling
 // for weight reads), and fill, write-only (the ceiling for dW, which writes every expert's weight
 // gradient once and reads far fewer bytes).
@@ -93,7 +123,7 @@ Paired time_paired(EventTimer& timer, Ours&& ours, Reference&& reference, int ro
 int cmd_bench(const std::vector<std::string>& argv) {
     const Args args("bench", argv,
                     {{"--model", true}, {"--tokens", true}, {"--dtype", true}, {"--skew", true},
-                     {"--config", true}, {"--cublas", true}, {"--pass", true}});
+                     {"--config", true}, {"--cublas", true}, {"--pass", true}, {"--fusions", true}});
     if (print_command_help(args, "--model NAME [--tokens T]",
                    "Times forward, dX and dW of the model's two expert GEMMs on this GPU at T tokens (default\n"
                    "8192) of random routing, plain and with the model's fusions, and prints TFLOP/s beside\n"
@@ -106,6 +136,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
                    "  --pass P       time only pass P (fwd, dx or dw)\n"
                    "  --skew F       route every token to the first F of the experts only (e.g. 0.25)\n"
                    "  --config C     force one tiling for every pass instead of the library's choice\n"
+                   "  --fusions F    the fused rows' fusions instead of the model's: none, or a comma list of\n"
+                   "                 permute_x, permute_y, mul_post, gated (e.g. gated: the gather's cost)\n"
                    "  --dtype D      bf16 (default) or fp16\n"
                    "  --cublas PATH  libcublas.so to compare with (default: the usual sonames)\n"))
         return 0;
@@ -115,6 +147,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const int64_t tokens = parse_tokens(args);
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
     const double skew = parse_skew(args);
+    const FusionOverride fusion_override = parse_fusions(args);
     const std::string config = args.value("--config").value_or("");
     const std::string only_pass = args.value("--pass").value_or("");
     if (!only_pass.empty() && only_pass != "fwd" && only_pass != "dx" && only_pass != "dw")
@@ -148,7 +181,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
         pointer_arrays.push_back(pointer_storage.back().get());
     }
     for (ModelGemm which : model_gemms()) {
-        const Problem fused = model_gemm(model, which, Op::fwd, dtype, device.arch);
+        Problem fused = model_gemm(model, which, Op::fwd, dtype, device.arch);
+        if (fusion_override.given) {
+            fused.permute_x = fusion_override.permute_x;
+            fused.permute_y = fusion_override.permute_y;
+            fused.fuse_mul_post = fusion_override.mul_post;
+            fused.gated = fusion_override.gated;
+        }
         Problem plain = fused;
         plain.permute_x = plain.permute_y = plain.fuse_mul_post = plain.gated = false;
         const int64_t n = plain.n, k = plain.k;
