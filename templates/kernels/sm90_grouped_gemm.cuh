@@ -160,20 +160,9 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             }
             continue;
         }
-        for (int slice = 0; slice < slices; ++slice, position.advance()) {
-            sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-            if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
-            const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
-            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
-            if constexpr (Cfg::Forward)
-                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 0, 32, slice > 0);
-            else  // B N-major: 16 reduction rows per k step, the next 64 output columns one box further
-                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
-                                                     16 * sm90::kSliceBytesPerRow, slice > 0);
-            release.issued(accumulators, barriers, position.stage, thread == 0);
-        }
-        release.drain(accumulators, barriers, thread == 0);
-
+        // The epilogue's destinations and routing weights, loaded before the mainloop so that the
+        // index and weight loads (two dependent global reads where rows scatter) are in flight
+        // during it instead of holding up the epilogue, which the tensor pipe waits for.
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;
         const int tile_row0 = tile.m_tile * Cfg::TileM + consumer * 64;  // within the expert
         // The global rows this thread copies out of the staging rows (null past the expert's end).
@@ -190,15 +179,36 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             }
         }
         float scale[2] = {1.0f, 1.0f};  // per fragment row: the routing weight when fused
+        if constexpr ((Flags & kFuseMulPost) != 0) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int row = tile_row0 + sm90::StagedRows::fragment_row(thread, half);
-            const int64 routed = static_cast<int64>(tile.row_begin) + row;
-            const bool valid = row < tile.expert_rows && routed < args.rows;
-            if constexpr ((Flags & kFuseMulPost) != 0)
-                if (valid) scale[half] = args.topk_weights[slot_row(args, routed)];
-            if constexpr (Cfg::Gated) {  // training only: gate|up before the activation, straight to global
-                if (args.preactivation != nullptr && valid) {
+            for (int half = 0; half < 2; ++half) {
+                const int row = tile_row0 + sm90::StagedRows::fragment_row(thread, half);
+                const int64 routed = static_cast<int64>(tile.row_begin) + row;
+                if (row < tile.expert_rows && routed < args.rows) scale[half] = args.topk_weights[slot_row(args, routed)];
+            }
+        }
+
+        for (int slice = 0; slice < slices; ++slice, position.advance()) {
+            sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+            if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
+            const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
+            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
+            if constexpr (Cfg::Forward)
+                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 0, 32, slice > 0);
+            else  // B N-major: 16 reduction rows per k step, the next 64 output columns one box further
+                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
+                                                     16 * sm90::kSliceBytesPerRow, slice > 0);
+            release.issued(accumulators, barriers, position.stage, thread == 0);
+        }
+        release.drain(accumulators, barriers, thread == 0);
+
+        if constexpr (Cfg::Gated) {  // training only: gate|up before the activation, straight to global
+            if (args.preactivation != nullptr) {
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int row = tile_row0 + sm90::StagedRows::fragment_row(thread, half);
+                    const int64 routed = static_cast<int64>(tile.row_begin) + row;
+                    if (row >= tile.expert_rows || routed >= args.rows) continue;
                     const int64 out_row = (Flags & kPermuteY) ? slot_row(args, routed) : routed;
                     Element* p_row = static_cast<Element*>(args.preactivation) + out_row * Cfg::N;
 #pragma unroll
