@@ -137,7 +137,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
                    "  --skew F       route every token to the first F of the experts only (e.g. 0.25)\n"
                    "  --config C     force one tiling for every pass instead of the library's choice\n"
                    "  --fusions F    the fused rows' fusions instead of the model's: none, or a comma list of\n"
-                   "                 permute_x, permute_y, mul_post, gated (e.g. gated: the gather's cost)\n"
+                   "                 permute_x, permute_y, mul_post, gated (gated beside the model's\n"
+                   "                 permute_x,gated: what the gather costs)\n"
                    "  --dtype D      bf16 (default) or fp16\n"
                    "  --cublas PATH  libcublas.so to compare with (default: the usual sonames)\n"))
         return 0;
