@@ -184,11 +184,12 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
         case RowsBucket::small: return hopper_config(64, tile_n, hopper_stages(problem, 64, tile_n, 6));
         case RowsBucket::large: break;
     }
-    // The forward that gathers token rows (permute_x) by cp.async: three stages of 128x256 measured
-    // faster than four (qwen3-30b-a3b gated forward, 0.90 against 0.98 ms on H100). dX gathering
-    // dY rows (permute_y) measured the other way (qwen3-30b-a3b down dX, 0.368 with four, 0.396 with three).
-    const bool gathers_tokens = problem.op == Op::fwd && problem.permute_x;
-    return hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, gathers_tokens && tile_n == 256 ? 3 : 4));
+    // Four stages, the gathering forward (permute_x) included. It once measured faster at three
+    // (0.90 against 0.98 ms, qwen3-30b-a3b gated, fourth session), but since its epilogue lost the
+    // IEEE divide, four measured 0-4% faster (gated permute_x gate_up on H100: qwen3-30b-a3b 0.691
+    // against 0.708 ms, qwen3-235b-a22b 2.897 against 3.004, llama4-scout equal; `moejit tune`
+    // picked four for qwen3-30b-a3b too: bench/RESULTS.md, seventeenth session).
+    return hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, 4));
 }
 
 // Mirrors the portable templates' static_asserts (kernels/sm80_*.cuh, mma/sm80_operand.cuh), so a
