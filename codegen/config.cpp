@@ -241,13 +241,11 @@ void check_portable_tiling(const Problem& problem, const Config& config, const s
     }
 }
 
-// 192-row and 192-column tiles (three consumer warpgroups) exist only in the row-grouped kernels,
-// and not where the gated epilogue needs whole 64-column chunks of outputs.
+}  // namespace
+
 bool takes_192_tiles(const Problem& problem) {
     return problem.op == Op::dx || (problem.op == Op::fwd && !problem.gated);
 }
-
-}  // namespace
 
 int max_cluster(const Problem& problem, const Config& config) {
     if (!config.hopper() || (problem.op == Op::dw && problem.permute_x)) return 1;

@@ -45,6 +45,10 @@ struct Config {
 // in templates/kernels/sm90_grouped_gemm.cuh.
 bool claims_tiles(const Problem& problem, const Config& config);
 
+// 192-row and 192-column tiles (three consumer warpgroups) exist only in the row-grouped kernels,
+// and not where the gated epilogue needs whole 64-column chunks of outputs.
+bool takes_192_tiles(const Problem& problem);
+
 // The most CTAs a cluster of `config`'s tiles may have for `problem`: 2 in the row-grouped
 // passes (n128 or more), 4 in dW (n256), 1 on the portable path and in dW with permute_x (nothing
 // to multicast: X rows are gathered by cp.async).

@@ -89,8 +89,7 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                 std::vector<Config> configs =
                     plain_forward ? candidate_configs(problem) : std::vector<Config>{choose_config(problem)};
                 // Three consumer warpgroups share fewer registers, the more so beside a gathering producer.
-                const bool row_grouped = problem.op == Op::dx || (problem.op == Op::fwd && !problem.gated);
-                if (row_grouped && !plain_forward && configs.front().hopper())
+                if (takes_192_tiles(problem) && !plain_forward && configs.front().hopper())
                     configs.push_back(Config::parse("h:m192n192s4"));
                 if (problem.op == Op::dw) {  // clusters are accepted by override, though not offered
                     for (int cluster : {2, 4})
