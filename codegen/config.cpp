@@ -136,11 +136,15 @@ int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most, int 
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
 }
 
+// Columns of the row-grouped passes' output (dW: of X, the tile's inner side).
+int64_t output_columns(const Problem& problem) {
+    return problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
+}
+
 Config choose_portable(const Problem& problem) {
     Config config;
     // Narrow outputs waste half of a 128-wide tile; 64 keeps every column busy.
-    const int64_t out_cols = problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
-    if (out_cols <= 64) config.tile_n = 64;
+    if (output_columns(problem) <= 64) config.tile_n = 64;
     // Row-grouped passes: four warps of 64x64 (fewer ldmatrix per mma) measured 5-15% faster than
     // eight warps of 64x32 on H100 (qwen3-30b-a3b, 8192 tokens); dW measured the same either way.
     // Not for the gated epilogue: at 64x64 it needs 255 registers and ptxas takes ~0.9 s.
@@ -169,7 +173,7 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
         if (large_tiles < kHopperMultiprocessors) return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
         return hopper_config(128, 256, hopper_stages(problem, 128, 256, 4));
     }
-    const int64_t out_cols = problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
+    const int64_t out_cols = output_columns(problem);
     // 128-wide wgmma where a 256-wide tile would be mostly padding (gated tiles hold half as many outputs).
     const int tile_out_cols_256 = problem.gated ? 128 : 256;
     const int tile_n = out_cols <= tile_out_cols_256 / 2 ? 128 : 256;
@@ -177,6 +181,13 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // depend on the tile height, so 64-row tiles give twice the multiprocessors work for the same
     // traffic (`moejit tune`, qwen3-30b-a3b router at 8192 tokens: 0.020 against 0.024 ms). A gated
     // forward's 128-wide tile holds 64 outputs, so there this means up to two tiles across.
+    // At most 64 (a router of up to 64 experts, llama4-scout's 16), many rows: 64-wide wgmma, so that
+    // weight boxes and MMA are not 128 rows of mostly TMA-filled zeros, and then 128-row tiles
+    // (`moejit tune`, llama4-scout router at 8192 tokens, H100, two runs: h:m128n64s8 0.037 / 0.039 ms,
+    // h:m64n64s8 0.040 / 0.041, h:m64n128s8 0.049 / 0.050: bench/RESULTS.md, eighteenth session).
+    // Fewer rows keep the rule below (not measured with n64).
+    if (out_cols <= 64 && !problem.gated && bucket == RowsBucket::large)
+        return hopper_config(128, 64, hopper_stages(problem, 128, 64, 8));
     if (out_cols <= 128) return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
     switch (bucket) {
         case RowsBucket::decode:  // weight streaming: one 64-row tile per expert, a deep ring of weight slices
@@ -298,8 +309,12 @@ std::vector<Config> candidate_configs(const Problem& problem) {
     if (is_elementwise(problem.op)) return {choose_config(problem)};
     std::vector<Config> configs;
     if (hopper_path_available(problem)) {
+        // 64-wide tiles only where at most 64 columns are output (routers of up to 64 experts):
+        // wider ones would multiply zero weight rows that TMA fills in.
+        std::vector<int> tile_ns = {128, 256};
+        if (output_columns(problem) <= 64 && !(problem.gated && problem.op == Op::fwd)) tile_ns.insert(tile_ns.begin(), 64);
         for (int tile_m : {64, 128})
-            for (int tile_n : {128, 256}) {
+            for (int tile_n : tile_ns) {
                 const Config deepest = hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8));
                 configs.push_back(deepest);
                 for (int fewer : {4, 3})  // the deepest ring is not always fastest (gathered rows: 3 of 128x256)

@@ -108,6 +108,7 @@ TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket b
             continue;
         }
         const double ms = time_pass(*gemm, pass, inputs, timer);
+        log::debug("tune: " + to_spec(problem) + " " + candidate.to_string() + " " + std::to_string(ms) + " ms");
         ++result.candidates;
         if (candidate.to_string() == result.heuristic) result.heuristic_ms = ms;
         if (ms < result.best_ms) {

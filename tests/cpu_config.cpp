@@ -208,6 +208,27 @@ TEST_CASE("forward heuristic: one 128-column tile of outputs takes 64-row tiles 
     CHECK(choose_config(parse_spec("dx:bf16:n128:k2048:e1:topk1:sm_90a")).tile_m == 128);
 }
 
+TEST_CASE("forward heuristic: at most 64 output columns take 64-wide tiles at many rows", "[cpu]") {
+    // llama4-scout's router: [T, 5120] x [5120, 16].
+    const Problem router = parse_spec("fwd:bf16:n16:k5120:e1:topk1:sm_90a");
+    CHECK(choose_config(router, RowsBucket::large).to_string() == "h:m128n64s8");
+    CHECK_NOTHROW(check_config(router, choose_config(router, RowsBucket::large)));
+    CHECK(choose_config(router, RowsBucket::decode).to_string() == "h:m64n128s8");
+    // The tuner offers 64-wide tiles there, and only there.
+    auto offers_n64 = [](const Problem& problem) {
+        for (const Config& config : candidate_configs(problem))
+            if (config.tile_n == 64) return true;
+        return false;
+    };
+    CHECK(offers_n64(router));
+    CHECK_FALSE(offers_n64(parse_spec("fwd:bf16:n128:k2048:e1:topk1:sm_90a")));
+    CHECK_FALSE(offers_n64(parse_spec("dx:bf16:n16:k5120:e1:topk1:sm_90a")));
+    // A gated forward of 64 outputs keeps 128-wide tiles: its epilogue pairs gate and up columns.
+    const Problem gated = parse_spec("fwd:bf16:n128:k2048:e8:topk2:gated:sm_90a");
+    CHECK(choose_config(gated, RowsBucket::large).to_string() == "h:m64n128s8");
+    CHECK_FALSE(offers_n64(gated));
+}
+
 namespace {
 
 std::string config_error(const Problem& problem, const std::string& config) {

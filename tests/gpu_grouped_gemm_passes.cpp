@@ -299,6 +299,26 @@ TEST_CASE("passes: every Hopper tuning candidate matches float64", "[gpu][gemm][
     }
 }
 
+TEST_CASE("passes: 64-wide tiles (at most 64 output columns: routers) match float64", "[gpu][gemm][hopper]") {
+    const std::optional<Arch> hopper = hopper_device_arch();
+    if (!hopper) return;
+    // A router's forward ([T, H] x [H, E], one "expert", top-1) with 16 and 40 outputs (TMA fills
+    // the weight box's rows past N with zeros), and grouped experts with scattered outputs.
+    const HostRouting router = make_routing(1, 1, random_choices(300, 1, all_experts(1)));
+    const HostRouting grouped = make_routing(8, 2, random_choices(150, 2, all_experts(8)));
+    Problem forward = make_problem(DType::bf16, 16, 136, 1, 1, kNone);
+    forward.arch = *hopper;
+    bool offered = false;  // the tuner offers n64 for such outputs
+    for (const Config& config : candidate_configs(forward)) offered = offered || config.tile_n == 64;
+    CHECK(offered);
+    for (const char* config : {"h:m64n64s8", "h:m128n64s4"}) {
+        INFO("config " << config);
+        check_passes(DType::bf16, 16, 136, router, kNone, kFwd | kDx, config);
+        check_passes(DType::fp16, 40, 200, router, kNone, kFwd, config);
+        check_passes(DType::bf16, 64, 72, grouped, kPermuteYMulPost, kFwd | kDx, config);
+    }
+}
+
 TEST_CASE("passes: 192x192 tiles (three consumer warpgroups) match float64", "[gpu][gemm][hopper]") {
     if (!hopper_device_arch()) return;
     // About 86 rows an expert (one partial m tile each) and about 430 (three m tiles, the last
