@@ -141,6 +141,13 @@ int64_t output_columns(const Problem& problem) {
     return problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
 }
 
+// Hopper tiles 64 wide: where at most 64 columns are output (routers of up to 64 experts), so that
+// the MMA is not mostly zero weight rows that TMA fills in; not for the gated epilogue, which pairs
+// gate and up columns in tiles of 128 or 256.
+bool takes_64_wide_tiles(const Problem& problem) {
+    return output_columns(problem) <= 64 && !(problem.gated && problem.op == Op::fwd);
+}
+
 Config choose_portable(const Problem& problem) {
     Config config;
     // Narrow outputs waste half of a 128-wide tile; 64 keeps every column busy.
@@ -177,17 +184,16 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // 128-wide wgmma where a 256-wide tile would be mostly padding (gated tiles hold half as many outputs).
     const int tile_out_cols_256 = problem.gated ? 128 : 256;
     const int tile_n = out_cols <= tile_out_cols_256 / 2 ? 128 : 256;
+    // At most 64 output columns (a router of up to 64 experts, llama4-scout's 16), many rows: 64-wide
+    // tiles, 128 rows high (`moejit tune`, llama4-scout router at 8192 tokens, H100, two runs:
+    // h:m128n64s8 0.037 / 0.039 ms, h:m64n64s8 0.040 / 0.041, h:m64n128s8 0.049 / 0.050:
+    // bench/RESULTS.md, eighteenth session). Fewer rows keep the rule below (n64 not measured there).
+    if (takes_64_wide_tiles(problem) && bucket == RowsBucket::large)
+        return hopper_config(128, 64, hopper_stages(problem, 128, 64, 8));
     // At most 128 output columns (the router's [T, H] x [H, E] forward): A's traffic does not
     // depend on the tile height, so 64-row tiles give twice the multiprocessors work for the same
     // traffic (`moejit tune`, qwen3-30b-a3b router at 8192 tokens: 0.020 against 0.024 ms). A gated
     // forward's 128-wide tile holds 64 outputs, so there this means up to two tiles across.
-    // At most 64 (a router of up to 64 experts, llama4-scout's 16), many rows: 64-wide wgmma, so that
-    // weight boxes and MMA are not 128 rows of mostly TMA-filled zeros, and then 128-row tiles
-    // (`moejit tune`, llama4-scout router at 8192 tokens, H100, two runs: h:m128n64s8 0.037 / 0.039 ms,
-    // h:m64n64s8 0.040 / 0.041, h:m64n128s8 0.049 / 0.050: bench/RESULTS.md, eighteenth session).
-    // Fewer rows keep the rule below (not measured with n64).
-    if (out_cols <= 64 && !problem.gated && bucket == RowsBucket::large)
-        return hopper_config(128, 64, hopper_stages(problem, 128, 64, 8));
     if (out_cols <= 128) return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
     switch (bucket) {
         case RowsBucket::decode:  // weight streaming: one 64-row tile per expert, a deep ring of weight slices
@@ -309,10 +315,8 @@ std::vector<Config> candidate_configs(const Problem& problem) {
     if (is_elementwise(problem.op)) return {choose_config(problem)};
     std::vector<Config> configs;
     if (hopper_path_available(problem)) {
-        // 64-wide tiles only where at most 64 columns are output (routers of up to 64 experts):
-        // wider ones would multiply zero weight rows that TMA fills in.
         std::vector<int> tile_ns = {128, 256};
-        if (output_columns(problem) <= 64 && !(problem.gated && problem.op == Op::fwd)) tile_ns.insert(tile_ns.begin(), 64);
+        if (takes_64_wide_tiles(problem)) tile_ns.insert(tile_ns.begin(), 64);
         for (int tile_m : {64, 128})
             for (int tile_n : tile_ns) {
                 const Config deepest = hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8));
