@@ -96,6 +96,12 @@ std::string to_spec(const Problem& p) {
     return spec + ":" + p.arch.name();
 }
 
+bool Problem::*fusion_flag(std::string_view name) {
+    for (const FlagName& flag : kFlags)
+        if (name == flag.name && flag.field != &Problem::out_fp32) return flag.field;
+    return nullptr;
+}
+
 static std::vector<std::string_view> split(std::string_view text, char separator) {
     std::vector<std::string_view> parts;
     size_t start = 0;

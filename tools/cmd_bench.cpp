@@ -17,7 +17,9 @@
 #include <cstdlib>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <sstream>
+#include <vector>
 
 namespace moejit::cli {
 
@@ -38,31 +40,22 @@ double parse_skew(const Args& args) {
 }
 
 // --fusions: the fused rows' fusions instead of the model's (each GEMM's own), e.g. "gated" or
-// "permute_x,gated", or "none"; to tell what each fusion of a fused kernel costs.
-struct FusionOverride {
-    bool given = false;
-    bool permute_x = false, permute_y = false, mul_post = false, gated = false;
-};
-
-FusionOverride parse_fusions(const Args& args) {
-    FusionOverride fusions;
+// "permute_x,gated", or "none"; to tell what each fusion of a fused kernel costs. Nothing where
+// the option is absent.
+std::optional<std::vector<bool Problem::*>> parse_fusions(const Args& args) {
     const std::optional<std::string> text = args.value("--fusions");
-    if (!text) return fusions;
-    fusions.given = true;
+    if (!text) return std::nullopt;
+    std::vector<bool Problem::*> fusions;
     if (*text == "none") return fusions;
     // Every comma separates two names: "gated," and "" name an empty fusion and are refused.
     for (size_t begin = 0, end = 0; end != std::string::npos; begin = end + 1) {
         end = text->find(',', begin);
         const std::string flag = text->substr(begin, end == std::string::npos ? std::string::npos : end - begin);
-        bool* field = flag == "permute_x"   ? &fusions.permute_x
-                      : flag == "permute_y" ? &fusions.permute_y
-                      : flag == "mul_post"  ? &fusions.mul_post
-                      : flag == "gated"     ? &fusions.gated
-                                            : nullptr;
+        bool Problem::*field = fusion_flag(flag);
         if (field == nullptr)
             throw Error("--fusions: expected 'none' or a comma list of permute_x, permute_y, mul_post, gated; got '" +
                         *text + "'");
-        *field = true;
+        fusions.push_back(field);
     }
     return fusions;
 }
@@ -148,7 +141,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const int64_t tokens = parse_tokens(args);
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
     const double skew = parse_skew(args);
-    const FusionOverride fusion_override = parse_fusions(args);
+    const std::optional<std::vector<bool Problem::*>> fusion_override = parse_fusions(args);
     const std::string config = args.value("--config").value_or("");
     const std::string only_pass = args.value("--pass").value_or("");
     if (!only_pass.empty() && only_pass != "fwd" && only_pass != "dx" && only_pass != "dw")
@@ -182,15 +175,12 @@ int cmd_bench(const std::vector<std::string>& argv) {
         pointer_arrays.push_back(pointer_storage.back().get());
     }
     for (ModelGemm which : model_gemms()) {
-        Problem fused = model_gemm(model, which, Op::fwd, dtype, device.arch);
-        if (fusion_override.given) {
-            fused.permute_x = fusion_override.permute_x;
-            fused.permute_y = fusion_override.permute_y;
-            fused.fuse_mul_post = fusion_override.mul_post;
-            fused.gated = fusion_override.gated;
-        }
-        Problem plain = fused;
+        const Problem model_fused = model_gemm(model, which, Op::fwd, dtype, device.arch);
+        Problem plain = model_fused;
         plain.permute_x = plain.permute_y = plain.fuse_mul_post = plain.gated = false;
+        Problem fused = fusion_override ? plain : model_fused;
+        if (fusion_override)
+            for (bool Problem::*flag : *fusion_override) fused.*flag = true;
         const int64_t n = plain.n, k = plain.k;
         DeviceBuffer x = DeviceBuffer::from(random_halves(dtype, size_t(rows) * k, 1));
         DeviceBuffer w = DeviceBuffer::from(random_halves(dtype, size_t(plain.experts) * n * k, 2));

@@ -73,6 +73,10 @@ struct Problem {
 std::string to_spec(const Problem& problem);
 Problem parse_spec(std::string_view spec);
 
+// The fusion flag that a spec names `name` (permute_x, permute_y, mul_post or gated; not out_fp32,
+// an output option of dW), or nullptr.
+bool Problem::*fusion_flag(std::string_view name);
+
 const char* to_string(DType dtype);
 const char* to_string(Op op);
 size_t element_bytes(DType dtype);
