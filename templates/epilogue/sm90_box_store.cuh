@@ -30,12 +30,48 @@ struct BoxStore {
     int barrier_id;  // named barrier of this warpgroup
     int next = 0;    // the buffer the next box goes through
 
+    // 16-bit output: the fragment converted, two columns a register, so that it can wait in half the
+    // accumulators' registers while the next tile's wgmma run (see store_packed).
+    static constexpr int PackedRegisters = TileN / 4;
+    template <int Registers>
+    __device__ __forceinline__ static void pack(const float (&accumulators)[Registers], uint32 (&packed)[PackedRegisters]) {
+        static_assert(sizeof(Out) == 2 && Registers == TileN / 2, "m64 x TileN fp32 fragment, 16-bit output");
+#pragma unroll
+        for (int i = 0; i < PackedRegisters; ++i) packed[i] = pack2<Out>(accumulators[2 * i], accumulators[2 * i + 1]);
+    }
+
     // Accumulator columns [0, TileN) of this warpgroup's rows go to map coordinates (col0 + column,
     // row0 + row, matrix); boxes starting at or past `cols` are skipped (the same for every thread).
     template <int Registers>
     __device__ __forceinline__ void store(const float (&accumulators)[Registers], const TensorMap& map, int col0,
                                           int row0, int matrix, int cols, int thread) {
         static_assert(Registers == TileN / 2, "m64 x TileN fp32 fragment");
+        if constexpr (sizeof(Out) == 2) {
+            uint32 packed[PackedRegisters];
+            pack(accumulators, packed);
+            store_packed(packed, map, col0, row0, matrix, cols, thread);
+        } else {
+            store_boxes(map, col0, row0, matrix, cols, thread,
+                        [&](int box, uint32 buffer) { write_box_fp32(accumulators, box, buffer, thread); });
+        }
+    }
+
+    // The same for a packed fragment (16-bit output).
+    __device__ __forceinline__ void store_packed(const uint32 (&packed)[PackedRegisters], const TensorMap& map,
+                                                 int col0, int row0, int matrix, int cols, int thread) {
+        store_boxes(map, col0, row0, matrix, cols, thread,
+                    [&](int box, uint32 buffer) { write_box_packed(packed, box, buffer, thread); });
+    }
+
+    // Before the block exits: the last stores of the issuing thread have completed.
+    __device__ __forceinline__ void finish(int thread) const {
+        if (thread == 0) bulk_wait_all();
+    }
+
+  private:
+    template <class WriteBox>
+    __device__ __forceinline__ void store_boxes(const TensorMap& map, int col0, int row0, int matrix, int cols,
+                                                int thread, WriteBox&& write_box) {
 #pragma unroll
         for (int box = 0; box < Boxes; ++box) {
             if (col0 + box * BoxCols >= cols) break;
@@ -45,7 +81,7 @@ struct BoxStore {
             named_barrier(barrier_id, kWarpgroupThreads);
             const uint32 buffer = base + next * kBoxStoreBytes;
             next = next + 1 == Buffers ? 0 : next + 1;
-            write_box(accumulators, box, buffer, thread);
+            write_box(box, buffer);
             fence_proxy_async();  // the generic-proxy writes, before TMA reads them
             named_barrier(barrier_id, kWarpgroupThreads);
             if (thread == 0) {
@@ -56,42 +92,38 @@ struct BoxStore {
         }
     }
 
-    // Before the block exits: the last stores of the issuing thread have completed.
-    __device__ __forceinline__ void finish(int thread) const {
-        if (thread == 0) bulk_wait_all();
+    // Columns [box * BoxCols, box * BoxCols + BoxCols) into the box at `address`. The fragment of the
+    // thread with lane l in warp w of the warpgroup holds rows 16w + l / 4 (+ 8) and columns
+    // 8g + 2(l % 4) (+ 1) of each 8-column group g, as accumulator registers 4g .. 4g + 3 (packed:
+    // 2g, 2g + 1).
+    __device__ __forceinline__ static void write_box_packed(const uint32 (&packed)[PackedRegisters], int box,
+                                                            uint32 address, int thread) {
+        const int warp = thread / 32, lane = thread % 32;
+        // stmatrix x4 over two column groups: matrices (rows 0-7 | 8-15) x (group g | g + 1).
+        const int matrix = lane / 8;
+        const int row = warp * 16 + (matrix % 2) * 8 + lane % 8;
+#pragma unroll
+        for (int pair = 0; pair < BoxCols / 16; ++pair) {
+            const uint32* v = &packed[(box * BoxCols / 8 + pair * 2) * 2];
+            stmatrix_x4(address + swizzled_offset(row, pair * 2 + matrix / 2), v[0], v[1], v[2], v[3]);
+        }
     }
 
-  private:
-    // Accumulator columns [box * BoxCols, box * BoxCols + BoxCols) into the box at `address`. The
-    // fragment of the thread with lane l in warp w of the warpgroup holds rows 16w + l / 4 (+ 8) and
-    // columns 8g + 2(l % 4) (+ 1) of each 8-column group g, as registers 4g .. 4g + 3.
     template <int Registers>
-    __device__ __forceinline__ static void write_box(const float (&accumulators)[Registers], int box, uint32 address,
-                                                     int thread) {
+    __device__ __forceinline__ static void write_box_fp32(const float (&accumulators)[Registers], int box,
+                                                          uint32 address, int thread) {
         const int warp = thread / 32, lane = thread % 32;
-        if constexpr (sizeof(Out) == 2) {
-            // stmatrix x4 over two column groups: matrices (rows 0-7 | 8-15) x (group g | g + 1).
-            const int matrix = lane / 8;
-            const int row = warp * 16 + (matrix % 2) * 8 + lane % 8;
 #pragma unroll
-            for (int pair = 0; pair < BoxCols / 16; ++pair) {
-                const float* v = &accumulators[(box * BoxCols / 8 + pair * 2) * 4];
-                stmatrix_x4(address + swizzled_offset(row, pair * 2 + matrix / 2), pack2<Out>(v[0], v[1]),
-                            pack2<Out>(v[2], v[3]), pack2<Out>(v[4], v[5]), pack2<Out>(v[6], v[7]));
-            }
-        } else {
+        for (int group = 0; group < BoxCols / 8; ++group) {
+            const float* v = &accumulators[(box * BoxCols / 8 + group) * 4];
+            const int byte = group * 32 + (lane % 4) * 8;  // within the 128-byte row
 #pragma unroll
-            for (int group = 0; group < BoxCols / 8; ++group) {
-                const float* v = &accumulators[(box * BoxCols / 8 + group) * 4];
-                const int byte = group * 32 + (lane % 4) * 8;  // within the 128-byte row
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int row = warp * 16 + half * 8 + lane / 4;
-                    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(address + swizzled_offset(row, byte / 16) +
-                                                                          byte % 16),
-                                 "r"(__float_as_uint(v[half * 2])), "r"(__float_as_uint(v[half * 2 + 1]))
-                                 : "memory");
-                }
+            for (int half = 0; half < 2; ++half) {
+                const int row = warp * 16 + half * 8 + lane / 4;
+                asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(address + swizzled_offset(row, byte / 16) +
+                                                                      byte % 16),
+                             "r"(__float_as_uint(v[half * 2])), "r"(__float_as_uint(v[half * 2 + 1]))
+                             : "memory");
             }
         }
     }

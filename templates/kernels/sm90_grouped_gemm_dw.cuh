@@ -225,6 +225,20 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::SlotReleaser<Cfg::Stages> release;
         typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
                                   1 + consumer};
+        // 16-bit dW: a tile's results wait, converted, until the next tile's first wgmma batch is in
+        // flight, and are stored under it, so that the tensor pipe does not idle through the
+        // epilogue (a 64 x 256 fp32 fragment leaves no room for a second one, its bf16 half does).
+        constexpr bool Deferred = sizeof(typename Cfg::Out) == 2;
+        uint32 pending[Deferred ? Cfg::Store::PackedRegisters : 1];
+        bool has_pending = false;
+        int pending_k0 = 0, pending_row0 = 0, pending_expert = 0;
+        auto store_pending = [&]() {
+            if constexpr (Deferred) {
+                if (has_pending)
+                    store.store_packed(pending, map_dw, pending_k0, pending_row0, pending_expert, Cfg::K, thread);
+                has_pending = false;
+            }
+        };
         for (int round = first_round; round < Rounds; round += round_stride) {
             Tile tile(round * Cluster + rank);
             const int slices = slices_of(tile);
@@ -239,8 +253,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 sm90::wgmma_slice<typename Cfg::Mma, Cfg::SliceK>(accumulators, sA, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, true);
+                if (slice == 0) store_pending();
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
+            store_pending();  // a tile without slices
             place(tile);  // under the last wgmma batch
             release.drain(accumulators, barriers, thread == 0);
             // Walking on with the cluster through its longest tile: empty slots, handed straight
@@ -253,8 +269,17 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             if (!tile.exists) continue;
 
             // dW[expert][n0 + 64 * consumer + row][k0 + column]; TMA clips rows past N and columns past K.
-            store.store(accumulators, map_dw, tile.k0, tile.n0 + consumer * 64, tile.expert, Cfg::K, thread);
+            if constexpr (Deferred) {
+                Cfg::Store::pack(accumulators, pending);
+                has_pending = true;
+                pending_k0 = tile.k0;
+                pending_row0 = tile.n0 + consumer * 64;
+                pending_expert = tile.expert;
+            } else {
+                store.store(accumulators, map_dw, tile.k0, tile.n0 + consumer * 64, tile.expert, Cfg::K, thread);
+            }
         }
+        store_pending();
         store.finish(thread);
     }
     // No CTA of a cluster leaves while another may still arrive on its barriers or multicast to it.
