@@ -51,15 +51,16 @@ struct BoxStore {
             pack(accumulators, packed);
             store_packed(packed, map, col0, row0, matrix, cols, thread);
         } else {
-            store_boxes(map, col0, row0, matrix, cols, thread,
+            store_boxes(map, col0, row0, matrix, cols, thread, 0, Boxes,
                         [&](int box, uint32 buffer) { write_box_fp32(accumulators, box, buffer, thread); });
         }
     }
 
     // The same for a packed fragment (16-bit output).
     __device__ __forceinline__ void store_packed(const uint32 (&packed)[PackedRegisters], const TensorMap& map,
-                                                 int col0, int row0, int matrix, int cols, int thread) {
-        store_boxes(map, col0, row0, matrix, cols, thread,
+                                                 int col0, int row0, int matrix, int cols, int thread,
+                                                 int first_box = 0, int end_box = Boxes) {
+        store_boxes(map, col0, row0, matrix, cols, thread, first_box, end_box,
                     [&](int box, uint32 buffer) { write_box_packed(packed, box, buffer, thread); });
     }
 
@@ -71,9 +72,10 @@ struct BoxStore {
   private:
     template <class WriteBox>
     __device__ __forceinline__ void store_boxes(const TensorMap& map, int col0, int row0, int matrix, int cols,
-                                                int thread, WriteBox&& write_box) {
+                                                int thread, int first_box, int end_box, WriteBox&& write_box) {
 #pragma unroll
         for (int box = 0; box < Boxes; ++box) {
+            if (box < first_box || box >= end_box) continue;
             if (col0 + box * BoxCols >= cols) break;
             // The buffer is free: the store that last went through it, Buffers stores ago, has
             // been read (one bulk group a store).

@@ -232,13 +232,14 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         uint32 pending[Deferred ? Cfg::Store::PackedRegisters : 1];
         bool has_pending = false;
         int pending_k0 = 0, pending_row0 = 0, pending_expert = 0;
-        auto store_pending = [&]() {
+        auto store_pending = [&](int first_box, int end_box) {
             if constexpr (Deferred) {
                 if (has_pending)
-                    store.store_packed(pending, map_dw, pending_k0, pending_row0, pending_expert, Cfg::K, thread);
-                has_pending = false;
+                    store.store_packed(pending, map_dw, pending_k0, pending_row0, pending_expert, Cfg::K, thread,
+                                       first_box, end_box);
             }
         };
+        constexpr int Boxes = Cfg::Store::Boxes;
         for (int round = first_round; round < Rounds; round += round_stride) {
             Tile tile(round * Cluster + rank);
             const int slices = slices_of(tile);
@@ -253,10 +254,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 sm90::wgmma_slice<typename Cfg::Mma, Cfg::SliceK>(accumulators, sA, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, true);
-                if (slice == 0) store_pending();
+                if (slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
-            store_pending();  // a tile without slices
+            if (slices < Boxes) store_pending(slices, Boxes);  // a tile of few slices
+            has_pending = false;
             place(tile);  // under the last wgmma batch
             release.drain(accumulators, barriers, thread == 0);
             // Walking on with the cluster through its longest tile: empty slots, handed straight
@@ -279,7 +281,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 store.store(accumulators, map_dw, tile.k0, tile.n0 + consumer * 64, tile.expert, Cfg::K, thread);
             }
         }
-        store_pending();
+        store_pending(0, Boxes);
         store.finish(thread);
     }
     // No CTA of a cluster leaves while another may still arrive on its barriers or multicast to it.
