@@ -244,8 +244,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             Tile tile(round * Cluster + rank);
             const int slices = slices_of(tile);
             const int walk = ring_slices(round, tile);
+            if (slices == 0)  // an empty expert's dW is zeros; the first batch of others overwrites them
 #pragma unroll
-            for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;  // empty experts: zeros
+                for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;
             for (int slice = 0; slice < slices; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
                 sm90::fence_proxy_async();  // rows gathered by cp.async
@@ -253,7 +254,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
                 sm90::wgmma_slice<typename Cfg::Mma, Cfg::SliceK>(accumulators, sA, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
-                                                                  16 * sm90::kSliceBytesPerRow, true);
+                                                                  16 * sm90::kSliceBytesPerRow, slice > 0);
                 if (slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
                 release.issued(accumulators, barriers, position.stage, thread == 0);
             }
