@@ -255,8 +255,8 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 sm90::wgmma_slice<typename Cfg::Mma, Cfg::SliceK>(accumulators, sA, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, slice > 0);
-                if (slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
                 release.issued(accumulators, barriers, position.stage, thread == 0);
+                if (slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
             }
             if (slices < Boxes) store_pending(slices, Boxes);  // a tile of few slices
             has_pending = false;
