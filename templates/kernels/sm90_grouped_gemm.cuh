@@ -142,6 +142,33 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
     float accumulators[Cfg::Mma::Registers];
     sm90::RingPosition<Cfg::Stages> position;
     sm90::SlotReleaser<Cfg::Stages> release;
+    const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
+    constexpr int BlocksPerChunk = sm90::kStagingRowBytes / 16;
+    constexpr int Chunks = Cfg::TileOutCols / 64;  // of 64 output columns
+    constexpr int PerChunk = 2 * BlocksPerChunk;   // packed registers a chunk: two rows of 8 blocks
+    // A tile's output waits, converted and packed two to a register, until the next tile's first
+    // wgmma batches are in flight, and goes out one chunk under each of them, so that the tensor
+    // pipe does not idle through the epilogue (not with three consumers: see the end of the tile). The destinations are the pending tile's until its
+    // last chunk is out, then the current tile's.
+    uint32 pending[Chunks * PerChunk];
+    bool has_pending = false;
+    int pending_row_bytes = 0;  // of the pending tile's output rows, from its first column
+    // The global rows this thread copies out of the staging rows (null past the expert's end).
+    unsigned char* destination[sm90::kCopiesPerThread];
+    float scale[2] = {1.0f, 1.0f};  // per fragment row: the routing weight when fused
+    auto store_chunk = [&](int chunk) {
+#pragma unroll
+        for (int static_chunk = 0; static_chunk < Chunks; ++static_chunk) {
+            if (static_chunk != chunk) continue;
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+                for (int b = 0; b < BlocksPerChunk; ++b)
+                    staging.store_32(sm90::StagedRows::fragment_row(thread, half), b * 16 + (lane % 4) * 4,
+                                     pending[static_chunk * PerChunk + half * BlocksPerChunk + b]);
+            staging.copy_out(1 + consumer, destination, static_chunk, thread, pending_row_bytes);
+        }
+    };
     for (int round = 0;; ++round) {
         const int pair = Cfg::Dynamic ? queue.receive(round, lane) : first_pair + round * pair_stride;
         if (pair >= pairs) break;
@@ -160,34 +187,37 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             }
             continue;
         }
-        // The epilogue's destinations and routing weights, loaded before the mainloop so that the
-        // index and weight loads (two dependent global reads where rows scatter) are in flight
-        // during it instead of holding up the epilogue, which the tensor pipe waits for.
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;
         const int tile_row0 = tile.m_tile * Cfg::TileM + consumer * 64;  // within the expert
-        // The global rows this thread copies out of the staging rows (null past the expert's end).
-        unsigned char* destination[sm90::kCopiesPerThread];
+        // The epilogue's destinations and routing weights, loaded while the mainloop runs, so that
+        // the index and weight loads (two dependent global reads where rows scatter) do not hold up
+        // the epilogue, which the tensor pipe waits for.
+        auto load_destinations = [&]() {
 #pragma unroll
-        for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
-            const int row = tile_row0 + sm90::StagedRows::copy_row(thread, i);
-            const int64 routed = static_cast<int64>(tile.row_begin) + row;
-            constexpr bool scatter = Cfg::Forward ? (Flags & kPermuteY) != 0 : (Flags & kPermuteX) != 0;
-            destination[i] = nullptr;
-            if (row < tile.expert_rows && routed < args.rows) {
-                const int64 out_row = scatter ? slot_row(args, routed) : routed;
-                destination[i] = reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutCols + out_col0);
-            }
-        }
-        float scale[2] = {1.0f, 1.0f};  // per fragment row: the routing weight when fused
-        if constexpr ((Flags & kFuseMulPost) != 0) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int row = tile_row0 + sm90::StagedRows::fragment_row(thread, half);
+            for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
+                const int row = tile_row0 + sm90::StagedRows::copy_row(thread, i);
                 const int64 routed = static_cast<int64>(tile.row_begin) + row;
-                if (row < tile.expert_rows && routed < args.rows) scale[half] = args.topk_weights[slot_row(args, routed)];
+                constexpr bool scatter = Cfg::Forward ? (Flags & kPermuteY) != 0 : (Flags & kPermuteX) != 0;
+                destination[i] = nullptr;
+                if (row < tile.expert_rows && routed < args.rows) {
+                    const int64 out_row = scatter ? slot_row(args, routed) : routed;
+                    destination[i] = reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutCols + out_col0);
+                }
             }
-        }
-
+            if constexpr ((Flags & kFuseMulPost) != 0) {
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int row = tile_row0 + sm90::StagedRows::fragment_row(thread, half);
+                    const int64 routed = static_cast<int64>(tile.row_begin) + row;
+                    scale[half] = 1.0f;
+                    if (row < tile.expert_rows && routed < args.rows)
+                        scale[half] = args.topk_weights[slot_row(args, routed)];
+                }
+            }
+        };
+        // The pending tile's chunks under the first batches (all under the first where the tile
+        // has fewer slices than chunks), then this tile's destinations.
+        constexpr int SpreadChunks = slices >= Chunks ? Chunks : 1;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
@@ -199,6 +229,17 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
                                                      16 * sm90::kSliceBytesPerRow, slice > 0);
             release.issued(accumulators, barriers, position.stage, thread == 0);
+            if (slice < SpreadChunks) {
+                if (has_pending) {
+                    if constexpr (SpreadChunks == Chunks) {
+                        store_chunk(slice);
+                    } else {
+#pragma unroll
+                        for (int chunk = 0; chunk < Chunks; ++chunk) store_chunk(chunk);
+                    }
+                }
+                if (slice == SpreadChunks - 1) load_destinations();
+            }
         }
         release.drain(accumulators, barriers, thread == 0);
 
@@ -223,18 +264,15 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 }
             }
         }
-        // 64 output columns per chunk; fragment column block j holds output columns 8j..8j+7.
-        const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * sm90::kStagingBytes};
-        constexpr int BlocksPerChunk = sm90::kStagingRowBytes / 16;
+        // Fragment column block j holds output columns 8j..8j+7; chunk c blocks 8c..8c+7.
 #pragma unroll
-        for (int chunk = 0; chunk < Cfg::TileOutCols / 64; ++chunk) {
+        for (int chunk = 0; chunk < Chunks; ++chunk)
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int staging_row = sm90::StagedRows::fragment_row(thread, half);
+            for (int half = 0; half < 2; ++half)
 #pragma unroll
                 for (int b = 0; b < BlocksPerChunk; ++b) {
                     const int j = chunk * BlocksPerChunk + b;
-                    uint32 packed;
+                    uint32& packed = pending[chunk * PerChunk + half * BlocksPerChunk + b];
                     if constexpr (Cfg::Gated) {  // gate columns j, up columns j + TileN/2 of the same output column
                         const float* gate = &accumulators[j * 4 + half * 2];
                         const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
@@ -243,12 +281,19 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                         const float* v = &accumulators[j * 4 + half * 2];
                         packed = pack2<Element>(v[0] * scale[half], v[1] * scale[half]);
                     }
-                    staging.store_32(staging_row, b * 16 + (lane % 4) * 4, packed);
                 }
-            }
-            staging.copy_out(1 + consumer, destination, chunk, thread, (Cfg::OutCols - out_col0) * 2);
+        has_pending = true;
+        pending_row_bytes = (Cfg::OutCols - out_col0) * 2;
+        // Three consumers (96 accumulators each of 152 registers) have no room to hold it.
+        if constexpr (Cfg::Consumers == 3) {
+#pragma unroll
+            for (int chunk = 0; chunk < Chunks; ++chunk) store_chunk(chunk);
+            has_pending = false;
         }
     }
+    if (has_pending)
+#pragma unroll
+        for (int chunk = 0; chunk < Chunks; ++chunk) store_chunk(chunk);
 }
 
 template <class Cfg>
