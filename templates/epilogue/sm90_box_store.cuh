@@ -5,7 +5,8 @@
 // the rows and columns past the expert's matrix. No thread waits for global memory during the
 // tiles: the issuing thread waits, before a box buffer is rewritten, only until TMA has read it
 // (and for the stores to complete once, before the block exits). That keeps the epilogue short,
-// which matters in dW, where a tile holds as few as four slices of work.
+// which matters in dW, where a tile holds as few as four slices of work; 16-bit results are stored
+// from packed registers, a box at a time, while the next tile's wgmma run (the dW kernel).
 #include "common/sm90_ptx.cuh"
 #include "mma/sm90_pipeline.cuh"
 
@@ -40,28 +41,23 @@ struct BoxStore {
         for (int i = 0; i < PackedRegisters; ++i) packed[i] = pack2<Out>(accumulators[2 * i], accumulators[2 * i + 1]);
     }
 
-    // Accumulator columns [0, TileN) of this warpgroup's rows go to map coordinates (col0 + column,
-    // row0 + row, matrix); boxes starting at or past `cols` are skipped (the same for every thread).
-    template <int Registers>
-    __device__ __forceinline__ void store(const float (&accumulators)[Registers], const TensorMap& map, int col0,
-                                          int row0, int matrix, int cols, int thread) {
-        static_assert(Registers == TileN / 2, "m64 x TileN fp32 fragment");
-        if constexpr (sizeof(Out) == 2) {
-            uint32 packed[PackedRegisters];
-            pack(accumulators, packed);
-            store_packed(packed, map, col0, row0, matrix, cols, thread);
-        } else {
-            store_boxes(map, col0, row0, matrix, cols, thread, 0, Boxes,
-                        [&](int box, uint32 buffer) { write_box_fp32(accumulators, box, buffer, thread); });
-        }
-    }
-
-    // The same for a packed fragment (16-bit output).
+    // A packed 16-bit fragment's columns [0, TileN) of this warpgroup's rows go to map coordinates
+    // (col0 + column, row0 + row, matrix): boxes [first_box, end_box) of the row, except those
+    // starting at or past `cols` (the same for every thread).
     __device__ __forceinline__ void store_packed(const uint32 (&packed)[PackedRegisters], const TensorMap& map,
                                                  int col0, int row0, int matrix, int cols, int thread,
                                                  int first_box = 0, int end_box = Boxes) {
         store_boxes(map, col0, row0, matrix, cols, thread, first_box, end_box,
                     [&](int box, uint32 buffer) { write_box_packed(packed, box, buffer, thread); });
+    }
+
+    // The same, every box, for an fp32 fragment (fp32 output, stored at the end of its tile).
+    template <int Registers>
+    __device__ __forceinline__ void store(const float (&accumulators)[Registers], const TensorMap& map, int col0,
+                                          int row0, int matrix, int cols, int thread) {
+        static_assert(sizeof(Out) == 4 && Registers == TileN / 2, "m64 x TileN fp32 fragment, fp32 output");
+        store_boxes(map, col0, row0, matrix, cols, thread, 0, Boxes,
+                    [&](int box, uint32 buffer) { write_box_fp32(accumulators, box, buffer, thread); });
     }
 
     // Before the block exits: the last stores of the issuing thread have completed.

@@ -225,9 +225,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::SlotReleaser<Cfg::Stages> release;
         typename Cfg::Store store{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes,
                                   1 + consumer};
-        // 16-bit dW: a tile's results wait, converted, until the next tile's first wgmma batch is in
-        // flight, and are stored under it, so that the tensor pipe does not idle through the
-        // epilogue (a 64 x 256 fp32 fragment leaves no room for a second one, its bf16 half does).
+        // 16-bit dW: a tile's results wait, converted, until the next tile's wgmma batches are in
+        // flight, and go out one box under each of its first batches (the rest after a tile of few
+        // slices), so that the tensor pipe does not idle through the epilogue: 3-9% faster than
+        // storing them at the end of their tile (bench/RESULTS.md, nineteenth session). A 64 x 256
+        // fp32 fragment leaves no room for a second one; its bf16 half does.
         constexpr bool Deferred = sizeof(typename Cfg::Out) == 2;
         uint32 pending[Deferred ? Cfg::Store::PackedRegisters : 1];
         bool has_pending = false;
