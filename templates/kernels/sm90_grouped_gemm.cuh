@@ -148,8 +148,11 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
     constexpr int PerChunk = 2 * BlocksPerChunk;   // packed registers a chunk: two rows of 8 blocks
     // A tile's output waits, converted and packed two to a register, until the next tile's first
     // wgmma batches are in flight, and goes out one chunk under each of them, so that the tensor
-    // pipe does not idle through the epilogue (not with three consumers: see the end of the tile). The destinations are the pending tile's until its
+    // pipe does not idle through the epilogue. The destinations are the pending tile's until its
     // last chunk is out, then the current tile's.
+    // Three consumers (96 accumulators each of 152 registers) have no room to hold it: they store
+    // each chunk as it is converted.
+    constexpr bool Deferred = Cfg::Consumers < 3;
     uint32 pending[Chunks * PerChunk];
     bool has_pending = false;
     int pending_row_bytes = 0;  // of the pending tile's output rows, from its first column
@@ -265,8 +268,9 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             }
         }
         // Fragment column block j holds output columns 8j..8j+7; chunk c blocks 8c..8c+7.
+        pending_row_bytes = (Cfg::OutCols - out_col0) * 2;
 #pragma unroll
-        for (int chunk = 0; chunk < Chunks; ++chunk)
+        for (int chunk = 0; chunk < Chunks; ++chunk) {
 #pragma unroll
             for (int half = 0; half < 2; ++half)
 #pragma unroll
@@ -282,14 +286,9 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                         packed = pack2<Element>(v[0] * scale[half], v[1] * scale[half]);
                     }
                 }
-        has_pending = true;
-        pending_row_bytes = (Cfg::OutCols - out_col0) * 2;
-        // Three consumers (96 accumulators each of 152 registers) have no room to hold it.
-        if constexpr (Cfg::Consumers == 3) {
-#pragma unroll
-            for (int chunk = 0; chunk < Chunks; ++chunk) store_chunk(chunk);
-            has_pending = false;
+            if constexpr (!Deferred) store_chunk(chunk);
         }
+        has_pending = Deferred;
     }
     if (has_pending)
 #pragma unroll

@@ -230,12 +230,14 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         // slices), so that the tensor pipe does not idle through the epilogue: 3-9% faster than
         // storing them at the end of their tile (bench/RESULTS.md, nineteenth session). A 64 x 256
         // fp32 fragment leaves no room for a second one; its bf16 half does.
-        constexpr bool Deferred = sizeof(typename Cfg::Out) == 2;
-        uint32 pending[Deferred ? Cfg::Store::PackedRegisters : 1];
+        // (Not in clusters, whose lockstep bookkeeping leaves no registers for it; nor for fp32.)
+        constexpr bool Deferred = sizeof(typename Cfg::Out) == 2 && Cluster == 1;
+        constexpr bool Packed = sizeof(typename Cfg::Out) == 2;
+        uint32 pending[Packed ? Cfg::Store::PackedRegisters : 1];
         bool has_pending = false;
         int pending_k0 = 0, pending_row0 = 0, pending_expert = 0;
         auto store_pending = [&](int first_box, int end_box) {
-            if constexpr (Deferred) {
+            if constexpr (Packed) {
                 if (has_pending)
                     store.store_packed(pending, map_dw, pending_k0, pending_row0, pending_expert, Cfg::K, thread,
                                        first_box, end_box);
@@ -246,7 +248,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             Tile tile(round * Cluster + rank);
             const int slices = slices_of(tile);
             const int walk = ring_slices(round, tile);
-            if (slices == 0)  // an empty expert's dW is zeros; the first batch of others overwrites them
+            // An empty expert's dW is zeros. Deferred, the first batch of other tiles overwrites
+            // the accumulators; otherwise ptxas serializes the wgmma (C7514) unless they are zeroed.
+            if (!Deferred || slices == 0)
 #pragma unroll
                 for (int i = 0; i < Cfg::Mma::Registers; ++i) accumulators[i] = 0.0f;
             for (int slice = 0; slice < slices; ++slice, position.advance()) {
@@ -256,9 +260,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
                 sm90::wgmma_slice<typename Cfg::Mma, Cfg::SliceK>(accumulators, sA, Cfg::BoxBytes,
                                                                   16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
-                                                                  16 * sm90::kSliceBytesPerRow, slice > 0);
+                                                                  16 * sm90::kSliceBytesPerRow, !Deferred || slice > 0);
                 release.issued(accumulators, barriers, position.stage, thread == 0);
-                if (slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
+                if (Deferred && slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
             }
             if (slices < Boxes) store_pending(slices, Boxes);  // a tile of few slices
             has_pending = false;
@@ -274,12 +278,16 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             if (!tile.exists) continue;
 
             // dW[expert][n0 + 64 * consumer + row][k0 + column]; TMA clips rows past N and columns past K.
-            if constexpr (Deferred) {
+            if constexpr (Packed) {
                 Cfg::Store::pack(accumulators, pending);
                 has_pending = true;
                 pending_k0 = tile.k0;
                 pending_row0 = tile.n0 + consumer * 64;
                 pending_expert = tile.expert;
+                if constexpr (!Deferred) {
+                    store_pending(0, Boxes);
+                    has_pending = false;
+                }
             } else {
                 store.store(accumulators, map_dw, tile.k0, tile.n0 + consumer * 64, tile.expert, Cfg::K, thread);
             }
