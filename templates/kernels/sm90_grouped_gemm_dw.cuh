@@ -227,9 +227,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                                   1 + consumer};
         // 16-bit dW: a tile's results wait, converted, until the next tile's wgmma batches are in
         // flight, and go out one box under each of its first batches (the rest after a tile of few
-        // slices), so that the tensor pipe does not idle through the epilogue: 3-9% faster than
-        // storing them at the end of their tile (bench/RESULTS.md, nineteenth session). A 64 x 256
-        // fp32 fragment leaves no room for a second one; its bf16 half does.
+        // slices), so that the tensor pipe does not idle through the epilogue: 2-9% faster than
+        // storing them at the end of their tile at 512 rows an expert and more, 2-3% slower at
+        // deepseek-v3's 256 (bench/RESULTS.md, nineteenth session). A 64 x 256 fp32 fragment leaves
+        // no room for a second one; its bf16 half does.
         // (Not in clusters, whose lockstep bookkeeping leaves no registers for it; nor for fp32.)
         constexpr bool Deferred = sizeof(typename Cfg::Out) == 2 && Cluster == 1;
         constexpr bool Packed = sizeof(typename Cfg::Out) == 2;
