@@ -98,10 +98,11 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                             clustered.cluster = cluster;
                             configs.push_back(clustered);
                         }
-                    if (configs.front().hopper()) {  // the same ring in 32-row stages, alone and in pairs
+                    if (configs.front().hopper()) {  // the same ring in the other stage depth, alone and in pairs
                         Config short_stages = configs.front();
-                        short_stages.slice_k = 32;
-                        short_stages.stages *= 2;
+                        const bool halve = short_stages.slice_k == 64;
+                        short_stages.slice_k = halve ? 32 : 64;
+                        short_stages.stages = halve ? short_stages.stages * 2 : short_stages.stages / 2;
                         configs.push_back(short_stages);
                         if (max_cluster(problem, short_stages) >= 2) {
                             short_stages.cluster = 2;

@@ -247,6 +247,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         constexpr int Boxes = Cfg::Store::Boxes;
         for (int round = first_round; round < Rounds; round += round_stride) {
             Tile tile(round * Cluster + rank);
+            const int rows = rows_of(tile);
             const int slices = slices_of(tile);
             const int walk = ring_slices(round, tile);
             // An empty expert's dW is zeros. Deferred, the first batch of other tiles overwrites
@@ -259,9 +260,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 sm90::fence_proxy_async();  // rows gathered by cp.async
                 const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * Cfg::BoxBytes;
                 const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
-                sm90::wgmma_slice<typename Cfg::Mma, Cfg::SliceK>(accumulators, sA, Cfg::BoxBytes,
-                                                                  16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
-                                                                  16 * sm90::kSliceBytesPerRow, !Deferred || slice > 0);
+                // The last slice: only the k16 steps that hold the expert's rows.
+                const int steps = (rows - slice * Cfg::SliceK + 15) / 16;
+                sm90::wgmma_slice_steps<typename Cfg::Mma, Cfg::SliceK>(
+                    accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
+                    16 * sm90::kSliceBytesPerRow, !Deferred || slice > 0, steps);
                 release.issued(accumulators, barriers, position.stage, thread == 0);
                 if (Deferred && slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
             }

@@ -134,4 +134,23 @@ __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], ui
     wgmma_commit();
 }
 
+
+// The same over the slice's first `steps` k16 steps only (at least one): a tile's last slice holds
+// rows past the expert's end, zeros, and whole k16 steps of them need no MMA. One unconditional
+// batch per depth: a branch around single wgmma makes ptxas inject warpgroup.arrive (C7519).
+template <class Mma, int SliceK = kSliceK, int Registers>
+__device__ __forceinline__ void wgmma_slice_steps(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
+                                                  uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
+                                                  bool accumulate, int steps) {
+    static_assert(SliceK == 32 || SliceK == 64, "");
+    if (SliceK == 64 && steps >= 4)
+        wgmma_slice<Mma, 64>(accumulators, a_address, a_leading, a_step, b_address, b_leading, b_step, accumulate);
+    else if (SliceK == 64 && steps == 3)
+        wgmma_slice<Mma, 48>(accumulators, a_address, a_leading, a_step, b_address, b_leading, b_step, accumulate);
+    else if (steps >= 2)
+        wgmma_slice<Mma, 32>(accumulators, a_address, a_leading, a_step, b_address, b_leading, b_step, accumulate);
+    else
+        wgmma_slice<Mma, 16>(accumulators, a_address, a_leading, a_step, b_address, b_leading, b_step, accumulate);
+}
+
 }  // namespace moejit::sm90
