@@ -181,11 +181,14 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         // A CTA with no tile this round only hands the slots back, in step with its partner. A
         // warpgroup whose rows all lie past its expert's end does not: skipping measured up to 2.1x
         // slower with the static stride and up to 1.2x with tiles claimed at run time (bench/RESULTS.md,
-        // sixteenth session), most likely because a tile that ends early runs its CTA ahead of the
-        // CTAs reading the same weight slices, which then miss them in L2 (not profiled).
+        // sixteenth and twentieth sessions), most likely because a tile that ends early runs its CTA
+        // ahead of the CTAs reading the same weight slices, which then miss them in L2.
         if (!work.exists) {
             for (int slice = 0; slice < slices; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+                // With no wgmma to hold the warpgroup together, its warps meet before the slot goes
+                // back; otherwise the ring could lap a slow warp, which then waits on the wrong phase.
+                sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
                 if (thread == 0) barriers.release(position.stage);
             }
             continue;

@@ -277,6 +277,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             // one path leaves the accumulators untouched (C7520).
             for (int slice = slices; slice < walk; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+                // No wgmma holds the warps together here: they meet before the slot goes back, so
+                // that the ring cannot lap a slow one (which would then wait on the wrong phase).
+                sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
                 if (thread == 0) barriers.release(position.stage);
             }
             if (!tile.exists) continue;
