@@ -178,10 +178,10 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     if (problem.op == Op::dw) {
         const int64_t large_tiles = problem.experts * ((problem.n + 127) / 128) * ((problem.k + 255) / 256);
         if (large_tiles < kHopperMultiprocessors) return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
-        // fp32 dW stores its tiles at their end (no registers to defer them), and there the same
-        // ring in 32-row stages measured faster wherever X comes by TMA (`moejit tune`, qwen3-30b-a3b
-        // block's fp32 down dW on H100, three sessions: h:m128n256s8k32 0.473 / 0.472 / 0.487 ms
-        // against h:m128n256s4 0.485 / 0.493 / 0.512); the gathered fp32 gate_up dW tuned s4.
+        // fp32 dW stores its tiles at their end (no registers to defer them). There the same ring
+        // in 32-row stages measured faster or equal where X comes by TMA (`moejit tune`, the Qwen3
+        // block's fp32 down dW on H100, four sessions: h:m128n256s8k32 0.473 / 0.472 / 0.487 / 0.485
+        // ms against h:m128n256s4 0.485 / 0.493 / 0.512 / 0.484); its gathered fp32 gate_up dW tuned s4.
         if (problem.out_fp32 && !problem.permute_x)
             return hopper_config(128, 256, hopper_stages(problem, 128, 256, 8, 32), 32);
         return hopper_config(128, 256, hopper_stages(problem, 128, 256, 4));

@@ -99,14 +99,14 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                             configs.push_back(clustered);
                         }
                     if (configs.front().hopper()) {  // the same ring in the other stage depth, alone and in pairs
-                        Config short_stages = configs.front();
-                        const bool halve = short_stages.slice_k == 64;
-                        short_stages.slice_k = halve ? 32 : 64;
-                        short_stages.stages = halve ? short_stages.stages * 2 : short_stages.stages / 2;
-                        configs.push_back(short_stages);
-                        if (max_cluster(problem, short_stages) >= 2) {
-                            short_stages.cluster = 2;
-                            configs.push_back(short_stages);
+                        Config other_depth = configs.front();
+                        const bool halve = other_depth.slice_k == 64;
+                        other_depth.slice_k = halve ? 32 : 64;
+                        other_depth.stages = halve ? other_depth.stages * 2 : other_depth.stages / 2;
+                        configs.push_back(other_depth);
+                        if (max_cluster(problem, other_depth) >= 2) {
+                            other_depth.cluster = 2;
+                            configs.push_back(other_depth);
                         }
                     }
                 }

@@ -134,7 +134,6 @@ __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], ui
     wgmma_commit();
 }
 
-
 // The same over the slice's first `steps` k16 steps only (at least one): a tile's last slice holds
 // rows past the expert's end, zeros, and whole k16 steps of them need no MMA. One unconditional
 // batch per depth: a branch around single wgmma makes ptxas inject warpgroup.arrive (C7519).
