@@ -184,13 +184,8 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         // sixteenth and twentieth sessions), most likely because a tile that ends early runs its CTA
         // ahead of the CTAs reading the same weight slices, which then miss them in L2.
         if (!work.exists) {
-            for (int slice = 0; slice < slices; ++slice, position.advance()) {
-                sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-                // With no wgmma to hold the warpgroup together, its warps meet before the slot goes
-                // back; otherwise the ring could lap a slow warp, which then waits on the wrong phase.
-                sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
-                if (thread == 0) barriers.release(position.stage);
-            }
+            for (int slice = 0; slice < slices; ++slice, position.advance())
+                sm90::pass_slot(barriers, position, 1 + consumer, thread == 0);
             continue;
         }
         const int out_col0 = tile.n_tile * Cfg::TileOutCols;

@@ -275,13 +275,8 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             // Walking on with the cluster through its longest tile: empty slots, handed straight
             // back. Apart from the loop above, since ptxas serializes every wgmma of a loop in which
             // one path leaves the accumulators untouched (C7520).
-            for (int slice = slices; slice < walk; ++slice, position.advance()) {
-                sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-                // No wgmma holds the warps together here: they meet before the slot goes back, so
-                // that the ring cannot lap a slow one (which would then wait on the wrong phase).
-                sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
-                if (thread == 0) barriers.release(position.stage);
-            }
+            for (int slice = slices; slice < walk; ++slice, position.advance())
+                sm90::pass_slot(barriers, position, 1 + consumer, thread == 0);
             if (!tile.exists) continue;
 
             // dW[expert][n0 + 64 * consumer + row][k0 + column]; TMA clips rows past N and columns past K.

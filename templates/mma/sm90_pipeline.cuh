@@ -118,6 +118,18 @@ struct SlotReleaser {
     }
 };
 
+// A slot a consumer warpgroup walks past without reading it (no tile for it this round, or a
+// cluster's longer tile): wait for it to fill, then hand it back. No wgmma holds the warps together
+// here, so they meet first (named barrier `warpgroup_barrier`); otherwise the ring could lap a slow
+// warp, which would then wait on the wrong phase while its warpgroup blocks in the next wgmma.
+template <int Stages, class Barriers>
+__device__ __forceinline__ void pass_slot(const Barriers& barriers, const RingPosition<Stages>& position,
+                                          int warpgroup_barrier, bool leader) {
+    mbarrier_wait(barriers.full_address(position.stage), position.parity);
+    named_barrier(warpgroup_barrier, kWarpgroupThreads);
+    if (leader) barriers.release(position.stage);
+}
+
 // One consumer step over a filled slot: SliceK / 16 k16 wgmma into `accumulators`. `a_step` / `b_step`
 // are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
 template <class Mma, int SliceK = kSliceK, int Registers>
