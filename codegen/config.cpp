@@ -11,7 +11,7 @@ std::string Config::to_string() const {
     const std::string tiles = "m" + std::to_string(tile_m) + "n" + std::to_string(tile_n) + "s" + std::to_string(stages);
     if (hopper())
         return "h:" + tiles + (slice_k != 64 ? "k" + std::to_string(slice_k) : "") +
-               (cluster > 1 ? "c" + std::to_string(cluster) : "");
+               (cluster > 1 ? "c" + std::to_string(cluster) : "") + (swap_ab ? "swap" : "");
     return tiles + "w" + std::to_string(warps_m) + "x" + std::to_string(warps_n);
 }
 
@@ -31,6 +31,10 @@ Config Config::parse(const std::string& text) {
                 consumed += suffix;
             }
         }
+        if (parsed && text.compare(consumed, std::string::npos, "swap") == 0) {
+            config.swap_ab = true;
+            consumed += 4;
+        }
     } else {
         parsed = std::sscanf(text.c_str(), "m%dn%ds%dw%dx%d%n", &config.tile_m, &config.tile_n, &config.stages,
                              &config.warps_m, &config.warps_n, &consumed) == 5;
@@ -39,7 +43,7 @@ Config Config::parse(const std::string& text) {
         throw Error("bad config '" + text +
                     "': expected e.g. m128n128s4w2x4 (portable: tile M, tile N, stages, warps) or h:m128n256s4 "
                     "(hopper: tile M, tile N, stages; dW may add k32, 32-row stages; a c2 suffix pairs CTAs in clusters, c4 "
-                    "in dW clusters of four)");
+                    "in dW clusters of four; h:m320n128s3swap swaps the operands of the forward and dX)");
     return config;
 }
 
@@ -54,7 +58,7 @@ size_t max_shared_bytes(const Arch& arch) {
 
 bool claims_tiles(const Problem& problem, const Config& config) {
     const bool gathers_a = (problem.op == Op::fwd && problem.permute_x) || (problem.op == Op::dx && problem.permute_y);
-    return config.hopper() && config.cluster == 1 && config.tile_m == 128 && gathers_a;
+    return config.hopper() && config.cluster == 1 && (config.swap_ab || (config.tile_m == 128 && gathers_a));
 }
 
 bool hopper_path_available(const Problem& problem) {
@@ -108,8 +112,10 @@ size_t ring_bytes(const Config& config) {
 // ring to the 1024-byte swizzle period. The row-grouped passes stage 64 rows of 128 + 16 bytes per
 // consumer (epilogue/sm90_staged_rows.cuh); dW `dw_boxes` 8 KB boxes per consumer (sm90_box_store.cuh).
 size_t hopper_dynamic_bytes(const Problem& problem, const Config& config, int dw_boxes) {
-    const size_t staging = problem.op == Op::dw ? size_t(config.tile_m / 64) * dw_boxes * kStagingBoxBytes
-                                                : size_t(config.tile_m) * 144;
+    // Swapped m288 tiles stage 32 rows a consumer (kernels/sm90_grouped_gemm_swap_ab.cuh, StagingRows).
+    const size_t staging_rows = config.swap_ab && config.tile_m <= 288 ? 32 : 64;
+    const size_t staging = problem.op == Op::dw ? size_t(config.consumers()) * dw_boxes * kStagingBoxBytes
+                                                : size_t(config.consumers()) * staging_rows * 144;
     return ring_bytes(config) + staging + 1024;
 }
 
@@ -270,8 +276,13 @@ bool takes_192_tiles(const Problem& problem) {
     return problem.op == Op::dx || (problem.op == Op::fwd && !problem.gated);
 }
 
+bool takes_swap_ab(const Problem& problem) {
+    const bool row_grouped = problem.op == Op::fwd || problem.op == Op::dx;
+    return row_grouped && !problem.gated && !problem.permute_x && !problem.permute_y && !problem.fuse_mul_post;
+}
+
 int max_cluster(const Problem& problem, const Config& config) {
-    if (!config.hopper() || (problem.op == Op::dw && problem.permute_x)) return 1;
+    if (!config.hopper() || config.swap_ab || (problem.op == Op::dw && problem.permute_x)) return 1;
     // Each CTA loads a share of whole 64-column boxes: of the weight tile's TileN rows, or in dW of
     // the X slice's TileN columns.
     const int shares = config.tile_n / 64;
@@ -280,6 +291,12 @@ int max_cluster(const Problem& problem, const Config& config) {
 }
 
 Config adapt_to_pass(const Problem& problem, Config config) {
+    // Where the operands cannot swap, the 128-row tiles of the same ring depth.
+    if (config.swap_ab && !takes_swap_ab(problem)) {
+        config.swap_ab = false;
+        config.tile_m = 128;
+        config.tile_n = 256;
+    }
     // Where 192 tiles do not exist, the nearest tiles of equal stage bytes.
     if (!takes_192_tiles(problem)) {
         if (config.tile_m == 192) config.tile_m = 128;
@@ -366,7 +383,14 @@ void check_config(const Problem& problem, const Config& config) {
     if (config.hopper()) {
         if (!hopper_path_available(problem))
             throw Error(what + ": hopper kernels need a grouped GEMM on sm_90a");
-        if ((config.tile_m != 64 && config.tile_m != 128 && config.tile_m != 192) ||
+        if (config.swap_ab) {
+            if (!takes_swap_ab(problem))
+                throw Error(what + ": swapped operands are for the forward and dX of plain rows (no gated epilogue, "
+                                   "permute_x, permute_y or fused routing weights)");
+            if (config.tile_n != 128 || (config.tile_m != 288 && config.tile_m != 320))
+                throw Error(what + ": swapped tiles are m288 or m320 (routed rows) by n128 (output columns)");
+            if (config.cluster != 1) throw Error(what + ": swapped tiles run in single CTAs");
+        } else if ((config.tile_m != 64 && config.tile_m != 128 && config.tile_m != 192) ||
             (config.tile_n != 64 && config.tile_n != 128 && config.tile_n != 192 && config.tile_n != 256))
             throw Error(what + ": hopper tiles are m64, m128 or m192 by n64, n128, n192 or n256");
         if ((config.tile_m == 192 || config.tile_n == 192) && !takes_192_tiles(problem))

@@ -27,16 +27,23 @@ struct Config {
     // twice the stages fit in the same ring; the consumers then hold a smaller share of it while
     // more of it is in flight.
     int slice_k = 64;
+    // Hopper forward and dX only: wgmma's operands swapped (kernels/sm90_grouped_gemm_swap_ab.cuh).
+    // tile_n output columns (weight rows) on wgmma's M side, up to tile_m routed rows of one expert
+    // on its N side, padded to 16 instead of to the m tile: for experts of few rows.
+    bool swap_ab = false;
 
     bool hopper() const { return path == KernelPath::hopper; }
-    // Hopper: one producer warpgroup plus one consumer warpgroup per 64 tile rows.
-    int threads() const { return hopper() ? 128 * (1 + tile_m / 64) : warps_m * warps_n * 32; }
-    // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2", "h:m128n256s8k32" (hopper)
+    // Hopper: one producer warpgroup plus one consumer warpgroup per 64 tile rows (swapped: per 64
+    // output columns).
+    int consumers() const { return (swap_ab ? tile_n : tile_m) / 64; }
+    int threads() const { return hopper() ? 128 * (1 + consumers()) : warps_m * warps_n * 32; }
+    // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2", "h:m128n256s8k32",
+    // "h:m320n128s3swap" (hopper)
     std::string to_string() const;
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
         return path == o.path && tile_m == o.tile_m && tile_n == o.tile_n && stages == o.stages && cluster == o.cluster &&
-               slice_k == o.slice_k && (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
+               slice_k == o.slice_k && swap_ab == o.swap_ab && (hopper() || (warps_m == o.warps_m && warps_n == o.warps_n));
     }
 };
 
@@ -48,6 +55,10 @@ bool claims_tiles(const Problem& problem, const Config& config);
 // 192-row and 192-column tiles (three consumer warpgroups) exist only in the row-grouped kernels,
 // and not where the gated epilogue needs whole 64-column chunks of outputs.
 bool takes_192_tiles(const Problem& problem);
+
+// Swapped operands (Config::swap_ab) exist for the forward and dX of plain rows: no gated epilogue,
+// no gathered or scattered rows, no fused routing weights.
+bool takes_swap_ab(const Problem& problem);
 
 // The most CTAs a cluster of `config`'s tiles may have for `problem`: 2 in the row-grouped
 // passes (n128 or more), 4 in dW (n256), 1 on the portable path and in dW with permute_x (nothing

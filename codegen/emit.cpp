@@ -36,10 +36,18 @@ Source emit_source(const Problem& problem, const Config& config) {
     switch (problem.op) {
         case Op::fwd:
         case Op::dx: {
+            const std::string pass = std::string("moejit::RowGroupedPass::") + (problem.op == Op::fwd ? "forward" : "dx");
+            if (config.swap_ab) {
+                header = "kernels/sm90_grouped_gemm_swap_ab.cuh";
+                config_type = "moejit::Sm90SwapAbConfig<\n    " + element + ", " + pass + ",\n" +
+                              gemm_parameters(problem, config) + ">";
+                kernel = "moejit::sm90_row_grouped_gemm_swap_ab";
+                break;
+            }
             const std::string family = config.hopper() ? "sm90" : "sm80";
             header = "kernels/" + family + "_grouped_gemm.cuh";
             config_type = "moejit::" + std::string(config.hopper() ? "Sm90" : "Sm80") + "RowGroupedConfig<\n    " +
-                          element + ", moejit::RowGroupedPass::" + (problem.op == Op::fwd ? "forward" : "dx") + ",\n" +
+                          element + ", " + pass + ",\n" +
                           gemm_parameters(problem, config) +
                           (config.hopper() ? ", /*Cluster=*/" + std::to_string(config.cluster) : "") + ">";
             kernel = "moejit::" + family + "_row_grouped_gemm";

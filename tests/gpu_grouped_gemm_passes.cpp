@@ -338,6 +338,26 @@ TEST_CASE("passes: 192x192 tiles (three consumer warpgroups) match float64", "[g
     }
 }
 
+TEST_CASE("passes: swapped operands (routed rows on wgmma's N side) match float64", "[gpu][gemm][hopper]") {
+    if (!hopper_device_arch()) return;
+    // Experts of every wgmma width the kernels issue (256 alone, then tails of 16, 32 and, m320, 64
+    // rows), at each width's edges, split into two to six blocks of rows (530, 700, 1500), empty and
+    // single-row experts; n208 and k136 leave partial tiles of output columns and reduction in both
+    // passes. m288 loads rows in boxes of 144 and stages its output 32 rows at a time.
+    const std::vector<int> sizes{0,   1,   17,  136, 137, 200, 256, 257, 272, 273, 288,
+                                 289, 300, 305, 320, 321, 530, 700, 1500};
+    const HostRouting routing = make_routing(int(sizes.size()), 1, choices_from_sizes(sizes));
+    for (const char* config : {"h:m320n128s3swap", "h:m288n128s4swap"}) {
+        INFO("config " << config);
+        const GroupedGemm gemm(make_problem(DType::bf16, 208, 136, routing.experts, 1, kNone), config);
+        CHECK(gemm.config(Op::fwd, routing.rows()) == config);
+        CHECK(gemm.config(Op::dx, routing.rows()) == config);
+        check_passes(DType::bf16, 208, 136, routing, kNone, kFwd | kDx, config);
+        check_passes(DType::fp16, 208, 136, routing, kNone, kFwd | kDx, config);
+        check_passes(DType::bf16, 136, 72, routing, kNone, kFwd | kDx, config);
+    }
+}
+
 TEST_CASE("passes: dW in CTA clusters (pairs and fours along N) matches float64", "[gpu][gemm][hopper]") {
     const std::optional<Arch> hopper = hopper_device_arch();
     if (!hopper) return;

@@ -134,6 +134,14 @@ __device__ __forceinline__ void stmatrix_x4(uint32 address, uint32 r0, uint32 r1
                  : "memory");
 }
 
+// The same with each matrix transposed on the way: column c of matrix j goes to the row whose address
+// lane 8j + c gives, so that an accumulator fragment's columns become rows of memory.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32 address, uint32 r0, uint32 r1, uint32 r2, uint32 r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r0),
+                 "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+
 // --- clusters -----------------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32 cluster_rank() {

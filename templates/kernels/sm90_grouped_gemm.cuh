@@ -229,7 +229,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             else  // B N-major: 16 reduction rows per k step, the next 64 output columns one box further
                 sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
                                                      16 * sm90::kSliceBytesPerRow, slice > 0);
-            release.issued(accumulators, barriers, position.stage, thread == 0);
+            release.issued(barriers, position.stage, thread == 0, accumulators);
             if (slice < SpreadChunks) {
                 if (has_pending) {
                     if constexpr (SpreadChunks == Chunks) {
@@ -242,7 +242,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 if (slice == SpreadChunks - 1) load_destinations();
             }
         }
-        release.drain(accumulators, barriers, thread == 0);
+        release.drain(barriers, thread == 0, accumulators);
 
         if constexpr (Cfg::Gated) {  // training only: gate|up before the activation, straight to global
             if (args.preactivation != nullptr) {

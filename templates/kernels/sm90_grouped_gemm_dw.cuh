@@ -265,13 +265,13 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 sm90::wgmma_slice_steps<typename Cfg::Mma, Cfg::SliceK>(
                     accumulators, sA, Cfg::BoxBytes, 16 * sm90::kSliceBytesPerRow, sB, Cfg::BoxBytes,
                     16 * sm90::kSliceBytesPerRow, !Deferred || slice > 0, steps);
-                release.issued(accumulators, barriers, position.stage, thread == 0);
+                release.issued(barriers, position.stage, thread == 0, accumulators);
                 if (Deferred && slice < Boxes) store_pending(slice, slice + 1);  // one box a batch
             }
             if (slices < Boxes) store_pending(slices, Boxes);  // a tile of few slices
             has_pending = false;
             place(tile);  // under the last wgmma batch
-            release.drain(accumulators, barriers, thread == 0);
+            release.drain(barriers, thread == 0, accumulators);
             // Walking on with the cluster through its longest tile: empty slots, handed straight
             // back. Apart from the loop above, since ptxas serializes every wgmma of a loop in which
             // one path leaves the accumulators untouched (C7520).

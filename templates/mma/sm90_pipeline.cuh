@@ -95,24 +95,25 @@ struct GatherPlan {
 constexpr int kGatherArrivals = kWarpgroupThreads;
 
 // Consumer side of the ring: each slice's wgmma batch stays in flight while the previous batch
-// retires, and only then is the previous slot handed back to the producer.
+// retires, and only then is the previous slot handed back to the producer. `fragments`: the
+// accumulator arrays the batches write (one, or the swapped-operand kernel's wide and tail).
 template <int Stages>
 struct SlotReleaser {
     int previous = -1;  // slot whose wgmma batch may still be reading it
 
-    template <int Registers, class Barriers>
-    __device__ __forceinline__ void issued(float (&accumulators)[Registers], const Barriers& barriers, int stage,
-                                           bool leader) {
+    template <class Barriers, int... Registers>
+    __device__ __forceinline__ void issued(const Barriers& barriers, int stage, bool leader,
+                                           float (&... fragments)[Registers]) {
         wgmma_wait<1>();
-        fence_accumulators(accumulators);
+        (fence_accumulators(fragments), ...);
         if (previous >= 0 && leader) barriers.release(previous);
         previous = stage;
     }
     // At the end of a tile: every batch retired, the last slot handed back.
-    template <int Registers, class Barriers>
-    __device__ __forceinline__ void drain(float (&accumulators)[Registers], const Barriers& barriers, bool leader) {
+    template <class Barriers, int... Registers>
+    __device__ __forceinline__ void drain(const Barriers& barriers, bool leader, float (&... fragments)[Registers]) {
         wgmma_wait<0>();
-        fence_accumulators(accumulators);
+        (fence_accumulators(fragments), ...);
         if (previous >= 0 && leader) barriers.release(previous);
         previous = -1;
     }

@@ -1,0 +1,275 @@
+#pragma once
+// Row-grouped GEMMs on Hopper (sm_90a) with wgmma's operands swapped: the forward and dX where an
+// expert has few rows, so that a 128-row m tile would mostly be padding (deepseek-v3 at 8192
+// tokens: 256 +- 16 rows an expert, of which 128-row tiles issue 0.80 as real MMA).
+//
+//   forward: C[r]^T = W[e] @ A[r]^T     A = X [M, K], W [E, N, K] K-major, C [M, N]
+//   dX:      C[r]^T = W[e]^T @ A[r]^T   A = dY [M, N], W read N-major as [64 n][64 k] boxes, C [M, K]
+//
+// wgmma's M side is the weights: each consumer warpgroup owns 64 output columns of a tile of
+// TileN. Its N side is the expert's routed rows, up to TileTokens a tile: a 256-wide wgmma and,
+// past 256 rows, a tail wgmma of 16, 32 or 64. Rows past 256 are thus padded to 16 or 32 (not to
+// a 128-row tile), and an expert of up to TileTokens rows reads each weight tile once,
+// in one CTA: no other CTA has to keep its pace to share the weights in L2, as the 128-row kernel's
+// m tiles of one weight tile must (bench/RESULTS.md, sixteenth session). Larger experts split into
+// equal blocks of rows, neighbours in the scheduler's band order. The epilogue turns each
+// warpgroup's [64 columns][rows] fragment back into rows with transposing stmatrix.
+#include "common/arguments.cuh"
+#include "epilogue/sm90_staged_rows.cuh"
+#include "mma/sm90_pipeline.cuh"
+#include "scheduler/grouped_tiles.cuh"
+#include "scheduler/tile_queue.cuh"
+
+namespace moejit {
+
+template <class Element_, RowGroupedPass Pass_, int Flags_, int N_, int K_, int Experts_, int Topk_, int TileM_,
+          int TileN_, int Stages_>
+struct Sm90SwapAbConfig {
+    using Element = Element_;
+    static constexpr RowGroupedPass Pass = Pass_;
+    static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
+    static constexpr bool Forward = Pass == RowGroupedPass::forward;
+    static constexpr int TileTokens = TileM_;  // routed rows of one expert a tile holds at most
+    static constexpr int TileN = TileN_;       // output columns, 64 a consumer warpgroup
+    static constexpr int Stages = Stages_;
+    static constexpr int Consumers = TileN / 64;
+    static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
+
+    static constexpr int Reduction = Forward ? K : N;
+    static constexpr int OutCols = Forward ? N : K;
+    static constexpr int NTiles = (OutCols + TileN - 1) / TileN;
+    static constexpr int Slices = (Reduction + sm90::kSliceK - 1) / sm90::kSliceK;
+
+    // Rows of A a TMA box holds (the host's map has the same): half a tile's, so that a slice takes
+    // two loads, or one where a block has no more rows than that.
+    static constexpr int TokenBox = TileTokens / 2;
+    static constexpr int BytesW = TileN * sm90::kSliceBytesPerRow;  // [TileN][64 k], or TileN/64 boxes [64 n][64]
+    static constexpr int BytesA = TileTokens * sm90::kSliceBytesPerRow;
+    static constexpr int StageBytes = BytesW + BytesA;
+    // Staging rows a consumer warpgroup stores its output through: half the 128-row kernel's where
+    // that leaves room for a fourth stage (m288: 4 x 52 KB). The host mirrors it (codegen/config.cpp).
+    static constexpr int StagingRows = TileTokens <= 288 ? 32 : 64;
+    static constexpr int StagingBytes = StagingRows * sm90::kStagingPitch;
+    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;  // + ring alignment
+
+    static constexpr int ProducerRegisters = 40;
+    static constexpr int ConsumerRegisters = 232;  // 128 + 32 accumulators at most
+    static constexpr int TransposeW = Forward ? 0 : 1;
+
+    static_assert(sizeof(Element) == 2, "16-bit inputs");
+    static_assert(Flags == 0, "swapped operands: plain rows only (no gather, scatter or fused epilogue)");
+    static_assert(TileN == 128, "two consumer warpgroups of 64 output columns");
+    static_assert(TileTokens == 288 || TileTokens == 320, "a 256-row wgmma and a tail of up to 32 (m288) or 64 (m320)");
+    static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
+    static_assert(Stages >= 3 && StageBytes % 1024 == 0, "");
+};
+
+// The widths of wgmma a tile of `tokens` rows issues: 256 over its first rows, Tail over the rest.
+// Each is its own mainloop and epilogue. Four variants of one wide width compile with no spill;
+// a fifth, or a second wide width (160 or 192 for the halves of an expert of 273-320 rows), spills
+// the consumers (640-2272 bytes, and ptxas serializes the wgmma, C7512).
+template <int Tail_>
+struct SwapWidths {
+    static constexpr int Wide = 256, Tail = Tail_;
+};
+
+template <int TileTokens, class Body>
+__device__ __forceinline__ void with_swap_widths(int tokens, Body&& body) {
+    if (tokens <= 256) body(SwapWidths<0>{});
+    else if (tokens <= 272) body(SwapWidths<16>{});
+    else if (TileTokens <= 288 || tokens <= 288) body(SwapWidths<32>{});
+    else if constexpr (TileTokens > 288) body(SwapWidths<64>{});
+}
+
+// A tile's routed rows: block `block` of its expert's rows cut into as few equal blocks (whole
+// 16-row steps) of at most TileTokens as hold them. None is empty: with b blocks, rows exceed
+// TileTokens * (b - 1), and a block, at most TileTokens (a multiple of 16), times b - 1 does not.
+struct TokenBlock {
+    int first;  // within the expert
+    int count;
+    __device__ TokenBlock(int rows, int block, int tile_tokens) {
+        const int blocks = ceil_div(rows, tile_tokens);
+        const int per_block = ceil_div(ceil_div(rows, blocks), 16) * 16;
+        first = block * per_block;
+        count = min_of(per_block, rows - first);
+    }
+};
+
+// A consumer warpgroup's fragments back to rows of C. Fragment of m64nW: the thread with lane l of
+// warp w holds rows 16w + l/4 (+ 8) (output columns) and columns 8g + 2(l % 4) (+ 1) (routed rows)
+// of each 8-column group g, registers 4g .. 4g + 3. Transposing stmatrix x4 stores groups 2q and
+// 2q + 1 of both row halves as 16 rows of the staging (routed rows), each with 16 bytes of output
+// columns 16w .. 16w + 15; lanes 8j .. 8j + 7 address matrix j. Then the staging rows go out as in
+// the 128-row kernel, 128 bytes (this warpgroup's 64 columns) a routed row.
+template <class Cfg>
+struct SwapEpilogue {
+    using Element = typename Cfg::Element;
+    const GroupedGemmArguments& args;
+    const sm90::StagedRows& staging;
+    int consumer, thread;
+    int64 row0;  // the tile's first routed row
+    int tokens;  // the tile's routed rows
+    int col0;    // this warpgroup's first output column
+    uint32 lane_row;
+
+    __device__ SwapEpilogue(const GroupedGemmArguments& args_, const sm90::StagedRows& staging_, int consumer_,
+                            int thread_, int64 row0_, int tokens_, int out_col0)
+        : args(args_), staging(staging_), consumer(consumer_), thread(thread_), row0(row0_), tokens(tokens_),
+          col0(out_col0 + 64 * consumer_) {
+        const int warp = thread / 32, lane = thread % 32, matrix = lane / 8;
+        lane_row = staging.base + (8 * (matrix / 2) + lane % 8) * sm90::kStagingPitch + (16 * warp + 8 * (matrix % 2)) * 2;
+    }
+
+    // Routed rows [token0, token0 + 8 * Groups) of the tile, from fragment registers first .. .
+    template <int Groups, int Registers>
+    __device__ __forceinline__ void store(const float (&d)[Registers], int first, int token0) const {
+        static_assert(Groups % 2 == 0 && Groups * 8 <= Cfg::StagingRows, "whole stmatrix x4, within the staging rows");
+#pragma unroll
+        for (int q = 0; q < Groups / 2; ++q) {
+            const int r = first + 8 * q;
+            sm90::stmatrix_x4_trans(lane_row + 16 * q * sm90::kStagingPitch, pack2<Element>(d[r], d[r + 1]),
+                                    pack2<Element>(d[r + 2], d[r + 3]), pack2<Element>(d[r + 4], d[r + 5]),
+                                    pack2<Element>(d[r + 6], d[r + 7]));
+        }
+        Element* c = static_cast<Element*>(args.c);
+        unsigned char* destination[sm90::kCopiesPerThread];
+#pragma unroll
+        for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
+            const int token = token0 + sm90::StagedRows::copy_row(thread, i);
+            const int64 routed = row0 + token;
+            destination[i] = sm90::StagedRows::copy_row(thread, i) < 8 * Groups && token < tokens && routed < args.rows
+                                 ? reinterpret_cast<unsigned char*>(c + routed * Cfg::OutCols + col0)
+                                 : nullptr;
+        }
+        staging.copy_out(1 + consumer, destination, 0, thread, (Cfg::OutCols - col0) * 2);
+    }
+};
+
+// One tile for a consumer warpgroup: the mainloop over every slice into [64 columns][Wide + Tail
+// rows] fragments, then the epilogue.
+template <class Cfg, int Wide, int Tail, class Barriers>
+__device__ __forceinline__ void swap_ab_tile(const GroupedGemmArguments& args, const Barriers& barriers, uint32 ring,
+                                             sm90::RingPosition<Cfg::Stages>& position,
+                                             sm90::SlotReleaser<Cfg::Stages>& release, const sm90::StagedRows& staging,
+                                             int consumer, int thread, int64 row0, int tokens, int out_col0) {
+    using Element = typename Cfg::Element;
+    using WideMma = sm90::Wgmma<Element, Wide, Cfg::TransposeW, 0>;
+    using TailMma = sm90::Wgmma<Element, Tail == 0 ? 16 : Tail, Cfg::TransposeW, 0>;
+    float wide[WideMma::Registers];
+    float tail[TailMma::Registers];
+    for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
+        sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
+        const uint32 stage = ring + position.stage * Cfg::StageBytes;
+        const uint32 sW = stage + consumer * 64 * sm90::kSliceBytesPerRow;  // this warpgroup's 64 columns
+        const uint32 sA = stage + Cfg::BytesW;
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < sm90::kSliceK / 16; ++k) {
+            // K-major weights: 32 bytes a k16 step; N-major (dX): 16 rows of 128 bytes.
+            const sm90::uint64 desc_w = Cfg::Forward ? sm90::smem_descriptor(sW + k * 32, 0, 1024)
+                                               : sm90::smem_descriptor(sW + k * 2048, 64 * sm90::kSliceBytesPerRow, 1024);
+            const int accumulate = slice > 0 || k > 0;
+            WideMma::mma(wide, desc_w, sm90::smem_descriptor(sA + k * 32, 0, 1024), accumulate);
+            if constexpr (Tail > 0)
+                TailMma::mma(tail, desc_w, sm90::smem_descriptor(sA + Wide * sm90::kSliceBytesPerRow + k * 32, 0, 1024),
+                             accumulate);
+        }
+        sm90::wgmma_commit();
+        if constexpr (Tail > 0) release.issued(barriers, position.stage, thread == 0, wide, tail);
+        else release.issued(barriers, position.stage, thread == 0, wide);
+    }
+    if constexpr (Tail > 0) release.drain(barriers, thread == 0, wide, tail);
+    else release.drain(barriers, thread == 0, wide);
+
+    const SwapEpilogue<Cfg> epilogue(args, staging, consumer, thread, row0, tokens, out_col0);
+    constexpr int ChunkGroups = Cfg::StagingRows / 8;  // of 8 routed rows, 4 registers
+#pragma unroll
+    for (int chunk = 0; chunk < Wide / Cfg::StagingRows; ++chunk)
+        epilogue.template store<ChunkGroups>(wide, 4 * ChunkGroups * chunk, Cfg::StagingRows * chunk);
+    if constexpr (Tail > 0) epilogue.template store<Tail / 8>(tail, 0, Wide);
+}
+
+// Tiles are claimed at run time (scheduler/tile_queue.cuh): tiles differ in width, and under a
+// static stride the CTAs would drift apart, so that the n tiles of one expert, which share its
+// rows in L2, would no longer run at one time.
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::Threads, 1)
+    sm90_row_grouped_gemm_swap_ab(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_a,
+                                  const __grid_constant__ sm90::TensorMap map_b) {
+    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, Cfg::TileTokens, Cfg::NTiles>;
+
+    __shared__ typename Scheduler::Shared scheduler_storage;
+    __shared__ sm90::StageBarriers<Cfg::Stages> barriers;
+    __shared__ sm90::TileQueue queue;
+    extern __shared__ __align__(1024) unsigned char shared_raw[];
+    const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;  // [Stages] x (weights, rows)
+
+    const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
+    const int thread = threadIdx.x % sm90::kWarpgroupThreads;
+    if (threadIdx.x == 0) {
+        queue.init(Cfg::Consumers * sm90::kWarpgroupThreads / 32);
+        barriers.init(1, Cfg::Consumers);
+        sm90::prefetch_tensor_map(map_a);
+        sm90::prefetch_tensor_map(map_b);
+    }
+    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
+    const int tiles = scheduler.total_tiles();
+
+    if (warpgroup == 0) {
+        sm90::release_registers<Cfg::ProducerRegisters>();
+        if (thread != 0) return;
+        sm90::RingPosition<Cfg::Stages> position;
+        int index = blockIdx.x;
+        for (int round = 0;; ++round) {
+            queue.publish(round, index);
+            if (index >= tiles) break;
+            const int upcoming = sm90::TileQueue::claim(args.tile_counter);  // its round trip overlaps the loads
+            const GroupedTile tile = scheduler.tile(index);
+            const TokenBlock block(tile.expert_rows, tile.m_tile, Cfg::TileTokens);
+            const int row0 = tile.row_begin + block.first;
+            const int out_col0 = tile.n_tile * Cfg::TileN;
+            const int boxes = ceil_div(block.count, Cfg::TokenBox);
+            for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
+                sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
+                const uint32 sW = ring + position.stage * Cfg::StageBytes;
+                const uint32 sA = sW + Cfg::BytesW;
+                const uint32 full = barriers.full_address(position.stage);
+                const int k0 = slice * sm90::kSliceK;
+                sm90::mbarrier_arrive_expect_tx(full, Cfg::BytesW + boxes * Cfg::TokenBox * sm90::kSliceBytesPerRow);
+                if constexpr (Cfg::Forward) {
+                    sm90::tma_load_3d(sW, map_b, k0, out_col0, tile.expert, full);
+                } else {
+#pragma unroll
+                    for (int box = 0; box < Cfg::TileN / 64; ++box)
+                        sm90::tma_load_3d(sW + box * 64 * sm90::kSliceBytesPerRow, map_b, out_col0 + box * 64, k0,
+                                          tile.expert, full);
+                }
+                for (int box = 0; box < boxes; ++box)
+                    sm90::tma_load_2d(sA + box * Cfg::TokenBox * sm90::kSliceBytesPerRow, map_a, k0,
+                                      row0 + box * Cfg::TokenBox, full);
+            }
+            index = upcoming;
+        }
+    } else {
+        sm90::claim_registers<Cfg::ConsumerRegisters>();
+        const int consumer = warpgroup - 1;
+        const int lane = threadIdx.x % 32;
+        sm90::RingPosition<Cfg::Stages> position;
+        sm90::SlotReleaser<Cfg::Stages> release;
+        const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes};
+        for (int round = 0;; ++round) {
+            const int index = queue.receive(round, lane);
+            if (index >= tiles) break;
+            const GroupedTile tile = scheduler.tile(index);
+            const TokenBlock block(tile.expert_rows, tile.m_tile, Cfg::TileTokens);
+            const int64 row0 = static_cast<int64>(tile.row_begin) + block.first;
+            with_swap_widths<Cfg::TileTokens>(block.count, [&](auto widths) {
+                using Widths = decltype(widths);
+                swap_ab_tile<Cfg, Widths::Wide, Widths::Tail>(args, barriers, ring, position, release, staging, consumer,
+                                                              thread, row0, block.count, tile.n_tile * Cfg::TileN);
+            });
+        }
+    }
+}
+
+}  // namespace moejit
