@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 namespace moejit {
 
@@ -70,6 +71,7 @@ RowsBucket rows_bucket(int64_t rows, int experts) {
     const int64_t per_expert = (rows + std::max(experts, 1) - 1) / std::max(experts, 1);
     if (per_expert <= 16) return RowsBucket::decode;
     if (per_expert <= 96) return RowsBucket::small;
+    if (per_expert > 240 && per_expert <= 288) return RowsBucket::medium;
     return RowsBucket::large;
 }
 
@@ -77,6 +79,7 @@ const char* to_string(RowsBucket bucket) {
     switch (bucket) {
         case RowsBucket::decode: return "decode";
         case RowsBucket::small: return "small";
+        case RowsBucket::medium: return "medium";
         case RowsBucket::large: return "large";
     }
     return "?";
@@ -147,6 +150,18 @@ int64_t output_columns(const Problem& problem) {
     return problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
 }
 
+// Swapped operands (kernels/sm90_grouped_gemm_swap_ab.cuh): four stages of 288 routed rows by 128
+// output columns, or three where the experts' static shared memory leaves no room for four (three
+// stages of 320 rows measured 5-12% slower than four of 288 at deepseek-v3, H100).
+std::optional<Config> swapped_config(const Problem& problem) {
+    for (int stages : {4, 3}) {
+        Config config = hopper_config(288, 128, stages);
+        config.swap_ab = true;
+        if (block_shared_bytes(problem, config) <= max_shared_bytes(problem.arch)) return config;
+    }
+    return std::nullopt;
+}
+
 // Hopper tiles 64 wide: where at most 64 columns are output (routers of up to 64 experts), so that
 // the MMA is not mostly zero weight rows that TMA fills in; not for the gated epilogue, which pairs
 // gate and up columns in tiles of 128 or 256.
@@ -211,6 +226,16 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
         case RowsBucket::decode:  // weight streaming: one 64-row tile per expert, a deep ring of weight slices
             return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
         case RowsBucket::small: return hopper_config(64, tile_n, hopper_stages(problem, 64, tile_n, 6));
+        case RowsBucket::medium:
+            // Experts of 241-288 rows: 128-row tiles issue 384 rows of MMA for most of them, swapped
+            // operands 256-288. H100, deepseek-v3 plain rows, 128x256 against swapped m288 (ms,
+            // gate_up fwd): 224 rows an expert 5.85-5.97 against 6.11-6.23 (hence not below 241),
+            // 256: 7.05-7.32 against 6.71-6.83, 288: 9.94-10.38 against 9.17-9.27, 320 (two blocks
+            // of 160, each issuing 256): 8.60-9.00 against 11.97-12.08; qwen3-235b-a22b at 256
+            // rows: 1.56-1.59 against 1.44-1.46 (bench/RESULTS.md, twenty-second session).
+            if (takes_swap_ab(problem))
+                if (const std::optional<Config> swapped = swapped_config(problem)) return *swapped;
+            break;
         case RowsBucket::large: break;
     }
     // Four stages, the gathering forward (permute_x) included. It once measured faster at three
@@ -358,6 +383,9 @@ std::vector<Config> candidate_configs(const Problem& problem) {
                 if (problem.op == Op::dw && tile_m == 128)
                     configs.push_back(hopper_config(tile_m, tile_n, hopper_stages(problem, tile_m, tile_n, 8, 32), 32));
             }
+        // Swapped operands, for experts of a few hundred rows.
+        if (takes_swap_ab(problem))
+            if (const std::optional<Config> swapped = swapped_config(problem)) configs.push_back(*swapped);
         // Three consumer warpgroups on 192x192 tiles.
         if (takes_192_tiles(problem)) {
             const Config deepest = hopper_config(192, 192, hopper_stages(problem, 192, 192, 8));

@@ -95,13 +95,15 @@ inline bool is_elementwise(Op op) { return op == Op::combine || op == Op::gated_
 // Whether the Hopper templates can run this problem: a grouped GEMM on an sm_90a target.
 bool hopper_path_available(const Problem& problem);
 
-// Token-count buckets a Config is chosen (and tuned) for: rows per expert at launch, rounded up
-// to the bucket's upper bound. Decode-sized work (a few rows per expert) reads weights and wants
-// narrow m tiles with deep pipelines; prefill and training want large tiles.
-enum class RowsBucket { decode, small, large };
+// Token-count buckets a Config is chosen (and tuned) for, by the mean rows per expert at launch.
+// Decode-sized work (a few rows per expert) reads weights and wants narrow m tiles with deep
+// pipelines; prefill and training want large tiles. `medium` (241-288 rows, a part of the large
+// range) is where experts run just past two 128-row tiles, so that a third tile would be mostly
+// padding: there the plain forward and dX swap operands (Config::swap_ab).
+enum class RowsBucket { decode, small, medium, large };
 RowsBucket rows_bucket(int64_t rows, int experts);
 const char* to_string(RowsBucket bucket);
-constexpr RowsBucket kRowsBuckets[] = {RowsBucket::decode, RowsBucket::small, RowsBucket::large};
+constexpr RowsBucket kRowsBuckets[] = {RowsBucket::decode, RowsBucket::small, RowsBucket::medium, RowsBucket::large};
 
 // The heuristic: a pure function of the Problem (and its arch) and the rows bucket. With `path`
 // portable it stays on the portable kernels even where the Hopper ones are available.

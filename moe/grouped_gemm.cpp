@@ -14,6 +14,7 @@
 #include "moe/tuning.hpp"
 
 #include <algorithm>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -70,7 +71,7 @@ struct GroupedGemm::Pass {
         }
     };
     Problem problem;
-    Variant variants[3];  // indexed by RowsBucket
+    Variant variants[std::size(kRowsBuckets)];  // indexed by RowsBucket
 
     Variant& variant(int64_t rows) { return variants[static_cast<int>(rows_bucket(rows, problem.experts))]; }
 

@@ -190,6 +190,7 @@ TEST_CASE("layer_rows_bucket: routed GEMMs see tokens * topk rows over their exp
     CHECK(layer_rows_bucket(routed, 16) == RowsBucket::decode);
     CHECK(layer_rows_bucket(routed, 1024) == RowsBucket::small);   // 64 rows per expert
     CHECK(layer_rows_bucket(routed, 8192) == RowsBucket::large);
+    CHECK(layer_rows_bucket(routed, 4096) == RowsBucket::medium);  // 256 rows per expert
     CHECK(layer_rows_bucket(dense, 16) == RowsBucket::decode);
     CHECK(layer_rows_bucket(dense, 64) == RowsBucket::small);
     CHECK(layer_rows_bucket(dense, 1024) == RowsBucket::large);

@@ -229,6 +229,43 @@ TEST_CASE("forward heuristic: at most 64 output columns take 64-wide tiles at ma
     CHECK_FALSE(offers_n64(gated));
 }
 
+TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the plain forward and dX", "[cpu]") {
+    // Mean rows per expert (rounded up): 241-288 are the medium bucket, inside the large range.
+    CHECK(rows_bucket(240 * 256, 256) == RowsBucket::large);
+    CHECK(rows_bucket(240 * 256 + 1, 256) == RowsBucket::medium);
+    CHECK(rows_bucket(8192 * 8, 256) == RowsBucket::medium);  // deepseek-v3 at 8192 tokens
+    CHECK(rows_bucket(288 * 256, 256) == RowsBucket::medium);
+    CHECK(rows_bucket(288 * 256 + 1, 256) == RowsBucket::large);
+    CHECK(std::string(to_string(RowsBucket::medium)) == "medium");
+
+    const Problem forward = parse_spec("fwd:bf16:n4096:k7168:e256:topk8:sm_90a");
+    const Problem dx = parse_spec("dx:bf16:n4096:k7168:e256:topk8:sm_90a");
+    for (const Problem& plain : {forward, dx}) {
+        INFO(to_spec(plain));
+        const Config chosen = choose_config(plain, RowsBucket::medium);
+        CHECK(chosen.to_string() == "h:m288n128s4swap");
+        CHECK_NOTHROW(check_config(plain, chosen));
+        CHECK(choose_config(plain, RowsBucket::large).to_string() == "h:m128n256s4");
+        CHECK(choose_config(plain, RowsBucket::medium, KernelPath::portable).path == KernelPath::portable);
+        const std::vector<Config> candidates = candidate_configs(plain);
+        CHECK(std::find(candidates.begin(), candidates.end(), chosen) != candidates.end());
+    }
+    // Where the operands cannot swap (gathered, scattered or gated rows; dW), medium is large.
+    for (const char* spec : {"fwd:bf16:n4096:k7168:e256:topk8:permute_x:gated:sm_90a",
+                             "fwd:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a",
+                             "dx:bf16:n4096:k7168:e256:topk8:permute_y:sm_90a", "dw:bf16:n4096:k7168:e256:topk8:sm_90a"}) {
+        const Problem problem = parse_spec(spec);
+        INFO(spec);
+        CHECK_FALSE(choose_config(problem, RowsBucket::medium).swap_ab);
+        CHECK(choose_config(problem, RowsBucket::medium) == choose_config(problem, RowsBucket::large));
+        for (const Config& candidate : candidate_configs(problem)) CHECK_FALSE(candidate.swap_ab);
+    }
+    // Swapped tiles take four stages where they fit, three where many experts' row offsets leave
+    // no room for four (2048 experts: 17 KB of static shared memory).
+    CHECK(choose_config(parse_spec("fwd:bf16:n4096:k7168:e2048:topk8:sm_90a"), RowsBucket::medium).to_string() ==
+          "h:m288n128s3swap");
+}
+
 namespace {
 
 std::string config_error(const Problem& problem, const std::string& config) {
