@@ -6,6 +6,10 @@
 #include "tests/catch.hpp"
 #include "tests/support/errors.hpp"
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 using namespace moejit;
 using moejit::testing::error_message;
 using moejit::testing::mentions;
