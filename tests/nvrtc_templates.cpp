@@ -118,13 +118,15 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                     if (!gemm) continue;
                     if (config.hopper()) {
                         // wgmma on TMA-loaded tiles. The epilogue: dW stores boxes by TMA, the
-                        // row-grouped passes 16-byte row stores from staging (rows may scatter).
+                        // row-grouped passes (swapped ones too) 16-byte row stores from staging.
                         CHECK(output.ptx.find(dtype == DType::bf16 ? "wgmma.mma_async.sync.aligned.m64n" : "f32.f16.f16") !=
                               std::string::npos);
                         const bool dw = problem.op == Op::dw;
                         CHECK((output.ptx.find("st.global.v4.b32") != std::string::npos) == !dw);
                         CHECK((output.ptx.find("cp.async.bulk.tensor.3d.global.shared::cta") != std::string::npos) == dw);
-                        CHECK((output.ptx.find("stmatrix.sync.aligned") != std::string::npos) == (dw && !problem.out_fp32));
+                        // stmatrix: dW's 16-bit boxes, and the swapped kernel's transposing staging.
+                        CHECK((output.ptx.find("stmatrix.sync.aligned") != std::string::npos) ==
+                              ((dw && !problem.out_fp32) || config.swap_ab));
                         const bool any_tma = !(problem.op == Op::dw && problem.permute_x && problem.permute_y);
                         CHECK((output.ptx.find("cp.async.bulk.tensor.2d.shared::cluster.global") != std::string::npos ||
                                output.ptx.find("cp.async.bulk.tensor.3d.shared::cluster.global") != std::string::npos) ==

@@ -8,12 +8,14 @@
 //
 // wgmma's M side is the weights: each consumer warpgroup owns 64 output columns of a tile of
 // TileN. Its N side is the expert's routed rows, up to TileTokens a tile: a 256-wide wgmma and,
-// past 256 rows, a tail wgmma of 16, 32 or 64. Rows past 256 are thus padded to 16 or 32 (not to
-// a 128-row tile), and an expert of up to TileTokens rows reads each weight tile once,
+// past 256 rows, a tail wgmma of 16, 32 or (m320) 64. Rows past 256 are thus padded to 16 or 32
+// (not to a 128-row tile), and an expert of up to TileTokens rows reads each weight tile once,
 // in one CTA: no other CTA has to keep its pace to share the weights in L2, as the 128-row kernel's
 // m tiles of one weight tile must (bench/RESULTS.md, sixteenth session). Larger experts split into
 // equal blocks of rows, neighbours in the scheduler's band order. The epilogue turns each
 // warpgroup's [64 columns][rows] fragment back into rows with transposing stmatrix.
+// The default is m288 (four 52 KB stages beside 32-row staging), chosen by the heuristic for experts
+// of 241-288 rows (codegen/config.cpp); three stages of m320 measured 5-12% slower (starved).
 #include "common/arguments.cuh"
 #include "epilogue/sm90_staged_rows.cuh"
 #include "mma/sm90_pipeline.cuh"
