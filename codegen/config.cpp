@@ -44,7 +44,7 @@ Config Config::parse(const std::string& text) {
         throw Error("bad config '" + text +
                     "': expected e.g. m128n128s4w2x4 (portable: tile M, tile N, stages, warps) or h:m128n256s4 "
                     "(hopper: tile M, tile N, stages; dW may add k32, 32-row stages; a c2 suffix pairs CTAs in clusters, c4 "
-                    "in dW clusters of four; h:m320n128s3swap swaps the operands of the forward and dX)");
+                    "in dW clusters of four; h:m288n128s4swap swaps the operands of the forward and dX)");
     return config;
 }
 

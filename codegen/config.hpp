@@ -38,7 +38,7 @@ struct Config {
     int consumers() const { return (swap_ab ? tile_n : tile_m) / 64; }
     int threads() const { return hopper() ? 128 * (1 + consumers()) : warps_m * warps_n * 32; }
     // "m128n128s3w2x4" (portable), "h:m128n256s4", "h:m128n256s3c2", "h:m128n256s8k32",
-    // "h:m320n128s3swap" (hopper)
+    // "h:m288n128s4swap" (hopper)
     std::string to_string() const;
     static Config parse(const std::string& text);  // inverse of to_string; throws moejit::Error
     bool operator==(const Config& o) const {
@@ -48,8 +48,9 @@ struct Config {
 };
 
 // Whether the kernel claims its tiles at run time from a counter zeroed before each launch: the
-// Hopper row-grouped kernels that gather A into 128-row tiles, without clusters. Mirrors `Dynamic`
-// in templates/kernels/sm90_grouped_gemm.cuh.
+// Hopper row-grouped kernels that gather A into 128-row tiles, without clusters (mirrors `Dynamic`
+// in templates/kernels/sm90_grouped_gemm.cuh), and the swapped-operand kernels, whose tiles differ
+// in width (kernels/sm90_grouped_gemm_swap_ab.cuh).
 bool claims_tiles(const Problem& problem, const Config& config);
 
 // 192-row and 192-column tiles (three consumer warpgroups) exist only in the row-grouped kernels,
