@@ -19,6 +19,7 @@
 #include "common/arguments.cuh"
 #include "epilogue/sm90_staged_rows.cuh"
 #include "mma/sm90_pipeline.cuh"
+#include "mma/sm90_weight_slice.cuh"
 #include "scheduler/grouped_tiles.cuh"
 #include "scheduler/tile_queue.cuh"
 
@@ -46,6 +47,9 @@ struct Sm90SwapAbConfig {
     // two loads, or one where a block has no more rows than that.
     static constexpr int TokenBox = TileTokens / 2;
     static constexpr int BytesW = TileN * sm90::kSliceBytesPerRow;  // [TileN][64 k], or TileN/64 boxes [64 n][64]
+    static constexpr int BytesB = BytesW;  // for load_weight_slice (mma/sm90_weight_slice.cuh)
+    static constexpr bool Gated = false;
+    static constexpr int Cluster = 1;
     static constexpr int BytesA = TileTokens * sm90::kSliceBytesPerRow;
     static constexpr int StageBytes = BytesW + BytesA;
     // Staging rows a consumer warpgroup stores its output through: half the 128-row kernel's where
@@ -238,14 +242,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const uint32 full = barriers.full_address(position.stage);
                 const int k0 = slice * sm90::kSliceK;
                 sm90::mbarrier_arrive_expect_tx(full, Cfg::BytesW + boxes * Cfg::TokenBox * sm90::kSliceBytesPerRow);
-                if constexpr (Cfg::Forward) {
-                    sm90::tma_load_3d(sW, map_b, k0, out_col0, tile.expert, full);
-                } else {
-#pragma unroll
-                    for (int box = 0; box < Cfg::TileN / 64; ++box)
-                        sm90::tma_load_3d(sW + box * 64 * sm90::kSliceBytesPerRow, map_b, out_col0 + box * 64, k0,
-                                          tile.expert, full);
-                }
+                load_weight_slice<Cfg>(map_b, sW, full, k0, out_col0, tile.expert, false, 0);
                 for (int box = 0; box < boxes; ++box)
                     sm90::tma_load_2d(sA + box * Cfg::TokenBox * sm90::kSliceBytesPerRow, map_a, k0,
                                       row0 + box * Cfg::TokenBox, full);
