@@ -199,11 +199,14 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     if (problem.op == Op::dw) {
         const int64_t large_tiles = problem.experts * ((problem.n + 127) / 128) * ((problem.k + 255) / 256);
         if (large_tiles < kHopperMultiprocessors) return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
-        // fp32 dW stores its tiles at their end (no registers to defer them). There the same ring
-        // in 32-row stages measured faster or equal where X comes by TMA (`moejit tune`, the Qwen3
-        // block's fp32 down dW on H100, four sessions: h:m128n256s8k32 0.473 / 0.472 / 0.487 / 0.485
-        // ms against h:m128n256s4 0.485 / 0.493 / 0.512 / 0.484); its gathered fp32 gate_up dW tuned s4.
-        if (problem.out_fp32 && !problem.permute_x)
+        // fp32 dW stores its tiles at their end (no registers to defer them). Where X comes by TMA,
+        // four stages of 64 rows measured fastest or within 2.5% (`moejit tune` on H100: llama4-scout,
+        // mixtral-8x7b and deepseek-v3, where 32-row stages were 1.04-1.22x slower, and the Qwen3
+        // block's down dW, 0.473-0.487 ms in 32-row stages against 0.484-0.512). Gathered X at a few
+        // hundred rows an expert takes the same ring in 32-row stages: deepseek-v3 gate_up 12.3 ms
+        // against 14.4 (s4) and 13.4 (s3); at 512 rows (the Qwen3 blocks) s4 tuned fastest
+        // (bench/RESULTS.md, twenty-third session).
+        if (problem.out_fp32 && problem.permute_x && bucket == RowsBucket::medium)
             return hopper_config(128, 256, hopper_stages(problem, 128, 256, 8, 32), 32);
         return hopper_config(128, 256, hopper_stages(problem, 128, 256, 4));
     }
@@ -243,7 +246,13 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // IEEE divide, four measured 0-4% faster (gated permute_x gate_up on H100: qwen3-30b-a3b 0.691
     // against 0.708 ms, qwen3-235b-a22b 2.897 against 3.004, llama4-scout equal; `moejit tune`
     // picked four for qwen3-30b-a3b too: bench/RESULTS.md, seventeenth session).
-    return hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, 4));
+    Config config = hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, 4));
+    // dX that gathers its dY rows (permute_y): CTA pairs, which share each weight tile by multicast
+    // and take their tiles by a static stride. `moejit tune` on H100 (ms, s4 / s3 / c2): deepseek-v3
+    // down 4.86-5.26 / 3.99-4.20 / 3.63-3.88, mixtral-8x7b down 3.02-3.08 / 2.84-3.10 / 2.89-2.99
+    // (bench/RESULTS.md, twenty-third session).
+    if (problem.op == Op::dx && problem.permute_y && max_cluster(problem, config) >= 2) config.cluster = 2;
+    return config;
 }
 
 // Mirrors the portable templates' static_asserts (kernels/sm80_*.cuh, mma/sm80_operand.cuh), so a

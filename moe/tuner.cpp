@@ -10,6 +10,7 @@
 #include "runtime/device_buffer.hpp"
 #include "runtime/log.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <memory>
 #include <utility>
@@ -89,7 +90,33 @@ double time_pass(const GroupedGemm& gemm, GemmPass pass, Inputs& in, EventTimer&
     });
 }
 
-// Times every candidate tiling of `problem`, the heuristic's among them, and stores the fastest.
+// The sweep's fastest time is the least of many noisy ones (and the clocks drift over a sweep), so
+// it flatters its candidate against the heuristic's single sample: on H100 a tuned "winner" measured
+// up to 12% ahead in one sweep and behind in the next (bench/RESULTS.md, twenty-third session). The
+// two are therefore timed again, in alternation, and the medians of these rounds decide and are
+// what the result reports.
+constexpr int kConfirmRounds = 5;
+
+void confirm_winner(TunedPass& result, const Problem& forward, GemmPass pass, Inputs& inputs, EventTimer& timer) {
+    const GroupedGemm heuristic(forward, result.heuristic), best(forward, result.best);
+    std::vector<double> heuristic_ms, best_ms;
+    for (int round = 0; round < kConfirmRounds; ++round) {
+        heuristic_ms.push_back(time_pass(heuristic, pass, inputs, timer));
+        best_ms.push_back(time_pass(best, pass, inputs, timer));
+    }
+    auto median = [](std::vector<double> values) {
+        std::sort(values.begin(), values.end());
+        return values[values.size() / 2];
+    };
+    result.heuristic_ms = median(heuristic_ms);
+    result.best_ms = median(best_ms);
+    log::debug("tune: " + to_spec(result.problem) + " confirmed: " + result.heuristic + " " +
+               std::to_string(result.heuristic_ms) + " ms, " + result.best + " " + std::to_string(result.best_ms) +
+               " ms");
+}
+
+// Times every candidate tiling of `problem`, the heuristic's among them, confirms the fastest
+// against the heuristic's choice, and stores the one that wins.
 TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket bucket, Inputs& inputs,
                     EventTimer& timer, const DeviceInfo& device) {
     const GemmPass pass = gemm_pass_of(problem);
@@ -119,6 +146,8 @@ TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket b
     if (result.candidates == 0) throw Error("tune: no candidate tiling fits " + to_spec(problem));
     if (result.heuristic_ms == 0)  // the heuristic's choice is not among the candidates: time it too
         result.heuristic_ms = time_pass(GroupedGemm(forward, result.heuristic), pass, inputs, timer);
+    if (result.best != result.heuristic && result.best_ms < result.heuristic_ms)
+        confirm_winner(result, forward, pass, inputs, timer);
     if (result.heuristic_ms <= result.best_ms) {
         result.best = result.heuristic;
         result.best_ms = result.heuristic_ms;

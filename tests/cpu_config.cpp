@@ -270,6 +270,42 @@ TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the p
           "h:m288n128s3swap");
 }
 
+TEST_CASE("heuristic: dX of gathered rows in CTA pairs; fp32 dW in 32-row stages only for gathered medium rows", "[cpu]") {
+    // dX that gathers dY (permute_y) takes pairs sharing the weight tile, at any row count.
+    for (const char* spec : {"dx:bf16:n7168:k2048:e256:topk8:permute_y:sm_90a",           // deepseek-v3 down
+                             "dx:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a",  //
+                             "dx:bf16:n4096:k14336:e8:topk2:permute_y:sm_90a"}) {         // mixtral-8x7b down
+        const Problem gathered = parse_spec(spec);
+        INFO(spec);
+        for (RowsBucket bucket : {RowsBucket::medium, RowsBucket::large}) {
+            const Config chosen = choose_config(gathered, bucket);
+            CHECK(chosen.to_string() == "h:m128n256s4c2");
+            CHECK_NOTHROW(check_config(gathered, chosen));
+            const std::vector<Config> candidates = candidate_configs(gathered);
+            CHECK(std::find(candidates.begin(), candidates.end(), chosen) != candidates.end());
+        }
+        CHECK(choose_config(gathered, RowsBucket::large, KernelPath::portable).cluster == 1);
+    }
+    // Other row-grouped passes keep single CTAs (pairs measured equal or slower there).
+    for (const char* spec : {"dx:bf16:n4096:k7168:e256:topk8:permute_x:sm_90a", "dx:bf16:n1536:k2048:e128:topk8:sm_90a",
+                             "fwd:bf16:n4096:k7168:e256:topk8:permute_x:gated:sm_90a",
+                             "fwd:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a"}) {
+        INFO(spec);
+        CHECK(choose_config(parse_spec(spec), RowsBucket::large).cluster == 1);
+    }
+    // fp32 dW: four 64-row stages, except gathered X (permute_x) at 241-288 rows an expert.
+    const Problem direct = parse_spec("dw:bf16:n2048:k768:e128:topk8:out_fp32:sm_90a");
+    const Problem gathered = parse_spec("dw:bf16:n4096:k7168:e256:topk8:permute_x:out_fp32:sm_90a");
+    for (RowsBucket bucket : {RowsBucket::medium, RowsBucket::large})
+        CHECK(choose_config(direct, bucket).to_string() == "h:m128n256s4");
+    CHECK(choose_config(gathered, RowsBucket::medium).to_string() == "h:m128n256s8k32");
+    CHECK_NOTHROW(check_config(gathered, choose_config(gathered, RowsBucket::medium)));
+    CHECK(choose_config(gathered, RowsBucket::large).to_string() == "h:m128n256s4");
+    Problem gathered_bf16 = gathered;
+    gathered_bf16.out_fp32 = false;
+    CHECK(choose_config(gathered_bf16, RowsBucket::medium).to_string() == "h:m128n256s4");
+}
+
 namespace {
 
 std::string config_error(const Problem& problem, const std::string& config) {

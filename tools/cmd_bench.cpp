@@ -249,10 +249,11 @@ int cmd_tune(const std::vector<std::string>& argv) {
                    "Times every candidate tiling of each grouped GEMM the model's MoE layer launches, forward and\n"
                    "backward, with the fusions it launches them with (the GEMMs of `moejit precompile --model`'s\n"
                    "list: for qwen3 and llama4 presets their block's, router GEMM included), at T tokens (default\n"
-                   "8192) of uniform random routing on this GPU, with CUDA events over rotating inputs, and stores\n"
-                   "each winner in the cache directory (<cache>/tuning/), keyed by problem, token-count bucket,\n"
-                   "device and library version. Later processes on this device use the winners instead of the\n"
-                   "heuristic.\n"))
+                   "8192) of uniform random routing on this GPU, with CUDA events over rotating inputs, times the\n"
+                   "fastest again against the heuristic's choice in five alternating rounds (the times printed),\n"
+                   "and stores each winner in the cache directory (<cache>/tuning/), keyed by problem, token-count\n"
+                   "bucket, device and library version. Later processes on this device use the winners instead of\n"
+                   "the heuristic.\n"))
         return 0;
     args.expect_positionals(0, 0, "");
     if (!args.value("--model")) throw Error("'moejit tune' needs --model NAME (see moejit tune --help)");

@@ -14,9 +14,11 @@ namespace moejit {
 
 struct TunedPass {
     Problem problem;             // the pass tuned, as its GroupedGemm runs it (op fwd, dx or dw; out_fp32)
-    std::string heuristic;       // the untuned choice and its time
+    // The untuned choice and the winner, with their times: where they differ, the medians of
+    // rounds that time the two in alternation after the sweep (the sweep's fastest time flatters it).
+    std::string heuristic;
     double heuristic_ms = 0;
-    std::string best;            // the winner and its time
+    std::string best;
     double best_ms = 0;
     int candidates = 0;          // tilings timed
     std::string stored;          // where the winner was written; empty with no cache directory
@@ -25,7 +27,8 @@ struct TunedPass {
 // Tunes forward, dX, dW and fp32 dW of `forward` (op fwd, with its fusion flags; no dW with
 // fuse_mul_post) for `tokens` tokens of uniform random routing, on the current device. Each
 // candidate is timed with CUDA events over inputs rotating among three sets (so caches do not
-// flatter it); the median counts.
+// flatter it); the median counts. The fastest, where it is not the heuristic's choice, is timed
+// again against that choice in alternating rounds, and wins only if it is still faster there.
 std::vector<TunedPass> tune_grouped_gemm(Problem forward, int64_t tokens);
 
 // Tunes each of `passes` the same way, in their order: grouped-GEMM passes exactly as a GroupedGemm
