@@ -10,7 +10,6 @@
 #include "runtime/device_buffer.hpp"
 #include "runtime/log.hpp"
 
-#include <algorithm>
 #include <limits>
 #include <memory>
 #include <utility>
@@ -104,12 +103,8 @@ void confirm_winner(TunedPass& result, const Problem& forward, GemmPass pass, In
         heuristic_ms.push_back(time_pass(heuristic, pass, inputs, timer));
         best_ms.push_back(time_pass(best, pass, inputs, timer));
     }
-    auto median = [](std::vector<double> values) {
-        std::sort(values.begin(), values.end());
-        return values[values.size() / 2];
-    };
-    result.heuristic_ms = median(heuristic_ms);
-    result.best_ms = median(best_ms);
+    result.heuristic_ms = median_of(std::move(heuristic_ms));
+    result.best_ms = median_of(std::move(best_ms));
     log::debug("tune: " + to_spec(result.problem) + " confirmed: " + result.heuristic + " " +
                std::to_string(result.heuristic_ms) + " ms, " + result.best + " " + std::to_string(result.best_ms) +
                " ms");

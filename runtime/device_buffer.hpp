@@ -53,6 +53,12 @@ private:
     size_t bytes_ = 0;
 };
 
+// The middle value (the upper of the two middle ones for an even count); `values` not empty.
+inline double median_of(std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    return values[values.size() / 2];
+}
+
 // Median milliseconds of device work between two events on the default stream.
 class EventTimer {
 public:
@@ -81,8 +87,7 @@ public:
             check_cuda(driver().cuEventElapsedTime(&ms, start_, stop_), "cuEventElapsedTime");
             times.push_back(ms);
         }
-        std::sort(times.begin(), times.end());
-        return times[times.size() / 2];
+        return median_of(std::move(times));
     }
 
 private:

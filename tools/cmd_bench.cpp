@@ -98,14 +98,10 @@ Paired time_paired(EventTimer& timer, Ours&& ours, Reference&& reference, int ro
         reference_ms.push_back(timer.median_ms([&](int) { reference(); }, 2, 10));
         ratios.push_back(reference_ms.back() / ms.back());
     }
-    auto median = [](std::vector<double> values) {
-        std::sort(values.begin(), values.end());
-        return values[values.size() / 2];
-    };
     Paired paired;
-    paired.ms = median(ms);
-    paired.reference_ms = median(reference_ms);
-    paired.ratio = median(ratios);
+    paired.ms = median_of(ms);
+    paired.reference_ms = median_of(reference_ms);
+    paired.ratio = median_of(ratios);
     paired.lowest_ratio = *std::min_element(ratios.begin(), ratios.end());
     paired.highest_ratio = *std::max_element(ratios.begin(), ratios.end());
     return paired;
