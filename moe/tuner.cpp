@@ -139,9 +139,9 @@ TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket b
         }
     }
     if (result.candidates == 0) throw Error("tune: no candidate tiling fits " + to_spec(problem));
-    if (result.heuristic_ms == 0)  // the heuristic's choice is not among the candidates: time it too
-        result.heuristic_ms = time_pass(GroupedGemm(forward, result.heuristic), pass, inputs, timer);
-    if (result.best != result.heuristic && result.best_ms < result.heuristic_ms)
+    // A fastest candidate other than the heuristic's choice is confirmed against it; that also
+    // times the choice where it is not among the candidates (heuristic_ms still 0).
+    if (result.best != result.heuristic && (result.heuristic_ms == 0 || result.best_ms < result.heuristic_ms))
         confirm_winner(result, forward, pass, inputs, timer);
     if (result.heuristic_ms <= result.best_ms) {
         result.best = result.heuristic;

@@ -38,19 +38,6 @@ struct Wgmma<bf16, 32, TransposeA, TransposeB> {
 };
 
 template <int TransposeA, int TransposeB>
-struct Wgmma<bf16, 48, TransposeA, TransposeB> {
-    static constexpr int Registers = 24;
-    __device__ __forceinline__ static void mma(float (&d)[24], unsigned long long desc_a,
-                                               unsigned long long desc_b, int accumulate) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, %24, %25, p, 1, 1, %27, %28;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
-            : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TransposeA), "n"(TransposeB));
-    }
-};
-
-template <int TransposeA, int TransposeB>
 struct Wgmma<bf16, 64, TransposeA, TransposeB> {
     static constexpr int Registers = 32;
     __device__ __forceinline__ static void mma(float (&d)[32], unsigned long long desc_a,
@@ -124,19 +111,6 @@ struct Wgmma<fp16, 32, TransposeA, TransposeB> {
             "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
             "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, %20;\n}\n"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-            : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TransposeA), "n"(TransposeB));
-    }
-};
-
-template <int TransposeA, int TransposeB>
-struct Wgmma<fp16, 48, TransposeA, TransposeB> {
-    static constexpr int Registers = 24;
-    __device__ __forceinline__ static void mma(float (&d)[24], unsigned long long desc_a,
-                                               unsigned long long desc_b, int accumulate) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, %24, %25, p, 1, 1, %27, %28;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
             : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TransposeA), "n"(TransposeB));
     }
 };

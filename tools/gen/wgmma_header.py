@@ -4,7 +4,7 @@
 The operand lists of wgmma are N/2 registers long, which is the only reason this file is generated.
 Run from the repository root: python3 tools/gen/wgmma_header.py
 """
-SIZES = (16, 32, 48, 64, 128, 192, 256)
+SIZES = (16, 32, 64, 128, 192, 256)
 TYPES = (("bf16", "bf16"), ("fp16", "f16"))
 
 out = []
