@@ -145,6 +145,11 @@ int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most, int 
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
 }
 
+// Elements each output of the row-grouped passes sums over: K in the forward, N in dX.
+int64_t reduction_length(const Problem& problem) {
+    return problem.op == Op::fwd ? problem.k : problem.n;
+}
+
 // Columns of the row-grouped passes' output (dW: of X, the tile's inner side).
 int64_t output_columns(const Problem& problem) {
     return problem.op == Op::fwd ? (problem.gated ? problem.n / 2 : problem.n) : problem.k;
@@ -225,6 +230,14 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // traffic (`moejit tune`, qwen3-30b-a3b router at 8192 tokens: 0.020 against 0.024 ms). A gated
     // forward's 128-wide tile holds 64 outputs, so there this means up to two tiles across.
     if (out_cols <= 128) return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));
+    // A reduction of one 64-wide slice or less (dX of a router of up to 64 experts: [T, E] x [E, H]):
+    // a tile is one wgmma batch and its output store, so the kernel streams its output, and no ring
+    // depth helps. `moejit tune`, llama4-scout router dX (reduction 16) at 8192 tokens, H100, ms:
+    // h:m64n256s3 0.0378 in the sweep, 0.0367 against h:m128n256s4's 0.0388 in the confirmation;
+    // every tiling measured faster at s3 than at s4. At a reduction of 128 (qwen3 routers) 64-row
+    // tiles measured 7-8% slower, so the rule stops at one slice (bench/RESULTS.md, 24th session).
+    if (reduction_length(problem) <= 64 && bucket == RowsBucket::large && takes_swap_ab(problem))
+        return hopper_config(64, 256, hopper_stages(problem, 64, 256, 3));
     switch (bucket) {
         case RowsBucket::decode:  // weight streaming: one 64-row tile per expert, a deep ring of weight slices
             return hopper_config(64, 128, hopper_stages(problem, 64, 128, 8));

@@ -233,6 +233,19 @@ TEST_CASE("forward heuristic: at most 64 output columns take 64-wide tiles at ma
     CHECK_FALSE(offers_n64(gated));
 }
 
+TEST_CASE("dX heuristic: a reduction of one slice takes 64x256 tiles in three stages at many rows", "[cpu]") {
+    // llama4-scout's router dX: [T, 16] x [16, 5120].
+    const Problem router_dx = parse_spec("dx:bf16:n16:k5120:e1:topk1:sm_90a");
+    CHECK(choose_config(router_dx, RowsBucket::large).to_string() == "h:m64n256s3");
+    CHECK_NOTHROW(check_config(router_dx, choose_config(router_dx, RowsBucket::large)));
+    CHECK(choose_config(router_dx, RowsBucket::small).to_string() == "h:m64n256s5");
+    CHECK(choose_config(parse_spec("dx:bf16:n64:k5120:e1:topk1:sm_90a")).to_string() == "h:m64n256s3");
+    // A reduction of two slices (the Qwen3 routers' dX), or one that gathers, keeps 128-row tiles.
+    CHECK(choose_config(parse_spec("dx:bf16:n128:k4096:e1:topk1:sm_90a")).to_string() == "h:m128n256s4");
+    CHECK(choose_config(parse_spec("dx:bf16:n72:k5120:e1:topk1:sm_90a")).to_string() == "h:m128n256s4");
+    CHECK(choose_config(parse_spec("dx:bf16:n16:k5120:e4:topk1:permute_y:sm_90a")).to_string() == "h:m128n256s4c2");
+}
+
 TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the plain forward and dX", "[cpu]") {
     // Mean rows per expert (rounded up): 241-288 are the medium bucket, inside the large range.
     CHECK(rows_bucket(240 * 256, 256) == RowsBucket::large);
