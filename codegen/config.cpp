@@ -145,6 +145,13 @@ int hopper_stages(const Problem& problem, int tile_m, int tile_n, int most, int 
     return static_cast<int>(std::min<size_t>(most, room / stage_bytes));
 }
 
+// The forward or dX of plain rows: no gated epilogue, no gathered or scattered rows, no fused
+// routing weights.
+bool plain_rows(const Problem& problem) {
+    const bool row_grouped = problem.op == Op::fwd || problem.op == Op::dx;
+    return row_grouped && !problem.gated && !problem.permute_x && !problem.permute_y && !problem.fuse_mul_post;
+}
+
 // Elements each output of the row-grouped passes sums over: K in the forward, N in dX.
 int64_t reduction_length(const Problem& problem) {
     return problem.op == Op::fwd ? problem.k : problem.n;
@@ -236,7 +243,8 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // h:m64n256s3 0.0378 in the sweep, 0.0367 against h:m128n256s4's 0.0388 in the confirmation;
     // every tiling measured faster at s3 than at s4. At a reduction of 128 (qwen3 routers) 64-row
     // tiles measured 7-8% slower, so the rule stops at one slice (bench/RESULTS.md, 24th session).
-    if (reduction_length(problem) <= 64 && bucket == RowsBucket::large && takes_swap_ab(problem))
+    // Plain rows only, where it was measured.
+    if (reduction_length(problem) <= 64 && bucket == RowsBucket::large && plain_rows(problem))
         return hopper_config(64, 256, hopper_stages(problem, 64, 256, 3));
     switch (bucket) {
         case RowsBucket::decode:  // weight streaming: one 64-row tile per expert, a deep ring of weight slices
@@ -323,10 +331,7 @@ bool takes_192_tiles(const Problem& problem) {
     return problem.op == Op::dx || (problem.op == Op::fwd && !problem.gated);
 }
 
-bool takes_swap_ab(const Problem& problem) {
-    const bool row_grouped = problem.op == Op::fwd || problem.op == Op::dx;
-    return row_grouped && !problem.gated && !problem.permute_x && !problem.permute_y && !problem.fuse_mul_post;
-}
+bool takes_swap_ab(const Problem& problem) { return plain_rows(problem); }
 
 int max_cluster(const Problem& problem, const Config& config) {
     if (!config.hopper() || config.swap_ab || (problem.op == Op::dw && problem.permute_x)) return 1;
