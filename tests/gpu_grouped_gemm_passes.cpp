@@ -490,6 +490,13 @@ TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty expert
     SECTION("256 experts, top-8, 5 tokens: most experts empty") {
         check_training_flag_sets(dtype, n, k, make_routing(256, 8, random_choices(5, 8, all_experts(256))));
     }
+    SECTION("64 experts, top-2, 2048 tokens on the first 16: most of dW is empty experts' zeros") {
+        // About 256 rows for each of the first 16 experts, dW tiles clipped at N = 528 and K = 1032;
+        // the 48 empty experts' zero tiles follow the busy ones in every CTA's rounds.
+        std::vector<int> first_quarter;
+        for (int e = 0; e < 16; ++e) first_quarter.push_back(e);
+        check_training_flag_sets(dtype, 528, 1032, make_routing(64, 2, random_choices(2048, 2, first_quarter)));
+    }
     SECTION("every token on one expert, top-1, 777 tokens") {
         check_training_flag_sets(dtype, n, k, make_routing(16, 1, std::vector<int>(777, 9)));
     }
