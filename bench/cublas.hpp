@@ -2,10 +2,12 @@
 // cuBLAS opened at run time, for side-by-side baselines only: the library never depends on it.
 #include <cublas_v2.h>
 
+#include "runtime/device_buffer.hpp"
 #include "runtime/driver.hpp"
 
 #include <dlfcn.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -42,49 +44,79 @@ public:
 
     bool has_grouped() const { return grouped_ != nullptr; }
 
-    // Row-major Y_e [m_e, N] = X_e [m_e, K] @ W_e [N, K]^T for every expert with m_e > 0, as one
-    // cublasGemmGroupedBatchedEx call (one group per expert). `pointer_arrays` are three device
-    // arrays of `experts` pointers (A, B, C), filled here from the host offsets.
-    void grouped_forward(bool bf16, const std::vector<int>& m_sizes, int n, int k, CUdeviceptr x, CUdeviceptr w,
-                         CUdeviceptr y, const std::vector<CUdeviceptr>& pointer_arrays) {
-        const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    // One cublasGemmGroupedBatchedEx call of a grouped pass, one group per expert, in cuBLAS's
+    // column-major terms: C_e [m_e, n_e] = op_a(A_e) @ op_b(B_e). The device pointer arrays are
+    // uploaded once, when the batch is made, so that timing `run_grouped` times the GEMMs alone.
+    struct GroupedBatch {
         std::vector<cublasOperation_t> transa, transb;
         std::vector<int> ms, ns, ks, ldas, ldbs, ldcs, sizes;
         std::vector<float> alphas, betas;
-        std::vector<const void*> a, b;
-        std::vector<void*> c;
-        long long row = 0;
+        DeviceBuffer a, b, c;  // [groups] device pointers each
+        int groups() const { return int(sizes.size()); }
+    };
+
+    // The three passes of row-major X [M, K] (rows grouped by expert, `m_sizes`), W [E, N, K], Y and
+    // dY [M, N], dX [M, K], dW [E, N, K]. Row-major P [r, c] is column-major P^T [c, r] with ld c.
+    enum class GroupedPass { fwd, dx, dw };
+    static GroupedBatch grouped_batch(GroupedPass pass, const std::vector<int>& m_sizes, int n, int k,
+                                      CUdeviceptr x, CUdeviceptr w, CUdeviceptr dy, CUdeviceptr out) {
+        GroupedBatch batch;
+        std::vector<CUdeviceptr> a, b, c;
+        auto add = [&](cublasOperation_t ta, cublasOperation_t tb, int m, int n_, int k_, CUdeviceptr pa, int lda,
+                       CUdeviceptr pb, int ldb, CUdeviceptr pc, int ldc) {
+            batch.transa.push_back(ta);
+            batch.transb.push_back(tb);
+            batch.ms.push_back(m);
+            batch.ns.push_back(n_);
+            batch.ks.push_back(k_);
+            batch.ldas.push_back(lda);
+            batch.ldbs.push_back(ldb);
+            batch.ldcs.push_back(ldc);
+            batch.sizes.push_back(1);
+            batch.alphas.push_back(1.0f);
+            batch.betas.push_back(0.0f);
+            a.push_back(pa);
+            b.push_back(pb);
+            c.push_back(pc);
+        };
+        const size_t half = 2;
+        int64_t row = 0;
         for (size_t e = 0; e < m_sizes.size(); ++e) {
-            if (m_sizes[e] > 0) {
-                transa.push_back(CUBLAS_OP_T);
-                transb.push_back(CUBLAS_OP_N);
-                ms.push_back(n);
-                ns.push_back(m_sizes[e]);
-                ks.push_back(k);
-                ldas.push_back(k);
-                ldbs.push_back(k);
-                ldcs.push_back(n);
-                sizes.push_back(1);
-                alphas.push_back(1.0f);
-                betas.push_back(0.0f);
-                a.push_back(reinterpret_cast<const void*>(w + e * size_t(n) * k * 2));
-                b.push_back(reinterpret_cast<const void*>(x + row * k * 2));
-                c.push_back(reinterpret_cast<void*>(y + row * n * 2));
+            const int rows = m_sizes[e];
+            const CUdeviceptr w_e = w + e * size_t(n) * k * half, dw_e = out + e * size_t(n) * k * half;
+            const CUdeviceptr x_e = x + row * k * half, dy_e = dy + row * n * half;
+            switch (pass) {
+            case GroupedPass::fwd:  // Y_e^T [N, m_e] = W_e^T' [N, K] X_e^T [K, m_e]
+                if (rows > 0) add(CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, w_e, k, x_e, k, out + row * n * half, n);
+                break;
+            case GroupedPass::dx:  // dX_e^T [K, m_e] = W_e^T [K, N] dY_e^T [N, m_e]
+                if (rows > 0) add(CUBLAS_OP_N, CUBLAS_OP_N, k, rows, n, w_e, k, dy_e, n, out + row * k * half, k);
+                break;
+            case GroupedPass::dw:  // dW_e^T [K, N] = X_e^T [K, m_e] dY_e [m_e, N]; m_e = 0 writes zeros, as ours
+                add(CUBLAS_OP_N, CUBLAS_OP_T, k, n, rows, x_e, k, dy_e, n, dw_e, k);
+                break;
             }
-            row += m_sizes[e];
+            row += rows;
         }
-        const int groups = int(sizes.size());
-        if (groups == 0) return;
-        // Pointer arrays live on the device.
-        moejit::check_cuda(moejit::driver().cuMemcpyHtoD(pointer_arrays[0], a.data(), groups * sizeof(void*)), "HtoD");
-        moejit::check_cuda(moejit::driver().cuMemcpyHtoD(pointer_arrays[1], b.data(), groups * sizeof(void*)), "HtoD");
-        moejit::check_cuda(moejit::driver().cuMemcpyHtoD(pointer_arrays[2], c.data(), groups * sizeof(void*)), "HtoD");
+        auto upload = [&](const std::vector<CUdeviceptr>& pointers) {
+            return DeviceBuffer::from(std::vector<uint64_t>(pointers.begin(), pointers.end()));
+        };
+        batch.a = upload(a);
+        batch.b = upload(b);
+        batch.c = upload(c);
+        return batch;
+    }
+
+    void run_grouped(bool bf16, const GroupedBatch& batch, CUstream stream) {
+        if (batch.groups() == 0) return;
+        const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+        set_stream_(handle_, reinterpret_cast<cudaStream_t>(stream));
         const cublasStatus_t status = grouped_(
-            handle_, transa.data(), transb.data(), ms.data(), ns.data(), ks.data(), alphas.data(),
-            reinterpret_cast<const void* const*>(pointer_arrays[0]), type, ldas.data(),
-            reinterpret_cast<const void* const*>(pointer_arrays[1]), type, ldbs.data(), betas.data(),
-            reinterpret_cast<void* const*>(pointer_arrays[2]), type, ldcs.data(), groups, sizes.data(),
-            CUBLAS_COMPUTE_32F);
+            handle_, batch.transa.data(), batch.transb.data(), batch.ms.data(), batch.ns.data(), batch.ks.data(),
+            batch.alphas.data(), reinterpret_cast<const void* const*>(batch.a.get()), type, batch.ldas.data(),
+            reinterpret_cast<const void* const*>(batch.b.get()), type, batch.ldbs.data(), batch.betas.data(),
+            reinterpret_cast<void* const*>(batch.c.get()), type, batch.ldcs.data(), batch.groups(),
+            batch.sizes.data(), CUBLAS_COMPUTE_32F);
         if (status != CUBLAS_STATUS_SUCCESS)
             throw std::runtime_error("cublasGemmGroupedBatchedEx failed: " + std::to_string(status));
     }

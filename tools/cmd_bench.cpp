@@ -116,12 +116,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
     if (print_command_help(args, "--model NAME [--tokens T]",
                    "Times forward, dX and dW of the model's two expert GEMMs on this GPU at T tokens (default\n"
                    "8192) of random routing, plain and with the model's fusions, and prints TFLOP/s beside\n"
-                   "cuBLAS: dense cublasGemmEx at the same FLOPs, and cublasGemmGroupedBatchedEx (one group per\n"
-                   "expert) for the plain forward. Each pass and its dense reference are timed in 5 alternating\n"
-                   "rounds; the ratio is the median of the rounds' ratios (range beside it). Weight GB/s: bytes\n"
-                   "of the experts' weights over the time, against the measured copy rate where the pass reads\n"
-                   "them (fwd, dX: the number that matters at decode), against the measured fill (write-only)\n"
-                   "rate where it writes them (dW: at few rows an expert, the floor under its time).\n"
+                   "cuBLAS: dense cublasGemmEx at the same FLOPs, and cublasGemmGroupedBatchedEx doing the plain\n"
+                   "pass's own work (one group per expert; for dW the empty experts' zeros too). Each pass and its\n"
+                   "dense reference are timed in 5 alternating rounds; the ratio is the median of the rounds'\n"
+                   "ratios (range beside it). Weight GB/s: bytes of the experts' weights over the time, against\n"
+                   "the measured copy rate where the pass reads them (fwd, dX: the number that matters at\n"
+                   "decode), against the measured fill (write-only) rate where it writes them (dW: at few rows\n"
+                   "an expert, the floor under its time).\n"
                    "  --pass P       time only pass P (fwd, dx or dw)\n"
                    "  --skew F       route every token to the first F of the experts only (e.g. 0.25)\n"
                    "  --config C     force one tiling for every pass instead of the library's choice\n"
@@ -164,12 +165,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
     DeviceBuffer m_sizes = DeviceBuffer::from(synthetic.m_sizes), gather = DeviceBuffer::from(synthetic.gather_idx);
     DeviceBuffer topk_weights = DeviceBuffer::from(std::vector<float>(size_t(rows), 0.5f));
     const Routing routing{m_sizes.get(), gather.get(), topk_weights.get(), rows};
-    std::vector<DeviceBuffer> pointer_storage;
-    std::vector<CUdeviceptr> pointer_arrays;
-    for (int i = 0; i < 3; ++i) {
-        pointer_storage.emplace_back(size_t(model.experts) * sizeof(void*));
-        pointer_arrays.push_back(pointer_storage.back().get());
-    }
     for (ModelGemm which : model_gemms()) {
         const Problem model_fused = model_gemm(model, which, Op::fwd, dtype, device.arch);
         Problem plain = model_fused;
@@ -213,17 +208,18 @@ int cmd_bench(const std::vector<std::string>& argv) {
                         grouped_text, weights_text, share_text);
             std::fflush(stdout);
         };
+        // cuBLAS's grouped GEMM doing the same work as the plain pass (dW: the empty experts' zeros too).
+        auto grouped_ms = [&](bench::Cublas::GroupedPass pass, const DeviceBuffer& out) {
+            if (!cublas.has_grouped()) return 0.0;
+            const bench::Cublas::GroupedBatch batch = bench::Cublas::grouped_batch(
+                pass, synthetic.m_sizes, int(n), int(k), x.get(), w.get(), dy.get(), out.get());
+            return timer.median_ms([&](int) { cublas.run_grouped(dtype == DType::bf16, batch, nullptr); }, 2, 10);
+        };
         const GroupedGemm gemm(plain, config), fused_gemm(fused, config);
         if (wants("fwd")) {
-            double grouped_ms = 0;
-            if (cublas.has_grouped())
-                grouped_ms = timer.median_ms([&](int) {
-                    cublas.grouped_forward(dtype == DType::bf16, synthetic.m_sizes, int(n), int(k), x.get(), w.get(),
-                                           y.get(), pointer_arrays);
-                });
             report("fwd", plain, gemm.config(Op::fwd, rows),
                    time_paired(timer, [&] { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); }, dense_fwd),
-                   grouped_ms);
+                   grouped_ms(bench::Cublas::GroupedPass::fwd, y));
             report("fwd", fused, fused_gemm.config(Op::fwd, rows),
                    time_paired(timer, [&] { fused_gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); },
                                dense_fwd),
@@ -231,10 +227,12 @@ int cmd_bench(const std::vector<std::string>& argv) {
         }
         if (wants("dx"))
             report("dx", plain, gemm.config(Op::dx, rows),
-                   time_paired(timer, [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); }, dense_dx), 0);
+                   time_paired(timer, [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); }, dense_dx),
+                   grouped_ms(bench::Cublas::GroupedPass::dx, dx));
         if (wants("dw"))
             report("dw", plain, gemm.config(Op::dw, rows),
-                   time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw), 0);
+                   time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw),
+                   grouped_ms(bench::Cublas::GroupedPass::dw, dw));
     }
     return 0;
 }
