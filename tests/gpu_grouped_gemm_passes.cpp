@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <optional>
@@ -140,8 +141,10 @@ void check_dw(const Problem& problem, const HostRouting& routing, const DeviceBu
 // Runs the requested passes of GroupedGemm(forward problem with `flags`) on fresh random data and
 // checks each against float64. A set with fuse_mul_post expects dw to throw.
 // `config` forces one tiling (and with it the kernel path) on every pass; empty: the library's choice.
+// `device_m_sizes`, where given, goes to the device in place of routing.m_sizes (bad sizes that
+// must act as the routing's own).
 void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing, const Flags& flags, unsigned passes,
-                  const std::string& config = "") {
+                  const std::string& config = "", const std::vector<int>* device_m_sizes = nullptr) {
     const Problem problem = make_problem(dtype, n, k, routing.experts, routing.topk, flags);
     const GroupedGemm gemm(problem, config);
     const int64_t rows = routing.rows(), tokens = routing.tokens;
@@ -151,7 +154,8 @@ void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing,
     const double limit = tolerance(dtype);
 
     const bool gathers = flags.permute_x || flags.permute_y || flags.fuse_mul_post;
-    const DeviceBuffer m_sizes = upload(routing.m_sizes), gather_idx = upload(routing.gather_idx),
+    const DeviceBuffer m_sizes = upload(device_m_sizes ? *device_m_sizes : routing.m_sizes),
+                       gather_idx = upload(routing.gather_idx),
                        topk_weights = upload(routing.topk_weights);
     const Routing device_routing{m_sizes.get(), gathers ? gather_idx.get() : 0,
                                  flags.fuse_mul_post ? topk_weights.get() : 0, rows};
@@ -507,6 +511,22 @@ TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty expert
     SECTION("no tokens (M = 0): forward and dX write nothing, dW writes zeros") {
         check_training_flag_sets(dtype, n, k, make_routing(8, 2, {}));
     }
+}
+
+TEST_CASE("passes: m_sizes past M, even past 2^31 in all, touch no row outside [0, M)", "[gpu][gemm]") {
+    // Experts 3, 6 and 7 get no tokens. On the device expert 3's size is -5, and the sizes from
+    // the last busy expert (5) on are INT32_MAX, so that they sum past 2^31: a 32-bit prefix sum
+    // would wrap to negative rows and write far outside Y. The kernels lay the rows end to end and
+    // cut them at M (MOEJIT_CHECK_ROUTING=1 would throw instead), which leaves exactly the true
+    // routing: expert 5 keeps its rows, 6 and 7 none.
+    const HostRouting routing = make_routing(8, 2, random_choices(157, 2, {0, 1, 2, 4, 5}));
+    REQUIRE(routing.m_sizes[3] == 0);
+    REQUIRE(routing.m_sizes[5] > 0);
+    std::vector<int> device_m_sizes = routing.m_sizes;
+    device_m_sizes[3] = -5;
+    for (int e : {5, 6, 7}) device_m_sizes[e] = std::numeric_limits<int>::max();
+    for (const Flags& flags : kAllFlagSets)
+        check_passes(DType::bf16, 208, 136, routing, flags, kFwd | kDx | kDw | kDw32, "", &device_m_sizes);
 }
 
 TEST_CASE("passes: qwen3-30b-a3b gate_up and down shapes, 64 tokens x top-8 of 128", "[gpu][gemm][model]") {

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_row_grouped_gemm(const Grou
     const Element* a = static_cast<const Element*>(args.a);
     const Element* w = static_cast<const Element*>(args.b);
     Element* c = static_cast<Element*>(args.c);
-    const Scheduler scheduler(scheduler_storage, args.m_sizes);
+    const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int warp_m = warp / Cfg::WarpsN, warp_n = warp % Cfg::WarpsN;
 

@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_grouped_gemm_dw(const Group
 
     const Element* dy = static_cast<const Element*>(args.a);
     const Element* x = static_cast<const Element*>(args.b);
-    const Scheduler scheduler(scheduler_storage, args.m_sizes);
+    const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int warp_m = warp / Cfg::WarpsN, warp_n = warp % Cfg::WarpsN;
 

@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::prefetch_tensor_map(map_b);
         if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
     }
-    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
+    const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
     // The partner's barriers are initialized before anything arrives on them or multicasts to them.
     if constexpr (Cluster > 1) sm90::cluster_sync();
     const int rank = Cluster > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;

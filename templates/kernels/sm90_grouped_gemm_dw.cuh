@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
         sm90::prefetch_tensor_map(map_dw);
     }
-    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
+    const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
     // The other CTAs' barriers are initialized before anything arrives on them or multicasts to them.
     if constexpr (Cluster > 1) sm90::cluster_sync();
     const int rank = Cluster > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;

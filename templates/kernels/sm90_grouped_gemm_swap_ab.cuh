@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::prefetch_tensor_map(map_a);
         sm90::prefetch_tensor_map(map_b);
     }
-    const Scheduler scheduler(scheduler_storage, args.m_sizes);  // block-wide; publishes the barriers too
+    const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
     const int tiles = scheduler.total_tiles();
 
     if (warpgroup == 0) {

@@ -33,7 +33,7 @@ struct GroupedTile {
     int m_tile;        // within the expert
     int n_tile;
     int row_begin;     // first row of this expert in the expert-ordered [M, *] matrices
-    int expert_rows;   // m_sizes[expert]
+    int expert_rows;   // m_sizes[expert], cut at M (GroupedTileScheduler)
 };
 
 template <int Experts, int Threads, int TileM, int NTiles>
@@ -44,62 +44,53 @@ struct GroupedTileScheduler {
     static constexpr bool kTiles = NTiles > 0;
 
     struct Shared {
-        int row_start[Experts + 1];                  // exclusive prefix sum of m_sizes
+        int row_start[Experts + 1];                  // exclusive prefix sum of the clamped m_sizes
         int tile_start[kTiles ? Experts + 1 : 1];    // exclusive prefix sum of tiles per expert
-        int warp_rows[kWarps];
-        int warp_tiles[kTiles ? kWarps : 1];
+        int64 warp_rows[kWarps];
+        int64 warp_tiles[kTiles ? kWarps : 1];
     };
 
     Shared& shared;
 
-    // Block-wide; ends with __syncthreads. Negative sizes count as empty.
-    __device__ explicit GroupedTileScheduler(Shared& storage, const int* m_sizes) : shared(storage) {
-        const int thread = threadIdx.x, lane = thread % 32, warp = thread / 32;
+    // Block-wide; ends with __syncthreads. The experts' rows are laid end to end and cut at `rows`
+    // (M): negative sizes count as empty, and rows at or past M belong to no expert, so every
+    // expert's rows lie within [0, M) whatever m_sizes holds. The sums run in 64 bits, so that a
+    // bad m_sizes (a float32 tensor read as int32, say) cannot wrap to negative rows.
+    __device__ GroupedTileScheduler(Shared& storage, const int* m_sizes, int64 rows) : shared(storage) {
+        const int thread = threadIdx.x;
         const int first_expert = thread * kExpertsPerThread;
-        int my_rows = 0, my_tiles = 0;
+        int64 sizes[kExpertsPerThread];
+        int64 my_rows = 0;
 #pragma unroll
         for (int i = 0; i < kExpertsPerThread; ++i) {
             const int expert = first_expert + i;
-            const int rows = expert < Experts ? max_of(m_sizes[expert], 0) : 0;
-            my_rows += rows;
-            if constexpr (kTiles) my_tiles += ceil_div(rows, TileM) * NTiles;
+            sizes[i] = expert < Experts ? max_of(m_sizes[expert], 0) : 0;
+            my_rows += sizes[i];
         }
-        int rows_inclusive = my_rows, tiles_inclusive = my_tiles;
+        int64 row = exclusive_block_sum(my_rows, shared.warp_rows);
+        int64 cut[kExpertsPerThread + 1];  // the clamped row starts of this thread's experts, and the end
 #pragma unroll
-        for (int offset = 1; offset < 32; offset *= 2) {
-            const int rows_before = __shfl_up_sync(0xffffffffu, rows_inclusive, offset);
-            const int tiles_before = kTiles ? __shfl_up_sync(0xffffffffu, tiles_inclusive, offset) : 0;
-            if (lane >= offset) {
-                rows_inclusive += rows_before;
-                tiles_inclusive += tiles_before;
-            }
+        for (int i = 0; i <= kExpertsPerThread; ++i) {
+            cut[i] = min_of(row, rows);
+            if (i < kExpertsPerThread) row += sizes[i];
         }
-        if (lane == 31) {
-            shared.warp_rows[warp] = rows_inclusive;
-            if constexpr (kTiles) shared.warp_tiles[warp] = tiles_inclusive;
-        }
-        __syncthreads();
-        for (int w = 0; w < warp; ++w) {
-            rows_inclusive += shared.warp_rows[w];
-            if constexpr (kTiles) tiles_inclusive += shared.warp_tiles[w];
-        }
-        int row = rows_inclusive - my_rows, tile = tiles_inclusive - my_tiles;
+        int64 my_tiles = 0;
 #pragma unroll
         for (int i = 0; i < kExpertsPerThread; ++i) {
             const int expert = first_expert + i;
-            if (expert < Experts) {
-                shared.row_start[expert] = row;
-                const int rows = max_of(m_sizes[expert], 0);
-                row += rows;
-                if constexpr (kTiles) {
-                    shared.tile_start[expert] = tile;
-                    tile += ceil_div(rows, TileM) * NTiles;
-                }
-            }
+            if (expert < Experts) shared.row_start[expert] = static_cast<int>(cut[i]);
+            if constexpr (kTiles) my_tiles += tiles_of(cut[i + 1] - cut[i]);
         }
-        if (thread == Threads - 1) {
-            shared.row_start[Experts] = rows_inclusive;
-            if constexpr (kTiles) shared.tile_start[Experts] = tiles_inclusive;
+        if (thread == Threads - 1) shared.row_start[Experts] = static_cast<int>(cut[kExpertsPerThread]);
+        if constexpr (kTiles) {
+            int64 tile = exclusive_block_sum(my_tiles, shared.warp_tiles);
+#pragma unroll
+            for (int i = 0; i < kExpertsPerThread; ++i) {
+                const int expert = first_expert + i;
+                if (expert < Experts) shared.tile_start[expert] = static_cast<int>(tile);
+                tile += tiles_of(cut[i + 1] - cut[i]);
+            }
+            if (thread == Threads - 1) shared.tile_start[Experts] = static_cast<int>(tile);
         }
         __syncthreads();
     }
@@ -126,6 +117,25 @@ struct GroupedTileScheduler {
         band_order(index - shared.tile_start[low], ceil_div(result.expert_rows, TileM), NTiles, result.m_tile,
                    result.n_tile);
         return result;
+    }
+
+  private:
+    static __device__ int64 tiles_of(int64 expert_rows) { return (expert_rows + TileM - 1) / TileM * NTiles; }
+
+    // The sum of `value` over the block's lower threads; `warp_totals` in shared memory. Ends with
+    // __syncthreads (after which `warp_totals` may be read, not written, until the next barrier).
+    static __device__ int64 exclusive_block_sum(int64 value, int64* warp_totals) {
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+        int64 inclusive = value;
+#pragma unroll
+        for (int offset = 1; offset < 32; offset *= 2) {
+            const int64 before = __shfl_up_sync(0xffffffffu, inclusive, offset);
+            if (lane >= offset) inclusive += before;
+        }
+        if (lane == 31) warp_totals[warp] = inclusive;
+        __syncthreads();
+        for (int w = 0; w < warp; ++w) inclusive += warp_totals[w];
+        return inclusive - value;
     }
 };
 
