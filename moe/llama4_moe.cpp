@@ -180,6 +180,9 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
     if (tokens < 0 || tokens > s.max_tokens)
         throw Error("Llama4TextMoe::forward: tokens must be in [0, " + std::to_string(s.max_tokens) + "], got " +
                     std::to_string(tokens));
+    // Until this forward has launched every step, backward has nothing to differentiate: a forward
+    // that throws midway leaves the routing of its own tokens beside the activations of the last.
+    s.tokens = -1;
     const Buffers& b = s.buffers;
     s.router.forward(hidden, weights.router, router_logits, tokens, stream);
     const Routing dense = s.router.dense_routing(tokens);  // the shared expert: one "expert" of T rows
@@ -203,7 +206,7 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
                              const Llama4MoeGradients& gradients, CUstream stream) {
     State& s = *state_;
     const Llama4MoeConfig& c = s.config;
-    if (s.tokens < 0) throw Error("Llama4TextMoe::backward needs a forward first");
+    if (s.tokens < 0) throw Error("Llama4TextMoe::backward needs a forward that succeeded first");
     const Buffers& b = s.buffers;
     const int64_t tokens = s.tokens;
     const Routing routing = s.router.routing(tokens);

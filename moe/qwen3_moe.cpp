@@ -143,6 +143,9 @@ void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, 
     if (tokens < 0 || tokens > s.max_tokens)
         throw Error("Qwen3MoeBlock::forward: tokens must be in [0, " + std::to_string(s.max_tokens) + "], got " +
                     std::to_string(tokens));
+    // Until this forward has launched every step, backward has nothing to differentiate: a forward
+    // that throws midway leaves the routing of its own tokens beside the activations of the last.
+    s.tokens = -1;
     const Buffers& b = s.buffers;
     s.router.forward(hidden, weights.router, router_logits, tokens, stream);
     const Routing routing = s.router.routing(tokens);
@@ -158,7 +161,7 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
                              const Qwen3MoeGradients& gradients, CUstream stream) {
     State& s = *state_;
     const Qwen3MoeConfig& c = s.config;
-    if (s.tokens < 0) throw Error("Qwen3MoeBlock::backward needs a forward first");
+    if (s.tokens < 0) throw Error("Qwen3MoeBlock::backward needs a forward that succeeded first");
     const Buffers& b = s.buffers;
     const int64_t tokens = s.tokens;
     const Routing routing = s.router.routing(tokens);
