@@ -229,6 +229,8 @@ std::optional<IoFailure> write_atomically(const std::string& dir, const std::str
 
 }  // namespace
 
+std::string read_regular_file(const std::string& path, std::vector<char>& bytes) { return read_file(path, bytes); }
+
 std::string write_file_atomically(const std::string& dir, const std::string& final_name, const std::string& data) {
     const std::optional<IoFailure> failure = write_atomically(dir, final_name, data.data(), data.size());
     return failure ? failure->text() : "";

@@ -35,6 +35,11 @@ std::string temporary_file_name(const std::string& final_name);
 // "<path>: <reason>". The kernel cache's entries and the tuned tilings are written this way.
 std::string write_file_atomically(const std::string& dir, const std::string& final_name, const std::string& data);
 
+// Reads the whole of `path` into `bytes` if it is a regular file of at most 256 MB, without
+// blocking on a FIFO or device at that path. Returns "" on success, else the reason ("missing",
+// "not a regular file", ...). The kernel cache's entries and the tuned tilings are read this way.
+std::string read_regular_file(const std::string& path, std::vector<char>& bytes);
+
 // What to say where no writable cache directory could be found.
 inline constexpr const char* kNoCacheDirectory = "no cache directory (set MOEJIT_CACHE_DIR, XDG_CACHE_HOME or HOME)";
 

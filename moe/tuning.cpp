@@ -8,11 +8,12 @@
 #include "runtime/environment.hpp"
 #include "runtime/log.hpp"
 
+#include <algorithm>
 #include <cstdlib>
-#include <fstream>
+#include <filesystem>
 #include <sstream>
-#include <sys/stat.h>
-#include <unistd.h>
+#include <system_error>
+#include <vector>
 
 namespace moejit {
 
@@ -47,9 +48,10 @@ std::optional<Config> tuned_config(const Problem& problem, RowsBucket bucket, co
     roots.push_back(cache.root());
     for (const std::string& root : roots) {
         if (root.empty()) continue;  // no cache directory: "" + "/tuning/..." would name a system path
-        std::ifstream file(tuning_directory(root) + "/" + tuning_file_name(problem, bucket, device));
-        std::string text;
-        if (!file || !std::getline(file, text)) continue;
+        std::vector<char> bytes;  // not an ifstream: a FIFO at the name would block it forever
+        if (!read_regular_file(tuning_directory(root) + "/" + tuning_file_name(problem, bucket, device), bytes).empty())
+            continue;
+        const std::string text(bytes.begin(), std::find(bytes.begin(), bytes.end(), '\n'));
         try {
             Config config = Config::parse(text);
             check_config(problem, config);
@@ -70,8 +72,9 @@ std::string store_tuned_config(const Problem& problem, RowsBucket bucket, const 
         return "";
     }
     const std::string directory = tuning_directory(root), name = tuning_file_name(problem, bucket, device);
-    ::mkdir(root.c_str(), 0755);
-    ::mkdir(directory.c_str(), 0755);
+    std::error_code error;  // the root's parents too: MOEJIT_CACHE_DIR may name a path not made yet
+    std::filesystem::create_directories(directory, error);
+    if (error) throw Error("cannot write tuned config: cannot create " + directory + ": " + error.message());
     std::ostringstream text;
     text << config.to_string() << "\n" << to_spec(problem) << " " << to_string(bucket) << " " << device.name << "\n";
     // As the kernel cache writes its entries, so that prune knows a temporary file a crash left behind.

@@ -1096,6 +1096,25 @@ TEST_CASE("tuned configs are stored in the cache directory, and never without on
         REQUIRE(loaded.has_value());
         CHECK(*loaded == tuning.config);
     }
+    SECTION("a cache directory whose parents do not exist yet is made, parents and all") {
+        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "a/b/root");
+        const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
+        CHECK(stored.rfind(tmp / "a/b/root/tuning/", 0) == 0);
+        CHECK(fs::is_regular_file(stored));
+        const std::optional<Config> loaded = tuned_config(tuning.problem, RowsBucket::large, tuning.device);
+        REQUIRE(loaded.has_value());
+        CHECK(*loaded == tuning.config);
+    }
+    SECTION("a FIFO or a directory at the tuned config's name is ignored, without blocking") {
+        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "root");
+        const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
+        REQUIRE(fs::remove(stored));
+        REQUIRE(::mkfifo(stored.c_str(), 0644) == 0);
+        CHECK_FALSE(tuned_config(tuning.problem, RowsBucket::large, tuning.device).has_value());
+        REQUIRE(fs::remove(stored));
+        REQUIRE(fs::create_directory(stored));
+        CHECK_FALSE(tuned_config(tuning.problem, RowsBucket::large, tuning.device).has_value());
+    }
     SECTION("with neither MOEJIT_CACHE_DIR nor HOME nothing is written, not even under /") {
         EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt), home("HOME", std::nullopt);
         REQUIRE(DiskCache::from_environment().root().empty());
