@@ -21,6 +21,8 @@ namespace moejit {
 
 namespace {
 
+const char* const kBlock = "Llama4TextMoe";
+
 struct Buffers {
     RouterStage::Buffers routing;
     size_t unused_dots;                                                          // forward scratch
@@ -34,32 +36,30 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
     const size_t T = size_t(tokens), M = T * size_t(c.topk);
     const size_t H = size_t(c.hidden), I = size_t(c.intermediate), Is = size_t(c.shared());
     const size_t bytes = element_bytes(c.dtype);
-    WorkspaceLayout layout;
+    WorkspaceLayout layout(kBlock);
     Buffers b;
     b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
-    b.unused_dots = layout.take(M * 4);
-    b.x_scaled = layout.take(M * H * bytes);
-    b.preactivation = layout.take(M * 2 * I * bytes);
-    b.h = layout.take(M * I * bytes);
-    b.y_slots = layout.take(M * H * bytes);
-    b.shared_preactivation = layout.take(T * 2 * Is * bytes);
-    b.shared_h = layout.take(T * Is * bytes);
-    b.shared_y = layout.take(T * H * bytes);
-    b.grad_y = layout.take(M * H * bytes);
-    b.grad_weights = layout.take(M * 4);
-    b.grad_h = layout.take(M * I * bytes);
-    b.grad_gate_up = layout.take(M * 2 * I * bytes);
-    b.grad_x_slots = layout.take(M * H * bytes);
-    b.router_grad_x = layout.take(T * H * bytes);
-    b.shared_grad_h = layout.take(T * Is * bytes);
-    b.shared_grad_gate_up = layout.take(T * 2 * Is * bytes);
-    b.shared_grad_x = layout.take(T * H * bytes);
-    b.grad_x_partial = layout.take(T * H * bytes);
+    b.unused_dots = layout.take(M, 4);
+    b.x_scaled = layout.take(M, H, bytes);
+    b.preactivation = layout.take(M, 2 * I, bytes);
+    b.h = layout.take(M, I, bytes);
+    b.y_slots = layout.take(M, H, bytes);
+    b.shared_preactivation = layout.take(T, 2 * Is, bytes);
+    b.shared_h = layout.take(T, Is, bytes);
+    b.shared_y = layout.take(T, H, bytes);
+    b.grad_y = layout.take(M, H, bytes);
+    b.grad_weights = layout.take(M, 4);
+    b.grad_h = layout.take(M, I, bytes);
+    b.grad_gate_up = layout.take(M, 2 * I, bytes);
+    b.grad_x_slots = layout.take(M, H, bytes);
+    b.router_grad_x = layout.take(T, H, bytes);
+    b.shared_grad_h = layout.take(T, Is, bytes);
+    b.shared_grad_gate_up = layout.take(T, 2 * Is, bytes);
+    b.shared_grad_x = layout.take(T, H, bytes);
+    b.grad_x_partial = layout.take(T, H, bytes);
     b.total = layout.size();
     return b;
 }
-
-const char* const kBlock = "Llama4TextMoe";
 
 RouterConfig router_config(const Llama4MoeConfig& c) { return RouterConfig::llama4(c.experts, c.topk); }
 

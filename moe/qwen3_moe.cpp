@@ -74,18 +74,18 @@ struct Buffers {
 Buffers plan(const Qwen3MoeConfig& c, int64_t tokens) {
     const size_t T = size_t(tokens), M = T * size_t(c.topk);
     const size_t H = size_t(c.hidden), I = size_t(c.moe_intermediate), bytes = element_bytes(c.dtype);
-    WorkspaceLayout layout;
+    WorkspaceLayout layout(kBlock);
     Buffers b;
     b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
-    b.preactivation = layout.take(M * 2 * I * bytes);
-    b.h = layout.take(M * I * bytes);
-    b.y_slots = layout.take(M * H * bytes);
-    b.grad_y = layout.take(M * H * bytes);
-    b.grad_weights = layout.take(M * 4);
-    b.grad_h = layout.take(M * I * bytes);
-    b.grad_gate_up = layout.take(M * 2 * I * bytes);
-    b.grad_x_slots = layout.take(M * H * bytes);
-    b.router_grad_x = layout.take(T * H * bytes);
+    b.preactivation = layout.take(M, 2 * I, bytes);
+    b.h = layout.take(M, I, bytes);
+    b.y_slots = layout.take(M, H, bytes);
+    b.grad_y = layout.take(M, H, bytes);
+    b.grad_weights = layout.take(M, 4);
+    b.grad_h = layout.take(M, I, bytes);
+    b.grad_gate_up = layout.take(M, 2 * I, bytes);
+    b.grad_x_slots = layout.take(M, H, bytes);
+    b.router_grad_x = layout.take(T, H, bytes);
     b.total = layout.size();
     return b;
 }

@@ -19,15 +19,15 @@ RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int
     const size_t T = size_t(max_tokens), M = T * size_t(topk), E = size_t(experts);
     Buffers b;
     b.router_rows = layout.take(4);
-    b.topk_ids = layout.take(M * 4);
-    b.topk_weights = layout.take(M * 4);
-    b.m_sizes = layout.take(E * 4);
-    b.gather_idx = layout.take(M * 4);
-    b.scatter_idx = layout.take(M * 4);
+    b.topk_ids = layout.take(M, 4);
+    b.topk_weights = layout.take(M, 4);
+    b.m_sizes = layout.take(E, 4);
+    b.gather_idx = layout.take(M, 4);
+    b.scatter_idx = layout.take(M, 4);
     b.errors = layout.take(4);
     b.scratch_bytes = routing_workspace_bytes(experts, max_tokens, topk);
     b.scratch = layout.take(b.scratch_bytes);
-    b.grad_logits = layout.take(T * E * element_bytes(dtype));
+    b.grad_logits = layout.take(T, E, element_bytes(dtype));
     return b;
 }
 

@@ -20,17 +20,29 @@ inline void check_max_tokens(int64_t max_tokens, int topk, const char* block) {
                     std::to_string(max_tokens));
 }
 
-// Hands out 256-byte aligned offsets.
+// Hands out 256-byte aligned offsets, each for a buffer of the product of `factors` bytes. A
+// size past 2^64 (dimensions no device holds) throws rather than wrapping to a small workspace
+// that the blocks would then write past.
 class WorkspaceLayout {
 public:
-    size_t take(size_t bytes) {
+    explicit WorkspaceLayout(const char* block) : block_(block) {}
+
+    template <class... Factors>
+    size_t take(Factors... factors) {
+        size_t bytes = 1;
+        const bool overflow = (... || __builtin_mul_overflow(bytes, size_t(factors), &bytes)) ||
+                              __builtin_add_overflow(bytes, size_t(255), &bytes) ||
+                              __builtin_add_overflow(size_, bytes / 256 * 256, &bytes);
+        if (overflow)
+            throw Error(std::string(block_) + ": the workspace size overflows 64 bits (dimensions or max_tokens too large)");
         const size_t at = size_;
-        size_ += (bytes + 255) / 256 * 256;
+        size_ = bytes;
         return at;
     }
     size_t size() const { return size_; }
 
 private:
+    const char* block_;
     size_t size_ = 0;
 };
 
