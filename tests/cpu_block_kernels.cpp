@@ -248,6 +248,8 @@ TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][b
     Qwen3MoeConfig wide = qwen3;
     wide.topk = 33;
     CHECK(mentions(error_message([&] { Qwen3MoeBlock::kernels(wide, kHopper); }), "topk"));
+    CHECK(mentions(error_message([&] { Qwen3MoeBlock::kernels(qwen3, Arch{7, 5, false}); }), "unsupported arch sm_75"));
+    CHECK(mentions(error_message([&] { Llama4TextMoe::kernels(llama4, Arch{7, 5, false}); }), "unsupported arch sm_75"));
 }
 
 TEST_CASE("block constructors reject router limits before touching the device", "[cpu][blocks]") {

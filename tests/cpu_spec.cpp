@@ -117,3 +117,28 @@ TEST_CASE("elementwise and routing kernels take no GEMM fusion flags", "[cpu][sp
             CHECK(mentions(spec_error(base + ":" + flag + ":sm_90a"), "takes no fusion flags"));
     }
 }
+
+TEST_CASE("a dtype, op or arch cast from an integer outside its values is rejected", "[cpu][spec]") {
+    // Unchecked, DType(7) compiled as fp16 and printed so; Arch{7, 5} named 18 kernels "sm_75".
+    Problem problem;
+    problem.n = 1536;
+    problem.k = 2048;
+    problem.experts = 8;
+    problem.topk = 2;
+    CHECK_NOTHROW(problem.validate());
+    Problem bad = problem;
+    bad.dtype = static_cast<DType>(7);
+    CHECK(mentions(validate_error(bad), "dtype must be bf16 or fp16, got the value 7"));
+    bad = problem;
+    bad.op = static_cast<Op>(99);
+    CHECK(mentions(validate_error(bad), "op is no Op, got the value 99"));
+    bad = problem;
+    bad.arch = Arch{7, 5, false};
+    CHECK(mentions(validate_error(bad), "unsupported arch sm_75"));
+    bad.arch = Arch{9, 0, false};  // sm_90 without the 'a': no wgmma
+    CHECK(mentions(validate_error(bad), "unsupported arch sm_90:"));
+    for (const char* name : {"sm_80", "sm_86", "sm_89", "sm_90a", "sm_100a"}) {
+        problem.arch = Arch::parse(name);
+        CHECK_NOTHROW(problem.validate());
+    }
+}
