@@ -369,6 +369,11 @@ std::string DiskCache::entry_path(const Hash128& key) const {
     return shard_dir(root_, hex) + "/" + hex + ".cubin";
 }
 
+bool DiskCache::has_entry_in_root(const Hash128& key) const {
+    struct stat st {};
+    return !root_.empty() && ::stat(entry_path(key).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 std::optional<CacheEntry> DiskCache::load(const Hash128& key) const {
     const std::string hex = key.hex();
     std::vector<std::string> roots = read_only_roots_;

@@ -126,6 +126,9 @@ public:
     bool memory_only() const { return memory_only_.load(std::memory_order_relaxed); }
 
     std::string entry_path(const Hash128& key) const;  // in the writable root
+    // Whether the writable root holds key's entry as a regular file (a store that failed left none;
+    // a directory in its place is none).
+    bool has_entry_in_root(const Hash128& key) const;
 
 private:
     void keep_under_size_cap(const std::string& just_stored) const;

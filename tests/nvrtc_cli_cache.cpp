@@ -332,6 +332,26 @@ TEST_CASE("moejit compile with an unwritable cache directory works and warns onc
     CHECK(read_text(tmp / "not-a-dir") == "x");
 }
 
+TEST_CASE("moejit compile with a directory at the entry's path says it wrote nothing", "[cli]") {
+    TempDir tmp;
+    const std::string cache = tmp / "cache";
+    const ProcessResult first = run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", cache}});
+    REQUIRE(first.status == 0);
+    std::smatch match;
+    REQUIRE(std::regex_search(first.out, match, std::regex(R"(cache\s+(/\S+\.cubin))")));
+    const std::string entry = match[1];
+    REQUIRE(fs::is_regular_file(entry));
+    fs::remove(entry);
+    fs::create_directory(entry);
+
+    const ProcessResult second = run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", cache}});
+    INFO(second.out << second.err);
+    CHECK(second.status == 0);
+    CHECK(count_of(second.err, "[moejit warning]") == 1);
+    CHECK(second.out.find("not written (" + entry + " is in the way") != std::string::npos);
+    CHECK(fs::is_directory(entry));
+}
+
 TEST_CASE("moejit precompile counts the kernels it stored when some stores fail", "[cli]") {
     TempDir tmp;
     const std::string cache = tmp / "cache";

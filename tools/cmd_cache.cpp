@@ -271,8 +271,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
         const auto& [problem, config] = kernels[i];
         const Binary binary = compiler.get(problem, config);
         // Whether the entry is in the writable root now: a store that failed left none.
-        struct stat st {};
-        const bool in_root = ::stat(compiler.disk().entry_path(binary.key).c_str(), &st) == 0;
+        const bool in_root = compiler.disk().has_entry_in_root(binary.key);
         std::string where;
         if (binary.from_disk) {
             ++cached;
