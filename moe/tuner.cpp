@@ -5,11 +5,13 @@
 #include "codegen/config.hpp"
 #include "codegen/kernel_problems.hpp"
 #include "moe/model_kernels.hpp"
+#include "moe/row_limits.hpp"
 #include "moe/synthetic.hpp"
 #include "moe/tuning.hpp"
 #include "runtime/device_buffer.hpp"
 #include "runtime/log.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <memory>
 #include <utility>
@@ -167,6 +169,10 @@ std::vector<TunedPass> tune_grouped_gemm(Problem forward, int64_t tokens) {
 std::vector<TunedPass> tune_grouped_gemm_passes(const std::vector<Problem>& passes, int64_t tokens,
                                                 const std::function<void(const TunedPass&)>& on_tuned) {
     if (tokens < 1) throw Error("tune_grouped_gemm: tokens must be at least 1");
+    for (const Problem& problem : passes)  // the synthetic routing's rows are int32 on the device
+        if (tokens > kMaxRows / std::max(problem.topk, 1))
+            throw Error("tune_grouped_gemm: tokens * topk must be below 2^31, got " + std::to_string(tokens) + " * " +
+                        std::to_string(problem.topk));
     const DeviceInfo& device = current_device();
     std::vector<std::pair<Problem, Problem>> tuned;  // each pass and the forward of its GroupedGemm
     for (Problem problem : passes) {  // every argument checked before the first timing

@@ -91,6 +91,20 @@ TEST_CASE("moejit bench --skew takes a whole number in (0, 1] and says so otherw
     }
 }
 
+TEST_CASE("moejit bench and tune refuse more routed rows than int32 indexes, before any GPU work", "[cpu][cli]") {
+    // 268435455 * 8 = 2^31 - 8 rows pass (then --pass bogus fails); 268435456 * 8 = 2^31 do not.
+    for (const char* command : {"bench", "tune"}) {
+        const ProcessResult over = run_cli({command, "--model", "qwen3-30b-a3b", "--tokens", "268435456"});
+        INFO(command << ": " << over.err);
+        CHECK(over.status == 1);
+        CHECK(mentions(over.err, "--tokens 268435456: qwen3-30b-a3b routes each token to 8 experts, and tokens * "
+                                 "topk must be below 2^31"));
+    }
+    const ProcessResult within =
+        run_cli({"bench", "--model", "qwen3-30b-a3b", "--tokens", "268435455", "--pass", "bogus"});
+    CHECK(mentions(within.err, "--pass must be fwd, dx or dw, got 'bogus'"));
+}
+
 TEST_CASE("moejit bench --fusions takes none or a list of known fusions and says so otherwise", "[cpu][cli]") {
     // Read before --pass, so --pass bogus shows an accepted list, as for --skew.
     for (const char* fusions : {"foo", "gated,", "permute_x,,gated", "", "Gated"}) {
@@ -122,7 +136,8 @@ TEST_CASE("--tokens takes the same positive integers in bench and precompile", "
         CHECK(precompile.status == 1);
         CHECK(mentions(precompile.err, std::string("bad --tokens '") + tokens + "': expected a positive integer"));
     }
-    const ProcessResult accepted = run_cli({"bench", "--model", "qwen3-30b-a3b", "--tokens", "999999999", "--pass", "bogus"});
+    // The largest count parsed; llama4-scout's top-1 routes no more rows than int32 indexes.
+    const ProcessResult accepted = run_cli({"bench", "--model", "llama4-scout", "--tokens", "999999999", "--pass", "bogus"});
     CHECK(mentions(accepted.err, "--pass must be fwd, dx or dw, got 'bogus'"));
 }
 

@@ -9,6 +9,7 @@
 #include "bench/cublas.hpp"
 #include "codegen/models.hpp"
 #include "moe/model_kernels.hpp"
+#include "moe/row_limits.hpp"
 #include "moe/synthetic.hpp"
 #include "runtime/device_buffer.hpp"
 
@@ -25,7 +26,14 @@ namespace moejit::cli {
 
 namespace {
 
-int64_t parse_tokens(const Args& args) { return parse_token_count(args.value("--tokens").value_or("8192")); }
+// --tokens, whose routed rows (tokens * topk) the device's int32 routing must index.
+int64_t parse_tokens(const Args& args, const ModelPreset& model) {
+    const int64_t tokens = parse_token_count(args.value("--tokens").value_or("8192"));
+    if (tokens > kMaxRows / model.topk)
+        throw Error("--tokens " + std::to_string(tokens) + ": " + model.name + " routes each token to " +
+                    std::to_string(model.topk) + " experts, and tokens * topk must be below 2^31");
+    return tokens;
+}
 
 // --skew: the share of the experts that get tokens, in (0, 1]; the whole text must be the number.
 double parse_skew(const Args& args) {
@@ -135,7 +143,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     args.expect_positionals(0, 0, "");
     if (!args.value("--model")) throw Error("'moejit bench' needs --model NAME (see moejit bench --help)");
     const ModelPreset& model = find_model(*args.value("--model"));
-    const int64_t tokens = parse_tokens(args);
+    const int64_t tokens = parse_tokens(args, model);
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
     const double skew = parse_skew(args);
     const std::optional<std::vector<bool Problem::*>> fusion_override = parse_fusions(args);
@@ -252,7 +260,7 @@ int cmd_tune(const std::vector<std::string>& argv) {
     args.expect_positionals(0, 0, "");
     if (!args.value("--model")) throw Error("'moejit tune' needs --model NAME (see moejit tune --help)");
     const ModelPreset& model = find_model(*args.value("--model"));
-    const int64_t tokens = parse_tokens(args);
+    const int64_t tokens = parse_tokens(args, model);
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
     const DeviceInfo& device = current_device();
     std::printf("device %s (%s); %s, %lld tokens\n\n| kernel | candidates | heuristic | ms | tuned | ms | "
