@@ -1087,24 +1087,18 @@ TEST_CASE("tuned configs are stored in the cache directory, and never without on
     TempDir tmp;
     const TuningCase tuning;
     EnvVar path("MOEJIT_CACHE_PATH", std::nullopt), xdg("XDG_CACHE_HOME", std::nullopt);
-    SECTION("with a cache directory the winner round trips") {
-        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "root");
+    // The winner stored under MOEJIT_CACHE_DIR = tmp/root, and read back.
+    auto check_round_trip = [&](const std::string& root) {
+        EnvVar dir("MOEJIT_CACHE_DIR", tmp / root);
         const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
-        CHECK(stored.rfind(tmp / "root/tuning/", 0) == 0);
+        CHECK(stored.rfind(tmp / (root + "/tuning/"), 0) == 0);
         CHECK(fs::is_regular_file(stored));
         const std::optional<Config> loaded = tuned_config(tuning.problem, RowsBucket::large, tuning.device);
         REQUIRE(loaded.has_value());
         CHECK(*loaded == tuning.config);
-    }
-    SECTION("a cache directory whose parents do not exist yet is made, parents and all") {
-        EnvVar dir("MOEJIT_CACHE_DIR", tmp / "a/b/root");
-        const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
-        CHECK(stored.rfind(tmp / "a/b/root/tuning/", 0) == 0);
-        CHECK(fs::is_regular_file(stored));
-        const std::optional<Config> loaded = tuned_config(tuning.problem, RowsBucket::large, tuning.device);
-        REQUIRE(loaded.has_value());
-        CHECK(*loaded == tuning.config);
-    }
+    };
+    SECTION("with a cache directory the winner round trips") { check_round_trip("root"); }
+    SECTION("a cache directory whose parents do not exist yet is made, parents and all") { check_round_trip("a/b/root"); }
     SECTION("a FIFO or a directory at the tuned config's name is ignored, without blocking") {
         EnvVar dir("MOEJIT_CACHE_DIR", tmp / "root");
         const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);

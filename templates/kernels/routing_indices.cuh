@@ -7,6 +7,7 @@
 // Deterministic: every position depends on the slot order only. Each block finds the rows of every
 // expert in earlier chunks from the counts, scans the totals over experts, then places its slots
 // 256 at a time, warp by warp in slot order.
+#include "common/block_sum.cuh"
 #include "kernels/routing_histogram.cuh"
 
 namespace moejit {
@@ -39,20 +40,8 @@ __global__ void __launch_bounds__(Cfg::Threads) routing_indices(const RoutingInd
         const int e = threadIdx.x * PerThread + i;
         if (e < E) local += totals[e];
     }
-    int inclusive = local;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-        const int other = __shfl_up_sync(0xffffffffu, inclusive, offset);
-        if (lane >= offset) inclusive += other;
-    }
-    if (lane == 31) warp_sums[warp] = inclusive;
-    __syncthreads();
-    int offset = inclusive - local, routed = 0;  // routed: sum(m_sizes)
-#pragma unroll
-    for (int w = 0; w < Warps; ++w) {
-        if (w < warp) offset += warp_sums[w];
-        routed += warp_sums[w];
-    }
+    int routed;  // sum(m_sizes)
+    int offset = exclusive_block_sum<Warps>(local, warp_sums, &routed);
 #pragma unroll
     for (int i = 0; i < PerThread; ++i) {
         const int e = threadIdx.x * PerThread + i;

@@ -7,7 +7,7 @@
 // experts is what leaves room for the dW epilogue's second staging box. Tiles are ordered
 // expert-major, then in bands (band_order), so the CTAs resident at one time share one or two
 // experts' weights and a few row blocks in L2.
-#include "common/types.cuh"
+#include "common/block_sum.cuh"
 
 namespace moejit {
 
@@ -67,7 +67,7 @@ struct GroupedTileScheduler {
             sizes[i] = expert < Experts ? max_of(m_sizes[expert], 0) : 0;
             my_rows += sizes[i];
         }
-        int64 row = exclusive_block_sum(my_rows, shared.warp_rows);
+        int64 row = exclusive_block_sum<kWarps>(my_rows, shared.warp_rows);
         int64 cut[kExpertsPerThread + 1];  // the clamped row starts of this thread's experts, and the end
 #pragma unroll
         for (int i = 0; i <= kExpertsPerThread; ++i) {
@@ -83,7 +83,7 @@ struct GroupedTileScheduler {
         }
         if (thread == Threads - 1) shared.row_start[Experts] = static_cast<int>(cut[kExpertsPerThread]);
         if constexpr (kTiles) {
-            int64 tile = exclusive_block_sum(my_tiles, shared.warp_tiles);
+            int64 tile = exclusive_block_sum<kWarps>(my_tiles, shared.warp_tiles);
 #pragma unroll
             for (int i = 0; i < kExpertsPerThread; ++i) {
                 const int expert = first_expert + i;
@@ -121,22 +121,6 @@ struct GroupedTileScheduler {
 
   private:
     static __device__ int64 tiles_of(int64 expert_rows) { return (expert_rows + TileM - 1) / TileM * NTiles; }
-
-    // The sum of `value` over the block's lower threads; `warp_totals` in shared memory. Ends with
-    // __syncthreads (after which `warp_totals` may be read, not written, until the next barrier).
-    static __device__ int64 exclusive_block_sum(int64 value, int64* warp_totals) {
-        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-        int64 inclusive = value;
-#pragma unroll
-        for (int offset = 1; offset < 32; offset *= 2) {
-            const int64 before = __shfl_up_sync(0xffffffffu, inclusive, offset);
-            if (lane >= offset) inclusive += before;
-        }
-        if (lane == 31) warp_totals[warp] = inclusive;
-        __syncthreads();
-        for (int w = 0; w < warp; ++w) inclusive += warp_totals[w];
-        return inclusive - value;
-    }
 };
 
 }  // namespace moejit
