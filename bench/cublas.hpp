@@ -44,8 +44,8 @@ public:
 
     bool has_grouped() const { return grouped_ != nullptr; }
 
-    // One cublasGemmGroupedBatchedEx call of a grouped pass, one group per expert, in cuBLAS's
-    // column-major terms: C_e [m_e, n_e] = op_a(A_e) @ op_b(B_e). The device pointer arrays are
+    // One cublasGemmGroupedBatchedEx call of a grouped pass, one group per expert, each group in
+    // cuBLAS's column-major terms C [m, n] = op_a(A) @ op_b(B). The device pointer arrays are
     // uploaded once, when the batch is made, so that timing `run_grouped` times the GEMMs alone.
     struct GroupedBatch {
         std::vector<cublasOperation_t> transa, transb;
@@ -55,8 +55,9 @@ public:
         int groups() const { return int(sizes.size()); }
     };
 
-    // The three passes of row-major X [M, K] (rows grouped by expert, `m_sizes`), W [E, N, K], Y and
-    // dY [M, N], dX [M, K], dW [E, N, K]. Row-major P [r, c] is column-major P^T [c, r] with ld c.
+    // The three passes of row-major X [M, K] (rows grouped by expert, m_e = m_sizes[e] of them),
+    // W [E, N, K], Y and dY [M, N], dX [M, K], dW [E, N, K]. Row-major P [r, c] is column-major
+    // P^T [c, r] with ld c.
     enum class GroupedPass { fwd, dx, dw };
     static GroupedBatch grouped_batch(GroupedPass pass, const std::vector<int>& m_sizes, int n, int k,
                                       CUdeviceptr x, CUdeviceptr w, CUdeviceptr dy, CUdeviceptr out) {
@@ -79,20 +80,24 @@ public:
             b.push_back(pb);
             c.push_back(pc);
         };
-        const size_t half = 2;
+        const size_t element_bytes = 2;  // bf16 and fp16
         int64_t row = 0;
         for (size_t e = 0; e < m_sizes.size(); ++e) {
             const int rows = m_sizes[e];
-            const CUdeviceptr w_e = w + e * size_t(n) * k * half, dw_e = out + e * size_t(n) * k * half;
-            const CUdeviceptr x_e = x + row * k * half, dy_e = dy + row * n * half;
+            const size_t expert_offset = e * size_t(n) * k * element_bytes;
+            const CUdeviceptr w_e = w + expert_offset, dw_e = out + expert_offset;
+            const CUdeviceptr x_e = x + row * k * element_bytes, dy_e = dy + row * n * element_bytes;
             switch (pass) {
-            case GroupedPass::fwd:  // Y_e^T [N, m_e] = W_e^T' [N, K] X_e^T [K, m_e]
-                if (rows > 0) add(CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, w_e, k, x_e, k, out + row * n * half, n);
+            case GroupedPass::fwd:  // Y_e^T [N, m_e] = W_e [N, K] X_e^T [K, m_e]
+                if (rows > 0)
+                    add(CUBLAS_OP_T, CUBLAS_OP_N, n, rows, k, w_e, k, x_e, k, out + row * n * element_bytes, n);
                 break;
             case GroupedPass::dx:  // dX_e^T [K, m_e] = W_e^T [K, N] dY_e^T [N, m_e]
-                if (rows > 0) add(CUBLAS_OP_N, CUBLAS_OP_N, k, rows, n, w_e, k, dy_e, n, out + row * k * half, k);
+                if (rows > 0)
+                    add(CUBLAS_OP_N, CUBLAS_OP_N, k, rows, n, w_e, k, dy_e, n, out + row * k * element_bytes, k);
                 break;
-            case GroupedPass::dw:  // dW_e^T [K, N] = X_e^T [K, m_e] dY_e [m_e, N]; m_e = 0 writes zeros, as ours
+            // m_e = 0: a reduction over nothing, C = beta C with beta 0 by BLAS rules, the zeros ours writes.
+            case GroupedPass::dw:  // dW_e^T [K, N] = X_e^T [K, m_e] dY_e [m_e, N]
                 add(CUBLAS_OP_N, CUBLAS_OP_T, k, n, rows, x_e, k, dy_e, n, dw_e, k);
                 break;
             }

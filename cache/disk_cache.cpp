@@ -128,9 +128,24 @@ std::string decode_entry(const std::vector<char>& file, const Hash128& key, Cach
     return "";
 }
 
-// Reads a whole regular file of at most kMaxEntryBytes; returns "" or the problem. `fd_out`, if
-// given, receives the open fd (the caller closes it) so the caller can touch the very file it read.
-std::string read_file(const std::string& path, std::vector<char>& bytes, int* fd_out = nullptr) {
+bool write_all(int fd, const char* data, size_t size) {
+    while (size > 0) {
+        const ssize_t n = ::write(fd, data, size);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;  // errno is set (ENOSPC, EIO, ...)
+        data += n;
+        size -= static_cast<size_t>(n);
+    }
+    return true;
+}
+
+// Ends the name of every temporary file a store writes, so that list() and clear() know them.
+constexpr char kTemporarySuffix[] = ".tmp";
+
+}  // namespace
+
+// Reads a whole regular file of at most kMaxEntryBytes (disk_cache.hpp).
+std::string read_regular_file(const std::string& path, std::vector<char>& bytes, int* fd_out) {
     // A blocking open of a FIFO waits for a writer that never comes (and a serial device for its
     // carrier): O_NONBLOCK returns at once, and fstat then refuses whatever is not a regular file.
     const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
@@ -163,22 +178,6 @@ std::string read_file(const std::string& path, std::vector<char>& bytes, int* fd
     else ::close(fd);
     return "";
 }
-
-bool write_all(int fd, const char* data, size_t size) {
-    while (size > 0) {
-        const ssize_t n = ::write(fd, data, size);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;  // errno is set (ENOSPC, EIO, ...)
-        data += n;
-        size -= static_cast<size_t>(n);
-    }
-    return true;
-}
-
-// Ends the name of every temporary file a store writes, so that list() and clear() know them.
-constexpr char kTemporarySuffix[] = ".tmp";
-
-}  // namespace
 
 // A name no other process or thread can pick: pid + thread id + a random number.
 std::string temporary_file_name(const std::string& final_name) {
@@ -228,8 +227,6 @@ std::optional<IoFailure> write_atomically(const std::string& dir, const std::str
 }
 
 }  // namespace
-
-std::string read_regular_file(const std::string& path, std::vector<char>& bytes) { return read_file(path, bytes); }
 
 std::string write_file_atomically(const std::string& dir, const std::string& final_name, const std::string& data) {
     const std::optional<IoFailure> failure = write_atomically(dir, final_name, data.data(), data.size());
@@ -383,7 +380,7 @@ std::optional<CacheEntry> DiskCache::load(const Hash128& key) const {
         if (root.empty()) continue;
         const std::string path = shard_dir(root, hex) + "/" + hex + ".cubin";
         int fd = -1;
-        std::string problem = read_file(path, bytes, &fd);
+        std::string problem = read_regular_file(path, bytes, &fd);
         CacheEntry entry;
         if (problem.empty()) problem = decode_entry(bytes, key, &entry);
         if (problem.empty()) {
@@ -509,7 +506,7 @@ CacheListing DiskCache::list(bool verify, CacheRoots roots) const {
                     Hash128 key;
                     Hash128::from_hex(hex, key);
                     std::vector<char> bytes;
-                    info.problem = read_file(info.path, bytes);
+                    info.problem = read_regular_file(info.path, bytes);
                     if (info.problem.empty()) info.problem = decode_entry(bytes, key, nullptr);
                     info.valid = info.problem.empty();
                 }

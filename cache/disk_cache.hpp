@@ -38,7 +38,9 @@ std::string write_file_atomically(const std::string& dir, const std::string& fin
 // Reads the whole of `path` into `bytes` if it is a regular file of at most 256 MB, without
 // blocking on a FIFO or device at that path. Returns "" on success, else the reason ("missing",
 // "not a regular file", ...). The kernel cache's entries and the tuned tilings are read this way.
-std::string read_regular_file(const std::string& path, std::vector<char>& bytes);
+// `fd_out`, if given, receives the open fd (the caller closes it), so that the caller can touch
+// the very file it read.
+std::string read_regular_file(const std::string& path, std::vector<char>& bytes, int* fd_out = nullptr);
 
 // What to say where no writable cache directory could be found.
 inline constexpr const char* kNoCacheDirectory = "no cache directory (set MOEJIT_CACHE_DIR, XDG_CACHE_HOME or HOME)";

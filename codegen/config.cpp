@@ -123,10 +123,13 @@ size_t hopper_dynamic_bytes(const Problem& problem, const Config& config, int dw
 }
 
 // The portable kernels' static shared memory: the scheduler's prefix sums over the experts and its
-// per-warp totals (templates/scheduler/grouped_tiles.cuh, 8 bytes each), rounded up to the 128-byte
+// per-warp totals (templates/scheduler/grouped_tiles.cuh: rows and tiles, 8 bytes each; dW keeps
+// the rows only, 4, beside one unused int of each tile array), rounded up to the 128-byte
 // alignment of the dynamic ring that follows them.
 size_t portable_static_bytes(const Problem& problem, const Config& config) {
-    const size_t scheduler = size_t(problem.experts + 1) * 8 + size_t(config.warps_m) * config.warps_n * 8;
+    const size_t per_item = problem.op == Op::dw ? 4 : 8, unused = problem.op == Op::dw ? 8 : 0;
+    const size_t warps = size_t(config.warps_m) * config.warps_n;
+    const size_t scheduler = size_t(problem.experts + 1) * per_item + warps * per_item + unused;
     return (scheduler + 127) / 128 * 128;
 }
 

@@ -55,14 +55,19 @@ size_t element_bytes(DType) { return 2; }
 namespace {
 
 const Arch kSupportedArchs[] = {{8, 0, false}, {8, 6, false}, {8, 9, false}, {9, 0, true}, {10, 0, true}};
-const char* const kSupportedArchNames = "sm_80, sm_86, sm_89, sm_90a, sm_100a";
 
 }  // namespace
+
+std::string Arch::supported_names() {
+    std::string names;
+    for (const Arch& arch : kSupportedArchs) names += (names.empty() ? "" : ", ") + arch.name();
+    return names;
+}
 
 Arch Arch::parse(std::string_view name) {
     for (const Arch& arch : kSupportedArchs)
         if (arch.name() == name) return arch;
-    throw Error("unsupported arch '" + std::string(name) + "': expected one of " + kSupportedArchNames);
+    throw Error("unsupported arch '" + std::string(name) + "': expected one of " + Arch::supported_names());
 }
 
 std::string Arch::name() const {
@@ -74,9 +79,10 @@ void Problem::validate() const {
     // Enum values cast from integers: to_spec would print a wrong dtype as fp16 and compile it so.
     if (dtype != DType::bf16 && dtype != DType::fp16)
         fail("dtype must be bf16 or fp16, got the value " + std::to_string(static_cast<int>(dtype)));
-    if (std::string(to_string(op)) == "?") fail("op is no Op, got the value " + std::to_string(static_cast<int>(op)));
+    if (std::string(to_string(op)) == "?")  // to_string names every value of Op
+        fail("op must be a value of moejit::Op, got " + std::to_string(static_cast<int>(op)));
     if (std::find(std::begin(kSupportedArchs), std::end(kSupportedArchs), arch) == std::end(kSupportedArchs))
-        fail("unsupported arch " + arch.name() + ": expected one of " + kSupportedArchNames);
+        fail("unsupported arch " + arch.name() + ": expected one of " + Arch::supported_names());
     if (n <= 0 || n % 8 != 0) fail("N must be a positive multiple of 8 (16-byte rows), got " + std::to_string(n));
     if (k <= 0 || k % 8 != 0) fail("K must be a positive multiple of 8 (16-byte rows), got " + std::to_string(k));
     // The kernels take N and K as int template arguments and index with int within a row.

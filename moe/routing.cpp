@@ -120,7 +120,7 @@ size_t routing_workspace_bytes(int experts, int64_t tokens, int topk) {
     if (experts < 1 || experts > 4096)
         throw Error("routing_workspace_bytes: experts must be in 1..4096, got " + std::to_string(experts));
     if (topk < 1) throw Error("routing_workspace_bytes: topk must be positive, got " + std::to_string(topk));
-    if (tokens < 0 || tokens > kMaxRows / topk)
+    if (!routed_rows_fit(tokens, topk))
         throw Error("routing_workspace_bytes: tokens * topk must be in [0, 2^31), got tokens " +
                     std::to_string(tokens) + ", topk " + std::to_string(topk));
     return size_t(routing_chunking(experts, tokens * topk).bound) * size_t(experts) * sizeof(int);
@@ -134,7 +134,7 @@ void routing_indices(int experts, int topk, CUdeviceptr topk_ids, int64_t tokens
     };
     if (experts < 1 || experts > 4096) throw Error(where() + ": experts must be in 1..4096");
     if (topk < 1) throw Error(where() + ": topk must be positive");
-    if (tokens < 0 || tokens > kMaxRows / topk)
+    if (!routed_rows_fit(tokens, topk))
         throw Error(where() + ": tokens * topk must be in [0, 2^31), got tokens " + std::to_string(tokens));
     const int64_t rows = tokens * topk;
     const size_t needed = routing_workspace_bytes(experts, tokens, topk);
@@ -192,7 +192,7 @@ void permute_rows(DType dtype, int64_t width, int topk, CUdeviceptr x, CUdevicep
     // The width's limits are the kernel's (16-byte rows, an int template argument): its Problem's.
     const Problem problem = permute_rows_problem(dtype, width, topk);
     problem.validate();
-    if (tokens < 0 || tokens > kMaxRows / topk)
+    if (!routed_rows_fit(tokens, topk))
         throw Error(where() + ": tokens * topk must be in [0, 2^31), got tokens " + std::to_string(tokens));
     check_pointer(x, 16, where, "x");
     check_pointer(gather_idx, 4, where, "gather_idx");

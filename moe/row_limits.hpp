@@ -8,4 +8,8 @@ namespace moejit {
 
 constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();  // 2^31 - 1
 
+// Whether `tokens` tokens, each routed to `topk` experts (topk >= 1), make at most kMaxRows rows;
+// no negative count does. Without the multiplication, which could overflow.
+constexpr bool routed_rows_fit(int64_t tokens, int topk) { return tokens >= 0 && tokens <= kMaxRows / topk; }
+
 }  // namespace moejit

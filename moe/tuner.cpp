@@ -170,7 +170,7 @@ std::vector<TunedPass> tune_grouped_gemm_passes(const std::vector<Problem>& pass
                                                 const std::function<void(const TunedPass&)>& on_tuned) {
     if (tokens < 1) throw Error("tune_grouped_gemm: tokens must be at least 1");
     for (const Problem& problem : passes)  // the synthetic routing's rows are int32 on the device
-        if (tokens > kMaxRows / std::max(problem.topk, 1))
+        if (!routed_rows_fit(tokens, std::max(problem.topk, 1)))
             throw Error("tune_grouped_gemm: tokens * topk must be below 2^31, got " + std::to_string(tokens) + " * " +
                         std::to_string(problem.topk));
     const DeviceInfo& device = current_device();

@@ -15,7 +15,7 @@ namespace moejit {
 // The blocks plan their workspace for max_tokens tokens, max_tokens * topk routed rows: each a
 // positive count the routing kernels can index (at most kMaxRows).
 inline void check_max_tokens(int64_t max_tokens, int topk, const char* block) {
-    if (max_tokens <= 0 || max_tokens > kMaxRows / topk)
+    if (max_tokens <= 0 || !routed_rows_fit(max_tokens, topk))
         throw Error(std::string(block) + ": max_tokens must be positive and max_tokens * topk below 2^31, got " +
                     std::to_string(max_tokens));
 }
@@ -34,7 +34,8 @@ public:
                               __builtin_add_overflow(bytes, size_t(255), &bytes) ||
                               __builtin_add_overflow(size_, bytes / 256 * 256, &bytes);
         if (overflow)
-            throw Error(std::string(block_) + ": the workspace size overflows 64 bits (dimensions or max_tokens too large)");
+            throw Error(std::string(block_) +
+                        ": the workspace size overflows 64 bits (dimensions or max_tokens too large)");
         const size_t at = size_;
         size_ = bytes;
         return at;

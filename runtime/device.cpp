@@ -18,7 +18,7 @@ Arch arch_of(int major, int minor) {
         return Arch::parse(name);
     } catch (const Error&) {
         throw Error("this GPU has compute capability " + std::to_string(major) + "." + std::to_string(minor) +
-                    "; moejit has kernels for sm_80, sm_86, sm_89, sm_90a and sm_100a");
+                    "; moejit has kernels for " + Arch::supported_names());
     }
 }
 

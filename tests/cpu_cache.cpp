@@ -25,6 +25,7 @@
 #include <vector>
 
 #include <moejit/error.hpp>
+#include <moejit/tuning.hpp>
 
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
@@ -34,6 +35,7 @@
 #include "runtime/device.hpp"
 #include "tests/catch.hpp"
 #include "tests/support/env_var.hpp"
+#include "tests/support/errors.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace moejit;
@@ -1098,7 +1100,9 @@ TEST_CASE("tuned configs are stored in the cache directory, and never without on
         CHECK(*loaded == tuning.config);
     };
     SECTION("with a cache directory the winner round trips") { check_round_trip("root"); }
-    SECTION("a cache directory whose parents do not exist yet is made, parents and all") { check_round_trip("a/b/root"); }
+    SECTION("a cache directory whose parents do not exist yet is made, parents and all") {
+        check_round_trip("a/b/root");
+    }
     SECTION("a FIFO or a directory at the tuned config's name is ignored, without blocking") {
         EnvVar dir("MOEJIT_CACHE_DIR", tmp / "root");
         const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
@@ -1135,4 +1139,16 @@ TEST_CASE("tuned configs without a cache directory, child process", "[.][tuning-
     const TuningCase tuning;
     for (RowsBucket bucket : {RowsBucket::decode, RowsBucket::small, RowsBucket::large})
         CHECK(store_tuned_config(tuning.problem, bucket, tuning.device, tuning.config).empty());
+}
+
+TEST_CASE("tune_grouped_gemm refuses more routed rows than int32 indexes, before touching a GPU", "[cache][tuning]") {
+    Problem forward;
+    forward.n = 1536;
+    forward.k = 2048;
+    forward.experts = 128;
+    forward.topk = 8;
+    const std::string message = error_message([&] { tune_grouped_gemm(forward, int64_t{1} << 28); });
+    INFO(message);
+    CHECK(mentions(message, "tokens * topk must be below 2^31, got 268435456 * 8"));
+    CHECK(mentions(error_message([&] { tune_grouped_gemm(forward, 0); }), "tokens must be at least 1"));
 }

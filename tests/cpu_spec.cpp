@@ -131,7 +131,7 @@ TEST_CASE("a dtype, op or arch cast from an integer outside its values is reject
     CHECK(mentions(validate_error(bad), "dtype must be bf16 or fp16, got the value 7"));
     bad = problem;
     bad.op = static_cast<Op>(99);
-    CHECK(mentions(validate_error(bad), "op is no Op, got the value 99"));
+    CHECK(mentions(validate_error(bad), "op must be a value of moejit::Op, got 99"));
     bad = problem;
     bad.arch = Arch{7, 5, false};
     CHECK(mentions(validate_error(bad), "unsupported arch sm_75"));

@@ -513,12 +513,12 @@ TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty expert
     }
 }
 
-TEST_CASE("passes: m_sizes past M, even past 2^31 in all, touch no row outside [0, M)", "[gpu][gemm]") {
+TEST_CASE("passes: m_sizes past M, even past 2^31 in all, are cut at M", "[gpu][gemm]") {
     // Experts 3, 6 and 7 get no tokens. On the device expert 3's size is -5, and the sizes from
-    // the last busy expert (5) on are INT32_MAX, so that they sum past 2^31: a 32-bit prefix sum
-    // would wrap to negative rows and write far outside Y. The kernels lay the rows end to end and
-    // cut them at M (MOEJIT_CHECK_ROUTING=1 would throw instead), which leaves exactly the true
-    // routing: expert 5 keeps its rows, 6 and 7 none.
+    // the last busy expert (5) on are INT32_MAX, so that they sum past 2^31: a wrapping prefix sum
+    // gave negative rows, written some 2^31 rows before Y (an illegal address, which fails the
+    // test). The kernels lay the rows end to end and cut them at M (MOEJIT_CHECK_ROUTING=1 would
+    // throw instead), which leaves exactly the true routing: expert 5 keeps its rows, 6 and 7 none.
     const HostRouting routing = make_routing(8, 2, random_choices(157, 2, {0, 1, 2, 4, 5}));
     REQUIRE(routing.m_sizes[3] == 0);
     REQUIRE(routing.m_sizes[5] > 0);

@@ -303,8 +303,9 @@ TEST_CASE("Qwen3MoeBlock: a forward that throws midway leaves backward refusing"
     Qwen3MoeBlock block(c, 40);
     block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), 40, nullptr);
     CHECK_THROWS_AS(block.forward(run.d_x.get(), run.weights(), 0, run.d_logits.get(), 24, nullptr), Error);
-    CHECK(mentions(error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr); }),
-                   "needs a forward that succeeded first"));
+    const std::string refusal =
+        error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr); });
+    CHECK(mentions(refusal, "needs a forward that succeeded first"));
     // A forward that succeeds makes backward possible again.
     block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), 40, nullptr);
     CHECK_NOTHROW(block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr));

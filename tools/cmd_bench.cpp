@@ -29,7 +29,7 @@ namespace {
 // --tokens, whose routed rows (tokens * topk) the device's int32 routing must index.
 int64_t parse_tokens(const Args& args, const ModelPreset& model) {
     const int64_t tokens = parse_token_count(args.value("--tokens").value_or("8192"));
-    if (tokens > kMaxRows / model.topk)
+    if (!routed_rows_fit(tokens, model.topk))
         throw Error("--tokens " + std::to_string(tokens) + ": " + model.name + " routes each token to " +
                     std::to_string(model.topk) + " experts, and tokens * topk must be below 2^31");
     return tokens;

@@ -260,7 +260,7 @@ int cmd_compile(const std::vector<std::string>& argv) {
         std::printf("cache      not written (%s is not writable; see the warning above)\n",
                     compiler.disk().root().empty() ? "the cache directory" : compiler.disk().root().c_str());
     else if (!compiler.disk().has_entry_in_root(binary.key))
-        std::printf("cache      not written (%s is in the way; see the warning above)\n",
+        std::printf("cache      not written (the store to %s failed; see the warning above)\n",
                     compiler.disk().entry_path(binary.key).c_str());
     else
         std::printf("cache      %s\n", compiler.disk().entry_path(binary.key).c_str());

@@ -33,6 +33,7 @@ struct Arch {
 
     // Accepts sm_80, sm_86, sm_89, sm_90a, sm_100a; throws moejit::Error otherwise.
     static Arch parse(std::string_view name);
+    static std::string supported_names();  // "sm_80, sm_86, sm_89, sm_90a, sm_100a"
     std::string name() const;  // "sm_90a"
     int sm() const { return major * 10 + minor; }
     bool operator==(const Arch& o) const {

@@ -6,6 +6,7 @@ namespace moejit {
 
 using int64 = long long;
 using uint32 = unsigned int;
+constexpr int kIntMax = 0x7fffffff;  // INT_MAX, without <climits>
 
 // 16-bit storage types. Arithmetic happens in fp32 in registers; only conversions are needed.
 struct alignas(2) bf16 { unsigned short bits; };

@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(Cfg::Threads) routing_indices(const RoutingInd
         if (e < E) local += totals[e];
     }
     int routed;  // sum(m_sizes)
-    int offset = exclusive_block_sum<Warps>(local, warp_sums, &routed);
+    int offset = exclusive_block_sum<Warps>(local, warp_sums, kIntMax, &routed);  // at most M < 2^31
 #pragma unroll
     for (int i = 0; i < PerThread; ++i) {
         const int e = threadIdx.x * PerThread + i;

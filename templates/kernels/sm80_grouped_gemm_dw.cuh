@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_grouped_gemm_dw(const Group
     using TileA = typename Cfg::TileA;
     using TileB = typename Cfg::TileB;
     // Only the per-expert row offsets are used; tiles are a fixed grid per expert.
-    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 1>;
+    using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, 1, 0>;  // row offsets only
     constexpr int Flags = Cfg::Flags;
     constexpr bool OutFp32 = (Flags & kOutFp32) != 0;
 

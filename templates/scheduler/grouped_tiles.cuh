@@ -1,7 +1,7 @@
 #pragma once
 // Tile scheduler for grouped GEMMs whose group sizes live on the device.
 //
-// Every CTA scans m_sizes [E] once into shared memory (row offsets and tile offsets per expert),
+// Every CTA reads m_sizes [E] once and scans it into shared memory (row offsets, then tile offsets),
 // then maps a linear tile index to (expert, m tile, n tile) by binary search. With NTiles 0 it
 // keeps the row offsets only (dW walks its own tile grid): half the shared memory, which with 256
 // experts is what leaves room for the dW epilogue's second staging box. Tiles are ordered
@@ -44,53 +44,52 @@ struct GroupedTileScheduler {
     static constexpr bool kTiles = NTiles > 0;
 
     struct Shared {
-        int row_start[Experts + 1];                  // exclusive prefix sum of the clamped m_sizes
+        int row_start[Experts + 1];                  // exclusive prefix sum of the cut m_sizes
         int tile_start[kTiles ? Experts + 1 : 1];    // exclusive prefix sum of tiles per expert
-        int64 warp_rows[kWarps];
-        int64 warp_tiles[kTiles ? kWarps : 1];
+        int warp_rows[kWarps];
+        int warp_tiles[kTiles ? kWarps : 1];
     };
 
     Shared& shared;
 
     // Block-wide; ends with __syncthreads. The experts' rows are laid end to end and cut at `rows`
     // (M): negative sizes count as empty, and rows at or past M belong to no expert, so every
-    // expert's rows lie within [0, M) whatever m_sizes holds. The sums run in 64 bits, so that a
-    // bad m_sizes (a float32 tensor read as int32, say) cannot wrap to negative rows.
+    // expert's rows lie within [0, M) whatever m_sizes holds. The sums saturate at M, so a bad
+    // m_sizes (a float32 tensor read as int32, say) cannot wrap them to negative rows.
     __device__ GroupedTileScheduler(Shared& storage, const int* m_sizes, int64 rows) : shared(storage) {
         const int thread = threadIdx.x;
         const int first_expert = thread * kExpertsPerThread;
-        int64 sizes[kExpertsPerThread];
-        int64 my_rows = 0;
+        const int limit = static_cast<int>(rows);  // M < 2^31 (moe/row_limits.hpp)
+        int cut[kExpertsPerThread + 1];  // this thread's experts' first rows, and the end of its last
+        int my_rows = 0;
 #pragma unroll
         for (int i = 0; i < kExpertsPerThread; ++i) {
             const int expert = first_expert + i;
-            sizes[i] = expert < Experts ? max_of(m_sizes[expert], 0) : 0;
-            my_rows += sizes[i];
+            const int size = expert < Experts ? min_of(max_of(m_sizes[expert], 0), limit) : 0;
+            cut[i + 1] = size;  // for now
+            my_rows = saturating_add(my_rows, size, limit);
         }
-        int64 row = exclusive_block_sum<kWarps>(my_rows, shared.warp_rows);
-        int64 cut[kExpertsPerThread + 1];  // the clamped row starts of this thread's experts, and the end
+        cut[0] = exclusive_block_sum<kWarps>(my_rows, shared.warp_rows, limit);
 #pragma unroll
-        for (int i = 0; i <= kExpertsPerThread; ++i) {
-            cut[i] = min_of(row, rows);
-            if (i < kExpertsPerThread) row += sizes[i];
-        }
-        int64 my_tiles = 0;
+        for (int i = 0; i < kExpertsPerThread; ++i) cut[i + 1] = saturating_add(cut[i], cut[i + 1], limit);
+        int my_tiles = 0;
 #pragma unroll
         for (int i = 0; i < kExpertsPerThread; ++i) {
             const int expert = first_expert + i;
-            if (expert < Experts) shared.row_start[expert] = static_cast<int>(cut[i]);
+            if (expert < Experts) shared.row_start[expert] = cut[i];
             if constexpr (kTiles) my_tiles += tiles_of(cut[i + 1] - cut[i]);
         }
-        if (thread == Threads - 1) shared.row_start[Experts] = static_cast<int>(cut[kExpertsPerThread]);
+        if (thread == Threads - 1) shared.row_start[Experts] = cut[kExpertsPerThread];
         if constexpr (kTiles) {
-            int64 tile = exclusive_block_sum<kWarps>(my_tiles, shared.warp_tiles);
+            // Tiles of rows within [0, M) fit an int for any M a device holds.
+            int tile = exclusive_block_sum<kWarps>(my_tiles, shared.warp_tiles, kIntMax);
 #pragma unroll
             for (int i = 0; i < kExpertsPerThread; ++i) {
                 const int expert = first_expert + i;
-                if (expert < Experts) shared.tile_start[expert] = static_cast<int>(tile);
+                if (expert < Experts) shared.tile_start[expert] = tile;
                 tile += tiles_of(cut[i + 1] - cut[i]);
             }
-            if (thread == Threads - 1) shared.tile_start[Experts] = static_cast<int>(tile);
+            if (thread == Threads - 1) shared.tile_start[Experts] = tile;
         }
         __syncthreads();
     }
@@ -120,7 +119,10 @@ struct GroupedTileScheduler {
     }
 
   private:
-    static __device__ int64 tiles_of(int64 expert_rows) { return (expert_rows + TileM - 1) / TileM * NTiles; }
+    // In 64 bits: an expert of nearly 2^31 rows would overflow ceil_div's int.
+    static __device__ int tiles_of(int expert_rows) {
+        return static_cast<int>((static_cast<int64>(expert_rows) + TileM - 1) / TileM) * NTiles;
+    }
 };
 
 }  // namespace moejit
