@@ -25,10 +25,10 @@ const char* const kBlock = "Llama4TextMoe";
 
 struct Buffers {
     RouterStage::Buffers routing;
-    size_t unused_dots;                                                          // forward scratch
-    size_t x_scaled, preactivation, h, y_slots, shared_preactivation, shared_h, shared_y;  // saved by forward
-    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots, router_grad_x;  // backward
-    size_t shared_grad_h, shared_grad_gate_up, shared_grad_x, grad_x_partial;
+    RoutedMlpBuffers mlp;
+    size_t unused_dots;                                        // forward scratch
+    size_t x_scaled, shared_preactivation, shared_h, shared_y;  // saved by forward
+    size_t shared_grad_h, shared_grad_gate_up, shared_grad_x, grad_x_partial;  // backward
     size_t total;
 };
 
@@ -39,20 +39,12 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
     WorkspaceLayout layout(kBlock);
     Buffers b;
     b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
+    b.mlp = RoutedMlpBuffers::plan(layout, T, M, H, I, bytes);
     b.unused_dots = layout.take(M, 4);
     b.x_scaled = layout.take(M, H, bytes);
-    b.preactivation = layout.take(M, 2 * I, bytes);
-    b.h = layout.take(M, I, bytes);
-    b.y_slots = layout.take(M, H, bytes);
     b.shared_preactivation = layout.take(T, 2 * Is, bytes);
     b.shared_h = layout.take(T, Is, bytes);
     b.shared_y = layout.take(T, H, bytes);
-    b.grad_y = layout.take(M, H, bytes);
-    b.grad_weights = layout.take(M, 4);
-    b.grad_h = layout.take(M, I, bytes);
-    b.grad_gate_up = layout.take(M, 2 * I, bytes);
-    b.grad_x_slots = layout.take(M, H, bytes);
-    b.router_grad_x = layout.take(T, H, bytes);
     b.shared_grad_h = layout.take(T, Is, bytes);
     b.shared_grad_gate_up = layout.take(T, 2 * Is, bytes);
     b.shared_grad_x = layout.take(T, H, bytes);
@@ -189,14 +181,14 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
     const Routing routing = s.router.routing(tokens);
     // x_scaled[r] = score[s] * hidden[t], expert order (the dot products it also computes are unused;
     // y_slots is only read for them and is overwritten below).
-    combine_backward(c.dtype, c.hidden, c.topk, hidden, s.at(b.y_slots), routing.gather_idx, routing.topk_weights,
+    combine_backward(c.dtype, c.hidden, c.topk, hidden, s.at(b.mlp.y_slots), routing.gather_idx, routing.topk_weights,
                      s.at(b.x_scaled), s.at(b.unused_dots), routing.rows, stream);
-    s.gate_up.forward(s.at(b.x_scaled), weights.gate_up, s.at(b.h), routing, stream, s.at(b.preactivation));
-    s.down.forward(s.at(b.h), weights.down, s.at(b.y_slots), routing, stream);
+    s.gate_up.forward(s.at(b.x_scaled), weights.gate_up, s.at(b.mlp.h), routing, stream, s.at(b.mlp.preactivation));
+    s.down.forward(s.at(b.mlp.h), weights.down, s.at(b.mlp.y_slots), routing, stream);
     s.shared_gate_up.forward(hidden, weights.shared_gate_up, s.at(b.shared_h), dense, stream,
                              s.at(b.shared_preactivation));
     s.shared_down.forward(s.at(b.shared_h), weights.shared_down, s.at(b.shared_y), dense, stream);
-    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.y_slots), output, tokens, stream, 0, s.at(b.shared_y));
+    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.y_slots), output, tokens, stream, 0, s.at(b.shared_y));
     s.hidden = hidden;
     s.router_logits = router_logits;
     s.tokens = tokens;
@@ -219,22 +211,22 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
     s.shared_gate_up.dx(s.at(b.shared_grad_gate_up), weights.shared_gate_up, s.at(b.shared_grad_x), dense, stream);
     s.shared_gate_up.dw(s.at(b.shared_grad_gate_up), s.hidden, gradients.shared_gate_up, dense, stream, true);
     // Routed experts: the unweighted combine hands every slot its token's gradient.
-    permute_rows(c.dtype, c.hidden, c.topk, grad_output, routing.gather_idx, s.at(b.grad_y), tokens, stream);
-    s.down_backward.dx(s.at(b.grad_y), weights.down, s.at(b.grad_h), routing, stream);
-    s.down_backward.dw(s.at(b.grad_y), s.at(b.h), gradients.down, routing, stream, /*fp32_output=*/true);
-    gated_activation_backward(c.dtype, 2 * c.intermediate, s.at(b.preactivation), s.at(b.grad_h),
-                              s.at(b.grad_gate_up), routing.rows, stream);
-    s.gate_up_dx.dx(s.at(b.grad_gate_up), weights.gate_up, s.at(b.grad_x_slots), routing, stream);
-    s.gate_up.dw(s.at(b.grad_gate_up), s.at(b.x_scaled), gradients.gate_up, routing, stream, true);
+    permute_rows(c.dtype, c.hidden, c.topk, grad_output, routing.gather_idx, s.at(b.mlp.grad_y), tokens, stream);
+    s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_h), routing, stream);
+    s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, /*fp32_output=*/true);
+    gated_activation_backward(c.dtype, 2 * c.intermediate, s.at(b.mlp.preactivation), s.at(b.mlp.grad_h),
+                              s.at(b.mlp.grad_gate_up), routing.rows, stream);
+    s.gate_up_dx.dx(s.at(b.mlp.grad_gate_up), weights.gate_up, s.at(b.mlp.grad_x_slots), routing, stream);
+    s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.at(b.x_scaled), gradients.gate_up, routing, stream, true);
     // d score[s] = <d x_scaled[s], hidden[t]> (the scaled rows it writes again land in grad_y, unused).
-    combine_backward(c.dtype, c.hidden, c.topk, s.hidden, s.at(b.grad_x_slots), routing.gather_idx,
-                     routing.topk_weights, s.at(b.grad_y), s.at(b.grad_weights), routing.rows, stream);
-    s.router.backward(s.hidden, weights.router, s.router_logits, s.at(b.grad_weights), s.at(b.router_grad_x),
+    combine_backward(c.dtype, c.hidden, c.topk, s.hidden, s.at(b.mlp.grad_x_slots), routing.gather_idx,
+                     routing.topk_weights, s.at(b.mlp.grad_y), s.at(b.mlp.grad_weights), routing.rows, stream);
+    s.router.backward(s.hidden, weights.router, s.router_logits, s.at(b.mlp.grad_weights), s.at(b.mlp.router_grad_x),
                       gradients.router, tokens, stream);
     // dHidden = sum_j score * d x_scaled + shared + router, deterministic.
     combine_topk(c.dtype, c.hidden, 1, s.at(b.shared_grad_x), s.at(b.grad_x_partial), tokens, stream, 0,
-                 s.at(b.router_grad_x));
-    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.grad_x_slots), gradients.hidden, tokens, stream,
+                 s.at(b.mlp.router_grad_x));
+    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.grad_x_slots), gradients.hidden, tokens, stream,
                  routing.topk_weights, s.at(b.grad_x_partial));
 }
 

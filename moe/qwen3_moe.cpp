@@ -66,8 +66,7 @@ void validate(const Qwen3MoeConfig& c, int64_t max_tokens) {
 // Where each intermediate lives in the workspace, for up to max_tokens tokens.
 struct Buffers {
     RouterStage::Buffers routing;
-    size_t preactivation, h, y_slots;                                          // saved by forward
-    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots, router_grad_x;  // backward
+    RoutedMlpBuffers mlp;
     size_t total;
 };
 
@@ -77,15 +76,7 @@ Buffers plan(const Qwen3MoeConfig& c, int64_t tokens) {
     WorkspaceLayout layout(kBlock);
     Buffers b;
     b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
-    b.preactivation = layout.take(M, 2 * I, bytes);
-    b.h = layout.take(M, I, bytes);
-    b.y_slots = layout.take(M, H, bytes);
-    b.grad_y = layout.take(M, H, bytes);
-    b.grad_weights = layout.take(M, 4);
-    b.grad_h = layout.take(M, I, bytes);
-    b.grad_gate_up = layout.take(M, 2 * I, bytes);
-    b.grad_x_slots = layout.take(M, H, bytes);
-    b.router_grad_x = layout.take(T, H, bytes);
+    b.mlp = RoutedMlpBuffers::plan(layout, T, M, H, I, bytes);
     b.total = layout.size();
     return b;
 }
@@ -149,9 +140,9 @@ void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, 
     const Buffers& b = s.buffers;
     s.router.forward(hidden, weights.router, router_logits, tokens, stream);
     const Routing routing = s.router.routing(tokens);
-    s.gate_up.forward(hidden, weights.gate_up, s.at(b.h), routing, stream, s.at(b.preactivation));
-    s.down.forward(s.at(b.h), weights.down, s.at(b.y_slots), routing, stream);
-    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.y_slots), output, tokens, stream, routing.topk_weights);
+    s.gate_up.forward(hidden, weights.gate_up, s.at(b.mlp.h), routing, stream, s.at(b.mlp.preactivation));
+    s.down.forward(s.at(b.mlp.h), weights.down, s.at(b.mlp.y_slots), routing, stream);
+    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.y_slots), output, tokens, stream, routing.topk_weights);
     s.hidden = hidden;
     s.router_logits = router_logits;
     s.tokens = tokens;
@@ -166,20 +157,20 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     const int64_t tokens = s.tokens;
     const Routing routing = s.router.routing(tokens);
     // out = sum_j w * y: gradients of the down GEMM's rows (scaled, expert order) and of the weights.
-    combine_backward(c.dtype, c.hidden, c.topk, grad_output, s.at(b.y_slots), routing.gather_idx,
-                     routing.topk_weights, s.at(b.grad_y), s.at(b.grad_weights), routing.rows, stream);
-    s.down_backward.dx(s.at(b.grad_y), weights.down, s.at(b.grad_h), routing, stream);
-    s.down_backward.dw(s.at(b.grad_y), s.at(b.h), gradients.down, routing, stream, /*fp32_output=*/true);
-    gated_activation_backward(c.dtype, 2 * c.moe_intermediate, s.at(b.preactivation), s.at(b.grad_h),
-                              s.at(b.grad_gate_up), routing.rows, stream);
-    s.gate_up.dx(s.at(b.grad_gate_up), weights.gate_up, s.at(b.grad_x_slots), routing, stream);
-    s.gate_up.dw(s.at(b.grad_gate_up), s.hidden, gradients.gate_up, routing, stream, /*fp32_output=*/true);
+    combine_backward(c.dtype, c.hidden, c.topk, grad_output, s.at(b.mlp.y_slots), routing.gather_idx,
+                     routing.topk_weights, s.at(b.mlp.grad_y), s.at(b.mlp.grad_weights), routing.rows, stream);
+    s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_h), routing, stream);
+    s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, /*fp32_output=*/true);
+    gated_activation_backward(c.dtype, 2 * c.moe_intermediate, s.at(b.mlp.preactivation), s.at(b.mlp.grad_h),
+                              s.at(b.mlp.grad_gate_up), routing.rows, stream);
+    s.gate_up.dx(s.at(b.mlp.grad_gate_up), weights.gate_up, s.at(b.mlp.grad_x_slots), routing, stream);
+    s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.hidden, gradients.gate_up, routing, stream, /*fp32_output=*/true);
     // Router: d(weights) -> d(logits) through top-k and softmax, then both router GEMM gradients.
-    s.router.backward(s.hidden, weights.router, s.router_logits, s.at(b.grad_weights), s.at(b.router_grad_x),
+    s.router.backward(s.hidden, weights.router, s.router_logits, s.at(b.mlp.grad_weights), s.at(b.mlp.router_grad_x),
                       gradients.router, tokens, stream);
     // dHidden = sum over the token's slots + the router's share, in one deterministic pass.
-    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.grad_x_slots), gradients.hidden, tokens, stream, 0,
-                 s.at(b.router_grad_x));
+    combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.grad_x_slots), gradients.hidden, tokens, stream, 0,
+                 s.at(b.mlp.router_grad_x));
 }
 
 void Qwen3MoeBlock::check_routing_errors(CUstream stream) const {

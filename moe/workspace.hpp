@@ -47,6 +47,29 @@ private:
     size_t size_ = 0;
 };
 
+// What both blocks keep of their routed experts' gated MLP, for M routed rows of T tokens (hidden
+// H, intermediate I, `bytes` an element): saved by the forward for the backward, and the
+// backward's own.
+struct RoutedMlpBuffers {
+    size_t preactivation, h, y_slots;                                 // saved by forward
+    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots;  // backward
+    size_t router_grad_x;                                             // backward: the router's share of dX
+
+    static RoutedMlpBuffers plan(WorkspaceLayout& layout, size_t T, size_t M, size_t H, size_t I, size_t bytes) {
+        RoutedMlpBuffers b;
+        b.preactivation = layout.take(M, 2 * I, bytes);
+        b.h = layout.take(M, I, bytes);
+        b.y_slots = layout.take(M, H, bytes);
+        b.grad_y = layout.take(M, H, bytes);
+        b.grad_weights = layout.take(M, 4);
+        b.grad_h = layout.take(M, I, bytes);
+        b.grad_gate_up = layout.take(M, 2 * I, bytes);
+        b.grad_x_slots = layout.take(M, H, bytes);
+        b.router_grad_x = layout.take(T, H, bytes);
+        return b;
+    }
+};
+
 class DeviceWorkspace {
 public:
     // Borrows `external` when non-zero (it must be 256-byte aligned), else allocates `bytes`.

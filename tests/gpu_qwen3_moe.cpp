@@ -1,8 +1,8 @@
 // Qwen3MoeBlock forward and backward against an independent float64 host implementation of the
 // same math (Hugging Face Qwen3MoeSparseMoeBlock), plus CUDA-graph capture and replay.
 #include "tests/catch.hpp"
+#include "tests/support/block_checks.hpp"
 #include "tests/support/device.hpp"
-#include "tests/support/errors.hpp"
 #include "tests/support/half.hpp"
 #include "tests/support/moe_reference.hpp"
 #include "tests/support/reference.hpp"
@@ -296,18 +296,8 @@ TEST_CASE("Qwen3MoeBlock forward captured in a CUDA graph replays with new input
 }
 
 TEST_CASE("Qwen3MoeBlock: a forward that throws midway leaves backward refusing", "[gpu]") {
-    // The second forward routes its 24 tokens and runs the expert GEMMs, then throws at its null
-    // output. A backward after it must not mix those routing buffers with the first forward's.
     const auto c = Qwen3MoeConfig{64, 32, 8, 2, true};
     BlockRun run(c, 40);
     Qwen3MoeBlock block(c, 40);
-    block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), 40, nullptr);
-    CHECK_THROWS_AS(block.forward(run.d_x.get(), run.weights(), 0, run.d_logits.get(), 24, nullptr), Error);
-    const std::string refusal =
-        error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr); });
-    CHECK(mentions(refusal, "needs a forward that succeeded first"));
-    // A forward that succeeds makes backward possible again.
-    block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), 40, nullptr);
-    CHECK_NOTHROW(block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr));
-    synchronize();
+    check_failed_forward_leaves_backward_refusing(block, run, 40);
 }
