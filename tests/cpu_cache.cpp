@@ -1142,13 +1142,9 @@ TEST_CASE("tuned configs without a cache directory, child process", "[.][tuning-
 }
 
 TEST_CASE("tune_grouped_gemm refuses more routed rows than int32 indexes, before touching a GPU", "[cache][tuning]") {
-    Problem forward;
-    forward.n = 1536;
-    forward.k = 2048;
-    forward.experts = 128;
-    forward.topk = 8;
-    const std::string message = error_message([&] { tune_grouped_gemm(forward, int64_t{1} << 28); });
+    const TuningCase tuning;  // top-8
+    const std::string message = error_message([&] { tune_grouped_gemm(tuning.problem, int64_t{1} << 28); });
     INFO(message);
     CHECK(mentions(message, "tokens * topk must be below 2^31, got 268435456 * 8"));
-    CHECK(mentions(error_message([&] { tune_grouped_gemm(forward, 0); }), "tokens must be at least 1"));
+    CHECK(mentions(error_message([&] { tune_grouped_gemm(tuning.problem, 0); }), "tokens must be at least 1"));
 }

@@ -3,6 +3,7 @@
 #include <moejit/error.hpp>
 #include <moejit/problem.hpp>
 
+#include "codegen/kernel_problems.hpp"
 #include "tests/catch.hpp"
 #include "tests/support/errors.hpp"
 
@@ -120,11 +121,7 @@ TEST_CASE("elementwise and routing kernels take no GEMM fusion flags", "[cpu][sp
 
 TEST_CASE("a dtype, op or arch cast from an integer outside its values is rejected", "[cpu][spec]") {
     // Unchecked, DType(7) compiled as fp16 and printed so; Arch{7, 5} named 18 kernels "sm_75".
-    Problem problem;
-    problem.n = 1536;
-    problem.k = 2048;
-    problem.experts = 8;
-    problem.topk = 2;
+    Problem problem = expert_gemm(DType::bf16, 1536, 2048, 8, 2);
     CHECK_NOTHROW(problem.validate());
     Problem bad = problem;
     bad.dtype = static_cast<DType>(7);
