@@ -57,9 +57,14 @@ bool claims_tiles(const Problem& problem, const Config& config);
 // and not where the gated epilogue needs whole 64-column chunks of outputs.
 bool takes_192_tiles(const Problem& problem);
 
-// Swapped operands (Config::swap_ab) exist for the forward and dX of plain rows: no gated epilogue,
-// no gathered or scattered rows, no fused routing weights.
+// Swapped operands (Config::swap_ab) exist for the forward and dX of rows loaded by TMA: no gated
+// epilogue, no gathered rows (the forward's permute_x, dX's permute_y). Rows may scatter (the
+// forward's permute_y, dX's permute_x) and take the routing weights (fuse_mul_post).
 bool takes_swap_ab(const Problem& problem);
+
+// Whether swapped tiles of `problem` keep a table of their rows' destinations and weights in
+// shared memory (TokenTable in kernels/sm90_grouped_gemm_swap_ab.cuh): where rows scatter or scale.
+bool swap_ab_token_table(const Problem& problem);
 
 // The most CTAs a cluster of `config`'s tiles may have for `problem`: 2 in the row-grouped
 // passes (n128 or more), 4 in dW (n256), 1 on the portable path and in dW with permute_x (nothing

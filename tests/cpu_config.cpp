@@ -246,7 +246,8 @@ TEST_CASE("dX heuristic: a reduction of one slice takes 64x256 tiles in three st
     CHECK(choose_config(parse_spec("dx:bf16:n16:k5120:e4:topk1:permute_y:sm_90a")).to_string() == "h:m128n256s4c2");
 }
 
-TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the plain forward and dX", "[cpu]") {
+TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the forward and dX of rows loaded by TMA",
+          "[cpu]") {
     // Mean rows per expert (rounded up): 241-288 are the medium bucket, inside the large range.
     CHECK(rows_bucket(240 * 256, 256) == RowsBucket::large);
     CHECK(rows_bucket(240 * 256 + 1, 256) == RowsBucket::medium);
@@ -255,21 +256,25 @@ TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the p
     CHECK(rows_bucket(288 * 256 + 1, 256) == RowsBucket::large);
     CHECK(std::string(to_string(RowsBucket::medium)) == "medium");
 
-    const Problem forward = parse_spec("fwd:bf16:n4096:k7168:e256:topk8:sm_90a");
-    const Problem dx = parse_spec("dx:bf16:n4096:k7168:e256:topk8:sm_90a");
-    for (const Problem& plain : {forward, dx}) {
-        INFO(to_spec(plain));
-        const Config chosen = choose_config(plain, RowsBucket::medium);
+    // Plain rows, and rows that scatter (the forward's permute_y, with or without the routing
+    // weights, and dX's permute_x: deepseek-v3's fused down forward and gate_up dX).
+    for (const char* spec : {"fwd:bf16:n4096:k7168:e256:topk8:sm_90a", "dx:bf16:n4096:k7168:e256:topk8:sm_90a",
+                             "fwd:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a",
+                             "fwd:bf16:n7168:k2048:e256:topk8:permute_y:sm_90a",
+                             "dx:bf16:n4096:k7168:e256:topk8:permute_x:sm_90a"}) {
+        const Problem problem = parse_spec(spec);
+        INFO(spec);
+        const Config chosen = choose_config(problem, RowsBucket::medium);
         CHECK(chosen.to_string() == "h:m288n128s4swap");
-        CHECK_NOTHROW(check_config(plain, chosen));
-        CHECK(choose_config(plain, RowsBucket::large).to_string() == "h:m128n256s4");
-        CHECK(choose_config(plain, RowsBucket::medium, KernelPath::portable).path == KernelPath::portable);
-        const std::vector<Config> candidates = candidate_configs(plain);
+        CHECK_NOTHROW(check_config(problem, chosen));
+        CHECK(choose_config(problem, RowsBucket::large).to_string() == "h:m128n256s4");
+        CHECK(choose_config(problem, RowsBucket::medium, KernelPath::portable).path == KernelPath::portable);
+        const std::vector<Config> candidates = candidate_configs(problem);
         CHECK(std::find(candidates.begin(), candidates.end(), chosen) != candidates.end());
     }
-    // Where the operands cannot swap (gathered, scattered or gated rows; dW), medium is large.
+    // Where the operands cannot swap (gathered or gated rows; dW), medium is large.
     for (const char* spec : {"fwd:bf16:n4096:k7168:e256:topk8:permute_x:gated:sm_90a",
-                             "fwd:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a",
+                             "fwd:bf16:n4096:k7168:e256:topk8:permute_x:sm_90a",
                              "dx:bf16:n4096:k7168:e256:topk8:permute_y:sm_90a", "dw:bf16:n4096:k7168:e256:topk8:sm_90a"}) {
         const Problem problem = parse_spec(spec);
         INFO(spec);

@@ -359,6 +359,16 @@ TEST_CASE("passes: swapped operands (routed rows on wgmma's N side) match float6
         check_passes(DType::bf16, 208, 136, routing, kNone, kFwd | kDx, config);
         check_passes(DType::fp16, 208, 136, routing, kNone, kFwd | kDx, config);
         check_passes(DType::bf16, 136, 72, routing, kNone, kFwd | kDx, config);
+        // Scattered and scaled rows (the routed rows are shuffled tokens, so slot order is a
+        // permutation of them): the forward's permute_y, with and without the routing weights, and
+        // dX's permute_x swap too; the other pass of each gathers and keeps 128-row tiles.
+        for (const Flags& flags : {kPermuteY, kPermuteYMulPost, kPermuteX}) {
+            const GroupedGemm scattered(make_problem(DType::bf16, 208, 136, routing.experts, 1, flags), config);
+            CHECK(scattered.config(flags.permute_x ? Op::dx : Op::fwd, routing.rows()) == config);
+            CHECK(scattered.config(flags.permute_x ? Op::fwd : Op::dx, routing.rows()) != config);
+            check_passes(DType::bf16, 208, 136, routing, flags, kFwd | kDx, config);
+        }
+        check_passes(DType::fp16, 136, 72, routing, kPermuteYMulPost, kFwd, config);
     }
     // The heuristic takes them by itself at 241-288 rows an expert (mean), for plain rows only
     // (unless the portable kernels are forced: gpu_portable_gemm).

@@ -7,6 +7,7 @@
 #include <moejit/tuning.hpp>
 
 #include "bench/cublas.hpp"
+#include "codegen/kernel_problems.hpp"
 #include "codegen/models.hpp"
 #include "moe/model_kernels.hpp"
 #include "moe/row_limits.hpp"
@@ -233,10 +234,19 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                dense_fwd),
                    0);
         }
-        if (wants("dx"))
+        if (wants("dx")) {
             report("dx", plain, gemm.config(Op::dx, rows),
                    time_paired(timer, [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); }, dense_dx),
                    grouped_ms(bench::Cublas::GroupedPass::dx, dx));
+            // dX with the fusions that reach it (gate_up: permute_x scatters dX to slot order; down:
+            // permute_y gathers dY, mul_post scales), where they do.
+            const Problem fused_dx = gemm_pass(fused, GemmPass::dx);
+            if (fused_dx != gemm_pass(plain, GemmPass::dx))
+                report("dx", fused_dx, fused_gemm.config(Op::dx, rows),
+                       time_paired(timer, [&] { fused_gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); },
+                                   dense_dx),
+                       0);
+        }
         if (wants("dw"))
             report("dw", plain, gemm.config(Op::dw, rows),
                    time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw),

@@ -14,6 +14,12 @@ __device__ __forceinline__ void store_shared_32(uint32 address, uint32 value) {
     asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(value) : "memory");
 }
 
+__device__ __forceinline__ uint32 load_shared_32(uint32 address) {
+    uint32 value;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(value) : "r"(address) : "memory");
+    return value;
+}
+
 // 16-byte global->shared copy that bypasses L1. With `valid` false it writes zeros and reads
 // nothing, which is how tiles past the end of an expert, N or K are padded.
 __device__ __forceinline__ void cp_async_16(uint32 shared_dst, const void* global_src, bool valid) {

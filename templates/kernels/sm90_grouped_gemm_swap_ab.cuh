@@ -6,6 +6,9 @@
 //   forward: C[r]^T = W[e] @ A[r]^T     A = X [M, K], W [E, N, K] K-major, C [M, N]
 //   dX:      C[r]^T = W[e]^T @ A[r]^T   A = dY [M, N], W read N-major as [64 n][64 k] boxes, C [M, K]
 //
+// with A's rows in routed order (by TMA); C's rows may scatter to slot order (the forward's
+// permute_y, dX's permute_x) and be scaled by the routing weights (fuse_mul_post).
+//
 // wgmma's M side is the weights: each consumer warpgroup owns 64 output columns of a tile of
 // TileN. Its N side is the expert's routed rows, up to TileTokens a tile: a 256-wide wgmma and,
 // past 256 rows, a tail wgmma of 16, 32 or (m320) 64. Rows past 256 are thus padded to 16 or 32
@@ -56,14 +59,22 @@ struct Sm90SwapAbConfig {
     // that leaves room for a fourth stage (m288: 4 x 52 KB). The host mirrors it (codegen/config.cpp).
     static constexpr int StagingRows = TileTokens <= 288 ? 32 : 64;
     static constexpr int StagingBytes = StagingRows * sm90::kStagingPitch;
-    static constexpr int SharedBytes = Stages * StageBytes + Consumers * StagingBytes + 1024;  // + ring alignment
+    // Scattered output rows (the forward's permute_y, dX's permute_x) and routing weights
+    // (fuse_mul_post) are the epilogue's: each consumer keeps the tile's destination rows and
+    // weights in a table (TokenTable). Gathered rows and the gated epilogue are the 128-row kernel's.
+    static constexpr bool Scatter = (Flags & (Forward ? kPermuteY : kPermuteX)) != 0;
+    static constexpr bool Scale = (Flags & kFuseMulPost) != 0;
+    static constexpr int TableBytes = Scatter || Scale ? TileTokens * 8 : 0;  // a consumer's; the host mirrors it
+    static constexpr int SharedBytes =
+        Stages * StageBytes + Consumers * (StagingBytes + TableBytes) + 1024;  // + ring alignment
 
     static constexpr int ProducerRegisters = 40;
     static constexpr int ConsumerRegisters = 232;  // 128 + 32 accumulators at most
     static constexpr int TransposeW = Forward ? 0 : 1;
 
     static_assert(sizeof(Element) == 2, "16-bit inputs");
-    static_assert(Flags == 0, "swapped operands: plain rows only (no gather, scatter or fused epilogue)");
+    static_assert((Flags & ~(kPermuteX | kPermuteY | kFuseMulPost)) == 0 && (Flags & (Forward ? kPermuteX : kPermuteY)) == 0,
+                  "swapped operands: rows by TMA (no gather), no gated epilogue");
     static_assert(TileN == 128, "two consumer warpgroups of 64 output columns");
     static_assert(TileTokens == 288 || TileTokens == 320, "a 256-row wgmma and a tail of up to 32 (m288) or 64 (m320)");
     static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
@@ -101,6 +112,52 @@ struct TokenBlock {
     }
 };
 
+// Scattered or scaled rows: the tile's destination rows (gather_idx) and routing weights. They are
+// read into registers under the tile's first wgmma batches, the weights a batch after the rows they
+// depend on, so that neither dependent global read holds up the epilogue, which the tensor pipe
+// waits for, and kept in the warpgroup's table in shared memory for the epilogue, whose fragments
+// hold each thread's values for two routed rows of every 8.
+template <class Cfg>
+struct TokenTable {
+    static constexpr bool Used = Cfg::Scatter || Cfg::Scale;
+    static constexpr int PerThread = Used ? ceil_div(Cfg::TileTokens, sm90::kWarpgroupThreads) : 1;
+    uint32 slots;    // [TileTokens] int
+    uint32 weights;  // [TileTokens] float
+    int slot[PerThread];
+    float weight[PerThread];
+
+    __device__ explicit TokenTable(uint32 base) : slots(base), weights(base + Cfg::TileTokens * 4) {}
+
+    __device__ __forceinline__ void load_slots(const GroupedGemmArguments& args, int64 row0, int tokens, int thread) {
+#pragma unroll
+        for (int i = 0; i < PerThread; ++i) {
+            const int token = thread + i * sm90::kWarpgroupThreads;
+            slot[i] = token < tokens && row0 + token < args.rows ? args.gather_idx[row0 + token] : -1;
+        }
+    }
+    __device__ __forceinline__ void load_weights(const GroupedGemmArguments& args) {
+        if constexpr (Cfg::Scale)
+#pragma unroll
+            for (int i = 0; i < PerThread; ++i) weight[i] = slot[i] >= 0 ? args.topk_weights[slot[i]] : 0.0f;
+    }
+    // Into the table, once the warpgroup's epilogue of the previous tile has read it (it has: its
+    // last staging barrier), and visible to the whole warpgroup.
+    __device__ __forceinline__ void publish(int thread, int barrier_id) const {
+#pragma unroll
+        for (int i = 0; i < PerThread; ++i) {
+            const int token = thread + i * sm90::kWarpgroupThreads;
+            if (token >= Cfg::TileTokens) continue;
+            ptx::store_shared_32(slots + token * 4, static_cast<uint32>(slot[i]));
+            if constexpr (Cfg::Scale) ptx::store_shared_32(weights + token * 4, __float_as_uint(weight[i]));
+        }
+        sm90::named_barrier(barrier_id, sm90::kWarpgroupThreads);
+    }
+    __device__ __forceinline__ int64 slot_of(int token) const { return static_cast<int>(ptx::load_shared_32(slots + token * 4)); }
+    __device__ __forceinline__ float weight_of(int token) const {
+        return __uint_as_float(ptx::load_shared_32(weights + token * 4));
+    }
+};
+
 // A consumer warpgroup's fragments back to rows of C. Fragment of m64nW: the thread with lane l of
 // warp w holds rows 16w + l/4 (+ 8) (output columns) and columns 8g + 2(l % 4) (+ 1) (routed rows)
 // of each 8-column group g, registers 4g .. 4g + 3. Transposing stmatrix x4 stores groups 2q and
@@ -112,16 +169,18 @@ struct SwapEpilogue {
     using Element = typename Cfg::Element;
     const GroupedGemmArguments& args;
     const sm90::StagedRows& staging;
+    const TokenTable<Cfg>& table;
     int consumer, thread;
     int64 row0;  // the tile's first routed row
     int tokens;  // the tile's routed rows
     int col0;    // this warpgroup's first output column
     uint32 lane_row;
 
-    __device__ SwapEpilogue(const GroupedGemmArguments& args_, const sm90::StagedRows& staging_, int consumer_,
-                            int thread_, int64 row0_, int tokens_, int out_col0)
-        : args(args_), staging(staging_), consumer(consumer_), thread(thread_), row0(row0_), tokens(tokens_),
-          col0(out_col0 + 64 * consumer_) {
+    __device__ SwapEpilogue(const GroupedGemmArguments& args_, const sm90::StagedRows& staging_,
+                            const TokenTable<Cfg>& table_, int consumer_, int thread_, int64 row0_, int tokens_,
+                            int out_col0)
+        : args(args_), staging(staging_), table(table_), consumer(consumer_), thread(thread_), row0(row0_),
+          tokens(tokens_), col0(out_col0 + 64 * consumer_) {
         const int warp = thread / 32, lane = thread % 32, matrix = lane / 8;
         lane_row = staging.base + (8 * (matrix / 2) + lane % 8) * sm90::kStagingPitch + (16 * warp + 8 * (matrix % 2)) * 2;
     }
@@ -133,9 +192,19 @@ struct SwapEpilogue {
 #pragma unroll
         for (int q = 0; q < Groups / 2; ++q) {
             const int r = first + 8 * q;
-            sm90::stmatrix_x4_trans(lane_row + 16 * q * sm90::kStagingPitch, pack2<Element>(d[r], d[r + 1]),
-                                    pack2<Element>(d[r + 2], d[r + 3]), pack2<Element>(d[r + 4], d[r + 5]),
-                                    pack2<Element>(d[r + 6], d[r + 7]));
+            // Registers r .. r + 3 hold routed rows t, t + 1 (twice: two output columns), r + 4 .. r + 7
+            // rows t + 8, t + 9.
+            float scale[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+            if constexpr (Cfg::Scale) {
+                const int t = token0 + 16 * q + 2 * (thread % 4);
+                scale[0] = table.weight_of(t), scale[1] = table.weight_of(t + 1);
+                scale[2] = table.weight_of(t + 8), scale[3] = table.weight_of(t + 9);
+            }
+            sm90::stmatrix_x4_trans(lane_row + 16 * q * sm90::kStagingPitch,
+                                    pack2<Element>(d[r] * scale[0], d[r + 1] * scale[1]),
+                                    pack2<Element>(d[r + 2] * scale[0], d[r + 3] * scale[1]),
+                                    pack2<Element>(d[r + 4] * scale[2], d[r + 5] * scale[3]),
+                                    pack2<Element>(d[r + 6] * scale[2], d[r + 7] * scale[3]));
         }
         Element* c = static_cast<Element*>(args.c);
         unsigned char* destination[sm90::kCopiesPerThread];
@@ -143,9 +212,9 @@ struct SwapEpilogue {
         for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
             const int token = token0 + sm90::StagedRows::copy_row(thread, i);
             const int64 routed = row0 + token;
-            destination[i] = sm90::StagedRows::copy_row(thread, i) < 8 * Groups && token < tokens && routed < args.rows
-                                 ? reinterpret_cast<unsigned char*>(c + routed * Cfg::OutCols + col0)
-                                 : nullptr;
+            const bool stored = sm90::StagedRows::copy_row(thread, i) < 8 * Groups && token < tokens && routed < args.rows;
+            const int64 out_row = !stored ? 0 : Cfg::Scatter ? table.slot_of(token) : routed;
+            destination[i] = stored ? reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutCols + col0) : nullptr;
         }
         staging.copy_out(1 + consumer, destination, 0, thread, (Cfg::OutCols - col0) * 2);
     }
@@ -157,7 +226,8 @@ template <class Cfg, int Wide, int Tail, class Barriers>
 __device__ __forceinline__ void swap_ab_tile(const GroupedGemmArguments& args, const Barriers& barriers, uint32 ring,
                                              sm90::RingPosition<Cfg::Stages>& position,
                                              sm90::SlotReleaser<Cfg::Stages>& release, const sm90::StagedRows& staging,
-                                             int consumer, int thread, int64 row0, int tokens, int out_col0) {
+                                             TokenTable<Cfg>& table, int consumer, int thread, int64 row0, int tokens,
+                                             int out_col0) {
     using Element = typename Cfg::Element;
     using WideMma = sm90::Wgmma<Element, Wide, Cfg::TransposeW, 0>;
     using TailMma = sm90::Wgmma<Element, Tail == 0 ? 16 : Tail, Cfg::TransposeW, 0>;
@@ -183,11 +253,16 @@ __device__ __forceinline__ void swap_ab_tile(const GroupedGemmArguments& args, c
         sm90::wgmma_commit();
         if constexpr (Tail > 0) release.issued(barriers, position.stage, thread == 0, wide, tail);
         else release.issued(barriers, position.stage, thread == 0, wide);
+        if constexpr (TokenTable<Cfg>::Used) {
+            if (slice == 0) table.load_slots(args, row0, tokens, thread);
+            if (slice == min_of(2, Cfg::Slices - 1)) table.load_weights(args);
+        }
     }
     if constexpr (Tail > 0) release.drain(barriers, thread == 0, wide, tail);
     else release.drain(barriers, thread == 0, wide);
+    if constexpr (TokenTable<Cfg>::Used) table.publish(thread, 1 + consumer);
 
-    const SwapEpilogue<Cfg> epilogue(args, staging, consumer, thread, row0, tokens, out_col0);
+    const SwapEpilogue<Cfg> epilogue(args, staging, table, consumer, thread, row0, tokens, out_col0);
     constexpr int ChunkGroups = Cfg::StagingRows / 8;  // of 8 routed rows, 4 registers
 #pragma unroll
     for (int chunk = 0; chunk < Wide / Cfg::StagingRows; ++chunk)
@@ -256,6 +331,8 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::RingPosition<Cfg::Stages> position;
         sm90::SlotReleaser<Cfg::Stages> release;
         const sm90::StagedRows staging{ring + Cfg::Stages * Cfg::StageBytes + consumer * Cfg::StagingBytes};
+        TokenTable<Cfg> table{ring + Cfg::Stages * Cfg::StageBytes + Cfg::Consumers * Cfg::StagingBytes +
+                              consumer * Cfg::TableBytes};
         for (int round = 0;; ++round) {
             const int index = queue.receive(round, lane);
             if (index >= tiles) break;
@@ -264,8 +341,9 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
             const int64 row0 = static_cast<int64>(tile.row_begin) + block.first;
             with_swap_widths<Cfg::TileTokens>(block.count, [&](auto widths) {
                 using Widths = decltype(widths);
-                swap_ab_tile<Cfg, Widths::Wide, Widths::Tail>(args, barriers, ring, position, release, staging, consumer,
-                                                              thread, row0, block.count, tile.n_tile * Cfg::TileN);
+                swap_ab_tile<Cfg, Widths::Wide, Widths::Tail>(args, barriers, ring, position, release, staging, table,
+                                                              consumer, thread, row0, block.count,
+                                                              tile.n_tile * Cfg::TileN);
             });
         }
     }
