@@ -119,9 +119,7 @@ size_t hopper_dynamic_bytes(const Problem& problem, const Config& config, int dw
     const size_t staging_rows = config.swap_ab && config.tile_m <= 288 ? 32 : 64;
     const size_t staging = problem.op == Op::dw ? size_t(config.consumers()) * dw_boxes * kStagingBoxBytes
                                                 : size_t(config.consumers()) * staging_rows * 144;
-    // Swapped tiles that scatter or scale rows: a consumer's table of their destinations and weights (TableBytes).
-    const size_t tables = config.swap_ab && swap_ab_token_table(problem) ? size_t(config.consumers()) * config.tile_m * 8 : 0;
-    return ring_bytes(config) + staging + tables + 1024;
+    return ring_bytes(config) + staging + swap_ab_table_bytes(problem, config) + 1024;
 }
 
 // The portable kernels' static shared memory: the scheduler's prefix sums over the experts and its
@@ -338,12 +336,15 @@ bool takes_192_tiles(const Problem& problem) {
 
 bool takes_swap_ab(const Problem& problem) {
     const bool row_grouped = problem.op == Op::fwd || problem.op == Op::dx;
-    const bool gathers_a = problem.op == Op::fwd ? problem.permute_x : problem.permute_y;
-    return row_grouped && !problem.gated && !gathers_a;
+    return row_grouped && !(problem.gated && problem.op == Op::fwd);
 }
 
-bool swap_ab_token_table(const Problem& problem) {
-    return (problem.op == Op::fwd ? problem.permute_y : problem.permute_x) || problem.fuse_mul_post;
+size_t swap_ab_table_bytes(const Problem& problem, const Config& config) {
+    if (!config.swap_ab) return 0;
+    const bool gathers = problem.op == Op::fwd ? problem.permute_x : problem.permute_y;
+    const bool scatters = problem.op == Op::fwd ? problem.permute_y : problem.permute_x;
+    const size_t consumer_tables = scatters || problem.fuse_mul_post ? size_t(config.consumers()) * config.tile_m * 8 : 0;
+    return consumer_tables + (gathers ? size_t(config.tile_m) * 4 : 0);
 }
 
 int max_cluster(const Problem& problem, const Config& config) {
@@ -453,8 +454,7 @@ void check_config(const Problem& problem, const Config& config) {
             throw Error(what + ": hopper kernels need a grouped GEMM on sm_90a");
         if (config.swap_ab) {
             if (!takes_swap_ab(problem))
-                throw Error(what + ": swapped operands are for the forward and dX of rows loaded by TMA (no gated "
-                                   "epilogue, no gathered rows: permute_x forward, permute_y dX)");
+                throw Error(what + ": swapped operands are for the forward and dX, not the gated epilogue");
             if (config.tile_n != 128 || (config.tile_m != 288 && config.tile_m != 320))
                 throw Error(what + ": swapped tiles are m288 or m320 (routed rows) by n128 (output columns)");
             if (config.cluster != 1) throw Error(what + ": swapped tiles run in single CTAs");
