@@ -63,6 +63,7 @@ struct Sm90RowGroupedConfig {
     using Gather = sm90::GatherPlan<TileM, 1>;
 
     static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
+    static_assert(sm90::registers_fit<Threads, ProducerRegisters, ConsumerRegisters>(), "setmaxnreg budget");
     static_assert(!Gated || TileN >= 128, "gated tiles hold TileN/2 gate and TileN/2 up columns");
     static_assert(!Gated || (N / 2) % 8 == 0, "gated: N/2 must be a multiple of 8");
     static_assert(Cluster == 1 || (Cluster == 2 && TileN >= 128), "a pair splits weight tiles into halves of 64+ rows");

@@ -63,6 +63,7 @@ struct Sm90WeightGradConfig {
     using GatherB = sm90::GatherPlan<SliceK, TileN / 64>;
 
     static_assert(sm90::TileRequirements<Element, TileM, TileN, N, K, Stages>::met, "");
+    static_assert(sm90::registers_fit<Threads, ProducerRegisters, ConsumerRegisters>(), "setmaxnreg budget");
     static_assert(TileM <= 128 && TileN != 192, "dW tiles are m64 or m128 by n64, n128 or n256 (check_config)");
     static_assert(Cluster == 1 || ((Cluster == 2 || Cluster == 4) && TileN / 64 % Cluster == 0),
                   "a cluster splits X slices into shares of whole 64-column boxes");

@@ -74,13 +74,15 @@ struct Sm90SwapAbConfig {
         Stages * StageBytes + Consumers * (StagingBytes + TableBytes) + SourceBytes + 1024;  // + ring alignment
     using Gather = sm90::GatherPlan<TileTokens, 1>;
 
-    // The producer keeps addresses only (gathered rows: their indices stay in shared memory); with
-    // the consumers at 232 that leaves 48 of the 65536 registers a thread.
-    static constexpr int ProducerRegisters = GatherA ? 48 : 40;
+    // The producer keeps addresses only (gathered rows: their indices stay in shared memory). The
+    // kernel launches at 168 registers a thread; the consumers' 232 take all that the producer's 40
+    // give back (setmaxnreg.inc waits for them: with 48 the consumers would wait forever).
+    static constexpr int ProducerRegisters = 40;
     static constexpr int ConsumerRegisters = 232;  // 128 + 32 accumulators at most
     static constexpr int TransposeW = Forward ? 0 : 1;
 
     static_assert(sizeof(Element) == 2, "16-bit inputs");
+    static_assert(sm90::registers_fit<Threads, ProducerRegisters, ConsumerRegisters>(), "setmaxnreg budget");
     static_assert((Flags & ~(kPermuteX | kPermuteY | kFuseMulPost)) == 0, "swapped operands: no gated epilogue");
     static_assert(TileN == 128, "two consumer warpgroups of 64 output columns");
     static_assert(TileTokens == 288 || TileTokens == 320, "a 256-row wgmma and a tail of up to 32 (m288) or 64 (m320)");
