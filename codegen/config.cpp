@@ -259,7 +259,9 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
             // gate_up fwd): 224 rows an expert 5.85-5.97 against 6.11-6.23 (hence not below 241),
             // 256: 7.05-7.32 against 6.71-6.83, 288: 9.94-10.38 against 9.17-9.27, 320 (two blocks
             // of 160, each issuing 256): 8.60-9.00 against 11.97-12.08; qwen3-235b-a22b at 256
-            // rows: 1.56-1.59 against 1.44-1.46 (bench/RESULTS.md, twenty-second session).
+            // rows: 1.56-1.59 against 1.44-1.46 (bench/RESULTS.md, twenty-second session). Rows that
+            // scatter or scale too: deepseek-v3 permute_y:mul_post down fwd 3.53-3.54 against
+            // 3.80-3.92, permute_x gate_up dX 6.67-6.76 against 7.15-7.62 (twenty-seventh session).
             if (takes_swap_ab(problem))
                 if (const std::optional<Config> swapped = swapped_config(problem)) return *swapped;
             break;
@@ -336,15 +338,13 @@ bool takes_192_tiles(const Problem& problem) {
 
 bool takes_swap_ab(const Problem& problem) {
     const bool row_grouped = problem.op == Op::fwd || problem.op == Op::dx;
-    return row_grouped && !(problem.gated && problem.op == Op::fwd);
+    const bool gathers_a = problem.op == Op::fwd ? problem.permute_x : problem.permute_y;
+    return row_grouped && !problem.gated && !gathers_a;
 }
 
 size_t swap_ab_table_bytes(const Problem& problem, const Config& config) {
-    if (!config.swap_ab) return 0;
-    const bool gathers = problem.op == Op::fwd ? problem.permute_x : problem.permute_y;
     const bool scatters = problem.op == Op::fwd ? problem.permute_y : problem.permute_x;
-    const size_t consumer_tables = scatters || problem.fuse_mul_post ? size_t(config.consumers()) * config.tile_m * 8 : 0;
-    return consumer_tables + (gathers ? size_t(config.tile_m) * 4 : 0);
+    return config.swap_ab && (scatters || problem.fuse_mul_post) ? size_t(config.consumers()) * config.tile_m * 8 : 0;
 }
 
 int max_cluster(const Problem& problem, const Config& config) {
@@ -454,7 +454,8 @@ void check_config(const Problem& problem, const Config& config) {
             throw Error(what + ": hopper kernels need a grouped GEMM on sm_90a");
         if (config.swap_ab) {
             if (!takes_swap_ab(problem))
-                throw Error(what + ": swapped operands are for the forward and dX, not the gated epilogue");
+                throw Error(what + ": swapped operands are for the forward and dX of rows loaded by TMA (no gated "
+                                   "epilogue, no gathered rows: permute_x forward, permute_y dX)");
             if (config.tile_n != 128 || (config.tile_m != 288 && config.tile_m != 320))
                 throw Error(what + ": swapped tiles are m288 or m320 (routed rows) by n128 (output columns)");
             if (config.cluster != 1) throw Error(what + ": swapped tiles run in single CTAs");

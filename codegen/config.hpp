@@ -57,12 +57,13 @@ bool claims_tiles(const Problem& problem, const Config& config);
 // and not where the gated epilogue needs whole 64-column chunks of outputs.
 bool takes_192_tiles(const Problem& problem);
 
-// Swapped operands (Config::swap_ab) exist for the forward and dX, not for the gated epilogue.
+// Swapped operands (Config::swap_ab) exist for the forward and dX of rows loaded by TMA: no gated
+// epilogue, no gathered rows (the forward's permute_x, dX's permute_y). Rows may scatter (the
+// forward's permute_y, dX's permute_x) and take the routing weights (fuse_mul_post).
 bool takes_swap_ab(const Problem& problem);
 
 // The shared memory of swapped tiles' row tables (kernels/sm90_grouped_gemm_swap_ab.cuh): each
-// consumer's destinations and weights where rows scatter or scale (TableBytes), the producers' rows
-// of A where they are gathered (SourceBytes); 0 for other configs.
+// consumer's destinations and weights where rows scatter or scale (TableBytes); 0 for other configs.
 size_t swap_ab_table_bytes(const Problem& problem, const Config& config);
 
 // The most CTAs a cluster of `config`'s tiles may have for `problem`: 2 in the row-grouped

@@ -360,29 +360,30 @@ TEST_CASE("passes: swapped operands (routed rows on wgmma's N side) match float6
         check_passes(DType::bf16, 208, 136, routing, kNone, kFwd | kDx, config);
         check_passes(DType::fp16, 208, 136, routing, kNone, kFwd | kDx, config);
         check_passes(DType::bf16, 136, 72, routing, kNone, kFwd | kDx, config);
-        // Gathered, scattered and scaled rows (the routed rows are shuffled tokens, so slot order
-        // is a permutation of them): permute_x gathers the forward's rows and scatters dX's,
-        // permute_y the other way round, mul_post scales. Top-2 routing (about 190 rows a block)
-        // divides the forward's gathered slots by topk.
+        // Scattered and scaled rows (the routed rows are shuffled tokens, so slot order is a
+        // permutation of them): the forward's permute_y, with and without the routing weights, and
+        // dX's permute_x swap too; the other pass of each gathers and keeps 128-row tiles. Top-2
+        // routing (about 190 rows a block) has slots apart from tokens.
         for (const Flags& flags : {kPermuteX, kPermuteY, kPermuteYMulPost}) {
             const GroupedGemm fused(make_problem(DType::bf16, 208, 136, routing.experts, 1, flags), config);
-            CHECK(fused.config(Op::fwd, routing.rows()) == config);
-            CHECK(fused.config(Op::dx, routing.rows()) == config);
+            CHECK((fused.config(Op::fwd, routing.rows()) == config) == !flags.permute_x);
+            CHECK((fused.config(Op::dx, routing.rows()) == config) == flags.permute_x);
             check_passes(DType::bf16, 208, 136, routing, flags, kFwd | kDx, config);
             check_passes(DType::fp16, 136, 72, top2, flags, kFwd | kDx, config);
         }
     }
-    // The heuristic takes them by itself at 241-288 rows an expert (mean), for every forward and
-    // dX but the gated forward (unless the portable kernels are forced: gpu_portable_gemm).
+    // The heuristic takes them by itself at 241-288 rows an expert (mean), for the passes whose
+    // rows come by TMA: not the forward's permute_x (gated or not), not dX's permute_y (unless the
+    // portable kernels are forced: gpu_portable_gemm).
     const std::vector<int> medium{250, 300, 230, 280, 290, 260, 240, 270};  // 2120 rows: 265 an expert
     const HostRouting routed = make_routing(int(medium.size()), 1, choices_from_sizes(medium));
     const char* forced = std::getenv("MOEJIT_KERNEL_PATH");
     for (const Flags& flags : {kNone, kPermuteX, kPermuteYMulPost, kGatedPermuteX}) {
         const GroupedGemm gemm(make_problem(DType::bf16, 208, 136, routed.experts, 1, flags));
         if (forced == nullptr || std::string(forced) != "portable") {
-            CHECK((gemm.config(Op::fwd, routed.rows()) == "h:m288n128s4swap") == !flags.gated);
-            CHECK(gemm.config(Op::dx, routed.rows()) == "h:m288n128s4swap");
-            CHECK(gemm.config(Op::fwd, 2 * routed.rows()) == "h:m128n256s4");
+            CHECK((gemm.config(Op::fwd, routed.rows()) == "h:m288n128s4swap") == !flags.permute_x);
+            CHECK((gemm.config(Op::dx, routed.rows()) == "h:m288n128s4swap") == !flags.permute_y);
+            if (!flags.permute_x) CHECK(gemm.config(Op::fwd, 2 * routed.rows()) == "h:m128n256s4");
         }
         check_passes(DType::bf16, 208, 136, routed, flags, kFwd | kDx);
     }

@@ -6,10 +6,8 @@
 //   forward: C[r]^T = W[e] @ A[r]^T     A = X [M, K], W [E, N, K] K-major, C [M, N]
 //   dX:      C[r]^T = W[e]^T @ A[r]^T   A = dY [M, N], W read N-major as [64 n][64 k] boxes, C [M, K]
 //
-// with A's rows in routed order (by TMA) or gathered (the forward's permute_x: token rows of X;
-// dX's permute_y: slot rows of dY; by cp.async from every producer thread); C's rows may scatter to
-// slot order (the forward's permute_y, dX's permute_x) and be scaled by the routing weights
-// (fuse_mul_post). No gated epilogue.
+// with A's rows in routed order (by TMA); C's rows may scatter to slot order (the forward's
+// permute_y, dX's permute_x) and be scaled by the routing weights (fuse_mul_post).
 //
 // wgmma's M side is the weights: each consumer warpgroup owns 64 output columns of a tile of
 // TileN. Its N side is the expert's routed rows, up to TileTokens a tile: a 256-wide wgmma and,
@@ -63,27 +61,23 @@ struct Sm90SwapAbConfig {
     static constexpr int StagingBytes = StagingRows * sm90::kStagingPitch;
     // Scattered output rows (the forward's permute_y, dX's permute_x) and routing weights
     // (fuse_mul_post) are the epilogue's: each consumer keeps the tile's destination rows and
-    // weights in a table (TokenTable). Gathered rows are the producers': their table holds the row
-    // of A each of the tile's routed rows reads. The host mirrors both (codegen/config.cpp).
-    static constexpr bool GatherA = (Flags & (Forward ? kPermuteX : kPermuteY)) != 0;
+    // weights in a table (TokenTable). Gathered rows and the gated epilogue are the 128-row kernel's
+    // (gathered by every producer thread from a table of source rows, 288 rows a slice measured 2x
+    // slower than 128-row tiles at deepseek-v3: bench/RESULTS.md, twenty-seventh session).
     static constexpr bool Scatter = (Flags & (Forward ? kPermuteY : kPermuteX)) != 0;
     static constexpr bool Scale = (Flags & kFuseMulPost) != 0;
-    static constexpr int TableBytes = Scatter || Scale ? TileTokens * 8 : 0;  // a consumer's
-    static constexpr int SourceBytes = GatherA ? TileTokens * 4 : 0;         // the producers'
+    static constexpr int TableBytes = Scatter || Scale ? TileTokens * 8 : 0;  // a consumer's; the host mirrors it
     static constexpr int SharedBytes =
-        Stages * StageBytes + Consumers * (StagingBytes + TableBytes) + SourceBytes + 1024;  // + ring alignment
-    using Gather = sm90::GatherPlan<TileTokens, 1>;
+        Stages * StageBytes + Consumers * (StagingBytes + TableBytes) + 1024;  // + ring alignment
 
-    // The producer keeps addresses only (gathered rows: their indices stay in shared memory). The
-    // kernel launches at 168 registers a thread; the consumers' 232 take all that the producer's 40
-    // give back (setmaxnreg.inc waits for them: with 48 the consumers would wait forever).
     static constexpr int ProducerRegisters = 40;
     static constexpr int ConsumerRegisters = 232;  // 128 + 32 accumulators at most
     static constexpr int TransposeW = Forward ? 0 : 1;
 
     static_assert(sizeof(Element) == 2, "16-bit inputs");
     static_assert(sm90::registers_fit<Threads, ProducerRegisters, ConsumerRegisters>(), "setmaxnreg budget");
-    static_assert((Flags & ~(kPermuteX | kPermuteY | kFuseMulPost)) == 0, "swapped operands: no gated epilogue");
+    static_assert((Flags & ~(kPermuteX | kPermuteY | kFuseMulPost)) == 0 && (Flags & (Forward ? kPermuteX : kPermuteY)) == 0,
+                  "swapped operands: rows by TMA (no gather), no gated epilogue");
     static_assert(TileN == 128, "two consumer warpgroups of 64 output columns");
     static_assert(TileTokens == 288 || TileTokens == 320, "a 256-row wgmma and a tail of up to 32 (m288) or 64 (m320)");
     static_assert(N % 8 == 0 && K % 8 == 0, "N and K must be multiples of 8 (16-byte rows)");
@@ -244,7 +238,6 @@ __device__ __forceinline__ void swap_ab_tile(const GroupedGemmArguments& args, c
     float tail[TailMma::Registers];
     for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
         sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
-        if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
         const uint32 stage = ring + position.stage * Cfg::StageBytes;
         const uint32 sW = stage + consumer * 64 * sm90::kSliceBytesPerRow;  // this warpgroup's 64 columns
         const uint32 sA = stage + Cfg::BytesW;
@@ -299,8 +292,8 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
     if (threadIdx.x == 0) {
         queue.init(Cfg::Consumers * sm90::kWarpgroupThreads / 32);
-        barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers);
-        if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
+        barriers.init(1, Cfg::Consumers);
+        sm90::prefetch_tensor_map(map_a);
         sm90::prefetch_tensor_map(map_b);
     }
     const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
@@ -308,69 +301,31 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
 
     if (warpgroup == 0) {
         sm90::release_registers<Cfg::ProducerRegisters>();
-        // Thread 0 claims the tiles and issues the TMA loads. Where A is gathered, every producer
-        // thread copies rows too and learns each tile from the queue.
-        if (!Cfg::GatherA && thread != 0) return;
-        const auto* a = static_cast<const typename Cfg::Element*>(args.a);
-        // [TileTokens] int: the row of A each of the tile's routed rows reads (-1: none).
-        const uint32 sources = ring + Cfg::Stages * Cfg::StageBytes + Cfg::Consumers * (Cfg::StagingBytes + Cfg::TableBytes);
+        if (thread != 0) return;
         sm90::RingPosition<Cfg::Stages> position;
-        int upcoming = blockIdx.x;  // thread 0's claim for the next round
+        int index = blockIdx.x;
         for (int round = 0;; ++round) {
-            if (thread == 0) queue.publish(round, upcoming);
-            int index = upcoming;
-            if constexpr (Cfg::GatherA) {
-                sm90::named_barrier(sm90::kProducerBarrier, sm90::kWarpgroupThreads);
-                index = queue.peek(round);
-            }
+            queue.publish(round, index);
             if (index >= tiles) break;
-            if (thread == 0) upcoming = sm90::TileQueue::claim(args.tile_counter);  // its round trip overlaps the loads
+            const int upcoming = sm90::TileQueue::claim(args.tile_counter);  // its round trip overlaps the loads
             const GroupedTile tile = scheduler.tile(index);
             const TokenBlock block(tile.expert_rows, tile.m_tile, Cfg::TileTokens);
             const int row0 = tile.row_begin + block.first;
             const int out_col0 = tile.n_tile * Cfg::TileN;
             const int boxes = ceil_div(block.count, Cfg::TokenBox);
-            if constexpr (Cfg::GatherA) {
-                // Every producer thread has issued the last tile's copies (the barrier above).
-                for (int token = thread; token < Cfg::TileTokens; token += sm90::kWarpgroupThreads) {
-                    const int64 routed = static_cast<int64>(row0) + token;
-                    int source = -1;
-                    if (token < block.count && routed < args.rows)
-                        source = static_cast<int>(Cfg::Forward ? token_row<Cfg::Topk>(args, routed) : slot_row(args, routed));
-                    ptx::store_shared_32(sources + token * 4, static_cast<uint32>(source));
-                }
-                sm90::named_barrier(sm90::kProducerBarrier, sm90::kWarpgroupThreads);
-            }
             for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
                 sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
                 const uint32 sW = ring + position.stage * Cfg::StageBytes;
                 const uint32 sA = sW + Cfg::BytesW;
                 const uint32 full = barriers.full_address(position.stage);
                 const int k0 = slice * sm90::kSliceK;
-                if (thread == 0) {
-                    const int bytes_a = Cfg::GatherA ? 0 : boxes * Cfg::TokenBox * sm90::kSliceBytesPerRow;
-                    sm90::mbarrier_arrive_expect_tx(full, Cfg::BytesW + bytes_a);
-                    load_weight_slice<Cfg>(map_b, sW, full, k0, out_col0, tile.expert, false, 0);
-                    if constexpr (!Cfg::GatherA)
-                        for (int box = 0; box < boxes; ++box)
-                            sm90::tma_load_2d(sA + box * Cfg::TokenBox * sm90::kSliceBytesPerRow, map_a, k0,
-                                              row0 + box * Cfg::TokenBox, full);
-                }
-                if constexpr (Cfg::GatherA) {
-                    // Rows past the block are not copied: their stale columns of the fragments are
-                    // never stored. Columns past the reduction are zeros (the weights' are too).
-                    const int col = k0 + (thread % 8) * 8;
-#pragma unroll 1
-                    for (int i = 0; i < Cfg::Gather::Copies; ++i) {
-                        const int source = static_cast<int>(ptx::load_shared_32(sources + Cfg::Gather::row(thread, i) * 4));
-                        if (source < 0) continue;
-                        const bool valid = col < Cfg::Reduction;
-                        ptx::cp_async_16(sA + Cfg::Gather::offset(thread, i),
-                                         valid ? a + static_cast<int64>(source) * Cfg::Reduction + col : a, valid);
-                    }
-                    sm90::cp_async_arrive_noinc(full);
-                }
+                sm90::mbarrier_arrive_expect_tx(full, Cfg::BytesW + boxes * Cfg::TokenBox * sm90::kSliceBytesPerRow);
+                load_weight_slice<Cfg>(map_b, sW, full, k0, out_col0, tile.expert, false, 0);
+                for (int box = 0; box < boxes; ++box)
+                    sm90::tma_load_2d(sA + box * Cfg::TokenBox * sm90::kSliceBytesPerRow, map_a, k0,
+                                      row0 + box * Cfg::TokenBox, full);
             }
+            index = upcoming;
         }
     } else {
         sm90::claim_registers<Cfg::ConsumerRegisters>();
