@@ -57,9 +57,16 @@ size_t max_shared_bytes(const Arch& arch) {
     }
 }
 
+bool gathers_rows(const Problem& problem) {
+    return (problem.op == Op::fwd && problem.permute_x) || (problem.op == Op::dx && problem.permute_y);
+}
+
+bool scatters_rows(const Problem& problem) {
+    return (problem.op == Op::fwd && problem.permute_y) || (problem.op == Op::dx && problem.permute_x);
+}
+
 bool claims_tiles(const Problem& problem, const Config& config) {
-    const bool gathers_a = (problem.op == Op::fwd && problem.permute_x) || (problem.op == Op::dx && problem.permute_y);
-    return config.hopper() && config.cluster == 1 && (config.swap_ab || (config.tile_m == 128 && gathers_a));
+    return config.hopper() && config.cluster == 1 && (config.swap_ab || (config.tile_m == 128 && gathers_rows(problem)));
 }
 
 bool hopper_path_available(const Problem& problem) {
@@ -111,8 +118,8 @@ size_t ring_bytes(const Config& config) {
     return size_t(config.stages) * (config.tile_m + config.tile_n) * config.slice_k * 2;
 }
 
-// The Hopper kernels' dynamic shared memory: the ring, the epilogue's staging and 1 KB to align the
-// ring to the 1024-byte swizzle period. The row-grouped passes stage 64 rows of 128 + 16 bytes per
+// The Hopper kernels' dynamic shared memory: the ring, the epilogue's staging, swapped tiles' row
+// tables and 1 KB to align the ring to the 1024-byte swizzle period. The row-grouped passes stage 64 rows of 128 + 16 bytes per
 // consumer (epilogue/sm90_staged_rows.cuh); dW `dw_boxes` 8 KB boxes per consumer (sm90_box_store.cuh).
 size_t hopper_dynamic_bytes(const Problem& problem, const Config& config, int dw_boxes) {
     // Swapped m288 tiles stage 32 rows a consumer (kernels/sm90_grouped_gemm_swap_ab.cuh, StagingRows).
@@ -166,7 +173,8 @@ int64_t output_columns(const Problem& problem) {
 }
 
 // Swapped operands (kernels/sm90_grouped_gemm_swap_ab.cuh): four stages of 288 routed rows by 128
-// output columns, or three where the experts' static shared memory leaves no room for four (three
+// output columns, or three where the experts' static shared memory (and, where rows scatter or
+// scale, the row tables) leaves no room for four (three
 // stages of 320 rows measured 5-12% slower than four of 288 at deepseek-v3, H100).
 std::optional<Config> swapped_config(const Problem& problem) {
     for (int stages : {4, 3}) {
@@ -338,13 +346,12 @@ bool takes_192_tiles(const Problem& problem) {
 
 bool takes_swap_ab(const Problem& problem) {
     const bool row_grouped = problem.op == Op::fwd || problem.op == Op::dx;
-    const bool gathers_a = problem.op == Op::fwd ? problem.permute_x : problem.permute_y;
-    return row_grouped && !problem.gated && !gathers_a;
+    return row_grouped && !problem.gated && !gathers_rows(problem);
 }
 
 size_t swap_ab_table_bytes(const Problem& problem, const Config& config) {
-    const bool scatters = problem.op == Op::fwd ? problem.permute_y : problem.permute_x;
-    return config.swap_ab && (scatters || problem.fuse_mul_post) ? size_t(config.consumers()) * config.tile_m * 8 : 0;
+    return config.swap_ab && (scatters_rows(problem) || problem.fuse_mul_post) ? size_t(config.consumers()) * config.tile_m * 8
+                                                                                : 0;
 }
 
 int max_cluster(const Problem& problem, const Config& config) {

@@ -57,6 +57,11 @@ bool claims_tiles(const Problem& problem, const Config& config);
 // and not where the gated epilogue needs whole 64-column chunks of outputs.
 bool takes_192_tiles(const Problem& problem);
 
+// The row-grouped passes whose A rows are gathered (the forward's permute_x, dX's permute_y), and
+// those whose output rows scatter to slot order (the forward's permute_y, dX's permute_x).
+bool gathers_rows(const Problem& problem);
+bool scatters_rows(const Problem& problem);
+
 // Swapped operands (Config::swap_ab) exist for the forward and dX of rows loaded by TMA: no gated
 // epilogue, no gathered rows (the forward's permute_x, dX's permute_y). Rows may scatter (the
 // forward's permute_y, dX's permute_x) and take the routing weights (fuse_mul_post).
@@ -105,7 +110,7 @@ bool hopper_path_available(const Problem& problem);
 // Decode-sized work (a few rows per expert) reads weights and wants narrow m tiles with deep
 // pipelines; prefill and training want large tiles. `medium` (241-288 rows, a part of the large
 // range) is where experts run just past two 128-row tiles, so that a third tile would be mostly
-// padding: there the plain forward and dX swap operands (Config::swap_ab).
+// padding: there the forward and dX of rows loaded by TMA swap operands (Config::swap_ab).
 enum class RowsBucket { decode, small, medium, large };
 RowsBucket rows_bucket(int64_t rows, int experts);
 const char* to_string(RowsBucket bucket);

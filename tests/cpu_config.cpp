@@ -271,6 +271,15 @@ TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the f
         const std::vector<Config> candidates = candidate_configs(problem);
         CHECK(std::find(candidates.begin(), candidates.end(), chosen) != candidates.end());
     }
+    // The host's shared memory mirrors the kernel's SharedBytes: four 52 KB stages, 32 staging rows
+    // of 144 bytes a consumer, and where rows scatter or scale a consumer's 288 x 8-byte row table.
+    const Config m288 = Config::parse("h:m288n128s4swap");
+    constexpr size_t kSwapRing = 4 * (288 + 128) * 128, kSwapStaging = 2 * 32 * 144, kSwapTables = 2 * 288 * 8;
+    CHECK(dynamic_shared_bytes(parse_spec("fwd:bf16:n4096:k7168:e256:topk8:sm_90a"), m288) == kSwapRing + kSwapStaging + 1024);
+    for (const char* spec : {"fwd:bf16:n7168:k2048:e256:topk8:permute_y:sm_90a",
+                             "fwd:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a",
+                             "dx:bf16:n4096:k7168:e256:topk8:permute_x:sm_90a"})
+        CHECK(dynamic_shared_bytes(parse_spec(spec), m288) == kSwapRing + kSwapStaging + kSwapTables + 1024);
     // Where the operands cannot swap (gathered or gated rows; dW), medium is large.
     for (const char* spec : {"fwd:bf16:n4096:k7168:e256:topk8:permute_x:gated:sm_90a",
                              "fwd:bf16:n4096:k7168:e256:topk8:permute_x:sm_90a",

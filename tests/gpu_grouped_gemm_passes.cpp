@@ -372,6 +372,13 @@ TEST_CASE("passes: swapped operands (routed rows on wgmma's N side) match float6
             check_passes(DType::fp16, 136, 72, top2, flags, kFwd | kDx, config);
         }
     }
+    // More tiles than multiprocessors (40 experts of 250-288 rows by five n tiles in both passes), so
+    // that CTAs run several tiles and each refills its row tables after the last tile's epilogue.
+    std::vector<int> many(40);
+    for (size_t e = 0; e < many.size(); ++e) many[e] = 250 + int(e * 37 % 39);
+    const HostRouting many_tiles = make_routing(int(many.size()), 1, choices_from_sizes(many));
+    for (const Flags& flags : {kPermuteX, kPermuteYMulPost})
+        check_passes(DType::bf16, 520, 520, many_tiles, flags, kFwd | kDx, "h:m288n128s4swap");
     // The heuristic takes them by itself at 241-288 rows an expert (mean), for the passes whose
     // rows come by TMA: not the forward's permute_x (gated or not), not dX's permute_y (unless the
     // portable kernels are forced: gpu_portable_gemm).

@@ -91,6 +91,10 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                 // Three consumer warpgroups share fewer registers, the more so beside a gathering producer.
                 if (takes_192_tiles(problem) && !plain_forward && configs.front().hopper())
                     configs.push_back(Config::parse("h:m192n192s4"));
+                // Swapped operands where the heuristic takes them (241-288 rows an expert): the
+                // plain dX, and the scattered and scaled passes, whose row tables take registers.
+                if (takes_swap_ab(problem) && !plain_forward && configs.front().hopper())
+                    configs.push_back(choose_config(problem, RowsBucket::medium));
                 if (problem.op == Op::dw) {  // clusters are accepted by override, though not offered
                     for (int cluster : {2, 4})
                         if (cluster <= max_cluster(problem, configs.front())) {

@@ -135,7 +135,7 @@ struct TokenTable {
 #pragma unroll
         for (int i = 0; i < PerThread; ++i) {
             const int token = thread + i * sm90::kWarpgroupThreads;
-            slot[i] = token < tokens && row0 + token < args.rows ? args.gather_idx[row0 + token] : -1;
+            slot[i] = token < tokens && row0 + token < args.rows ? static_cast<int>(slot_row(args, row0 + token)) : -1;
         }
     }
     __device__ __forceinline__ void load_weights(const GroupedGemmArguments& args) {

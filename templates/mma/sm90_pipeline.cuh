@@ -17,12 +17,14 @@ constexpr int kSliceBytesPerRow = 128;
 constexpr int kWarpgroupThreads = 128;
 
 // setmaxnreg only moves registers within the CTA's allocation, made at launch: at most 65536 /
-// Threads a thread (in whole 8s, at most 255). What warpgroup 0 (the producer) gives back must
-// cover what the other warpgroups (the consumers) claim, or setmaxnreg.inc waits forever.
+// Threads a thread, in whole 8s (255 counts as 256). What warpgroup 0 (the producer) gives back
+// must cover what the other warpgroups (the consumers) claim, or setmaxnreg.inc waits forever.
 template <int Threads, int ProducerRegisters, int ConsumerRegisters>
 constexpr bool registers_fit() {
-    constexpr int launch = (65536 / Threads < 255 ? 65536 / Threads : 255) / 8 * 8;
-    return ProducerRegisters + (Threads / kWarpgroupThreads - 1) * ConsumerRegisters <= Threads / kWarpgroupThreads * launch;
+    constexpr int launch = 65536 / Threads / 8 * 8;
+    constexpr int warpgroups = Threads / kWarpgroupThreads;
+    return ProducerRegisters <= launch && ConsumerRegisters >= launch &&
+           ProducerRegisters + (warpgroups - 1) * ConsumerRegisters <= warpgroups * launch;
 }
 
 // What every sm_90a grouped-GEMM tile shape must satisfy.
