@@ -17,6 +17,16 @@ enum GemmFlags : int {
 // Which row-grouped GEMM a kernel computes (both share the fwd/dX templates).
 enum class RowGroupedPass { forward, dx };
 
+// A row-grouped pass's indirect rows (the host's gathers_rows and scatters_rows, codegen/config.hpp):
+// A's rows gathered (the forward's permute_x: token rows of X; dX's permute_y: slot rows of dY), C's
+// rows scattered to slot order (the forward's permute_y, dX's permute_x).
+__host__ __device__ constexpr bool gathers_rows(bool forward, int flags) {
+    return (flags & (forward ? kPermuteX : kPermuteY)) != 0;
+}
+__host__ __device__ constexpr bool scatters_rows(bool forward, int flags) {
+    return (flags & (forward ? kPermuteY : kPermuteX)) != 0;
+}
+
 struct GroupedGemmArguments {
     const void* a;              // fwd: X [M or T, K]; dX and dW: dY [M, N]
     const void* b;              // fwd and dX: W [E, N, K]; dW: X [M or T, K]

@@ -129,8 +129,7 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_row_grouped_gemm(const Grou
                 const int row = tile_row + warp_m * Cfg::WarpTileM + i * 16 + half * 8 + lane / 4;
                 const int64 routed = static_cast<int64>(tile.row_begin) + row;
                 if (row >= tile.expert_rows || routed >= args.rows) continue;
-                const bool scatter = Cfg::Forward ? (Flags & kPermuteY) : (Flags & kPermuteX);
-                const int64 out_row = scatter ? slot_row(args, routed) : routed;
+                const int64 out_row = scatters_rows(Cfg::Forward, Flags) ? slot_row(args, routed) : routed;
                 const float scale = (Flags & kFuseMulPost) ? args.topk_weights[slot_row(args, routed)] : 1.0f;
                 Element* c_row = c + out_row * Cfg::OutCols;
 #pragma unroll

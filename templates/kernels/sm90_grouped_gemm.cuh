@@ -29,7 +29,7 @@ struct Sm90RowGroupedConfig {
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
     static constexpr bool Forward = Pass == RowGroupedPass::forward;
     static constexpr bool Gated = Forward && (Flags & kGated);
-    static constexpr bool GatherA = Forward ? (Flags & kPermuteX) != 0 : (Flags & kPermuteY) != 0;
+    static constexpr bool GatherA = gathers_rows(Forward, Flags);
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
     static constexpr int Cluster = Cluster_;  // CTAs per cluster (1, or a pair sharing weight tiles)
     // Where A is gathered into 128-row tiles, single CTAs claim tiles at run time (tile_queue.cuh):
@@ -167,7 +167,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
             for (int i = 0; i < sm90::kCopiesPerThread; ++i) {
                 const int row = tile_row0 + sm90::StagedRows::copy_row(thread, i);
                 const int64 routed = static_cast<int64>(tile.row_begin) + row;
-                constexpr bool scatter = Cfg::Forward ? (Flags & kPermuteY) != 0 : (Flags & kPermuteX) != 0;
+                constexpr bool scatter = scatters_rows(Cfg::Forward, Flags);
                 destination[i] = nullptr;
                 if (row < tile.expert_rows && routed < args.rows) {
                     const int64 out_row = scatter ? slot_row(args, routed) : routed;

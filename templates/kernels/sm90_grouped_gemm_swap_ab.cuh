@@ -64,7 +64,7 @@ struct Sm90SwapAbConfig {
     // weights in a table (TokenTable). Gathered rows and the gated epilogue are the 128-row kernel's
     // (gathered by every producer thread from a table of source rows, 288 rows a slice measured 2x
     // slower than 128-row tiles at deepseek-v3: bench/RESULTS.md, twenty-seventh session).
-    static constexpr bool Scatter = (Flags & (Forward ? kPermuteY : kPermuteX)) != 0;
+    static constexpr bool Scatter = scatters_rows(Forward, Flags);
     static constexpr bool Scale = (Flags & kFuseMulPost) != 0;
     static constexpr int TableBytes = Scatter || Scale ? TileTokens * 8 : 0;  // a consumer's; the host mirrors it
     static constexpr int SharedBytes =
@@ -76,7 +76,7 @@ struct Sm90SwapAbConfig {
 
     static_assert(sizeof(Element) == 2, "16-bit inputs");
     static_assert(sm90::registers_fit<Threads, ProducerRegisters, ConsumerRegisters>(), "setmaxnreg budget");
-    static_assert((Flags & ~(kPermuteX | kPermuteY | kFuseMulPost)) == 0 && (Flags & (Forward ? kPermuteX : kPermuteY)) == 0,
+    static_assert((Flags & ~(kPermuteX | kPermuteY | kFuseMulPost)) == 0 && !gathers_rows(Forward, Flags),
                   "swapped operands: rows by TMA (no gather), no gated epilogue");
     static_assert(TileN == 128, "two consumer warpgroups of 64 output columns");
     static_assert(TileTokens == 288 || TileTokens == 320, "a 256-row wgmma and a tail of up to 32 (m288) or 64 (m320)");
