@@ -139,8 +139,8 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
 
 GroupedGemm::~GroupedGemm() = default;
 
-std::string GroupedGemm::config(Op op, int64_t rows) const {
-    Pass& p = pass(op);
+std::string GroupedGemm::config(Op op, int64_t rows, bool fp32_output) const {
+    Pass& p = pass(op, fp32_output);
     return p.variant(rows < 0 ? int64_t(1) << 30 : rows).config.to_string();
 }
 

@@ -124,7 +124,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
                      {"--config", true}, {"--cublas", true}, {"--pass", true}, {"--fusions", true}});
     if (print_command_help(args, "--model NAME [--tokens T]",
                    "Times forward, dX and dW of the model's two expert GEMMs on this GPU at T tokens (default\n"
-                   "8192) of random routing, plain and with the model's fusions, and prints TFLOP/s beside\n"
+                   "8192) of random routing, plain and with the model's fusions (dW also as the MoE blocks\n"
+                   "launch it: fp32 output, X gathered where the forward gathers it), and prints TFLOP/s beside\n"
                    "cuBLAS: dense cublasGemmEx at the same FLOPs, and cublasGemmGroupedBatchedEx doing the plain\n"
                    "pass's own work (one group per expert; for dW the empty experts' zeros too). Each pass and its\n"
                    "dense reference are timed in 5 alternating rounds; the ratio is the median of the rounds'\n"
@@ -185,7 +186,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
         DeviceBuffer x = DeviceBuffer::from(random_halves(dtype, size_t(rows) * k, 1));
         DeviceBuffer w = DeviceBuffer::from(random_halves(dtype, size_t(plain.experts) * n * k, 2));
         DeviceBuffer dy = DeviceBuffer::from(random_halves(dtype, size_t(rows) * n, 3));
-        DeviceBuffer y(size_t(rows) * n * 2), dx(size_t(rows) * k * 2), dw(size_t(plain.experts) * n * k * 2);
+        DeviceBuffer y(size_t(rows) * n * 2), dx(size_t(rows) * k * 2), dw(size_t(plain.experts) * n * k * 4);
         const double flops = 2.0 * double(rows) * double(n) * double(k);
         const double weight_bytes = double(used_experts) * double(n) * double(k) * 2;
         const double gradient_bytes = double(plain.experts) * double(n) * double(k) * 2;  // empty experts: zeros
@@ -203,11 +204,12 @@ int cmd_bench(const std::vector<std::string>& argv) {
                           double grouped) {
             const bool writes_weights = std::string(pass) == "dw";  // dW writes them; fwd and dX read them
             std::string spec = to_spec(problem), fusions;
-            for (const char* flag : {"permute_x", "permute_y", "mul_post", "gated"})
+            for (const char* flag : {"permute_x", "permute_y", "mul_post", "gated", "out_fp32"})
                 if (spec.find(flag) != std::string::npos) fusions += (fusions.empty() ? "" : ":") + std::string(flag);
             char grouped_text[32] = "-", weights_text[32] = "-", share_text[32] = "-";
             if (grouped > 0) std::snprintf(grouped_text, sizeof grouped_text, "%.1f", flops / grouped / 1e9);
-            const double gb_per_s = (writes_weights ? gradient_bytes : weight_bytes) / t.ms / 1e6;
+            const double written = gradient_bytes * (problem.out_fp32 ? 2 : 1);
+            const double gb_per_s = (writes_weights ? written : weight_bytes) / t.ms / 1e6;
             std::snprintf(weights_text, sizeof weights_text, "%.0f", gb_per_s);
             std::snprintf(share_text, sizeof share_text, "%.0f%%",
                           100.0 * gb_per_s / (writes_weights ? fill_rate : copy_rate));
@@ -247,10 +249,19 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                    dense_dx),
                        0);
         }
-        if (wants("dw"))
+        if (wants("dw")) {
             report("dw", plain, gemm.config(Op::dw, rows),
                    time_paired(timer, [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); }, dense_dw),
                    grouped_ms(bench::Cublas::GroupedPass::dw, dw));
+            // The weight gradient the MoE blocks launch: fp32, with X gathered where the forward
+            // gathers it (permute_x); the down GEMM's dY arrives in expert order (combine_backward).
+            const GroupedGemm& block_gemm = fused.permute_x ? fused_gemm : gemm;
+            const Problem block_dw = gemm_pass(block_gemm.problem(), GemmPass::dw_fp32);
+            report("dw", block_dw, block_gemm.config(Op::dw, rows, /*fp32_output=*/true),
+                   time_paired(timer, [&] { block_gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr, true); },
+                               dense_dw),
+                   0);
+        }
     }
     return 0;
 }

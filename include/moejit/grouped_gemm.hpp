@@ -62,8 +62,9 @@ public:
 
     const Problem& problem() const { return forward_; }
     // The tiling a pass uses for `rows` routed rows (default: many), e.g. "h:m128n256s4" on the
-    // Hopper path (sm_90a), "m128n128s3w2x4" on the portable one.
-    std::string config(Op op = Op::fwd, int64_t rows = -1) const;
+    // Hopper path (sm_90a), "m128n128s3w2x4" on the portable one; for dW, of the fp32-output
+    // kernel with `fp32_output`.
+    std::string config(Op op = Op::fwd, int64_t rows = -1, bool fp32_output = false) const;
 
 private:
     struct Pass;
