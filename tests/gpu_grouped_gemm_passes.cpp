@@ -450,6 +450,22 @@ TEST_CASE("passes: dW tiles in both orders (experts above and below the K-fastes
         }
 }
 
+TEST_CASE("passes: fp32 dW staging a whole tile row beside 32-row stages matches float64", "[gpu][gemm][hopper]") {
+    // Four or three 24 KB stages leave room for eight 8 KB staging boxes a consumer: a 64 x 256 fp32
+    // row goes out without waiting on its own boxes. 512 experts of about 9 rows (dozens of tiles a
+    // CTA, so every box buffer is reused, and empty experts' zero tiles), then about 75 rows with an
+    // empty expert; n520 x k264 leaves partial tiles.
+    const std::optional<Arch> hopper = hopper_device_arch();
+    if (!hopper) return;
+    for (const HostRouting& routing :
+         {make_routing(512, 8, random_choices(600, 8, all_experts(512))), routing_with_an_empty_expert()})
+        for (const char* config : {"h:m128n256s4k32", "h:m128n256s3k32"}) {
+            INFO("config " << config << ", " << routing.experts << " experts");
+            check_passes(DType::bf16, 520, 264, routing, kNone, kDw32, config);
+            check_passes(DType::fp16, 520, 264, routing, kPermuteX, kDw32, config);
+        }
+}
+
 TEST_CASE("passes: dW with 512 experts (one staging box a warpgroup) matches float64", "[gpu][gemm][hopper]") {
     // 512 experts' row offsets leave room for one 8 KB staging box beside four 128x256 stages, not
     // two (codegen/config.cpp, dw_staging_boxes); 256 experts take two.
