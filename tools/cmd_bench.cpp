@@ -189,7 +189,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
         DeviceBuffer y(size_t(rows) * n * 2), dx(size_t(rows) * k * 2), dw(size_t(plain.experts) * n * k * 4);
         const double flops = 2.0 * double(rows) * double(n) * double(k);
         const double weight_bytes = double(used_experts) * double(n) * double(k) * 2;
-        const double gradient_bytes = double(plain.experts) * double(n) * double(k) * 2;  // empty experts: zeros
         // Dense C [m, n] = A [m, k] @ B [n, k]^T at the same FLOPs, in each pass's orientation.
         auto dense = [&](int64_t m_, int64_t n_, int64_t k_, const DeviceBuffer& a, const DeviceBuffer& b,
                          const DeviceBuffer& c) {
@@ -208,8 +207,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
                 if (spec.find(flag) != std::string::npos) fusions += (fusions.empty() ? "" : ":") + std::string(flag);
             char grouped_text[32] = "-", weights_text[32] = "-", share_text[32] = "-";
             if (grouped > 0) std::snprintf(grouped_text, sizeof grouped_text, "%.1f", flops / grouped / 1e9);
-            const double written = gradient_bytes * (problem.out_fp32 ? 2 : 1);
-            const double gb_per_s = (writes_weights ? written : weight_bytes) / t.ms / 1e6;
+            // dW writes every expert's gradient, empty experts' zeros too, in the output's dtype.
+            const double gradient_bytes = double(plain.experts) * double(n) * double(k) * (problem.out_fp32 ? 4 : 2);
+            const double gb_per_s = (writes_weights ? gradient_bytes : weight_bytes) / t.ms / 1e6;
             std::snprintf(weights_text, sizeof weights_text, "%.0f", gb_per_s);
             std::snprintf(share_text, sizeof share_text, "%.0f%%",
                           100.0 * gb_per_s / (writes_weights ? fill_rate : copy_rate));
