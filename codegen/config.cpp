@@ -212,13 +212,9 @@ Config choose_portable(const Problem& problem) {
     return config;
 }
 
-// Two thresholds of choose_hopper's, each between the presets measured on either side of it
-// (bench/RESULTS.md, twenty-third and twenty-ninth sessions). Gathered X rows this long (deepseek-v3's
-// hidden 7168; the other presets' reach 5120) take fp32 dW in 32-row stages at 241-288 rows an expert.
+// Gathered X rows this long (deepseek-v3's hidden 7168; the other presets' reach 5120) take fp32 dW
+// in 32-row stages at 241-288 rows an expert (choose_hopper; measured on both sides of it).
 constexpr int64_t kLongGatheredRow = 6144;
-// Experts whose weights take this much of H100's 50 MB L2 (deepseek-v3 down 29 MB, llama4-scout 84,
-// mixtral-8x7b 117; below: gpt-oss-120b 17, qwen3-235b-a22b 13) run the dX of gathered rows in CTA pairs.
-constexpr int64_t kLargeExpertWeightBytes = int64_t(24) << 20;
 
 // sm_90a's multiprocessors on H100 and H200 SXM, where the dW heuristic was measured.
 constexpr int64_t kHopperMultiprocessors = 132;
@@ -291,17 +287,13 @@ Config choose_hopper(const Problem& problem, RowsBucket bucket) {
     // against 0.708 ms, qwen3-235b-a22b 2.897 against 3.004, llama4-scout equal; `moejit tune`
     // picked four for qwen3-30b-a3b too: bench/RESULTS.md, seventeenth session).
     Config config = hopper_config(128, tile_n, hopper_stages(problem, 128, tile_n, 4));
-    // dX that gathers its dY rows (permute_y) of large experts: CTA pairs, which share each weight
-    // tile by multicast, so that an expert's row tiles read it once from L2 however little of it
-    // L2 keeps, and take their tiles by a static stride. H100 (ms, s4 / s3 / c2): deepseek-v3 down
-    // 4.86-5.26 / 3.99-4.20 / 3.63-3.88, mixtral-8x7b down 3.02-3.08 / 2.84-3.10 / 2.89-2.99
-    // (twenty-third session), llama4-scout down 1.267 / 1.180 / 1.237. Where the expert fits in L2
-    // beside the rest, single CTAs measured equal or faster: gpt-oss-120b down 1.083 / 1.216 / 1.135,
-    // qwen3-235b-a22b down 1.345 / 1.415 / 1.528, qwen3-30b-a3b 0.395 / 0.409 / 0.391 (twenty-ninth).
-    const int64_t expert_weight_bytes = problem.n * problem.k * int64_t(element_bytes(problem.dtype));
-    if (problem.op == Op::dx && problem.permute_y && expert_weight_bytes >= kLargeExpertWeightBytes &&
-        max_cluster(problem, config) >= 2)
-        config.cluster = 2;
+    // dX that gathers its dY rows (permute_y): CTA pairs, which share each weight tile by multicast
+    // and take their tiles by a static stride. `moejit tune` on H100 (ms, s4 / s3 / c2): deepseek-v3
+    // down 4.86-5.26 / 3.99-4.20 / 3.63-3.88, mixtral-8x7b down 3.02-3.08 / 2.84-3.10 / 2.89-2.99
+    // (bench/RESULTS.md, twenty-third session). Elsewhere single CTAs and pairs measured within
+    // each other's spread, which way round changing from call to call (gpt-oss-120b, qwen3-30b-a3b,
+    // qwen3-235b-a22b down: twenty-ninth session).
+    if (problem.op == Op::dx && problem.permute_y && max_cluster(problem, config) >= 2) config.cluster = 2;
     return config;
 }
 

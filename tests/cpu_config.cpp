@@ -243,7 +243,7 @@ TEST_CASE("dX heuristic: a reduction of one slice takes 64x256 tiles in three st
     // A reduction of two slices (the Qwen3 routers' dX), or one that gathers, keeps 128-row tiles.
     CHECK(choose_config(parse_spec("dx:bf16:n128:k4096:e1:topk1:sm_90a")).to_string() == "h:m128n256s4");
     CHECK(choose_config(parse_spec("dx:bf16:n72:k5120:e1:topk1:sm_90a")).to_string() == "h:m128n256s4");
-    CHECK(choose_config(parse_spec("dx:bf16:n16:k5120:e4:topk1:permute_y:sm_90a")).to_string() == "h:m128n256s4");
+    CHECK(choose_config(parse_spec("dx:bf16:n16:k5120:e4:topk1:permute_y:sm_90a")).to_string() == "h:m128n256s4c2");
 }
 
 TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the forward and dX of rows loaded by TMA",
@@ -297,16 +297,12 @@ TEST_CASE("heuristic: experts just past two 128-row tiles swap operands in the f
           "h:m288n128s3swap");
 }
 
-TEST_CASE("heuristic: dX of gathered rows in CTA pairs for large experts; fp32 dW in 32-row stages only for long "
-          "gathered medium rows",
+TEST_CASE("heuristic: dX of gathered rows in CTA pairs; fp32 dW in 32-row stages only for long gathered medium rows",
           "[cpu]") {
-    // dX that gathers dY (permute_y) takes pairs sharing the weight tile where an expert's weights
-    // are 24 MB or more, at any row count.
+    // dX that gathers dY (permute_y) takes pairs sharing the weight tile, at any row count.
     for (const char* spec : {"dx:bf16:n7168:k2048:e256:topk8:permute_y:sm_90a",           // deepseek-v3 down
                              "dx:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a",  //
-                             "dx:bf16:n4096:k14336:e8:topk2:permute_y:sm_90a",            // mixtral-8x7b down
-                             "dx:bf16:n5120:k8192:e16:topk1:permute_y:sm_90a",            // llama4-scout down
-                             "dx:bf16:n4096:k3072:e128:topk8:permute_y:sm_90a"}) {        // 24 MB an expert
+                             "dx:bf16:n4096:k14336:e8:topk2:permute_y:sm_90a"}) {         // mixtral-8x7b down
         const Problem gathered = parse_spec(spec);
         INFO(spec);
         for (RowsBucket bucket : {RowsBucket::medium, RowsBucket::large}) {
@@ -318,17 +314,14 @@ TEST_CASE("heuristic: dX of gathered rows in CTA pairs for large experts; fp32 d
         }
         CHECK(choose_config(gathered, RowsBucket::large, KernelPath::portable).cluster == 1);
     }
-    // Other row-grouped passes keep single CTAs (pairs measured equal or slower there), gathered
-    // dY rows of smaller experts included: 16.6 MB, then 24 MB less one row.
-    for (const char* spec : {"dx:bf16:n2880:k2880:e128:topk4:permute_y:mul_post:sm_90a",  // gpt-oss-120b down
-                             "dx:bf16:n4096:k3064:e128:topk8:permute_y:sm_90a",
-                             "dx:bf16:n4096:k7168:e256:topk8:permute_x:sm_90a", "dx:bf16:n1536:k2048:e128:topk8:sm_90a",
+    // Other row-grouped passes keep single CTAs (pairs measured equal or slower there).
+    for (const char* spec : {"dx:bf16:n4096:k7168:e256:topk8:permute_x:sm_90a", "dx:bf16:n1536:k2048:e128:topk8:sm_90a",
                              "fwd:bf16:n4096:k7168:e256:topk8:permute_x:gated:sm_90a",
                              "fwd:bf16:n7168:k2048:e256:topk8:permute_y:mul_post:sm_90a"}) {
         INFO(spec);
         CHECK(choose_config(parse_spec(spec), RowsBucket::large).cluster == 1);
     }
-    // fp32 dW: four 64-row stages, except gathered X (permute_x) at 241-288 rows an expert.
+    // fp32 dW: four 64-row stages, except gathered X (permute_x) rows of 6144 or more at 241-288 rows an expert.
     const Problem direct = parse_spec("dw:bf16:n2048:k768:e128:topk8:out_fp32:sm_90a");
     const Problem gathered = parse_spec("dw:bf16:n4096:k7168:e256:topk8:permute_x:out_fp32:sm_90a");
     for (RowsBucket bucket : {RowsBucket::medium, RowsBucket::large})
@@ -336,8 +329,14 @@ TEST_CASE("heuristic: dX of gathered rows in CTA pairs for large experts; fp32 d
     CHECK(choose_config(gathered, RowsBucket::medium).to_string() == "h:m128n256s8k32");
     CHECK_NOTHROW(check_config(gathered, choose_config(gathered, RowsBucket::medium)));
     CHECK(choose_config(gathered, RowsBucket::large).to_string() == "h:m128n256s4");
-    const Problem shorter = parse_spec("dw:bf16:n5760:k2880:e128:topk4:permute_x:out_fp32:sm_90a");  // gpt-oss-120b
-    CHECK(choose_config(shorter, RowsBucket::medium).to_string() == "h:m128n256s4");
+    for (const char* spec : {"dw:bf16:n5760:k2880:e128:topk4:permute_x:out_fp32:sm_90a",    // gpt-oss-120b gate_up
+                             "dw:bf16:n16384:k5120:e16:topk1:permute_x:out_fp32:sm_90a",    // llama4-scout gate_up
+                             "dw:bf16:n4096:k6136:e256:topk8:permute_x:out_fp32:sm_90a"}) {  // a row short of 6144
+        INFO(spec);
+        CHECK(choose_config(parse_spec(spec), RowsBucket::medium).to_string() == "h:m128n256s4");
+    }
+    CHECK(choose_config(parse_spec("dw:bf16:n4096:k6144:e256:topk8:permute_x:out_fp32:sm_90a"), RowsBucket::medium)
+              .to_string() == "h:m128n256s8k32");
     Problem gathered_bf16 = gathered;
     gathered_bf16.out_fp32 = false;
     CHECK(choose_config(gathered_bf16, RowsBucket::medium).to_string() == "h:m128n256s4");
