@@ -344,7 +344,7 @@ TEST_CASE("passes: 192x192 tiles (three consumer warpgroups) match float64", "[g
 
 TEST_CASE("passes: swapped operands (routed rows on wgmma's N side) match float64", "[gpu][gemm][hopper]") {
     if (!hopper_device_arch()) return;
-    // Experts of every wgmma width the kernels issue (256 alone, then tails of 16, 32 and, m320, 64
+    // Experts of every wgmma width the kernels issue (256 alone, then tails of 32 and, m320, 64
     // rows), at each width's edges, split into two to six blocks of rows (530, 700, 1500), empty and
     // single-row experts; n208 and k136 leave partial tiles of output columns and reduction in both
     // passes. m288 loads rows in boxes of 144 and stages its output 32 rows at a time.

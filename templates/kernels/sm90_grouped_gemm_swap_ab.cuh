@@ -11,7 +11,7 @@
 //
 // wgmma's M side is the weights: each consumer warpgroup owns 64 output columns of a tile of
 // TileN. Its N side is the expert's routed rows, up to TileTokens a tile: a 256-wide wgmma and,
-// past 256 rows, a tail wgmma of 16, 32 or (m320) 64. Rows past 256 are thus padded to 16 or 32
+// past 256 rows, a tail wgmma of 32 or (m320, past 288) 64. Rows past 256 are thus padded to 32
 // (not to a 128-row tile), and an expert of up to TileTokens rows reads each weight tile once,
 // in one CTA: no other CTA has to keep its pace to share the weights in L2, as the 128-row kernel's
 // m tiles of one weight tile must (bench/RESULTS.md, sixteenth session). Larger experts split into
@@ -85,9 +85,13 @@ struct Sm90SwapAbConfig {
 };
 
 // The widths of wgmma a tile of `tokens` rows issues: 256 over its first rows, Tail over the rest.
-// Each is its own mainloop and epilogue. Four variants of one wide width compile with no spill;
-// a fifth, or a second wide width (160 or 192 for the halves of an expert of 273-320 rows), spills
-// the consumers (640-2272 bytes, and ptxas serializes the wgmma, C7512).
+// Each is its own mainloop and epilogue, so each costs compile time. A 16-row tail for tiles of
+// 257-272 rows took 30% of it (one host, A/B: m288 1.57 s against 1.10 without it, m320 3.25
+// against 2.35), and the forward and dX of deepseek-v3 and gpt-oss-120b measured within 1-3% either
+// way without it (bench/RESULTS.md, twenty-ninth session).
+// Four variants of one wide width compile with no spill; a fifth, or a second wide width (160 or
+// 192 for the halves of an expert of 273-320 rows), spills the consumers (640-2272 bytes, and
+// ptxas serializes the wgmma, C7512).
 template <int Tail_>
 struct SwapWidths {
     static constexpr int Wide = 256, Tail = Tail_;
@@ -96,7 +100,6 @@ struct SwapWidths {
 template <int TileTokens, class Body>
 __device__ __forceinline__ void with_swap_widths(int tokens, Body&& body) {
     if (tokens <= 256) body(SwapWidths<0>{});
-    else if (tokens <= 272) body(SwapWidths<16>{});
     else if (TileTokens <= 288 || tokens <= 288) body(SwapWidths<32>{});
     else if constexpr (TileTokens > 288) body(SwapWidths<64>{});
 }
