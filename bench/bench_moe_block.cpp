@@ -3,6 +3,10 @@
 // none of the routing work).
 //
 //   bench_moe_block --model qwen3-30b-a3b --tokens 8192,16 [--cublas PATH]
+//   bench_moe_block --model qwen3-30b-a3b --tokens 8192 --jit first-call|prepare
+// --jit times the JIT instead, with the cache it finds (point MOEJIT_CACHE_DIR at an empty
+// directory): the block's first forward and backward compiling each kernel at its first launch
+// (first-call), or prepare() compiling them all at once and then that first forward and backward.
 #include <moejit/error.hpp>
 #include <moejit/llama4_moe.hpp>
 #include <moejit/qwen3_moe.hpp>
@@ -14,8 +18,10 @@
 #include "runtime/device.hpp"
 #include "tests/support/device.hpp"
 
+#include <chrono>
 #include <cstdio>
 #include <sstream>
+#include <thread>
 
 using namespace moejit;
 using namespace moejit::bench;
@@ -58,7 +64,11 @@ int main(int argc, char** argv) try {
 
     std::printf("device %s (%d SMs); model %s (H %lld, I %lld, E %lld, topk %d)\n\n", device.name.c_str(),
                 device.sm_count, model.name.c_str(), (long long)H, (long long)I, (long long)E, model.topk);
-    std::printf("| tokens | pass | moejit ms | cuBLAS dense ms (same GEMM shapes) | ratio |\n|---|---|---|---|---|\n");
+    const std::string jit = argument(argc, argv, "--jit", "");
+    if (!jit.empty() && jit != "first-call" && jit != "prepare")
+        throw Error("bad --jit '" + jit + "': expected first-call or prepare");
+    if (jit.empty())
+        std::printf("| tokens | pass | moejit ms | cuBLAS dense ms (same GEMM shapes) | ratio |\n|---|---|---|---|---|\n");
     for (int64_t T : token_counts) {
         const int64_t M = T * model.topk;
         // Hidden scaled down so the softmax router is not saturated by random weights.
@@ -66,6 +76,37 @@ int main(int argc, char** argv) try {
         DeviceBuffer grad_out = DeviceBuffer::from(random_halves(dtype, T * H, 22));
         DeviceBuffer output(T * H * 2), logits(T * E * 2), grad_hidden(T * H * 2);
         double forward_ms = 0, training_ms = 0;
+        if (!jit.empty()) {  // host wall time of the first calls, compiles included
+            auto seconds_since = [](std::chrono::steady_clock::time_point start) {
+                return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            };
+            auto first_calls = [&](auto& block, const auto& weights, const auto& gradients) {
+                const auto start = std::chrono::steady_clock::now();
+                double prepare_s = 0;
+                if (jit == "prepare") {
+                    block.prepare(T);
+                    prepare_s = seconds_since(start);
+                }
+                block.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr);
+                block.backward(grad_out.get(), weights, gradients, nullptr);
+                moejit::testing::synchronize();
+                std::printf("jit %s, %lld tokens: prepare %.2f s, first forward+backward done at %.2f s (%u hardware "
+                            "threads)\n",
+                            jit.c_str(), (long long)T, prepare_s, seconds_since(start),
+                            std::thread::hardware_concurrency());
+            };
+            if (llama4) {
+                Llama4TextMoe block(llama4_config, T);
+                first_calls(block, llama4_weights,
+                            Llama4MoeGradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get(),
+                                               grad_shared_gate_up.get(), grad_shared_down.get()});
+            } else {
+                Qwen3MoeBlock block(qwen3_config, T);
+                first_calls(block, qwen3_weights,
+                            Qwen3MoeGradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()});
+            }
+            continue;
+        }
         if (llama4) {
             const Llama4MoeGradients gradients{grad_hidden.get(),        grad_router.get(),        grad_gate_up.get(),
                                                grad_down.get(),          grad_shared_gate_up.get(), grad_shared_down.get()};

@@ -1,9 +1,9 @@
 #pragma once
 // Loaded kernels of this process, by (context, Problem, Config). Thread-safe; entries live until exit
 // (a few hundred at most, each a CUmodule), so a caller may keep the shared_ptr it got.
-#include <cuda.h>
-
+#include <exception>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -15,26 +15,42 @@ class Kernel;
 
 class MemoryCache {
 public:
-    // Returns the cached kernel for `key`, or the result of `make()`, stored. `make` runs under the
-    // lock: two threads asking for one kernel compile it once.
-    std::shared_ptr<const Kernel> get_or_make(const std::string& key,
-                                              const std::function<std::shared_ptr<const Kernel>()>& make) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        auto found = kernels_.find(key);
-        if (found != kernels_.end()) return found->second;
-        auto kernel = make();
-        kernels_.emplace(key, kernel);
-        return kernel;
-    }
+    using Value = std::shared_ptr<const Kernel>;
 
-    size_t size() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return kernels_.size();
+    // Returns the cached kernel for `key`, or the result of `make()`, stored. The first caller of a
+    // key runs `make` outside the lock, so that kernels of different keys compile at once (NVRTC is
+    // thread-safe); later callers of that key wait for it and share its kernel, or its exception.
+    // A key whose `make` threw is forgotten: the next call tries again.
+    Value get_or_make(const std::string& key, const std::function<Value()>& make) {
+        std::promise<Value> promise;
+        std::shared_future<Value> made;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            auto found = kernels_.find(key);
+            if (found != kernels_.end()) {
+                made = found->second;
+            } else {
+                kernels_.emplace(key, promise.get_future().share());
+            }
+        }
+        if (made.valid()) return made.get();  // rethrows the maker's exception
+        try {
+            Value kernel = make();
+            promise.set_value(kernel);
+            return kernel;
+        } catch (...) {
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                kernels_.erase(key);
+            }
+            promise.set_exception(std::current_exception());
+            throw;
+        }
     }
 
 private:
-    mutable std::mutex mutex_;
-    std::unordered_map<std::string, std::shared_ptr<const Kernel>> kernels_;
+    std::mutex mutex_;
+    std::unordered_map<std::string, std::shared_future<Value>> kernels_;
 };
 
 }  // namespace moejit

@@ -1,5 +1,6 @@
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
+#include <moejit/prepare.hpp>
 #include <moejit/qwen3_moe.hpp>
 #include <moejit/routing.hpp>
 
@@ -7,6 +8,7 @@
 #include "moe/combine_backward.hpp"
 #include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
+#include "runtime/device.hpp"
 #include "runtime/driver.hpp"
 
 namespace moejit {
@@ -171,6 +173,13 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     // dHidden = sum over the token's slots + the router's share, in one deterministic pass.
     combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.grad_x_slots), gradients.hidden, tokens, stream, 0,
                  s.at(b.mlp.router_grad_x));
+}
+
+void Qwen3MoeBlock::prepare(int64_t tokens, unsigned jobs) const {
+    if (tokens <= 0 || tokens > state_->max_tokens)
+        throw Error(std::string(kBlock) + ": prepare takes 1 to max_tokens (" + std::to_string(state_->max_tokens) +
+                    ") tokens, got " + std::to_string(tokens));
+    prepare_kernels(kernels(state_->config, current_device().arch), tokens, jobs);
 }
 
 void Qwen3MoeBlock::check_routing_errors(CUstream stream) const {

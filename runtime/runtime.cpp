@@ -15,7 +15,8 @@ std::shared_ptr<const Kernel> Runtime::kernel(const Problem& problem, const Conf
     const DeviceInfo& device = current_device();
     const std::string key = std::to_string(reinterpret_cast<uintptr_t>(device.context)) + "|" + to_spec(problem) +
                             "|" + config.to_string();
-    // get_or_make holds its lock while compiling, which also serializes the Compiler and its DiskCache.
+    // Kernels of different keys compile at once on different threads: the Compiler and its
+    // DiskCache are thread-safe (the disk cache is made for concurrent processes already).
     return loaded_.get_or_make(key, [&] {
         const Binary binary = compiler_.get(problem, config);
         auto module = std::make_shared<const Module>(binary.cubin);

@@ -3,13 +3,15 @@
 // whose only cache is a read-only root holding its list, Qwen3MoeBlock::kernels or
 // Llama4TextMoe::kernels, in the tilings of the token counts it runs. A call site that built its
 // Problem otherwise, or a kernel missing from a list, would be JIT-compiled there: logged and
-// stored in the child's empty writable root.
+// stored in the child's empty writable root. And prepare() compiles all of them ahead of the calls.
 #include "tests/catch.hpp"
 #include "tests/support/device.hpp"
+#include "tests/support/errors.hpp"
 #include "tests/support/half.hpp"
 #include "tests/support/process.hpp"
 
 #include <moejit/llama4_moe.hpp>
+#include <moejit/prepare.hpp>
 #include <moejit/qwen3_moe.hpp>
 
 #include "cache/disk_cache.hpp"
@@ -36,6 +38,8 @@ const Llama4MoeConfig kLlama4{/*hidden=*/256, /*intermediate=*/128, /*shared_int
 const int64_t kTokenCounts[] = {8, 512};
 const int64_t kMaxTokens = 512;
 const char* const kChildVariable = "BLOCK_KERNELS_CHILD";  // which block the child runs
+const char* const kPrepareVariable = "BLOCK_KERNELS_PREPARE";  // set: the child calls prepare() first
+const char* const kPreparedMarker = "block child prepared";      // on stderr, between the logged compiles
 
 std::vector<Problem> block_kernels(const std::string& block, const Arch& arch) {
     return block == "llama4" ? Llama4TextMoe::kernels(kLlama4, arch) : Qwen3MoeBlock::kernels(kQwen3, arch);
@@ -81,11 +85,48 @@ TEST_CASE("the MoE blocks launch only the kernels of their lists", "[gpu][blocks
     }
 }
 
-// Run by the test above in a child process only.
+TEST_CASE("a block's prepare() compiles every kernel its calls launch, before them", "[gpu][blocks]") {
+    for (const std::string block : {"qwen3", "llama4"}) {
+        INFO(block);
+        TempDir cache;
+        const ProcessResult child = run_child_tests(
+            "block child runs forward and backward",
+            {{"MOEJIT_CACHE_DIR", cache.path}, {"MOEJIT_LOG", "info"}, {"MOEJIT_CHECK_ROUTING", "1"},
+             {kChildVariable, block}, {kPrepareVariable, "1"}});
+        INFO("child stdout:\n" << child.out << "\nchild stderr:\n" << child.err);
+        CHECK(child.status == 0);
+        CHECK(child.out.find("block child done") != std::string::npos);
+        const size_t marker = child.err.find(kPreparedMarker);
+        REQUIRE(marker != std::string::npos);
+        // Every compile logged comes before the marker (the log and the marker share stderr), and
+        // each is an entry of the cache: the calls after prepare() compiled nothing.
+        size_t compiles = 0;
+        for (size_t at = child.err.find("[moejit info] compiled"); at != std::string::npos;
+             at = child.err.find("[moejit info] compiled", at + 1)) {
+            CHECK(at < marker);
+            ++compiles;
+        }
+        CHECK(compiles > 0);
+        CHECK(entries_under(cache.path) == compiles);
+    }
+    // Token counts the block cannot run are refused, naming the range.
+    Qwen3MoeBlock qwen3(kQwen3, kMaxTokens);
+    Llama4TextMoe llama4(kLlama4, kMaxTokens);
+    for (int64_t tokens : {int64_t(0), int64_t(-1), kMaxTokens + 1}) {
+        INFO(tokens << " tokens");
+        CHECK(mentions(error_message([&] { qwen3.prepare(tokens); }), "prepare takes 1 to max_tokens (512)"));
+        CHECK(mentions(error_message([&] { llama4.prepare(tokens); }), "prepare takes 1 to max_tokens (512)"));
+    }
+    CHECK(mentions(error_message([&] { prepare_kernels(Qwen3MoeBlock::kernels(kQwen3, current_device().arch), 0); }),
+                   "tokens must be in [1, 2^31)"));
+}
+
+// Run by the tests above in a child process only.
 TEST_CASE("block child runs forward and backward", "[.][block-child]") {
     const char* block = std::getenv(kChildVariable);
     REQUIRE(block != nullptr);
     const bool llama4 = std::string(block) == "llama4";
+    const bool prepare = std::getenv(kPrepareVariable) != nullptr;
     const int64_t H = 256, I = 128, Is = 64, E = 16, T = kMaxTokens;
     DeviceBuffer hidden = random_bf16(T * H, 1, 1.0f), grad_output = random_bf16(T * H, 2, 1.0f);
     DeviceBuffer router = random_bf16(E * H, 3, 0.05f), gate_up = random_bf16(E * 2 * I * H, 4, 0.05f);
@@ -99,6 +140,10 @@ TEST_CASE("block child runs forward and backward", "[.][block-child]") {
         const Llama4MoeWeights weights{router.get(), gate_up.get(), down.get(), shared_gate_up.get(), shared_down.get()};
         const Llama4MoeGradients gradients{grad_hidden.get(),  grad_router.get(),         grad_gate_up.get(),
                                            grad_down.get(),    grad_shared_gate_up.get(), grad_shared_down.get()};
+        if (prepare) {
+            for (int64_t tokens : kTokenCounts) moe.prepare(tokens);
+            std::fprintf(stderr, "%s\n", kPreparedMarker);
+        }
         for (int64_t tokens : kTokenCounts) {
             moe.forward(hidden.get(), weights, output.get(), logits.get(), tokens, nullptr);
             moe.backward(grad_output.get(), weights, gradients, nullptr);
@@ -107,6 +152,10 @@ TEST_CASE("block child runs forward and backward", "[.][block-child]") {
         Qwen3MoeBlock moe(kQwen3, kMaxTokens);
         const Qwen3MoeWeights weights{router.get(), gate_up.get(), down.get()};
         const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
+        if (prepare) {
+            for (int64_t tokens : kTokenCounts) moe.prepare(tokens);
+            std::fprintf(stderr, "%s\n", kPreparedMarker);
+        }
         for (int64_t tokens : kTokenCounts) {
             moe.forward(hidden.get(), weights, output.get(), logits.get(), tokens, nullptr);
             moe.backward(grad_output.get(), weights, gradients, nullptr);

@@ -6,13 +6,16 @@
 #include "codegen/models.hpp"
 #include "moe/model_kernels.hpp"
 #include "runtime/compiler.hpp"
+#include "runtime/parallel.hpp"
 
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -204,15 +207,16 @@ int cmd_cache(const std::vector<std::string>& argv) {
 
 int cmd_precompile(const std::vector<std::string>& argv) {
     const Args args("precompile", argv,
-                    {{"--model", true}, {"--arch", true}, {"--dtype", true}, {"--tokens", true}});
+                    {{"--model", true}, {"--arch", true}, {"--dtype", true}, {"--tokens", true}, {"--jobs", true}});
     if (args.help()) {
         std::string models;
         for (const ModelPreset& preset : model_presets()) models += (models.empty() ? "" : ", ") + preset.name;
         std::printf(
-            "usage: moejit precompile --model NAME [--arch sm_90a] [--dtype bf16] [--tokens T,...]\n"
+            "usage: moejit precompile --model NAME [--arch sm_90a] [--dtype bf16] [--tokens T,...] [--jobs N]\n"
             "\n"
             "Compiles every kernel the model's MoE layer launches, forward and backward, into the writable\n"
-            "cache root, skipping kernels already cached, with one progress line per kernel. Needs NVRTC,\n"
+            "cache root, several at once, skipping kernels already cached, with one progress line per\n"
+            "kernel as it finishes. Needs NVRTC,\n"
             "no GPU: point MOEJIT_CACHE_DIR at a directory, precompile, and ship it (read-only through\n"
             "MOEJIT_CACHE_PATH if you like); a process running the layer then compiles nothing. The cache's\n"
             "size cap (MOEJIT_CACHE_MAX_SIZE) does not apply here. Tilings are the heuristic's: a tiling\n"
@@ -234,7 +238,8 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "    --arch ARCH      sm_80, sm_86, sm_89, sm_90a (default), sm_100a\n"
             "    --dtype DTYPE    bf16 (default) or fp16\n"
             "    --tokens T,...   token counts to expect: the tilings their calls take (on sm_90a decode-sized\n"
-            "                     calls take their own); default: large calls only\n",
+            "                     calls take their own); default: large calls only\n"
+            "    --jobs N         compiles at once, 1 to 256 (default: one per hardware thread)\n",
             models.c_str());
         return 0;
     }
@@ -248,6 +253,13 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     // take other tiles on sm_90a). Without --tokens: the large-call tilings only.
     std::vector<int64_t> token_counts;
     if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
+    unsigned jobs = 0;  // one per hardware thread
+    if (const auto text = args.value("--jobs")) {
+        if (text->empty() || text->size() > 3 || text->find_first_not_of("0123456789") != std::string::npos ||
+            std::stoi(*text) < 1 || std::stoi(*text) > 256)
+            throw Error("bad --jobs '" + *text + "': expected 1 to 256 compiles at once");
+        jobs = static_cast<unsigned>(std::stoi(*text));
+    }
 
     std::vector<std::pair<Problem, Config>> kernels;
     for (const Problem& problem : model_kernels(model, arch, dtype)) {
@@ -266,10 +278,13 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     // own cache, does not apply here.
     const DiskCache environment = DiskCache::from_environment();
     Compiler compiler(DiskCache(environment.root(), environment.read_only_roots(), /*size_cap=*/0));
-    size_t compiled = 0, cached = 0, elsewhere = 0, unstored = 0;
-    for (size_t i = 0; i < kernels.size(); ++i) {
+    size_t compiled = 0, cached = 0, elsewhere = 0, unstored = 0, done = 0;
+    const auto start = std::chrono::steady_clock::now();
+    std::mutex progress;  // the counts and the progress lines, in the order the kernels finish
+    run_in_parallel(kernels.size(), jobs, [&](size_t i) {
         const auto& [problem, config] = kernels[i];
         const Binary binary = compiler.get(problem, config);
+        std::lock_guard<std::mutex> lock(progress);
         // Whether the entry is in the writable root now: a store that failed left none.
         const bool in_root = compiler.disk().has_entry_in_root(binary.key);
         std::string where;
@@ -286,11 +301,11 @@ int cmd_precompile(const std::vector<std::string>& argv) {
                 where = " (not stored)";
             }
         }
-        std::printf("[%zu/%zu] %s %s  %s %s%s\n", i + 1, kernels.size(), to_spec(problem).c_str(),
+        std::printf("[%zu/%zu] %s %s  %s %s%s\n", ++done, kernels.size(), to_spec(problem).c_str(),
                     config.to_string().c_str(), binary.from_disk ? "cached" : "compiled",
                     format_ms(binary.milliseconds).c_str(), where.c_str());
         std::fflush(stdout);
-    }
+    });
     if (unstored > 0)
         throw Error("could not store " + std::to_string(unstored) + " of " + std::to_string(kernels.size()) +
                     " kernels in the kernel cache at " +
@@ -301,7 +316,8 @@ int cmd_precompile(const std::vector<std::string>& argv) {
                 kernels.size(), model.name.c_str(), arch.name().c_str(), to_string(dtype),
                 compiler.disk().root().c_str(), compiled, cached);
     if (elsewhere > 0) std::printf(" (%zu of them in read-only roots)", elsewhere);
-    std::printf("\n");
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("; %.1f s, %u at once\n", seconds, std::min<unsigned>(jobs == 0 ? default_jobs(kernels.size()) : jobs, unsigned(kernels.size())));
     return 0;
 }
 
