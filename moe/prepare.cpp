@@ -27,10 +27,13 @@ void prepare_kernels(const std::vector<Problem>& kernels, int64_t tokens, unsign
         problem.arch = device.arch;
         problem.validate();
         if (problem.op == Op::check_routing && !routing_checks_enabled()) continue;
-        const Config config = is_elementwise(problem.op)
-                                  ? choose_config(problem)
-                                  : select_config(problem, layer_rows_bucket(problem, tokens), device);
-        check_config(problem, config);
+        Config config;
+        if (is_elementwise(problem.op)) {
+            config = choose_config(problem);
+        } else {
+            config = select_config(problem, layer_rows_bucket(problem, tokens), device);
+            check_config(problem, config);
+        }
         const bool seen = std::any_of(work.begin(), work.end(), [&](const auto& job) {
             return job.first == problem && job.second == config;
         });
