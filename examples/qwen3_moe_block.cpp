@@ -85,7 +85,8 @@ int main() try {
     check(cudaStreamCreate(&stream));
     const CUstream cu_stream = reinterpret_cast<CUstream>(stream);
 
-    moejit::Qwen3MoeBlock block(config, T);  // kernels JIT-compiled at the first call
+    moejit::Qwen3MoeBlock block(config, T);
+    block.prepare(T);  // every kernel of forward and backward JIT-compiled now, several at once
     block.forward(d_x, weights, d_out, d_logits, T, cu_stream);
     block.backward(d_grad_out, weights, gradients, cu_stream);
     check(cudaStreamSynchronize(stream));
