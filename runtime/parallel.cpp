@@ -1,5 +1,7 @@
 #include "runtime/parallel.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <exception>
@@ -8,9 +10,21 @@
 
 namespace moejit {
 
+namespace {
+
+// The CPUs this process may run on (taskset, a container's cpuset), which can be far fewer than
+// the machine's; each compile holds about 100 MB, so more threads than CPUs only cost memory.
+unsigned usable_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return static_cast<unsigned>(CPU_COUNT(&set));
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+}  // namespace
+
 unsigned default_jobs(size_t jobs) {
-    const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
-    return static_cast<unsigned>(std::max<size_t>(1, std::min<size_t>(hardware, jobs)));
+    return static_cast<unsigned>(std::max<size_t>(1, std::min<size_t>(usable_cpus(), jobs)));
 }
 
 void run_in_parallel(size_t count, unsigned jobs, const std::function<void(size_t)>& task) {

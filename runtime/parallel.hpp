@@ -5,7 +5,7 @@
 
 namespace moejit {
 
-// One job a hardware thread, at most `jobs`: what `jobs` = 0 asks for.
+// One job a CPU this process may run on, at most `jobs` (and at least 1): what `jobs` = 0 asks for.
 unsigned default_jobs(size_t jobs);
 
 // Runs task(0) .. task(count - 1), each once, on up to `jobs` threads (0: default_jobs(count)), the

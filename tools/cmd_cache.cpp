@@ -239,7 +239,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "    --dtype DTYPE    bf16 (default) or fp16\n"
             "    --tokens T,...   token counts to expect: the tilings their calls take (on sm_90a decode-sized\n"
             "                     calls take their own); default: large calls only\n"
-            "    --jobs N         compiles at once, 1 to 256 (default: one per hardware thread)\n",
+            "    --jobs N         compiles at once, 1 to 256 (default: one per CPU it may use)\n",
             models.c_str());
         return 0;
     }
@@ -253,7 +253,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     // take other tiles on sm_90a). Without --tokens: the large-call tilings only.
     std::vector<int64_t> token_counts;
     if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
-    unsigned jobs = 0;  // one per hardware thread
+    unsigned jobs = 0;  // one per CPU it may use
     if (const auto text = args.value("--jobs")) {
         if (text->empty() || text->size() > 3 || text->find_first_not_of("0123456789") != std::string::npos ||
             std::stoi(*text) < 1 || std::stoi(*text) > 256)

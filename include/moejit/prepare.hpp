@@ -11,8 +11,8 @@
 namespace moejit {
 
 // Loads, or JIT-compiles and stores in the disk cache, every kernel of `kernels` for the current
-// device (each problem's arch is replaced by the device's), up to `jobs` at once (0: one per hardware
-// thread). Each grouped GEMM gets the tiling its calls take for `tokens` tokens (the routed GEMMs
+// device (each problem's arch is replaced by the device's), up to `jobs` at once (0: one per CPU the
+// process may use). Each grouped GEMM gets the tiling its calls take for `tokens` tokens (the routed GEMMs
 // see tokens * topk rows, the dense ones tokens): the one `moejit tune` stored, else the
 // heuristic's. The lists to pass are Qwen3MoeBlock::kernels and Llama4TextMoe::kernels, or one's
 // own (a grouped GEMM's passes: op fwd, dx or dw with its flags). The routing check's kernels
