@@ -9,6 +9,7 @@
 #include "runtime/device.hpp"
 #include "runtime/device_buffer.hpp"
 #include "runtime/launch_arguments.hpp"
+#include "runtime/parallel.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/tensor_map.hpp"
 #include "moe/tuning.hpp"
@@ -153,9 +154,20 @@ GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
     }
 }
 
-void GroupedGemm::prepare() const {
-    Pass& forward = *passes_[0];
-    forward.compile(forward.variants[static_cast<int>(RowsBucket::large)]);
+void GroupedGemm::prepare(bool backward, int64_t rows, unsigned jobs) const {
+    if (rows >= 0) check_rows(rows, forward_);
+    std::vector<Pass*> passes{passes_[0].get()};
+    if (backward) {
+        passes.push_back(passes_[1].get());
+        if (!forward_.fuse_mul_post) passes.insert(passes.end(), {passes_[2].get(), passes_[3].get()});
+    }
+    const int64_t variant_rows = rows < 0 ? int64_t(1) << 30 : rows;
+    const CUcontext context = current_device().context;
+    // Each helper thread works in the caller's context, where the kernels are to be loaded.
+    run_in_parallel(passes.size(), jobs, [&](size_t i) {
+        check_cuda(driver().cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        passes[i]->compile(passes[i]->variant(variant_rows));
+    });
 }
 
 void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,

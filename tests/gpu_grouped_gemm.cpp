@@ -1,15 +1,19 @@
 // Grouped GEMM forward on the GPU against a float64 host reference, on fresh random data with the
-// output poisoned first: empty and skewed experts, M not a multiple of the tile, E*N*K > 2^31.
+// output poisoned first: empty and skewed experts, M not a multiple of the tile, E*N*K > 2^31; and
+// GroupedGemm::prepare compiling every pass before the calls.
 #include "tests/catch.hpp"
 #include "tests/support/device.hpp"
 #include "tests/support/half.hpp"
 #include "tests/support/moe_reference.hpp"
+#include "tests/support/process.hpp"
 #include "tests/support/reference.hpp"
 
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 
@@ -176,4 +180,58 @@ TEST_CASE("forward indexes experts past 2^31 weight elements in 64 bits", "[gpu]
     std::vector<float> y(y_bits.size());
     for (size_t i = 0; i < y.size(); ++i) y[i] = bf16_to_float(y_bits[i]);
     CHECK(relative_error(y, ref) < 1e-2);
+}
+
+namespace {
+const char* const kPrepareChild = "GROUPED_GEMM_PREPARE_CHILD";
+const char* const kPreparedMarker = "grouped gemm prepared";  // on stderr, between the logged compiles
+}  // namespace
+
+TEST_CASE("GroupedGemm::prepare(backward) compiles every pass before its call", "[gpu][gemm]") {
+    TempDir cache;
+    const ProcessResult child = run_child_tests("grouped gemm child prepares, then calls every pass",
+                                                {{"MOEJIT_CACHE_DIR", cache.path},
+                                                 {"MOEJIT_LOG", "info"},
+                                                 {"MOEJIT_CHECK_ROUTING", "0"},
+                                                 {kPrepareChild, "1"}});
+    INFO("child stdout:\n" << child.out << "\nchild stderr:\n" << child.err);
+    CHECK(child.status == 0);
+    CHECK(child.out.find("grouped gemm child done") != std::string::npos);
+    const size_t marker = child.err.find(kPreparedMarker);
+    REQUIRE(marker != std::string::npos);
+    // fwd, dx, dw and fp32 dw, each logged once (the log shares stderr with the marker), all before it.
+    size_t compiles = 0;
+    for (size_t at = child.err.find("[moejit info] compiled"); at != std::string::npos;
+         at = child.err.find("[moejit info] compiled", at + 1)) {
+        CHECK(at < marker);
+        ++compiles;
+    }
+    CHECK(compiles == 4);
+    for (const char* pass : {"compiled fwd:", "compiled dx:", "compiled dw:"}) CHECK(child.err.find(pass) < marker);
+}
+
+// Run by the test above in a child process only.
+TEST_CASE("grouped gemm child prepares, then calls every pass", "[.][gemm-child]") {
+    REQUIRE(std::getenv(kPrepareChild) != nullptr);
+    Problem problem;
+    problem.n = 64;
+    problem.k = 64;
+    problem.experts = 2;
+    problem.permute_x = true;
+    const GroupedGemm gemm(problem);
+    const int64_t rows = 64;
+    gemm.prepare(/*backward=*/true, rows);
+    std::fprintf(stderr, "%s\n", kPreparedMarker);
+    std::vector<int> gather(rows);
+    std::iota(gather.begin(), gather.end(), 0);
+    DeviceBuffer m_sizes = DeviceBuffer::from(std::vector<int>{int(rows), 0});
+    DeviceBuffer gather_idx = DeviceBuffer::from(gather);
+    DeviceBuffer x(rows * 64 * 2), w(2 * 64 * 64 * 2), y(rows * 64 * 2), dw(2 * 64 * 64 * 4);
+    const Routing routing{m_sizes.get(), gather_idx.get(), 0, rows};
+    gemm.forward(x.get(), w.get(), y.get(), routing, nullptr);
+    gemm.dx(y.get(), w.get(), x.get(), routing, nullptr);
+    gemm.dw(y.get(), x.get(), dw.get(), routing, nullptr);
+    gemm.dw(y.get(), x.get(), dw.get(), routing, nullptr, /*fp32_output=*/true);
+    synchronize();
+    std::printf("grouped gemm child done\n");
 }

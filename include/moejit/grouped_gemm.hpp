@@ -57,8 +57,10 @@ public:
     void dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routing& routing, CUstream stream,
             bool fp32_output = false) const;
 
-    // JIT the forward kernel now rather than at the first call.
-    void prepare() const;
+    // JIT the forward kernel now rather than at its first call; with `backward`, dX's and dW's too
+    // (16-bit and fp32 output; no dW with fuse_mul_post), all at once on up to `jobs` host threads
+    // (0: one per CPU the process may use). Each in the tiling for `rows` routed rows (default: many).
+    void prepare(bool backward = false, int64_t rows = -1, unsigned jobs = 0) const;
 
     const Problem& problem() const { return forward_; }
     // The tiling a pass uses for `rows` routed rows (default: many), e.g. "h:m128n256s4" on the
