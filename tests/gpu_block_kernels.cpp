@@ -5,6 +5,7 @@
 // Problem otherwise, or a kernel missing from a list, would be JIT-compiled there: logged and
 // stored in the child's empty writable root. And prepare() compiles all of them ahead of the calls.
 #include "tests/catch.hpp"
+#include "tests/support/compile_log.hpp"
 #include "tests/support/device.hpp"
 #include "tests/support/errors.hpp"
 #include "tests/support/half.hpp"
@@ -96,18 +97,12 @@ TEST_CASE("a block's prepare() compiles every kernel its calls launch, before th
         INFO("child stdout:\n" << child.out << "\nchild stderr:\n" << child.err);
         CHECK(child.status == 0);
         CHECK(child.out.find("block child done") != std::string::npos);
-        const size_t marker = child.err.find(kPreparedMarker);
-        REQUIRE(marker != std::string::npos);
-        // Every compile logged comes before the marker (the log and the marker share stderr), and
-        // each is an entry of the cache: the calls after prepare() compiled nothing.
-        size_t compiles = 0;
-        for (size_t at = child.err.find("[moejit info] compiled"); at != std::string::npos;
-             at = child.err.find("[moejit info] compiled", at + 1)) {
-            CHECK(at < marker);
-            ++compiles;
-        }
-        CHECK(compiles > 0);
-        CHECK(entries_under(cache.path) == compiles);
+        REQUIRE(child.err.find(kPreparedMarker) != std::string::npos);
+        // Every compile comes before the calls, and each is an entry of the cache.
+        const LoggedCompiles compiles = logged_compiles(child.err, kPreparedMarker);
+        CHECK(compiles.before > 0);
+        CHECK(compiles.after == 0);
+        CHECK(entries_under(cache.path) == compiles.before);
     }
     // Token counts the block cannot run are refused, naming the range.
     Qwen3MoeBlock qwen3(kQwen3, kMaxTokens);
