@@ -190,7 +190,7 @@ const char* const kPreparedMarker = "grouped gemm prepared";  // on stderr, betw
 
 TEST_CASE("GroupedGemm::prepare(backward) compiles every pass before its call", "[gpu][gemm]") {
     TempDir cache;
-    const ProcessResult child = run_child_tests("grouped gemm child prepares, then calls every pass",
+    const ProcessResult child = run_child_tests("grouped gemm child prepares and calls every pass",
                                                 {{"MOEJIT_CACHE_DIR", cache.path},
                                                  {"MOEJIT_LOG", "info"},
                                                  {"MOEJIT_CHECK_ROUTING", "0"},
@@ -208,7 +208,7 @@ TEST_CASE("GroupedGemm::prepare(backward) compiles every pass before its call", 
 }
 
 // Run by the test above in a child process only.
-TEST_CASE("grouped gemm child prepares, then calls every pass", "[.][gemm-child]") {
+TEST_CASE("grouped gemm child prepares and calls every pass", "[.][gemm-child]") {
     REQUIRE(std::getenv(kPrepareChild) != nullptr);
     Problem problem;
     problem.n = 64;
