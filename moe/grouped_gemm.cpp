@@ -36,6 +36,9 @@ void check_rows(int64_t rows, const Problem& problem) {
         throw Error(to_spec(problem) + ": rows (M) must be in [0, 2^31), got " + std::to_string(rows));
 }
 
+// The row count that stands for "many" where a caller names none: the large calls' tiling.
+constexpr int64_t kManyRows = int64_t(1) << 30;
+
 unsigned elementwise_grid(int64_t work_items, int sm_count) {
     return static_cast<unsigned>(std::clamp<int64_t>((work_items + 255) / 256, 1, int64_t(sm_count) * 16));
 }
@@ -142,7 +145,7 @@ GroupedGemm::~GroupedGemm() = default;
 
 std::string GroupedGemm::config(Op op, int64_t rows, bool fp32_output) const {
     Pass& p = pass(op, fp32_output);
-    return p.variant(rows < 0 ? int64_t(1) << 30 : rows).config.to_string();
+    return p.variant(rows < 0 ? kManyRows : rows).config.to_string();
 }
 
 GroupedGemm::Pass& GroupedGemm::pass(Op op, bool fp32_output) const {
@@ -161,7 +164,7 @@ void GroupedGemm::prepare(bool backward, int64_t rows, unsigned jobs) const {
         passes.push_back(passes_[1].get());
         if (!forward_.fuse_mul_post) passes.insert(passes.end(), {passes_[2].get(), passes_[3].get()});
     }
-    const int64_t variant_rows = rows < 0 ? int64_t(1) << 30 : rows;
+    const int64_t variant_rows = rows < 0 ? kManyRows : rows;
     const CUcontext context = current_device().context;
     // Each helper thread works in the caller's context, where the kernels are to be loaded.
     run_in_parallel(passes.size(), jobs, [&](size_t i) {

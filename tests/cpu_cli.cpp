@@ -141,6 +141,21 @@ TEST_CASE("--tokens takes the same positive integers in bench and precompile", "
     CHECK(mentions(accepted.err, "--pass must be fwd, dx or dw, got 'bogus'"));
 }
 
+TEST_CASE("precompile --jobs takes 1 to 256 and nothing else", "[cpu][cli]") {
+    // Read before any NVRTC work; a bad --tokens after it then shows an accepted value.
+    for (const char* jobs : {"0", "257", "-1", "+2", "2 ", "x", "", "1000"}) {
+        INFO("--jobs '" << jobs << "'");
+        const ProcessResult precompile = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--jobs", jobs});
+        CHECK(precompile.status == 1);
+        CHECK(mentions(precompile.err, std::string("bad --jobs '") + jobs + "': expected 1 to 256 compiles at once"));
+    }
+    for (const char* jobs : {"1", "256"}) {
+        const ProcessResult accepted = run_cli({"precompile", "--model", "qwen3-30b-a3b", "--jobs", jobs, "--tokens", "x"});
+        CHECK(accepted.status == 1);
+        CHECK(mentions(accepted.err, "bad --tokens 'x'"));
+    }
+}
+
 TEST_CASE("output that cannot be written fails the command", "[cpu][cli]") {
     if (!std::filesystem::exists("/dev/full")) {
         WARN("no /dev/full on this machine: not tested");

@@ -215,12 +215,12 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "usage: moejit precompile --model NAME [--arch sm_90a] [--dtype bf16] [--tokens T,...] [--jobs N]\n"
             "\n"
             "Compiles every kernel the model's MoE layer launches, forward and backward, into the writable\n"
-            "cache root, several at once, skipping kernels already cached, with one progress line per\n"
-            "kernel as it finishes. Needs NVRTC,\n"
-            "no GPU: point MOEJIT_CACHE_DIR at a directory, precompile, and ship it (read-only through\n"
-            "MOEJIT_CACHE_PATH if you like); a process running the layer then compiles nothing. The cache's\n"
-            "size cap (MOEJIT_CACHE_MAX_SIZE) does not apply here. Tilings are the heuristic's: a tiling\n"
-            "that `moejit tune` stored on the target compiles there at its first use.\n"
+            "cache root, several at once, skipping kernels already cached, with a progress line for each\n"
+            "kernel as it finishes. Needs NVRTC, no GPU: point MOEJIT_CACHE_DIR at a directory,\n"
+            "precompile, and ship it (read-only through MOEJIT_CACHE_PATH if you like); a process running\n"
+            "the layer then compiles nothing. The cache's size cap (MOEJIT_CACHE_MAX_SIZE) does not apply\n"
+            "here. Tilings are the heuristic's: a tiling that `moejit tune` stored on the target compiles\n"
+            "there at its first use.\n"
             "\n"
             "The kernels are those of the model's block, listed where the block builds them:\n"
             "  qwen3-*        Qwen3MoeBlock: the router GEMM (fwd, dX, dW fp32), top-k, routing indices and\n"
@@ -249,10 +249,6 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     const ModelPreset& model = find_model(*model_name);
     const Arch arch = Arch::parse(args.value("--arch").value_or("sm_90a"));
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
-    // Token counts pick the tilings: each count's rows bucket for each kernel (decode-sized calls
-    // take other tiles on sm_90a). Without --tokens: the large-call tilings only.
-    std::vector<int64_t> token_counts;
-    if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
     unsigned jobs = 0;  // one per CPU it may use
     if (const auto text = args.value("--jobs")) {
         if (text->empty() || text->size() > 3 || text->find_first_not_of("0123456789") != std::string::npos ||
@@ -260,6 +256,10 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             throw Error("bad --jobs '" + *text + "': expected 1 to 256 compiles at once");
         jobs = static_cast<unsigned>(std::stoi(*text));
     }
+    // Token counts pick the tilings: each count's rows bucket for each kernel (decode-sized calls
+    // take other tiles on sm_90a). Without --tokens: the large-call tilings only.
+    std::vector<int64_t> token_counts;
+    if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
 
     std::vector<std::pair<Problem, Config>> kernels;
     for (const Problem& problem : model_kernels(model, arch, dtype)) {
