@@ -9,7 +9,10 @@
 #include "moe/synthetic.hpp"
 #include "moe/tuning.hpp"
 #include "runtime/device_buffer.hpp"
+#include "runtime/driver.hpp"
 #include "runtime/log.hpp"
+#include "runtime/parallel.hpp"
+#include "runtime/runtime.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -122,15 +125,24 @@ TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket b
     // The heuristic's choice, ignoring earlier tuning, as the baseline.
     result.heuristic = choose_config(problem, bucket).to_string();
     result.best_ms = std::numeric_limits<double>::infinity();
+    std::vector<std::pair<Config, std::unique_ptr<GroupedGemm>>> candidates;
     for (const Config& candidate : candidate_configs(problem)) {
-        std::unique_ptr<GroupedGemm> gemm;
         try {
             check_config(problem, candidate);
-            gemm = std::make_unique<GroupedGemm>(forward, candidate.to_string());
+            candidates.emplace_back(candidate, std::make_unique<GroupedGemm>(forward, candidate.to_string()));
         } catch (const Error& error) {  // a tiling this pass cannot use
             log::debug("tune: skipping " + candidate.to_string() + ": " + error.what());
-            continue;
         }
+    }
+    // Every candidate's kernel for this pass, compiled at once before the first timing (the timed
+    // calls then find them loaded): otherwise a pass waits for a dozen compiles or more in a row.
+    run_in_parallel(candidates.size(), 0, [&](size_t i) {
+        check_cuda(driver().cuCtxSetCurrent(device.context), "cuCtxSetCurrent");
+        const GroupedGemm& gemm = *candidates[i].second;
+        Runtime::instance().kernel(problem,
+                                   Config::parse(gemm.config(problem.op, inputs.routing.rows, problem.out_fp32)));
+    });
+    for (const auto& [candidate, gemm] : candidates) {
         const double ms = time_pass(*gemm, pass, inputs, timer);
         log::debug("tune: " + to_spec(problem) + " " + candidate.to_string() + " " + std::to_string(ms) + " ms");
         ++result.candidates;
