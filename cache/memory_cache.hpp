@@ -39,11 +39,10 @@ public:
             promise.set_value(kernel);
             return kernel;
         } catch (...) {
-            {
-                std::lock_guard<std::mutex> lock(mutex_);
-                kernels_.erase(key);
-            }
+            // The waiters get the error first, whatever happens after.
             promise.set_exception(std::current_exception());
+            std::lock_guard<std::mutex> lock(mutex_);
+            kernels_.erase(key);
             throw;
         }
     }

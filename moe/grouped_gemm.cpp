@@ -165,11 +165,13 @@ void GroupedGemm::prepare(bool backward, int64_t rows, unsigned jobs) const {
         if (!forward_.fuse_mul_post) passes.insert(passes.end(), {passes_[2].get(), passes_[3].get()});
     }
     const int64_t variant_rows = rows < 0 ? kManyRows : rows;
-    const CUcontext context = current_device().context;
+    const DeviceInfo& device = current_device();
+    const bool check_routing = routing_checks_enabled();  // its kernel runs before each pass
     // Each helper thread works in the caller's context, where the kernels are to be loaded.
-    run_in_parallel(passes.size(), jobs, [&](size_t i) {
-        check_cuda(driver().cuCtxSetCurrent(context), "cuCtxSetCurrent");
-        passes[i]->compile(passes[i]->variant(variant_rows));
+    run_in_parallel(passes.size() + (check_routing ? 1 : 0), jobs, [&](size_t i) {
+        check_cuda(driver().cuCtxSetCurrent(device.context), "cuCtxSetCurrent");
+        if (i < passes.size()) passes[i]->compile(passes[i]->variant(variant_rows));
+        else elementwise_kernel(check_routing_problem(forward_.experts), device);
     });
 }
 

@@ -1,5 +1,6 @@
 #include "runtime/parallel.hpp"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -21,10 +22,15 @@ unsigned usable_cpus() {
     return std::max(1u, std::thread::hardware_concurrency());
 }
 
+void* run_work(void* work) {
+    (*static_cast<const std::function<void()>*>(work))();
+    return nullptr;
+}
+
 }  // namespace
 
-unsigned default_jobs(size_t jobs) {
-    return static_cast<unsigned>(std::max<size_t>(1, std::min<size_t>(usable_cpus(), jobs)));
+unsigned default_jobs(size_t tasks) {
+    return static_cast<unsigned>(std::max<size_t>(1, std::min<size_t>({usable_cpus(), kMaxDefaultJobs, tasks})));
 }
 
 void run_in_parallel(size_t count, unsigned jobs, const std::function<void(size_t)>& task) {
@@ -32,7 +38,7 @@ void run_in_parallel(size_t count, unsigned jobs, const std::function<void(size_
     const size_t threads = std::min<size_t>(count, jobs == 0 ? default_jobs(count) : jobs);
     std::vector<std::exception_ptr> errors(count);
     std::atomic<size_t> next{0};
-    auto work = [&] {
+    const std::function<void()> work = [&] {
         for (size_t i = next++; i < count; i = next++) {
             try {
                 task(i);
@@ -41,15 +47,20 @@ void run_in_parallel(size_t count, unsigned jobs, const std::function<void(size_
             }
         }
     };
-    std::vector<std::thread> helpers;
-    helpers.reserve(threads - 1);
-    try {
-        for (size_t t = 1; t < threads; ++t) helpers.emplace_back(work);
-    } catch (...) {
-        // No more threads to be had (std::system_error): the ones started and this one do the work.
+    // Helpers that cannot be started (no memory, a thread limit) leave their share to the others.
+    std::vector<pthread_t> helpers;
+    pthread_attr_t attributes;
+    if (threads > 1 && pthread_attr_init(&attributes) == 0) {
+        pthread_attr_setstacksize(&attributes, kHelperStackBytes);
+        for (size_t t = 1; t < threads; ++t) {
+            pthread_t helper;
+            if (pthread_create(&helper, &attributes, run_work, const_cast<std::function<void()>*>(&work)) != 0) break;
+            helpers.push_back(helper);
+        }
+        pthread_attr_destroy(&attributes);
     }
     work();
-    for (std::thread& helper : helpers) helper.join();
+    for (pthread_t helper : helpers) pthread_join(helper, nullptr);
     for (const std::exception_ptr& error : errors)
         if (error) std::rethrow_exception(error);
 }

@@ -189,22 +189,26 @@ const char* const kPreparedMarker = "grouped gemm prepared";  // on stderr, betw
 }  // namespace
 
 TEST_CASE("GroupedGemm::prepare(backward) compiles every pass before its call", "[gpu][gemm]") {
-    TempDir cache;
-    const ProcessResult child = run_child_tests("grouped gemm child prepares and calls every pass",
-                                                {{"MOEJIT_CACHE_DIR", cache.path},
-                                                 {"MOEJIT_LOG", "info"},
-                                                 {"MOEJIT_CHECK_ROUTING", "0"},
-                                                 {kPrepareChild, "1"}});
-    INFO("child stdout:\n" << child.out << "\nchild stderr:\n" << child.err);
-    CHECK(child.status == 0);
-    CHECK(child.out.find("grouped gemm child done") != std::string::npos);
-    const size_t marker = child.err.find(kPreparedMarker);
-    REQUIRE(marker != std::string::npos);
-    // fwd, dx, dw and fp32 dw, each compiled once, all before the calls.
-    const LoggedCompiles compiles = logged_compiles(child.err, kPreparedMarker);
-    CHECK(compiles.before == 4);
-    CHECK(compiles.after == 0);
-    for (const char* pass : {"compiled fwd:", "compiled dx:", "compiled dw:"}) CHECK(child.err.find(pass) < marker);
+    // fwd, dx, dw and fp32 dw, each compiled once, and with MOEJIT_CHECK_ROUTING the check's kernel
+    // that runs before each call: all before the calls.
+    for (const auto& [check_routing, kernels] : {std::pair<const char*, size_t>{"0", 4}, {"1", 5}}) {
+        INFO("MOEJIT_CHECK_ROUTING=" << check_routing);
+        TempDir cache;
+        const ProcessResult child = run_child_tests("grouped gemm child prepares and calls every pass",
+                                                    {{"MOEJIT_CACHE_DIR", cache.path},
+                                                     {"MOEJIT_LOG", "info"},
+                                                     {"MOEJIT_CHECK_ROUTING", check_routing},
+                                                     {kPrepareChild, "1"}});
+        INFO("child stdout:\n" << child.out << "\nchild stderr:\n" << child.err);
+        CHECK(child.status == 0);
+        CHECK(child.out.find("grouped gemm child done") != std::string::npos);
+        const size_t marker = child.err.find(kPreparedMarker);
+        REQUIRE(marker != std::string::npos);
+        const LoggedCompiles compiles = logged_compiles(child.err, kPreparedMarker);
+        CHECK(compiles.before == kernels);
+        CHECK(compiles.after == 0);
+        for (const char* pass : {"compiled fwd:", "compiled dx:", "compiled dw:"}) CHECK(child.err.find(pass) < marker);
+    }
 }
 
 // Run by the test above in a child process only.

@@ -252,10 +252,10 @@ HostRouting routing_with_an_empty_expert() {
     return make_routing(8, 2, random_choices(301, 2, allowed, 0, 0.5));
 }
 
-// The device's arch where it runs the Hopper kernels (sm_90a); elsewhere a warning and nothing.
-// The device's arch where the Hopper kernels are to be tested. gpu_portable_gemm (the portable
-// kernels forced by MOEJIT_KERNEL_PATH) skips the cases that name Hopper configs: a named config
-// ignores the path, so they would run the Hopper kernels a second time (and compile them cold).
+// The device's arch where the Hopper kernels are to be tested (sm_90a); elsewhere a warning and
+// nothing. gpu_portable_gemm (the portable kernels forced by MOEJIT_KERNEL_PATH) skips the cases
+// that name Hopper configs: a named config ignores the path, so they would run the Hopper kernels a
+// second time (and compile them cold).
 std::optional<Arch> hopper_device_arch() {
     const char* forced = std::getenv("MOEJIT_KERNEL_PATH");
     if (forced != nullptr && std::string(forced) == "portable") {

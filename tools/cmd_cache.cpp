@@ -239,7 +239,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "    --dtype DTYPE    bf16 (default) or fp16\n"
             "    --tokens T,...   token counts to expect: the tilings their calls take (on sm_90a decode-sized\n"
             "                     calls take their own); default: large calls only\n"
-            "    --jobs N         compiles at once, 1 to 256 (default: one per CPU it may use)\n",
+            "    --jobs N         compiles at once, 1 to 256 (default: one per CPU it may use, at most 32)\n",
             models.c_str());
         return 0;
     }

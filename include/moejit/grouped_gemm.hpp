@@ -58,8 +58,9 @@ public:
             bool fp32_output = false) const;
 
     // JIT the forward kernel now rather than at its first call; with `backward`, dX's and dW's too
-    // (16-bit and fp32 output; no dW with fuse_mul_post), all at once on up to `jobs` host threads
-    // (0: one per CPU the process may use). Each in the tiling for `rows` routed rows (default: many).
+    // (16-bit and fp32 output; no dW with fuse_mul_post), and MOEJIT_CHECK_ROUTING's kernel where
+    // that is on, all at once on up to `jobs` host threads (0: one a pass). Each in the tiling for
+    // `rows` routed rows (any negative value: many).
     void prepare(bool backward = false, int64_t rows = -1, unsigned jobs = 0) const;
 
     const Problem& problem() const { return forward_; }
