@@ -148,12 +148,6 @@ bool contains(const std::vector<std::string>& lines, const std::string& line) {
     return std::find(lines.begin(), lines.end(), line) != lines.end();
 }
 
-size_t count_of(const std::string& text, const std::string& needle) {
-    size_t count = 0;
-    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
-    return count;
-}
-
 // Runs the hidden test case `tag` in a fresh copy of this test program, with MOEJIT_TEST_DIR = dir,
 // and returns its stderr. Warnings are printed once per process, and a fork would inherit this
 // process's record of them: hence the exec.

@@ -3,6 +3,7 @@
 // a fresh copy of this test binary (the hidden test case below).
 #include "tests/catch.hpp"
 #include "tests/support/process.hpp"
+#include "tests/support/errors.hpp"
 
 #include <moejit/error.hpp>
 
@@ -16,14 +17,9 @@
 #include <string>
 
 using namespace moejit;
+using moejit::testing::count_of;
 
 namespace {
-
-size_t count_of(const std::string& text, const std::string& needle) {
-    size_t count = 0;
-    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
-    return count;
-}
 
 // What a fresh process made of `variable`=`value`: the child's "read: ..." line and its stderr.
 struct Reading {

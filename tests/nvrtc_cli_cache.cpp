@@ -31,6 +31,7 @@
 #include "tests/support/process.hpp"
 #include "tests/support/env_var.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/errors.hpp"
 
 using namespace moejit;
 using namespace moejit::testing;
@@ -68,12 +69,6 @@ std::vector<std::string> files_under(const std::string& dir) {
         if (item.is_regular_file()) files.push_back(fs::relative(item.path(), dir).string());
     std::sort(files.begin(), files.end());
     return files;
-}
-
-size_t count_of(const std::string& text, const std::string& needle) {
-    size_t count = 0;
-    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
-    return count;
 }
 
 Problem small_problem() { return parse_spec(kSpec); }
