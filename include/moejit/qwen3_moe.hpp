@@ -72,8 +72,9 @@ public:
 
     // Compiles (or reads from the disk cache) every kernel that forward() and backward() launch for
     // `tokens` tokens (1..max_tokens), several at once on up to `jobs` host threads (0: one per CPU
-    // the process may use, at most 32): prepare_kernels (moejit/prepare.hpp) over kernels(). The calls then
-    // compile nothing. Without it each kernel compiles at its first launch, one after another.
+    // the process may use, at most 32): prepare_kernels (moejit/prepare.hpp) over kernels(). The
+    // calls then compile nothing. Without it each kernel compiles at its first launch, one after
+    // another.
     void prepare(int64_t tokens, unsigned jobs = 0) const;
 
     // Reads the device's count of routed expert ids outside [0, E) since the last forward and
