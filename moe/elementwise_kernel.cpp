@@ -5,10 +5,15 @@
 
 namespace moejit {
 
-std::shared_ptr<const Kernel> elementwise_kernel(Problem problem, const DeviceInfo& device) {
+std::pair<Problem, Config> elementwise_key(Problem problem, const DeviceInfo& device) {
     problem.arch = device.arch;
     problem.validate();
-    return Runtime::instance().kernel(problem, choose_config(problem));
+    return {problem, choose_config(problem)};
+}
+
+std::shared_ptr<const Kernel> elementwise_kernel(Problem problem, const DeviceInfo& device) {
+    const auto [keyed, config] = elementwise_key(std::move(problem), device);
+    return Runtime::instance().kernel(keyed, config);
 }
 
 }  // namespace moejit

@@ -9,7 +9,6 @@
 #include "runtime/device.hpp"
 #include "runtime/device_buffer.hpp"
 #include "runtime/launch_arguments.hpp"
-#include "runtime/parallel.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/tensor_map.hpp"
 #include "moe/tuning.hpp"
@@ -165,14 +164,11 @@ void GroupedGemm::prepare(bool backward, int64_t rows, unsigned jobs) const {
         if (!forward_.fuse_mul_post) passes.insert(passes.end(), {passes_[2].get(), passes_[3].get()});
     }
     const int64_t variant_rows = rows < 0 ? kManyRows : rows;
-    const DeviceInfo& device = current_device();
-    const bool check_routing = routing_checks_enabled();  // its kernel runs before each pass
-    // Each helper thread works in the caller's context, where the kernels are to be loaded.
-    run_in_parallel(passes.size() + (check_routing ? 1 : 0), jobs, [&](size_t i) {
-        check_cuda(driver().cuCtxSetCurrent(device.context), "cuCtxSetCurrent");
-        if (i < passes.size()) passes[i]->compile(passes[i]->variant(variant_rows));
-        else elementwise_kernel(check_routing_problem(forward_.experts), device);
-    });
+    std::vector<std::pair<Problem, Config>> kernels;
+    for (Pass* pass : passes) kernels.emplace_back(pass->problem, pass->variant(variant_rows).config);
+    if (routing_checks_enabled())  // its kernel runs before each pass
+        kernels.push_back(elementwise_key(check_routing_problem(forward_.experts), current_device()));
+    Runtime::instance().preload(kernels, jobs);
 }
 
 void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,

@@ -9,9 +9,7 @@
 #include "moe/synthetic.hpp"
 #include "moe/tuning.hpp"
 #include "runtime/device_buffer.hpp"
-#include "runtime/driver.hpp"
 #include "runtime/log.hpp"
-#include "runtime/parallel.hpp"
 #include "runtime/runtime.hpp"
 
 #include <algorithm>
@@ -136,12 +134,10 @@ TunedPass tune_pass(const Problem& problem, const Problem& forward, RowsBucket b
     }
     // Every candidate's kernel for this pass, compiled at once before the first timing (the timed
     // calls then find them loaded): otherwise a pass waits for a dozen compiles or more in a row.
-    run_in_parallel(candidates.size(), 0, [&](size_t i) {
-        check_cuda(driver().cuCtxSetCurrent(device.context), "cuCtxSetCurrent");
-        const GroupedGemm& gemm = *candidates[i].second;
-        Runtime::instance().kernel(problem,
-                                   Config::parse(gemm.config(problem.op, inputs.routing.rows, problem.out_fp32)));
-    });
+    std::vector<std::pair<Problem, Config>> kernels;
+    for (const auto& [candidate, gemm] : candidates)
+        kernels.emplace_back(problem, Config::parse(gemm->config(problem.op, inputs.routing.rows, problem.out_fp32)));
+    Runtime::instance().preload(kernels, 0);
     for (const auto& [candidate, gemm] : candidates) {
         const double ms = time_pass(*gemm, pass, inputs, timer);
         log::debug("tune: " + to_spec(problem) + " " + candidate.to_string() + " " + std::to_string(ms) + " ms");

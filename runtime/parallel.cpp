@@ -33,8 +33,8 @@ unsigned default_jobs(size_t tasks) {
     return static_cast<unsigned>(std::max<size_t>(1, std::min<size_t>({usable_cpus(), kMaxDefaultJobs, tasks})));
 }
 
-void run_in_parallel(size_t count, unsigned jobs, const std::function<void(size_t)>& task) {
-    if (count == 0) return;
+size_t run_in_parallel(size_t count, unsigned jobs, const std::function<void(size_t)>& task) {
+    if (count == 0) return 0;
     const size_t threads = std::min<size_t>(count, jobs == 0 ? default_jobs(count) : jobs);
     std::vector<std::exception_ptr> errors(count);
     std::atomic<size_t> next{0};
@@ -63,6 +63,7 @@ void run_in_parallel(size_t count, unsigned jobs, const std::function<void(size_
     for (pthread_t helper : helpers) pthread_join(helper, nullptr);
     for (const std::exception_ptr& error : errors)
         if (error) std::rethrow_exception(error);
+    return 1 + helpers.size();
 }
 
 }  // namespace moejit

@@ -1,6 +1,8 @@
 #include "runtime/runtime.hpp"
 
 #include "runtime/device.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/parallel.hpp"
 
 namespace moejit {
 
@@ -22,6 +24,15 @@ std::shared_ptr<const Kernel> Runtime::kernel(const Problem& problem, const Conf
         auto module = std::make_shared<const Module>(binary.cubin);
         return std::make_shared<const Kernel>(module, binary.kernel_name, config.threads(), dynamic_shared_bytes(problem, config),
                                            config.cluster);
+    });
+}
+
+void Runtime::preload(const std::vector<std::pair<Problem, Config>>& kernels, unsigned jobs) {
+    const CUcontext context = current_device().context;
+    run_in_parallel(kernels.size(), jobs, [&](size_t i) {
+        // Each helper thread works in the caller's context, where the kernels are to be loaded.
+        check_cuda(driver().cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        kernel(kernels[i].first, kernels[i].second);
     });
 }
 

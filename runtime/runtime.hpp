@@ -8,6 +8,8 @@
 #include "runtime/module.hpp"
 
 #include <memory>
+#include <utility>
+#include <vector>
 
 namespace moejit {
 
@@ -17,6 +19,9 @@ public:
 
     // The kernel for (problem, config) in the current context; compiles or reads the disk cache once.
     std::shared_ptr<const Kernel> kernel(const Problem& problem, const Config& config);
+    // kernel() for each of `kernels`, up to `jobs` at once (0: default_jobs), so that later calls
+    // find them loaded. Throws the first failure by position, after the others finished.
+    void preload(const std::vector<std::pair<Problem, Config>>& kernels, unsigned jobs);
 
     Compiler& compiler() { return compiler_; }
 

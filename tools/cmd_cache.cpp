@@ -281,7 +281,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     size_t compiled = 0, cached = 0, elsewhere = 0, unstored = 0, done = 0;
     const auto start = std::chrono::steady_clock::now();
     std::mutex progress;  // the counts and the progress lines, in the order the kernels finish
-    run_in_parallel(kernels.size(), jobs, [&](size_t i) {
+    const size_t threads = run_in_parallel(kernels.size(), jobs, [&](size_t i) {
         const auto& [problem, config] = kernels[i];
         const Binary binary = compiler.get(problem, config);
         std::lock_guard<std::mutex> lock(progress);
@@ -317,7 +317,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
                 compiler.disk().root().c_str(), compiled, cached);
     if (elsewhere > 0) std::printf(" (%zu of them in read-only roots)", elsewhere);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("; %.1f s, %u at once\n", seconds, std::min<unsigned>(jobs == 0 ? default_jobs(kernels.size()) : jobs, unsigned(kernels.size())));
+    std::printf("; %.1f s, %zu at once\n", seconds, threads);
     return 0;
 }
 
