@@ -4,6 +4,7 @@
 
 #include "cache/key.hpp"
 #include "runtime/embedded_templates.hpp"
+#include "runtime/environment.hpp"
 
 #include <nvrtc.h>
 
@@ -46,13 +47,17 @@ NvrtcVersion nvrtc_version() {
 }
 
 std::vector<std::string> nvrtc_options(const Arch& arch) {
-    return normalize_options({
+    std::vector<std::string> options = {
         "--gpu-architecture=" + arch.name(),
         "-std=c++17",
         "-default-device",
         "-DNDEBUG",
         "--ptxas-options=-v",  // registers and spills in the log, checked by tests and `moejit compile`
-    });
+    };
+    // Read at every compile, not once, so that a process can build both kinds. The option is part
+    // of the key, so kernels with line tables are cached beside those without.
+    if (env::flag("MOEJIT_LINEINFO", /*unset=*/false, /*unrecognized=*/true)) options.push_back("-lineinfo");
+    return normalize_options(options);
 }
 
 std::string numbered_lines(const std::string& text) {

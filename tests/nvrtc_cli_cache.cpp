@@ -264,6 +264,48 @@ TEST_CASE("Compiler: compile, hit in a second Compiler, recompile truncated and 
     for (const std::string& file : files_under(cache.path)) CHECK(file.find(".tmp") == std::string::npos);
 }
 
+TEST_CASE("MOEJIT_LINEINFO compiles kernels with line tables, cached under keys of their own", "[compiler]") {
+    TempDir cache;
+    CacheEnv env(cache.path);
+    const Problem problem = parse_spec("fwd:bf16:n256:k512:e8:topk2:sm_80");  // a quick compile
+    const Config config = choose_config(problem);
+    struct Build {
+        std::vector<std::string> options;
+        std::string ptx;
+        Binary binary;
+    };
+    auto build = [&](std::optional<std::string> lineinfo) {
+        EnvVar variable("MOEJIT_LINEINFO", std::move(lineinfo));
+        Build result;
+        result.options = nvrtc_options(problem.arch);
+        result.ptx = nvrtc_compile(emit_source(problem, config), result.options).ptx;
+        result.binary = Compiler(DiskCache::from_environment()).get(problem, config);
+        return result;
+    };
+    auto has_lineinfo = [](const Build& b) {
+        return std::count(b.options.begin(), b.options.end(), "-lineinfo") == 1;
+    };
+
+    const Build plain = build(std::nullopt), off = build("0"), on = build("1"), on_again = build("ON");
+    CHECK_FALSE(has_lineinfo(plain));
+    CHECK_FALSE(has_lineinfo(off));
+    CHECK(has_lineinfo(on));
+    CHECK(has_lineinfo(on_again));
+    // The PTX maps instructions to the embedded template's lines.
+    CHECK(plain.ptx.find(".loc") == std::string::npos);
+    CHECK(on.ptx.find(".loc") != std::string::npos);
+    CHECK(on.ptx.find("sm80_grouped_gemm.cuh") != std::string::npos);
+    // A kernel with line tables never stands in for one without, nor the other way round.
+    CHECK_FALSE(plain.binary.from_disk);
+    CHECK(off.binary.from_disk);
+    CHECK(off.binary.key == plain.binary.key);
+    CHECK_FALSE(on.binary.from_disk);
+    CHECK(on.binary.key != plain.binary.key);
+    CHECK(on_again.binary.from_disk);
+    CHECK(on_again.binary.key == on.binary.key);
+    CHECK(DiskCache::from_environment().list(true).entries.size() == 2);
+}
+
 TEST_CASE("Compiler: a read-only root from MOEJIT_CACHE_PATH is hit and the writable root stays empty",
           "[compiler]") {
     TempDir shipped, local;

@@ -4,11 +4,13 @@
 #include "codegen/emit.hpp"
 #include "runtime/compiler.hpp"
 #include "runtime/embedded_templates.hpp"
+#include "runtime/nvrtc.hpp"
 
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -210,11 +212,14 @@ int cmd_sass(const std::vector<std::string>& argv) {
     const Args args("sass", argv, kernel_options());
     if (print_help(args, "SPEC",
                    "Compiles one kernel with NVRTC (no cache) and prints the SASS of its cubin through\n"
-                   "'nvdisasm -c', or else 'cuobjdump -sass' (looked up in PATH, then /usr/local/cuda/bin).\n"))
+                   "'nvdisasm -c', or else 'cuobjdump -sass' (looked up in PATH, then /usr/local/cuda/bin).\n"
+                   "With MOEJIT_LINEINFO=1, nvdisasm prints the template line of each instruction.\n"))
         return 0;
     const Kernel kernel = resolve_kernel(args);
     std::string tool = find_tool("nvdisasm");
     std::vector<std::string> command = {tool, "-c"};
+    const std::vector<std::string> options = nvrtc_options(kernel.problem.arch);
+    if (std::count(options.begin(), options.end(), "-lineinfo") > 0) command.push_back("-g");  // template lines
     if (tool.empty()) {
         tool = find_tool("cuobjdump");
         command = {tool, "-sass"};

@@ -199,7 +199,7 @@ const char* const kUsage =
     "environment: MOEJIT_CACHE_DIR (writable cache root), MOEJIT_CACHE_PATH (read-only roots,\n"
     "colon-separated, searched first), MOEJIT_CACHE_MAX_SIZE (size cap, default 4G; 0 or off: none),\n"
     "MOEJIT_DUMP_DIR, MOEJIT_LOG=off|info|debug, MOEJIT_KERNEL_PATH=auto|portable,\n"
-    "MOEJIT_CHECK_ROUTING=0|1 (the README's table has them all)\n"
+    "MOEJIT_CHECK_ROUTING=0|1, MOEJIT_LINEINFO=0|1 (the README's table has them all)\n"
     "\n"
     "'moejit <command> --help' describes a command.\n";
 
