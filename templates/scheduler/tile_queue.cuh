@@ -52,14 +52,19 @@ struct TileQueue {
     __device__ __forceinline__ int peek(int round) const {
         return *reinterpret_cast<const volatile int*>(&index[round % kSlots]);
     }
-    // Consumer warps: the tile of round `round`; lane 0 of each warp hands the slot back.
+    // Consumer warps: the tile of round `round`. Lane 0 reads it, hands the slot back and passes it
+    // to the warp: the thread whose arrival releases the slot is the one that read it, so the read
+    // is ordered before thread 0's next write there by the mbarrier alone (compute-sanitizer's
+    // racecheck reported lanes 1-31's reads, ordered only through __syncwarp, as races with it).
     __device__ __forceinline__ int receive(int round, int lane) {
         const int slot = round % kSlots, parity = (round / kSlots) & 1;
-        mbarrier_wait(full_address(slot), parity);
-        const int tile = peek(round);
-        __syncwarp();
-        if (lane == 0) mbarrier_arrive(empty_address(slot));
-        return tile;
+        int tile = 0;
+        if (lane == 0) {
+            mbarrier_wait(full_address(slot), parity);
+            tile = peek(round);
+            mbarrier_arrive(empty_address(slot));
+        }
+        return __shfl_sync(0xffffffffu, tile, 0);
     }
 };
 
