@@ -3,11 +3,14 @@
 # files, build, run the gpu tests, run the benchmark. Logs go to $OUT (or /tmp/moejit-out).
 #
 #   bench/device.sh MODES [bench arguments...]   MODES: all (tests and bench), build, or a comma list
-#   of tests, bench, profile
+#   of tests, bench, profile, pipes, sanitize
 # profile: Nsight Compute on the first launch of the plain forward, the fused forward and dW of
 # the model's gate_up GEMM while `moejit bench` runs (the bench times 23 launches per pass).
 # pipes: Nsight Compute metrics of 12 launches (ours and the cuBLAS reference, after 40 skipped)
 # while `moejit bench` runs: tensor-pipe activity, SM clock, L2 and DRAM rates. Pass --pass too.
+# sanitize: compute-sanitizer's memcheck, racecheck and synccheck over the small GPU test cases that
+# reach every Hopper kernel kind (kernels built with MOEJIT_LINEINFO, so reports name template lines);
+# about 5 minutes from an empty cache. Logs: $OUT/sanitize.log.
 # e.g. from the device tool: bash bench/device.sh all --model qwen3-30b-a3b --tokens 8192
 set -uo pipefail
 mode=${1:-all}; shift || true
@@ -45,6 +48,30 @@ if wants bench; then
   echo "== benchmark"
   ./build-device/moejit bench --cublas "$cublas" "${bench_args[@]}" 2>&1 | tee "$out/bench.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if [[ ",$mode," == *",sanitize,"* ]]; then
+  echo "== compute-sanitizer"
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  # Catch2 splits filters at commas: name cases by a prefix and '*' where theirs have one.
+  cases=("Qwen3MoeBlock forward and backward match float64 at tiny sizes"
+         "Llama4TextMoe forward and backward match float64 at tiny sizes"
+         "passes: qwen3-30b-a3b gate_up and down shapes*" "passes: deepseek-v3 down shape*"
+         "forward handles empty*" "passes: swapped operands*" "passes: dW in CTA clusters*"
+         "passes: dW in 32-row stages matches float64" "passes: 192x192 tiles*"
+         "passes: a tile-claiming forward on two streams at once matches one on the default stream")
+  for tool in memcheck racecheck synccheck; do
+    for case in "${cases[@]}"; do
+      [ "$tool" != memcheck ] && [[ "$case" == *"tiles*" || "$case" == *"clusters*" ]] && continue
+      echo "##### $tool: $case" >> "$out/sanitize.log"
+      MOEJIT_LINEINFO=1 timeout 300 "$sanitizer" --tool "$tool" --print-limit 20 \
+        ./build-device/tests/test_gpu "$case" > /tmp/sanitize-one.log 2>&1
+      rc=$?
+      cat /tmp/sanitize-one.log >> "$out/sanitize.log"
+      summary=$(grep -E "(ERROR|RACECHECK) SUMMARY" /tmp/sanitize-one.log | tail -1 | sed 's/=* *//')
+      echo "$tool '$case': rc $rc, $summary"
+      { [ "$rc" = 0 ] && [[ "$summary" == *" 0 errors"* || "$summary" == *"(0 errors"* ]]; } || status=1
+    done
+  done
 fi
 if [[ ",$mode," == *",profile,"* ]]; then
   echo "== profile"
