@@ -12,45 +12,13 @@ the presets. Rows are in expert order (what moejit's plain passes take):
   dW   dW [E, N, K] = dY_e^T @ X_e             _grouped_mm(dY.t(), X, offs)
 Times are CUDA-event medians: 5 rounds of 20 launches after 3 warm-up launches, the median round.
 """
-import argparse
-import re
-import statistics
-import subprocess
-
 import torch
 
-
-def model_gemm(moejit, model, gemm):
-    """(N, K, E, topk) of a preset's GEMM, from the spec moejit prints atop its generated source."""
-    source = subprocess.run([moejit, "source", "--model", model, "--gemm", gemm, "--pass", "fwd"],
-                            check=True, capture_output=True, text=True).stdout
-    spec = re.search(r"moejit kernel (\S+)", source).group(1)
-    fields = dict(re.findall(r":(n|k|e|topk)(\d+)", ":" + spec))
-    return int(fields["n"]), int(fields["k"]), int(fields["e"]), int(fields["topk"])
-
-
-def median_ms(run, rounds=5, iterations=20, warmup=3):
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(rounds):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iterations):
-            run()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) / iterations)
-    return statistics.median(times)
+from peer_common import median_ms, model_gemm, parse_arguments
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--moejit", default="build-device/moejit")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = parse_arguments(__doc__)
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
     print(f"device {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}; "

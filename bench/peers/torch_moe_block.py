@@ -9,22 +9,10 @@ Differences to keep in mind when comparing: autograd here gives bf16 weight grad
 Qwen3MoeBlock writes fp32 ones (twice the bytes), and this block gathers, scatters and combines
 with separate PyTorch ops where moejit fuses them into the GEMMs.
 """
-import argparse
-import re
-import statistics
-import subprocess
-
 import torch
 import torch.nn.functional as F
 
-
-def model_shape(moejit, model):
-    """(H, I, E, topk) from the gate_up spec moejit prints atop its generated source (W [E, 2I, H])."""
-    source = subprocess.run([moejit, "source", "--model", model, "--gemm", "gate_up", "--pass", "fwd"],
-                            check=True, capture_output=True, text=True).stdout
-    spec = re.search(r"moejit kernel (\S+)", source).group(1)
-    fields = dict(re.findall(r":(n|k|e|topk)(\d+)", ":" + spec))
-    return int(fields["k"]), int(fields["n"]) // 2, int(fields["e"]), int(fields["topk"])
+from peer_common import median_ms, model_gemm, parse_arguments
 
 
 def qwen3_block(x, router, gate_up, down, topk):
@@ -44,29 +32,10 @@ def qwen3_block(x, router, gate_up, down, topk):
     return torch.zeros_like(x).index_add_(0, token, y), logits
 
 
-def median_ms(run, rounds=5, iterations=10, warmup=3):
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(rounds):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iterations):
-            run()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) / iterations)
-    return statistics.median(times)
-
-
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--moejit", default="build-device/moejit")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    H, I, E, topk = model_shape(args.moejit, args.model)
+    args = parse_arguments(__doc__)
+    two_i, H, E, topk = model_gemm(args.moejit, args.model, "gate_up")  # W [E, 2I, H]
+    I = two_i // 2
     T = args.tokens
     dev, bf16 = torch.device("cuda"), torch.bfloat16
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}; {args.model}: H {H}, I {I}, "
@@ -78,7 +47,7 @@ def main():
     grad_out = torch.rand(T, H, device=dev, dtype=bf16) * 2 - 1
 
     with torch.no_grad():
-        forward_ms = median_ms(lambda: qwen3_block(x, router, gate_up, down, topk))
+        forward_ms = median_ms(lambda: qwen3_block(x, router, gate_up, down, topk), iterations=10)
 
     def training():
         out, _ = qwen3_block(x, router, gate_up, down, topk)
@@ -86,7 +55,7 @@ def main():
         for p in (x, router, gate_up, down):
             p.grad = None
 
-    training_ms = median_ms(training)
+    training_ms = median_ms(training, iterations=10)
     print("| tokens | pass | torch._grouped_mm block ms |\n|---|---|---|")
     print(f"| {T} | forward | {forward_ms:.3f} |\n| {T} | forward+backward | {training_ms:.3f} |")
 
