@@ -2,11 +2,12 @@
 // forward+backward milliseconds beside cuBLAS dense GEMMs of the same shapes (the same FLOPs, with
 // none of the routing work).
 //
-//   bench_moe_block --model qwen3-30b-a3b --tokens 8192,16 [--cublas PATH]
+//   bench_moe_block --model qwen3-30b-a3b --tokens 8192,16 [--cublas PATH] [--weight-grads fp32|bf16]
 //   bench_moe_block --model qwen3-30b-a3b --tokens 8192 --jit first-call|prepare
 // --jit times the JIT instead, with the cache it finds (point MOEJIT_CACHE_DIR at an empty
 // directory): the block's first forward and backward compiling each kernel at its first launch
 // (first-call), or prepare() compiling them all at once and then that first forward and backward.
+// --weight-grads bf16 runs the blocks without fp32_weight_gradients (default fp32).
 #include <moejit/error.hpp>
 #include <moejit/llama4_moe.hpp>
 #include <moejit/qwen3_moe.hpp>
@@ -47,8 +48,11 @@ int main(int argc, char** argv) try {
     const int64_t H = model.hidden, I = model.intermediate, E = model.experts;
     // llama4-scout runs Llama4TextMoe (a shared expert of I); every other preset Qwen3MoeBlock.
     const bool llama4 = model.block == ModelBlock::llama4;
-    const Qwen3MoeConfig qwen3_config = qwen3_moe_config(model, dtype);
-    const Llama4MoeConfig llama4_config = llama4_moe_config(model, dtype);
+    const std::string weight_grads = argument(argc, argv, "--weight-grads", "fp32");
+    if (weight_grads != "fp32" && weight_grads != "bf16")
+        throw Error("bad --weight-grads '" + weight_grads + "': expected fp32 or bf16");
+    const Qwen3MoeConfig qwen3_config = qwen3_moe_config(model, dtype, weight_grads == "fp32");
+    const Llama4MoeConfig llama4_config = llama4_moe_config(model, dtype, weight_grads == "fp32");
     DeviceBuffer router = DeviceBuffer::from(random_halves(dtype, E * H, 11));
     DeviceBuffer gate_up = DeviceBuffer::from(random_halves(dtype, E * 2 * I * H, 12));
     DeviceBuffer down = DeviceBuffer::from(random_halves(dtype, E * H * I, 13));
@@ -62,8 +66,9 @@ int main(int argc, char** argv) try {
                                           shared_down.get()};
     Events events;
 
-    std::printf("device %s (%d SMs); model %s (H %lld, I %lld, E %lld, topk %d)\n\n", device.name.c_str(),
-                device.sm_count, model.name.c_str(), (long long)H, (long long)I, (long long)E, model.topk);
+    std::printf("device %s (%d SMs); model %s (H %lld, I %lld, E %lld, topk %d); %s weight gradients\n\n",
+                device.name.c_str(), device.sm_count, model.name.c_str(), (long long)H, (long long)I, (long long)E,
+                model.topk, weight_grads.c_str());
     const std::string jit = argument(argc, argv, "--jit", "");
     if (!jit.empty() && jit != "first-call" && jit != "prepare")
         throw Error("bad --jit '" + jit + "': expected first-call or prepare");

@@ -16,6 +16,8 @@ Problem expert_gemm(DType dtype, int64_t n, int64_t k, int experts, int topk);
 
 // The passes a GroupedGemm keeps, in its order; each compiles its own kernel at its first call.
 enum class GemmPass { fwd, dx, dw, dw_fp32 };
+// A block's weight-gradient pass: fp32 output, or the GEMM's dtype.
+inline GemmPass dw_pass(bool fp32_output) { return fp32_output ? GemmPass::dw_fp32 : GemmPass::dw; }
 // The pass of the GroupedGemm built on `forward`: dx and dw keep the forward's flags (they
 // differentiate that GEMM) except `gated`, since they take d(gate|up).
 Problem gemm_pass(const Problem& forward, GemmPass pass);

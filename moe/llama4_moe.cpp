@@ -86,16 +86,17 @@ Gemms gemms(const Llama4MoeConfig& c) {
 KernelList block_kernels(const Llama4MoeConfig& c) {
     const Gemms g = gemms(c);
     KernelList list;
-    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c));
+    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.fp32_weight_gradients);
     list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));  // the scaled input, and in backward d(score)
-    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dw_fp32});
+    list.add_gemm(g.gate_up, {GemmPass::fwd, dw});
     list.add_gemm(g.down, {GemmPass::fwd});
-    list.add_gemm(g.shared_gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
-    list.add_gemm(g.shared_down, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    list.add_gemm(g.shared_gate_up, {GemmPass::fwd, GemmPass::dx, dw});
+    list.add_gemm(g.shared_down, {GemmPass::fwd, GemmPass::dx, dw});
     list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
     list.add(gated_backward_problem(c.dtype, 2 * c.shared()));
     list.add(permute_rows_problem(c.dtype, c.hidden, c.topk));
-    list.add_gemm(g.down_backward, {GemmPass::dx, GemmPass::dw_fp32});
+    list.add_gemm(g.down_backward, {GemmPass::dx, dw});
     list.add(gated_backward_problem(c.dtype, 2 * c.intermediate));
     list.add_gemm(g.gate_up_dx, {GemmPass::dx});
     list.add(combine_problem(c.dtype, c.hidden, 1));  // the shared expert's and the router's dHidden
@@ -136,7 +137,7 @@ struct Llama4TextMoe::State {
           max_tokens(max_tokens_),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(c.dtype, c.hidden, router_config(c), buffers.routing, workspace.pointer()),
+          router(c.dtype, c.hidden, router_config(c), c.fp32_weight_gradients, buffers.routing, workspace.pointer()),
           gate_up(gemms(c).gate_up),
           gate_up_dx(gemms(c).gate_up_dx),
           down(gemms(c).down),
@@ -205,21 +206,22 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
     const int64_t tokens = s.tokens;
     const Routing routing = s.router.routing(tokens);
     const Routing dense = s.router.dense_routing(tokens);
+    const bool fp32 = c.fp32_weight_gradients;
     // Shared expert.
     s.shared_down.dx(grad_output, weights.shared_down, s.at(b.shared_grad_h), dense, stream);
-    s.shared_down.dw(grad_output, s.at(b.shared_h), gradients.shared_down, dense, stream, /*fp32_output=*/true);
+    s.shared_down.dw(grad_output, s.at(b.shared_h), gradients.shared_down, dense, stream, fp32);
     gated_activation_backward(c.dtype, 2 * c.shared(), s.at(b.shared_preactivation), s.at(b.shared_grad_h),
                               s.at(b.shared_grad_gate_up), tokens, stream);
     s.shared_gate_up.dx(s.at(b.shared_grad_gate_up), weights.shared_gate_up, s.at(b.shared_grad_x), dense, stream);
-    s.shared_gate_up.dw(s.at(b.shared_grad_gate_up), s.hidden, gradients.shared_gate_up, dense, stream, true);
+    s.shared_gate_up.dw(s.at(b.shared_grad_gate_up), s.hidden, gradients.shared_gate_up, dense, stream, fp32);
     // Routed experts: the unweighted combine hands every slot its token's gradient.
     permute_rows(c.dtype, c.hidden, c.topk, grad_output, routing.gather_idx, s.at(b.mlp.grad_y), tokens, stream);
     s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_h), routing, stream);
-    s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, /*fp32_output=*/true);
+    s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, fp32);
     gated_activation_backward(c.dtype, 2 * c.intermediate, s.at(b.mlp.preactivation), s.at(b.mlp.grad_h),
                               s.at(b.mlp.grad_gate_up), routing.rows, stream);
     s.gate_up_dx.dx(s.at(b.mlp.grad_gate_up), weights.gate_up, s.at(b.mlp.grad_x_slots), routing, stream);
-    s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.at(b.x_scaled), gradients.gate_up, routing, stream, true);
+    s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.at(b.x_scaled), gradients.gate_up, routing, stream, fp32);
     // d score[s] = <d x_scaled[s], hidden[t]> (the scaled rows it writes again land in grad_y, unused).
     combine_backward(c.dtype, c.hidden, c.topk, s.hidden, s.at(b.mlp.grad_x_slots), routing.gather_idx,
                      routing.topk_weights, s.at(b.mlp.grad_y), s.at(b.mlp.grad_weights), routing.rows, stream);

@@ -4,13 +4,14 @@
 
 namespace moejit {
 
-Qwen3MoeConfig qwen3_moe_config(const ModelPreset& model, DType dtype) {
-    return Qwen3MoeConfig{model.hidden, model.intermediate, model.experts, model.topk, /*norm_topk_prob=*/true, dtype};
+Qwen3MoeConfig qwen3_moe_config(const ModelPreset& model, DType dtype, bool fp32_weight_gradients) {
+    return Qwen3MoeConfig{model.hidden, model.intermediate, model.experts, model.topk, /*norm_topk_prob=*/true,
+                          dtype, fp32_weight_gradients};
 }
 
-Llama4MoeConfig llama4_moe_config(const ModelPreset& model, DType dtype) {
-    return Llama4MoeConfig{model.hidden, model.intermediate, /*shared_intermediate=*/0, model.experts, model.topk,
-                           dtype};
+Llama4MoeConfig llama4_moe_config(const ModelPreset& model, DType dtype, bool fp32_weight_gradients) {
+    return Llama4MoeConfig{model.hidden,     model.intermediate, /*shared_intermediate=*/0, model.experts,
+                           model.topk,       dtype,              fp32_weight_gradients};
 }
 
 namespace {
@@ -32,10 +33,12 @@ std::vector<Problem> layer_kernels(const ModelPreset& model, Arch arch, DType dt
 
 }  // namespace
 
-std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype) {
+std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype, bool fp32_weight_gradients) {
     switch (model.block) {
-        case ModelBlock::qwen3: return Qwen3MoeBlock::kernels(qwen3_moe_config(model, dtype), arch);
-        case ModelBlock::llama4: return Llama4TextMoe::kernels(llama4_moe_config(model, dtype), arch);
+        case ModelBlock::qwen3:
+            return Qwen3MoeBlock::kernels(qwen3_moe_config(model, dtype, fp32_weight_gradients), arch);
+        case ModelBlock::llama4:
+            return Llama4TextMoe::kernels(llama4_moe_config(model, dtype, fp32_weight_gradients), arch);
         case ModelBlock::none: break;
     }
     return layer_kernels(model, arch, dtype);

@@ -12,10 +12,11 @@
 namespace moejit {
 
 // The block configuration of a preset: Qwen3 with norm_topk_prob, Llama4 with a shared expert of I.
-Qwen3MoeConfig qwen3_moe_config(const ModelPreset& model, DType dtype);
-Llama4MoeConfig llama4_moe_config(const ModelPreset& model, DType dtype);
+Qwen3MoeConfig qwen3_moe_config(const ModelPreset& model, DType dtype, bool fp32_weight_gradients = true);
+Llama4MoeConfig llama4_moe_config(const ModelPreset& model, DType dtype, bool fp32_weight_gradients = true);
 
-// Every kernel of the model's MoE layer for `arch`, each once:
+// Every kernel of the model's MoE layer for `arch`, each once (fp32_weight_gradients: the blocks'
+// option of that name; the layer of the other presets launches both kinds of dW):
 //   ModelBlock::qwen3   Qwen3MoeBlock::kernels(qwen3_moe_config(model))
 //   ModelBlock::llama4  Llama4TextMoe::kernels(llama4_moe_config(model))
 //   ModelBlock::none    a layer built from the public calls (examples/moe_mlp.cpp): route_topk,
@@ -24,7 +25,7 @@ Llama4MoeConfig llama4_moe_config(const ModelPreset& model, DType dtype);
 //                       them (permute_y, fuse_mul_post: fwd, dx) and down scattering them unweighted
 //                       (permute_y: fwd, dx, dw, dw fp32); gated_activation_backward; combine_topk.
 // Each grouped GEMM also brings the MOEJIT_CHECK_ROUTING kernel for its expert count.
-std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype);
+std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dtype, bool fp32_weight_gradients = true);
 
 // The grouped GEMMs among model_kernels (op fwd, dx or dw), in its order, each with the flags its
 // layer launches it with: what `moejit tune --model` times, so that its winners are stored under

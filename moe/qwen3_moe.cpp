@@ -41,12 +41,13 @@ Gemms gemms(const Qwen3MoeConfig& c) {
 KernelList block_kernels(const Qwen3MoeConfig& c) {
     const Gemms g = gemms(c);
     KernelList list;
-    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c));
-    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.fp32_weight_gradients);
+    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dx, dw});
     list.add_gemm(g.down, {GemmPass::fwd});
     list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
     list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));
-    list.add_gemm(g.down_backward, {GemmPass::dx, GemmPass::dw_fp32});
+    list.add_gemm(g.down_backward, {GemmPass::dx, dw});
     list.add(gated_backward_problem(c.dtype, 2 * c.moe_intermediate));
     return list;
 }
@@ -101,7 +102,7 @@ struct Qwen3MoeBlock::State {
           max_tokens(max_tokens_),
           buffers(plan(c, max_tokens_)),
           workspace(buffers.total, external),
-          router(c.dtype, c.hidden, router_config(c), buffers.routing, workspace.pointer()),
+          router(c.dtype, c.hidden, router_config(c), c.fp32_weight_gradients, buffers.routing, workspace.pointer()),
           gate_up(gemms(c).gate_up),
           down(gemms(c).down),
           down_backward(gemms(c).down_backward) {}
@@ -162,11 +163,12 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     combine_backward(c.dtype, c.hidden, c.topk, grad_output, s.at(b.mlp.y_slots), routing.gather_idx,
                      routing.topk_weights, s.at(b.mlp.grad_y), s.at(b.mlp.grad_weights), routing.rows, stream);
     s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_h), routing, stream);
-    s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, /*fp32_output=*/true);
+    const bool fp32 = c.fp32_weight_gradients;
+    s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, fp32);
     gated_activation_backward(c.dtype, 2 * c.moe_intermediate, s.at(b.mlp.preactivation), s.at(b.mlp.grad_h),
                               s.at(b.mlp.grad_gate_up), routing.rows, stream);
     s.gate_up.dx(s.at(b.mlp.grad_gate_up), weights.gate_up, s.at(b.mlp.grad_x_slots), routing, stream);
-    s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.hidden, gradients.gate_up, routing, stream, /*fp32_output=*/true);
+    s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.hidden, gradients.gate_up, routing, stream, fp32);
     // Router: d(weights) -> d(logits) through top-k and softmax, then both router GEMM gradients.
     s.router.backward(s.hidden, weights.router, s.router_logits, s.at(b.mlp.grad_weights), s.at(b.mlp.router_grad_x),
                       gradients.router, tokens, stream);

@@ -31,10 +31,11 @@ RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int
     return b;
 }
 
-RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router, const Buffers& buffers,
-                         CUdeviceptr workspace)
+RouterStage::RouterStage(DType dtype, int64_t hidden, const RouterConfig& router, bool fp32_weight_gradient,
+                         const Buffers& buffers, CUdeviceptr workspace)
     : dtype_(dtype),
       config_(router),
+      fp32_weight_gradient_(fp32_weight_gradient),
       buffers_(buffers),
       workspace_(workspace),
       router_(router_gemm(dtype, hidden, router)) {}
@@ -46,8 +47,9 @@ void RouterStage::validate(const RouterConfig& router, const char* block) {
                     std::to_string(router.experts));
 }
 
-void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router) {
-    list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, GemmPass::dw_fp32});
+void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router,
+                              bool fp32_weight_gradient) {
+    list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, dw_pass(fp32_weight_gradient)});
     list.add_routing(router.experts, router.topk, dtype);
 }
 
@@ -70,7 +72,7 @@ void RouterStage::backward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdevi
     const Buffers& b = buffers_;
     router_backward(config_, dtype_, logits, at(b.topk_ids), grad_topk_weights, at(b.grad_logits), tokens, stream);
     router_.dx(at(b.grad_logits), router_weight, router_grad_x, dense_routing(tokens), stream);
-    router_.dw(at(b.grad_logits), hidden, grad_router, dense_routing(tokens), stream, /*fp32_output=*/true);
+    router_.dw(at(b.grad_logits), hidden, grad_router, dense_routing(tokens), stream, fp32_weight_gradient_);
 }
 
 Routing RouterStage::routing(int64_t tokens) const {

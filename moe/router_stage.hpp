@@ -2,7 +2,7 @@
 // The routing every MoE block runs, forward and backward, in one place:
 //   forward:  router GEMM (hidden [T, H] x router [E, H]^T, one "expert" of T rows) -> logits [T, E]
 //             -> top-k ids and weights -> m_sizes, gather_idx, scatter_idx
-//   backward: d(top-k weights) -> d(logits) -> the router GEMM's dX [T, H] and dW [E, H] (fp32)
+//   backward: d(top-k weights) -> d(logits) -> the router GEMM's dX [T, H] and dW [E, H]
 // Its buffers live in the block's workspace; nothing here allocates or synchronizes.
 #include <moejit/grouped_gemm.hpp>
 #include <moejit/routing.hpp>
@@ -25,14 +25,18 @@ public:
     // the device; the constructor does not repeat it.
     static void validate(const RouterConfig& router, const char* block);
     // Adds every kernel forward() and backward() launch.
-    static void add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router);
+    // fp32_weight_gradient: dW in fp32, else in `dtype`.
+    static void add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router,
+                            bool fp32_weight_gradient);
 
     // `workspace`: the block's workspace, which `buffers` index.
-    RouterStage(DType dtype, int64_t hidden, const RouterConfig& router, const Buffers& buffers, CUdeviceptr workspace);
+    RouterStage(DType dtype, int64_t hidden, const RouterConfig& router, bool fp32_weight_gradient,
+                const Buffers& buffers, CUdeviceptr workspace);
 
     void forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,
                  CUstream stream) const;
-    // grad_topk_weights [T * topk] fp32 -> router_grad_x [T, H] (block dtype), grad_router [E, H] fp32.
+    // grad_topk_weights [T * topk] fp32 -> router_grad_x [T, H] (block dtype), grad_router [E, H]
+    // (fp32 or the block dtype, as constructed).
     void backward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, CUdeviceptr grad_topk_weights,
                   CUdeviceptr router_grad_x, CUdeviceptr grad_router, int64_t tokens, CUstream stream) const;
 
@@ -48,6 +52,7 @@ private:
 
     DType dtype_;
     RouterConfig config_;
+    bool fp32_weight_gradient_;
     Buffers buffers_;
     CUdeviceptr workspace_;
     GroupedGemm router_;

@@ -124,6 +124,40 @@ TEST_CASE("Llama4TextMoe::kernels names each kernel forward and backward launch,
     CHECK(specs.count("permute_rows:bf16:n256:k256:e2:topk2:sm_90a") == 1);
 }
 
+TEST_CASE("Blocks without fp32_weight_gradients compile every weight gradient in the block's dtype instead",
+          "[cpu][blocks]") {
+    // The same list but for the dW kernels' output option: each out_fp32 dW becomes the plain one.
+    auto without_fp32_dw = [](const std::vector<Problem>& fp32_list) {
+        std::set<std::string> specs;
+        for (Problem problem : fp32_list) {
+            if (problem.op == Op::dw) {
+                CHECK(problem.out_fp32);
+                problem.out_fp32 = false;
+            }
+            specs.insert(to_spec(problem));
+        }
+        return specs;
+    };
+    const Qwen3MoeConfig qwen3{256, 128, 16, 4, true, DType::bf16};
+    Qwen3MoeConfig qwen3_low = qwen3;
+    qwen3_low.fp32_weight_gradients = false;
+    const std::vector<Problem> qwen3_kernels = Qwen3MoeBlock::kernels(qwen3_low, kHopper);
+    CHECK(specs_of(qwen3_kernels) == without_fp32_dw(Qwen3MoeBlock::kernels(qwen3, kHopper)));
+    CHECK(std::count_if(qwen3_kernels.begin(), qwen3_kernels.end(), [](const Problem& p) { return p.op == Op::dw; }) ==
+          3);  // router, gate_up, down
+    CHECK(specs_of(qwen3_kernels).count("dw:bf16:n256:k256:e16:topk4:permute_x:sm_90a") == 1);
+
+    const Llama4MoeConfig llama4{256, 128, 64, 16, 1, DType::bf16};
+    Llama4MoeConfig llama4_low = llama4;
+    llama4_low.fp32_weight_gradients = false;
+    const std::vector<Problem> llama4_kernels = Llama4TextMoe::kernels(llama4_low, kHopper);
+    CHECK(specs_of(llama4_kernels) == without_fp32_dw(Llama4TextMoe::kernels(llama4, kHopper)));
+    CHECK(std::count_if(llama4_kernels.begin(), llama4_kernels.end(),
+                        [](const Problem& p) { return p.op == Op::dw; }) == 5);  // router, 2 routed, 2 shared
+    // The workspace does not depend on it: the gradients are the caller's buffers.
+    CHECK(Qwen3MoeBlock::workspace_bytes(qwen3_low, 64) == Qwen3MoeBlock::workspace_bytes(qwen3, 64));
+}
+
 TEST_CASE("model_kernels: the qwen3 and llama4 presets compile their block's list", "[cpu][blocks]") {
     for (const ModelPreset& model : model_presets()) {
         INFO(model.name);

@@ -265,12 +265,16 @@ void check_block(const Llama4MoeConfig& c, int64_t T) {
     CHECK(relative_error(logits, ref.logits) < 2e-2);
     CHECK(relative_error(bf16_floats(run.d_out.to_host<uint16_t>()), ref.output) < 2e-2);
     CHECK(relative_error(bf16_floats(run.g_x.to_host<uint16_t>()), ref.grad_hidden) < 2e-2);
-    const std::vector<float> grad_router = run.g_r.to_host<float>();
+    const bool fp32 = c.fp32_weight_gradients;
+    auto gradient = [&](const DeviceBuffer& buffer, const std::vector<double>& expected) {
+        return relative_error(weight_gradient(buffer, expected.size(), fp32), expected);
+    };
+    const std::vector<float> grad_router = weight_gradient(run.g_r, ref.grad_router.size(), fp32);
     CHECK(relative_error(grad_router, ref.grad_router, ref.grad_router_scale) < 2e-2);
-    CHECK(relative_error(run.g_gu.to_host<float>(), ref.grad_gate_up) < 2e-2);
-    CHECK(relative_error(run.g_d.to_host<float>(), ref.grad_down) < 2e-2);
-    CHECK(relative_error(run.g_sgu.to_host<float>(), ref.grad_shared_gate_up) < 2e-2);
-    CHECK(relative_error(run.g_sd.to_host<float>(), ref.grad_shared_down) < 2e-2);
+    CHECK(gradient(run.g_gu, ref.grad_gate_up) < 2e-2);
+    CHECK(gradient(run.g_d, ref.grad_down) < 2e-2);
+    CHECK(gradient(run.g_sgu, ref.grad_shared_gate_up) < 2e-2);
+    CHECK(gradient(run.g_sd, ref.grad_shared_down) < 2e-2);
 }
 
 }  // namespace
@@ -283,6 +287,15 @@ TEST_CASE("Llama4TextMoe forward and backward match float64 at tiny sizes", "[gp
 
 TEST_CASE("Llama4TextMoe at the llama4-scout shape, 128 tokens", "[gpu]") {
     check_block(Llama4MoeConfig{5120, 8192, 8192, 16, 1}, 128);
+}
+
+TEST_CASE("Llama4TextMoe writes bf16 weight gradients without fp32_weight_gradients", "[gpu]") {
+    Llama4MoeConfig c{64, 32, 64, 8, 2};
+    c.fp32_weight_gradients = false;
+    check_block(c, 40);
+    c = Llama4MoeConfig{1024, 512, 0, 16, 1};
+    c.fp32_weight_gradients = false;
+    check_block(c, 600);
 }
 
 TEST_CASE("Llama4TextMoe forward and backward captured in a CUDA graph replay with new inputs", "[gpu]") {

@@ -502,6 +502,7 @@ TEST_CASE("moejit --help, every command's --help, and usage errors", "[cli]") {
              {"source", kSpec, "--config", "m128n128s9w2x4"},
              {"precompile"},
              {"precompile", "--model", "qwen3-30b-a3b", "--tokens", "12,x"},
+             {"precompile", "--model", "qwen3-30b-a3b", "--weight-grads", "bf16"},
              {"cache"},
              {"cache", "prune-all"},
          }) {
@@ -666,10 +667,39 @@ TEST_CASE("moejit precompile fills the cache with every kernel the MoE blocks re
                     expected.emplace_back(problem, config);
             }
         // Nothing more was compiled than the block asks for.
-        size_t entries = 0;
-        for (const auto& file : fs::recursive_directory_iterator(cache)) entries += file.path().extension() == ".cubin";
-        CHECK(entries == expected.size());
+        auto cubins = [&] {
+            size_t entries = 0;
+            for (const auto& file : fs::recursive_directory_iterator(cache))
+                entries += file.path().extension() == ".cubin";
+            return entries;
+        };
+        CHECK(cubins() == expected.size());
         CHECK(c.kernels.size() >= 18);
+        if (std::string(c.model) != "qwen3-30b-a3b") continue;
+
+        // A block built without fp32_weight_gradients: --weight-grads dtype adds its dW kernels, and
+        // only those, to the same cache.
+        const ProcessResult low = run_cli({"precompile", "--model", c.model, "--tokens", "16,8192", "--weight-grads",
+                                           "dtype"},
+                                          {{"MOEJIT_CACHE_DIR", cache}});
+        REQUIRE(low.status == 0);
+        size_t added = 0;
+        for (const Problem& problem :
+             Qwen3MoeBlock::kernels(qwen3_moe_config(find_model(c.model), DType::bf16, false), arch)) {
+            CHECK(!problem.out_fp32);
+            for (int64_t tokens : token_counts) {
+                const Config config = choose_config(problem, layer_rows_bucket(problem, tokens));
+                INFO(to_spec(problem) << " " << config.to_string() << " for " << tokens << " tokens");
+                CHECK(compiler.get(problem, config).from_disk);
+                if (std::find(expected.begin(), expected.end(), std::make_pair(problem, config)) == expected.end()) {
+                    CHECK(problem.op == Op::dw);
+                    expected.emplace_back(problem, config);
+                    ++added;
+                }
+            }
+        }
+        CHECK(added >= 3);  // the router's, gate_up's and down's dW at least
+        CHECK(cubins() == expected.size());
     }
 }
 

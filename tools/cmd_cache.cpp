@@ -207,12 +207,14 @@ int cmd_cache(const std::vector<std::string>& argv) {
 
 int cmd_precompile(const std::vector<std::string>& argv) {
     const Args args("precompile", argv,
-                    {{"--model", true}, {"--arch", true}, {"--dtype", true}, {"--tokens", true}, {"--jobs", true}});
+                    {{"--model", true}, {"--arch", true}, {"--dtype", true}, {"--tokens", true}, {"--jobs", true},
+                     {"--weight-grads", true}});
     if (args.help()) {
         std::string models;
         for (const ModelPreset& preset : model_presets()) models += (models.empty() ? "" : ", ") + preset.name;
         std::printf(
             "usage: moejit precompile --model NAME [--arch sm_90a] [--dtype bf16] [--tokens T,...] [--jobs N]\n"
+            "                         [--weight-grads fp32|dtype]\n"
             "\n"
             "Compiles every kernel the model's MoE layer launches, forward and backward, into the writable\n"
             "cache root, several at once, skipping kernels already cached, with a progress line for each\n"
@@ -239,7 +241,10 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "    --dtype DTYPE    bf16 (default) or fp16\n"
             "    --tokens T,...   token counts to expect: the tilings their calls take (on sm_90a decode-sized\n"
             "                     calls take their own); default: large calls only\n"
-            "    --jobs N         compiles at once, 1 to 256 (default: one per CPU it may use, at most 32)\n",
+            "    --jobs N         compiles at once, 1 to 256 (default: one per CPU it may use, at most 32)\n"
+            "    --weight-grads W the blocks' weight gradients: fp32 (default) or dtype (the --dtype, for\n"
+            "                     blocks built with fp32_weight_gradients = false); the other presets' layer\n"
+            "                     compiles both\n",
             models.c_str());
         return 0;
     }
@@ -249,6 +254,9 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     const ModelPreset& model = find_model(*model_name);
     const Arch arch = Arch::parse(args.value("--arch").value_or("sm_90a"));
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
+    const std::string weight_grads = args.value("--weight-grads").value_or("fp32");
+    if (weight_grads != "fp32" && weight_grads != "dtype")
+        throw Error("bad --weight-grads '" + weight_grads + "': expected fp32 or dtype");
     unsigned jobs = 0;  // one per CPU it may use
     if (const auto text = args.value("--jobs")) {
         if (text->empty() || text->size() > 3 || text->find_first_not_of("0123456789") != std::string::npos ||
@@ -262,7 +270,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
 
     std::vector<std::pair<Problem, Config>> kernels;
-    for (const Problem& problem : model_kernels(model, arch, dtype)) {
+    for (const Problem& problem : model_kernels(model, arch, dtype, /*fp32_weight_gradients=*/weight_grads == "fp32")) {
         std::vector<RowsBucket> buckets;
         for (int64_t tokens : token_counts) buckets.push_back(layer_rows_bucket(problem, tokens));
         if (buckets.empty()) buckets.push_back(RowsBucket::large);

@@ -27,6 +27,8 @@ struct Llama4MoeConfig {
     int experts = 0;                  // E, a multiple of 8 (the router GEMM)
     int topk = 1;
     DType dtype = DType::bf16;
+    // Weight gradients in fp32, or, when false, in `dtype` (half the bytes written).
+    bool fp32_weight_gradients = true;
 
     int64_t shared() const { return shared_intermediate > 0 ? shared_intermediate : intermediate; }
 };
@@ -39,14 +41,15 @@ struct Llama4MoeWeights {
     CUdeviceptr shared_down = 0;     // [H, Is]
 };
 
-// Weight gradients are fp32; the input gradient has the block's dtype.
+// Weight gradients are fp32 (the block's dtype without Llama4MoeConfig::fp32_weight_gradients);
+// the input gradient has the block's dtype.
 struct Llama4MoeGradients {
     CUdeviceptr hidden = 0;          // [T, H]
-    CUdeviceptr router = 0;          // [E, H] fp32
-    CUdeviceptr gate_up = 0;         // [E, 2I, H] fp32
-    CUdeviceptr down = 0;            // [E, H, I] fp32
-    CUdeviceptr shared_gate_up = 0;  // [2Is, H] fp32
-    CUdeviceptr shared_down = 0;     // [H, Is] fp32
+    CUdeviceptr router = 0;          // [E, H]
+    CUdeviceptr gate_up = 0;         // [E, 2I, H]
+    CUdeviceptr down = 0;            // [E, H, I]
+    CUdeviceptr shared_gate_up = 0;  // [2Is, H]
+    CUdeviceptr shared_down = 0;     // [H, Is]
 };
 
 class Llama4TextMoe {
