@@ -35,11 +35,11 @@ struct StagedRows {
     }
 
     // Waits for the fragments of the warpgroup (named barrier `barrier_id`), then copies chunk
-    // `chunk` of each row (bytes [128 * chunk, 128 * chunk + 128) from destination[i]) where
-    // destination[i] is not null and this thread's piece lies in the first `row_bytes`, then waits
-    // until every thread has read its pieces.
+    // `chunk` of each row (bytes [128 * chunk, 128 * chunk + 128) from destination[i] + skip_bytes)
+    // where destination[i] is not null and this thread's piece lies in the first `row_bytes`, then
+    // waits until every thread has read its pieces.
     __device__ __forceinline__ void copy_out(int barrier_id, unsigned char* const (&destination)[kCopiesPerThread],
-                                             int chunk, int thread, int row_bytes) const {
+                                             int chunk, int thread, int row_bytes, int skip_bytes = 0) const {
         named_barrier(barrier_id, kWarpgroupThreads);
         const int piece_bytes = copy_piece(thread) * 16;
         const int row_offset = chunk * kStagingRowBytes + piece_bytes;
@@ -50,7 +50,8 @@ struct StagedRows {
             asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
                          : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3)
                          : "r"(base + copy_row(thread, i) * kStagingPitch + piece_bytes));
-            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(destination[i] + row_offset), "r"(v0),
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(destination[i] + skip_bytes + row_offset),
+                         "r"(v0),
                          "r"(v1), "r"(v2), "r"(v3)
                          : "memory");
         }

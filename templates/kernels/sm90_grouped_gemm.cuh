@@ -213,24 +213,36 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         }
         release.drain(barriers, thread == 0, accumulators);
 
-        if constexpr (Cfg::Gated) {  // training only: gate|up before the activation, straight to global
+        if constexpr (Cfg::Gated) {  // training only: gate|up before the activation
             if (args.preactivation != nullptr) {
+                // Through the staging rows like the output, 64 columns at a time: rows of 16-byte
+                // stores instead of each thread's 4-byte fragment pairs scattered over 16 rows.
+                // This tile's output rows (just loaded) give the preactivation rows: with
+                // OutCols = N/2, output row r starts N/2 * r elements into c, preactivation row r N * r.
+                unsigned char* preactivation_rows[sm90::kCopiesPerThread];
 #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int row = tile_row0 + sm90::StagedRows::fragment_row(thread, half);
-                    const int64 routed = static_cast<int64>(tile.row_begin) + row;
-                    if (row >= tile.expert_rows || routed >= args.rows) continue;
-                    const int64 out_row = (Flags & kPermuteY) ? slot_row(args, routed) : routed;
-                    Element* p_row = static_cast<Element*>(args.preactivation) + out_row * Cfg::N;
+                for (int i = 0; i < sm90::kCopiesPerThread; ++i)
+                    preactivation_rows[i] =
+                        destination[i] == nullptr
+                            ? nullptr
+                            : reinterpret_cast<unsigned char*>(
+                                  static_cast<Element*>(args.preactivation) +
+                                  2 * (reinterpret_cast<Element*>(destination[i]) - c - out_col0) + out_col0);
+                constexpr int HalfChunks = Cfg::TileN / 128;  // of gate columns, and of up columns
+                const int half_row_bytes = (Cfg::N / 2 - out_col0) * 2;
 #pragma unroll
-                    for (int j = 0; j < Cfg::TileN / 16; ++j) {
-                        const int col = out_col0 + j * 8 + (lane % 4) * 2;
-                        if (col >= Cfg::OutCols) continue;
-                        const float* gate = &accumulators[j * 4 + half * 2];
-                        const float* up = &accumulators[(j + Cfg::TileN / 16) * 4 + half * 2];
-                        *reinterpret_cast<uint32*>(p_row + col) = pack2<Element>(gate[0], gate[1]);
-                        *reinterpret_cast<uint32*>(p_row + Cfg::N / 2 + col) = pack2<Element>(up[0], up[1]);
-                    }
+                for (int chunk = 0; chunk < 2 * HalfChunks; ++chunk) {
+                    const bool up = chunk >= HalfChunks;  // fragment blocks 8 * chunk.. are gate, then up columns
+#pragma unroll
+                    for (int half = 0; half < 2; ++half)
+#pragma unroll
+                        for (int b = 0; b < BlocksPerChunk; ++b) {
+                            const float* v = &accumulators[(chunk * BlocksPerChunk + b) * 4 + half * 2];
+                            staging.store_32(sm90::StagedRows::fragment_row(thread, half), b * 16 + (lane % 4) * 4,
+                                             pack2<Element>(v[0], v[1]));
+                        }
+                    staging.copy_out(1 + consumer, preactivation_rows, up ? chunk - HalfChunks : chunk, thread,
+                                     half_row_bytes, up ? Cfg::N : 0);
                 }
             }
         }
