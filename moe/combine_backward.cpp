@@ -4,6 +4,7 @@
 
 #include "codegen/kernel_problems.hpp"
 #include "moe/elementwise_kernel.hpp"
+#include "moe/pointer_checks.hpp"
 #include "runtime/device.hpp"
 #include "runtime/launch_arguments.hpp"
 
@@ -17,11 +18,13 @@ void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out
     Problem problem = combine_backward_problem(dtype, width, topk);
     // Arguments first: a bad one is reported as such, also where there is no GPU.
     problem.validate();
-    const std::pair<CUdeviceptr, unsigned> pointers[] = {{grad_out, 16}, {y, 16},      {gather_idx, 4},
-                                                         {weights, 4},   {grad_y, 16}, {grad_weights, 4}};
-    for (const auto& [pointer, alignment] : pointers)
-        if (pointer == 0 || pointer % alignment != 0)
-            throw Error(to_spec(problem) + ": null or misaligned pointer argument");
+    const auto spec = [&] { return to_spec(problem); };
+    check_pointer(grad_out, 16, spec, "grad_out");
+    check_pointer(y, 16, spec, "y");
+    check_pointer(gather_idx, 4, spec, "gather_idx");
+    check_pointer(weights, 4, spec, "weights");
+    check_pointer(grad_y, 16, spec, "grad_y");
+    check_pointer(grad_weights, 4, spec, "grad_weights");
     if (rows < 0) throw Error(to_spec(problem) + ": rows must not be negative");
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(problem, device);

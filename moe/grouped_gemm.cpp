@@ -5,6 +5,7 @@
 #include "codegen/kernel_problems.hpp"
 #include "moe/check_routing.hpp"
 #include "moe/elementwise_kernel.hpp"
+#include "moe/pointer_checks.hpp"
 #include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/device_buffer.hpp"
@@ -22,13 +23,6 @@
 namespace moejit {
 
 namespace {
-
-void check_pointer(CUdeviceptr pointer, unsigned alignment, const char* name, const Problem& problem) {
-    if (pointer == 0) throw Error(to_spec(problem) + ": " + name + " is a null pointer");
-    if (pointer % alignment != 0)
-        throw Error(to_spec(problem) + ": " + name + " must be " + std::to_string(alignment) +
-                    "-byte aligned (got address " + std::to_string(pointer) + ")");
-}
 
 void check_rows(int64_t rows, const Problem& problem) {
     if (rows < 0 || rows > kMaxRows)
@@ -174,18 +168,19 @@ void GroupedGemm::prepare(bool backward, int64_t rows, unsigned jobs) const {
 void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c,
                          CUdeviceptr preactivation, const Routing& routing, CUstream stream) const {
     const Problem& problem = pass.problem;
+    const auto spec = [&] { return to_spec(problem); };
     check_rows(routing.rows, problem);
     const bool forward = problem.op == Op::fwd, dx = problem.op == Op::dx;
-    check_pointer(a, 16, forward ? "x" : "dy", problem);
-    check_pointer(b, 16, forward || dx ? "w" : "x", problem);
-    check_pointer(c, 16, forward ? "y" : dx ? "dx" : "dw", problem);
-    check_pointer(routing.m_sizes, 4, "routing.m_sizes", problem);
+    check_pointer(a, 16, spec, forward ? "x" : "dy");
+    check_pointer(b, 16, spec, forward || dx ? "w" : "x");
+    check_pointer(c, 16, spec, forward ? "y" : dx ? "dx" : "dw");
+    check_pointer(routing.m_sizes, 4, spec, "routing.m_sizes");
     if (problem.permute_x || problem.permute_y || problem.fuse_mul_post)
-        check_pointer(routing.gather_idx, 4, "routing.gather_idx", problem);
-    if (problem.fuse_mul_post) check_pointer(routing.topk_weights, 4, "routing.topk_weights", problem);
+        check_pointer(routing.gather_idx, 4, spec, "routing.gather_idx");
+    if (problem.fuse_mul_post) check_pointer(routing.topk_weights, 4, spec, "routing.topk_weights");
     if (preactivation != 0) {
         if (!problem.gated) throw Error(to_spec(problem) + ": a preactivation output needs a gated forward");
-        check_pointer(preactivation, 16, "preactivation", problem);
+        check_pointer(preactivation, 16, spec, "preactivation");
     }
     Pass::Variant& variant = pass.variant(routing.rows);
     const Kernel& kernel = pass.compile(variant);
@@ -254,12 +249,13 @@ void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdev
                   CUstream stream, CUdeviceptr weights, CUdeviceptr addend) {
     if (topk < 1) throw Error("combine_topk: topk must be at least 1, got " + std::to_string(topk));
     const Problem problem = combine_problem(dtype, width, topk);
+    const auto spec = [&] { return to_spec(problem); };
     // Arguments first: a bad one is reported as such, also where there is no GPU.
     problem.validate();
-    check_pointer(slots, 16, "slots", problem);
-    check_pointer(out, 16, "out", problem);
-    if (weights != 0) check_pointer(weights, 4, "weights", problem);
-    if (addend != 0) check_pointer(addend, 16, "addend", problem);
+    check_pointer(slots, 16, spec, "slots");
+    check_pointer(out, 16, spec, "out");
+    if (weights != 0) check_pointer(weights, 4, spec, "weights");
+    if (addend != 0) check_pointer(addend, 16, spec, "addend");
     if (tokens < 0) throw Error(to_spec(problem) + ": tokens must not be negative");
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(problem, device);
@@ -273,12 +269,13 @@ void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdev
 void gated_activation_backward(DType dtype, int64_t n, CUdeviceptr preactivation, CUdeviceptr grad_h,
                                CUdeviceptr grad_preactivation, int64_t rows, CUstream stream) {
     const Problem problem = gated_backward_problem(dtype, n);
+    const auto spec = [&] { return to_spec(problem); };
     // Arguments first: a bad one is reported as such, also where there is no GPU.
     if (n % 16 != 0) throw Error(to_spec(problem) + ": N = 2*I needs I to be a multiple of 8");
     problem.validate();
-    check_pointer(preactivation, 16, "preactivation", problem);
-    check_pointer(grad_h, 16, "grad_h", problem);
-    check_pointer(grad_preactivation, 16, "grad_preactivation", problem);
+    check_pointer(preactivation, 16, spec, "preactivation");
+    check_pointer(grad_h, 16, spec, "grad_h");
+    check_pointer(grad_preactivation, 16, spec, "grad_preactivation");
     check_rows(rows, problem);
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(problem, device);

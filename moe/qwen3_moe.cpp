@@ -6,6 +6,7 @@
 
 #include "codegen/kernel_problems.hpp"
 #include "moe/combine_backward.hpp"
+#include "moe/pointer_checks.hpp"
 #include "moe/router_stage.hpp"
 #include "moe/workspace.hpp"
 #include "runtime/device.hpp"
@@ -137,8 +138,16 @@ void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, 
     if (tokens < 0 || tokens > s.max_tokens)
         throw Error("Qwen3MoeBlock::forward: tokens must be in [0, " + std::to_string(s.max_tokens) + "], got " +
                     std::to_string(tokens));
-    // Until this forward has launched every step, backward has nothing to differentiate: a forward
-    // that throws midway leaves the routing of its own tokens beside the activations of the last.
+    check_block_pointers("Qwen3MoeBlock::forward", {{"hidden", hidden},
+                                                     {"weights.router", weights.router},
+                                                     {"weights.gate_up", weights.gate_up},
+                                                     {"weights.down", weights.down},
+                                                     {"output", output},
+                                                     {"router_logits", router_logits}});
+    // A call refused above launched nothing, so backward may still differentiate the last forward.
+    // From here until this forward has launched every step it has nothing to differentiate: a
+    // forward that throws midway (a compile or driver error) leaves the routing of its own tokens
+    // beside the activations of the last.
     s.tokens = -1;
     const Buffers& b = s.buffers;
     s.router.forward(hidden, weights.router, router_logits, tokens, stream);
@@ -156,6 +165,14 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     State& s = *state_;
     const Qwen3MoeConfig& c = s.config;
     if (s.tokens < 0) throw Error("Qwen3MoeBlock::backward needs a forward that succeeded first");
+    check_block_pointers("Qwen3MoeBlock::backward", {{"grad_output", grad_output},
+                                                      {"weights.router", weights.router},
+                                                      {"weights.gate_up", weights.gate_up},
+                                                      {"weights.down", weights.down},
+                                                      {"gradients.hidden", gradients.hidden},
+                                                      {"gradients.router", gradients.router},
+                                                      {"gradients.gate_up", gradients.gate_up},
+                                                      {"gradients.down", gradients.down}});
     const Buffers& b = s.buffers;
     const int64_t tokens = s.tokens;
     const Routing routing = s.router.routing(tokens);

@@ -6,6 +6,7 @@
 
 #include "codegen/kernel_problems.hpp"
 #include "moe/elementwise_kernel.hpp"
+#include "moe/pointer_checks.hpp"
 #include "moe/router_limits.hpp"
 #include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
@@ -22,14 +23,6 @@ namespace {
 constexpr int kTokensPerBlock = 8;  // route_topk and router_backward: one warp per token, 256 threads
 
 // `where()` names the call in an error message; it is only built when a check fails (cheap hot path).
-template <class Where>
-void check_pointer(CUdeviceptr pointer, unsigned alignment, const Where& where, const char* name) {
-    if (pointer == 0) throw Error(where() + ": " + name + " is a null pointer");
-    if (pointer % alignment != 0)
-        throw Error(where() + ": " + name + " must be " + std::to_string(alignment) + "-byte aligned (got address " +
-                    std::to_string(pointer) + ")");
-}
-
 template <class Where>
 void check_dtype(DType dtype, const Where& where) {
     if (dtype != DType::bf16 && dtype != DType::fp16) throw Error(where() + ": dtype must be bf16 or fp16");

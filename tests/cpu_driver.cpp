@@ -105,7 +105,11 @@ TEST_CASE("argument errors are reported before the device is looked up", "[cpu]"
         {error_message([&] {
              combine_backward(DType::bf16, 64, 2, buffer, 0, buffer, buffer, buffer, buffer, 8, nullptr);
          }),
-         "null or misaligned pointer"},
+         "y is a null pointer"},
+        {error_message([&] {
+             combine_backward(DType::bf16, 64, 2, buffer, buffer, buffer, buffer, buffer + 8, buffer, 8, nullptr);
+         }),
+         "grad_y must be 16-byte aligned"},
         {error_message([&] { permute_rows(DType::bf16, 12, 2, buffer, buffer, buffer, 4, nullptr); }),
          "N must be a positive multiple of 8"},
         {error_message([&] { permute_rows(DType::bf16, int64_t{1} << 31, 2, buffer, buffer, buffer, 4, nullptr); }),

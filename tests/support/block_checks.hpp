@@ -13,20 +13,53 @@
 
 namespace moejit::testing {
 
-// A forward that throws midway, at its null output after it routed `tokens - 16` tokens and ran
-// the expert GEMMs, leaves backward refusing: a backward after it must not mix those routing
-// buffers with the last good forward's activations. A forward that succeeds makes it possible
-// again. `run` (each test's BlockRun) holds inputs for `tokens` tokens.
+// Every pointer a block call takes is checked before it launches anything:
+// - backward before any forward refuses;
+// - a call with a null or misaligned tensor throws, naming the argument as the caller wrote it;
+// - a forward refused so leaves the last good forward in place: backward after it writes the same
+//   gradients, bit for bit, as right after that forward.
+// `run` (each test's BlockRun) holds inputs for `tokens` tokens and gradient buffers.
 template <class Block, class Run>
-void check_failed_forward_leaves_backward_refusing(Block& block, const Run& run, int64_t tokens) {
-    block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
-    CHECK_THROWS_AS(block.forward(run.d_x.get(), run.weights(), 0, run.d_logits.get(), tokens - 16, nullptr), Error);
-    const std::string refusal =
+void check_refused_calls_launch_nothing(Block& block, Run& run, int64_t tokens) {
+    const std::string early =
         error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr); });
-    CHECK(mentions(refusal, "needs a forward that succeeded first"));
+    CHECK(mentions(early, "needs a forward that succeeded first"));
+
     block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
-    CHECK_NOTHROW(block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr));
+    block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr);
     synchronize();
+    const std::vector<uint16_t> grad_x = run.g_x.template to_host<uint16_t>();
+    const std::vector<float> grad_gate_up = run.g_gu.template to_host<float>();
+
+    // A forward refused after a good one, with other inputs that would change every gradient.
+    const std::string null_output = error_message(
+        [&] { block.forward(run.d_grad_out.get(), run.weights(), 0, run.d_logits.get(), tokens, nullptr); });
+    CHECK(mentions(null_output, "::forward: output is a null pointer"));
+    const std::string misaligned = error_message([&] {
+        block.forward(run.d_grad_out.get() + 2, run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
+    });
+    CHECK(mentions(misaligned, "::forward: hidden must be 16-byte aligned"));
+    auto weights = run.weights();
+    weights.down = 0;
+    CHECK(mentions(error_message([&] {
+                       block.forward(run.d_x.get(), weights, run.d_out.get(), run.d_logits.get(), tokens, nullptr);
+                   }),
+                   "::forward: weights.down is a null pointer"));
+    auto gradients = run.gradients();
+    gradients.router = 0;
+    CHECK(mentions(error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), gradients, nullptr); }),
+                   "::backward: gradients.router is a null pointer"));
+    gradients = run.gradients();
+    gradients.gate_up += 4;
+    CHECK(mentions(error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), gradients, nullptr); }),
+                   "::backward: gradients.gate_up must be 16-byte aligned"));
+
+    run.g_x.fill16(kPoison);
+    run.g_gu.fill16(kPoison);
+    block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr);
+    synchronize();
+    CHECK(run.g_x.template to_host<uint16_t>() == grad_x);
+    CHECK(run.g_gu.template to_host<float>() == grad_gate_up);
 }
 
 // The `count` values of a weight gradient the block wrote to `buffer`: fp32, or bf16 for a block
