@@ -44,9 +44,10 @@ std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dt
     return layer_kernels(model, arch, dtype);
 }
 
-std::vector<Problem> model_grouped_gemms(const ModelPreset& model, Arch arch, DType dtype) {
+std::vector<Problem> model_grouped_gemms(const ModelPreset& model, Arch arch, DType dtype,
+                                         bool fp32_weight_gradients) {
     std::vector<Problem> gemms;
-    for (const Problem& kernel : model_kernels(model, arch, dtype))
+    for (const Problem& kernel : model_kernels(model, arch, dtype, fp32_weight_gradients))
         if (!is_elementwise(kernel.op)) gemms.push_back(kernel);
     return gemms;
 }

@@ -30,7 +30,8 @@ std::vector<Problem> model_kernels(const ModelPreset& model, Arch arch, DType dt
 // The grouped GEMMs among model_kernels (op fwd, dx or dw), in its order, each with the flags its
 // layer launches it with: what `moejit tune --model` times, so that its winners are stored under
 // the problems the layer's GroupedGemms look them up by.
-std::vector<Problem> model_grouped_gemms(const ModelPreset& model, Arch arch, DType dtype);
+std::vector<Problem> model_grouped_gemms(const ModelPreset& model, Arch arch, DType dtype,
+                                         bool fp32_weight_gradients = true);
 
 // The rows bucket (the tiling) a kernel of an MoE layer runs in for `tokens` tokens: the routed
 // GEMMs see tokens * topk rows over their experts; the dense ones (the router's, a shared

@@ -105,6 +105,15 @@ TEST_CASE("moejit bench and tune refuse more routed rows than int32 indexes, bef
     CHECK(mentions(within.err, "--pass must be fwd, dx or dw, got 'bogus'"));
 }
 
+TEST_CASE("moejit tune and precompile take --weight-grads fp32 or dtype and say so otherwise", "[cpu][cli]") {
+    for (const char* command : {"tune", "precompile"}) {
+        const ProcessResult bad = run_cli({command, "--model", "qwen3-30b-a3b", "--weight-grads", "bf16"});
+        INFO(command << ": " << bad.err);
+        CHECK(bad.status == 1);
+        CHECK(mentions(bad.err, "bad --weight-grads 'bf16': expected fp32 or dtype"));
+    }
+}
+
 TEST_CASE("moejit bench --fusions takes none or a list of known fusions and says so otherwise", "[cpu][cli]") {
     // Read before --pass, so --pass bogus shows an accepted list, as for --skew.
     for (const char* fusions : {"foo", "gated,", "permute_x,,gated", "", "Gated"}) {

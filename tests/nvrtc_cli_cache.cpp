@@ -502,7 +502,6 @@ TEST_CASE("moejit --help, every command's --help, and usage errors", "[cli]") {
              {"source", kSpec, "--config", "m128n128s9w2x4"},
              {"precompile"},
              {"precompile", "--model", "qwen3-30b-a3b", "--tokens", "12,x"},
-             {"precompile", "--model", "qwen3-30b-a3b", "--weight-grads", "bf16"},
              {"cache"},
              {"cache", "prune-all"},
          }) {

@@ -58,6 +58,9 @@ Kernel resolve_kernel(const Args& args);
 
 DType parse_dtype(const std::string& text);
 Op parse_pass(const std::string& text);
+// --weight-grads of precompile and tune: "fp32" (the blocks' default, and without the option) or
+// "dtype" (blocks built with fp32_weight_gradients = false). Returns fp32_weight_gradients.
+bool parse_weight_grads(const Args& args);
 
 // A --tokens value: digits only, 1 to 999999999 (so that tokens x topk rows stay countable).
 int64_t parse_token_count(const std::string& text);

@@ -254,9 +254,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     const ModelPreset& model = find_model(*model_name);
     const Arch arch = Arch::parse(args.value("--arch").value_or("sm_90a"));
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
-    const std::string weight_grads = args.value("--weight-grads").value_or("fp32");
-    if (weight_grads != "fp32" && weight_grads != "dtype")
-        throw Error("bad --weight-grads '" + weight_grads + "': expected fp32 or dtype");
+    const bool fp32_weight_gradients = parse_weight_grads(args);
     unsigned jobs = 0;  // one per CPU it may use
     if (const auto text = args.value("--jobs")) {
         if (text->empty() || text->size() > 3 || text->find_first_not_of("0123456789") != std::string::npos ||
@@ -270,7 +268,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
 
     std::vector<std::pair<Problem, Config>> kernels;
-    for (const Problem& problem : model_kernels(model, arch, dtype, /*fp32_weight_gradients=*/weight_grads == "fp32")) {
+    for (const Problem& problem : model_kernels(model, arch, dtype, fp32_weight_gradients)) {
         std::vector<RowsBucket> buckets;
         for (int64_t tokens : token_counts) buckets.push_back(layer_rows_bucket(problem, tokens));
         if (buckets.empty()) buckets.push_back(RowsBucket::large);
