@@ -50,9 +50,8 @@ struct StagedRows {
             asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
                          : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3)
                          : "r"(base + copy_row(thread, i) * kStagingPitch + piece_bytes));
-            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(destination[i] + skip_bytes + row_offset),
-                         "r"(v0),
-                         "r"(v1), "r"(v2), "r"(v3)
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n"
+                         ::"l"(destination[i] + skip_bytes + row_offset), "r"(v0), "r"(v1), "r"(v2), "r"(v3)
                          : "memory");
         }
         named_barrier(barrier_id, kWarpgroupThreads);
