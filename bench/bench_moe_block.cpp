@@ -80,7 +80,7 @@ int main(int argc, char** argv) try {
         DeviceBuffer hidden = DeviceBuffer::from(random_halves(dtype, T * H, 21));
         DeviceBuffer grad_out = DeviceBuffer::from(random_halves(dtype, T * H, 22));
         DeviceBuffer output(T * H * 2), logits(T * E * 2), grad_hidden(T * H * 2);
-        double forward_ms = 0, inference_ms = 0, training_ms = 0;
+        double forward_ms = 0, training_ms = 0;
         if (!jit.empty()) {  // host wall time of the first calls, compiles included
             auto seconds_since = [](std::chrono::steady_clock::time_point start) {
                 return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -118,8 +118,6 @@ int main(int argc, char** argv) try {
             Llama4TextMoe block(llama4_config, T);
             forward_ms = events.median_ms(
                 [&] { block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr); });
-            inference_ms = events.median_ms(
-                [&] { block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr, false); });
             training_ms = events.median_ms([&] {
                 block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr);
                 block.backward(grad_out.get(), llama4_weights, gradients, nullptr);
@@ -129,8 +127,6 @@ int main(int argc, char** argv) try {
             Qwen3MoeBlock block(qwen3_config, T);
             forward_ms = events.median_ms(
                 [&] { block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr); });
-            inference_ms = events.median_ms(
-                [&] { block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr, false); });
             training_ms = events.median_ms([&] {
                 block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr);
                 block.backward(grad_out.get(), qwen3_weights, gradients, nullptr);
@@ -162,8 +158,6 @@ int main(int argc, char** argv) try {
         const double dense_forward = dense_ms(forward), dense_training = dense_forward + dense_ms(backward);
         std::printf("| %lld | forward | %.3f | %.3f | %.2f |\n", (long long)T, forward_ms, dense_forward,
                     dense_forward / forward_ms);
-        std::printf("| %lld | forward, save_for_backward = false | %.3f | %.3f | %.2f |\n", (long long)T,
-                    inference_ms, dense_forward, dense_forward / inference_ms);
         std::printf("| %lld | forward+backward | %.3f | %.3f | %.2f |\n", (long long)T, training_ms, dense_training,
                     dense_training / training_ms);
         std::fflush(stdout);

@@ -131,8 +131,7 @@ struct Llama4TextMoe::State {
     GroupedGemm gate_up, gate_up_dx, down, down_backward, shared_gate_up, shared_down;  // over gemms(config)
     // Saved by forward for backward.
     CUdeviceptr hidden = 0, router_logits = 0;
-    int64_t tokens = -1;               // -1: nothing backward may differentiate
-    bool forward_saved_nothing = false;  // the last forward succeeded with save_for_backward = false
+    int64_t tokens = -1;
 
     State(const Llama4MoeConfig& c, int64_t max_tokens_, CUdeviceptr external)
         : config(c),
@@ -171,7 +170,7 @@ Llama4TextMoe::Llama4TextMoe(const Llama4MoeConfig& config, int64_t max_tokens, 
 Llama4TextMoe::~Llama4TextMoe() = default;
 
 void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights, CUdeviceptr output,
-                            CUdeviceptr router_logits, int64_t tokens, CUstream stream, bool save_for_backward) {
+                            CUdeviceptr router_logits, int64_t tokens, CUstream stream) {
     State& s = *state_;
     const Llama4MoeConfig& c = s.config;
     if (tokens < 0 || tokens > s.max_tokens)
@@ -190,7 +189,6 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
     // forward that throws midway (a compile or driver error) leaves the routing of its own tokens
     // beside the activations of the last.
     s.tokens = -1;
-    s.forward_saved_nothing = false;
     const Buffers& b = s.buffers;
     s.router.forward(hidden, weights.router, router_logits, tokens, stream);
     const Routing dense = s.router.dense_routing(tokens);  // the shared expert: one "expert" of T rows
@@ -199,26 +197,21 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
     // y_slots is only read for them and is overwritten below).
     combine_backward(c.dtype, c.hidden, c.topk, hidden, s.at(b.mlp.y_slots), routing.gather_idx, routing.topk_weights,
                      s.at(b.x_scaled), s.at(b.unused_dots), routing.rows, stream);
-    // The preactivations only backward reads.
-    const auto saved = [&](size_t offset) { return save_for_backward ? s.at(offset) : CUdeviceptr{0}; };
-    s.gate_up.forward(s.at(b.x_scaled), weights.gate_up, s.at(b.mlp.h), routing, stream, saved(b.mlp.preactivation));
+    s.gate_up.forward(s.at(b.x_scaled), weights.gate_up, s.at(b.mlp.h), routing, stream, s.at(b.mlp.preactivation));
     s.down.forward(s.at(b.mlp.h), weights.down, s.at(b.mlp.y_slots), routing, stream);
     s.shared_gate_up.forward(hidden, weights.shared_gate_up, s.at(b.shared_h), dense, stream,
-                             saved(b.shared_preactivation));
+                             s.at(b.shared_preactivation));
     s.shared_down.forward(s.at(b.shared_h), weights.shared_down, s.at(b.shared_y), dense, stream);
     combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.y_slots), output, tokens, stream, 0, s.at(b.shared_y));
     s.hidden = hidden;
     s.router_logits = router_logits;
-    s.tokens = save_for_backward ? tokens : -1;
-    s.forward_saved_nothing = !save_for_backward;
+    s.tokens = tokens;
 }
 
 void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& weights,
                              const Llama4MoeGradients& gradients, CUstream stream) {
     State& s = *state_;
     const Llama4MoeConfig& c = s.config;
-    if (s.forward_saved_nothing)
-        throw Error("Llama4TextMoe::backward: the last forward ran with save_for_backward = false");
     if (s.tokens < 0) throw Error("Llama4TextMoe::backward needs a forward that succeeded first");
     check_block_pointers("Llama4TextMoe::backward", {{"grad_output", grad_output},
                                                       {"weights.router", weights.router},

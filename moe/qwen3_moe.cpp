@@ -96,8 +96,7 @@ struct Qwen3MoeBlock::State {
     GroupedGemm gate_up, down, down_backward;  // over gemms(config)
     // Saved by forward for backward.
     CUdeviceptr hidden = 0, router_logits = 0;
-    int64_t tokens = -1;               // -1: nothing backward may differentiate
-    bool forward_saved_nothing = false;  // the last forward succeeded with save_for_backward = false
+    int64_t tokens = -1;
 
     State(const Qwen3MoeConfig& c, int64_t max_tokens_, CUdeviceptr external)
         : config(c),
@@ -133,7 +132,7 @@ Qwen3MoeBlock::Qwen3MoeBlock(const Qwen3MoeConfig& config, int64_t max_tokens, C
 Qwen3MoeBlock::~Qwen3MoeBlock() = default;
 
 void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, CUdeviceptr output,
-                            CUdeviceptr router_logits, int64_t tokens, CUstream stream, bool save_for_backward) {
+                            CUdeviceptr router_logits, int64_t tokens, CUstream stream) {
     State& s = *state_;
     const Qwen3MoeConfig& c = s.config;
     if (tokens < 0 || tokens > s.max_tokens)
@@ -150,26 +149,21 @@ void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, 
     // forward that throws midway (a compile or driver error) leaves the routing of its own tokens
     // beside the activations of the last.
     s.tokens = -1;
-    s.forward_saved_nothing = false;
     const Buffers& b = s.buffers;
     s.router.forward(hidden, weights.router, router_logits, tokens, stream);
     const Routing routing = s.router.routing(tokens);
-    const CUdeviceptr preactivation = save_for_backward ? s.at(b.mlp.preactivation) : 0;
-    s.gate_up.forward(hidden, weights.gate_up, s.at(b.mlp.h), routing, stream, preactivation);
+    s.gate_up.forward(hidden, weights.gate_up, s.at(b.mlp.h), routing, stream, s.at(b.mlp.preactivation));
     s.down.forward(s.at(b.mlp.h), weights.down, s.at(b.mlp.y_slots), routing, stream);
     combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.y_slots), output, tokens, stream, routing.topk_weights);
     s.hidden = hidden;
     s.router_logits = router_logits;
-    s.tokens = save_for_backward ? tokens : -1;
-    s.forward_saved_nothing = !save_for_backward;
+    s.tokens = tokens;
 }
 
 void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& weights,
                              const Qwen3MoeGradients& gradients, CUstream stream) {
     State& s = *state_;
     const Qwen3MoeConfig& c = s.config;
-    if (s.forward_saved_nothing)
-        throw Error("Qwen3MoeBlock::backward: the last forward ran with save_for_backward = false");
     if (s.tokens < 0) throw Error("Qwen3MoeBlock::backward needs a forward that succeeded first");
     check_block_pointers("Qwen3MoeBlock::backward", {{"grad_output", grad_output},
                                                       {"weights.router", weights.router},

@@ -69,10 +69,8 @@ public:
 
     // hidden [T, H] and output [T, H] in the block's dtype; router_logits [T, E] (block dtype) is
     // written as well. hidden and router_logits must stay unchanged until backward().
-    // save_for_backward = false (inference) skips storing the gated GEMMs' preactivation, which
-    // only backward reads: a faster forward, after which backward refuses.
     void forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, CUdeviceptr output, CUdeviceptr router_logits,
-                 int64_t tokens, CUstream stream, bool save_for_backward = true);
+                 int64_t tokens, CUstream stream);
     // grad_output [T, H] of the last forward's output.
     void backward(CUdeviceptr grad_output, const Qwen3MoeWeights& weights, const Qwen3MoeGradients& gradients,
                   CUstream stream);

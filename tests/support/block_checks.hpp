@@ -62,32 +62,6 @@ void check_refused_calls_launch_nothing(Block& block, Run& run, int64_t tokens) 
     CHECK(run.g_gu.template to_host<float>() == grad_gate_up);
 }
 
-// forward(save_for_backward = false), for inference, writes the same output, bit for bit, and
-// logits as a training forward, and leaves backward refusing until a forward saves again.
-template <class Block, class Run>
-void check_forward_without_saving(Block& block, Run& run, int64_t tokens) {
-    block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
-    synchronize();
-    const std::vector<uint16_t> output = run.d_out.template to_host<uint16_t>();
-    const std::vector<uint16_t> logits = run.d_logits.template to_host<uint16_t>();
-    CHECK(std::none_of(output.begin(), output.end(), [](uint16_t b) { return b == kPoison; }));
-
-    run.d_out.fill16(kPoison);
-    run.d_logits.fill16(kPoison);
-    block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr,
-                  /*save_for_backward=*/false);
-    synchronize();
-    CHECK(run.d_out.template to_host<uint16_t>() == output);
-    CHECK(run.d_logits.template to_host<uint16_t>() == logits);
-    const std::string refusal =
-        error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr); });
-    CHECK(mentions(refusal, "::backward: the last forward ran with save_for_backward = false"));
-
-    block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
-    CHECK_NOTHROW(block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr));
-    synchronize();
-}
-
 // The `count` values of a weight gradient the block wrote to `buffer`: fp32, or bf16 for a block
 // without fp32_weight_gradients. `buffer` has room for fp32 and was filled with kPoison, so a bf16
 // gradient must have left the rest of it untouched.
