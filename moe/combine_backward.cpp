@@ -25,7 +25,7 @@ void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out
     check_pointer(weights, 4, spec, "weights");
     check_pointer(grad_y, 16, spec, "grad_y");
     check_pointer(grad_weights, 4, spec, "grad_weights");
-    if (rows < 0) throw Error(to_spec(problem) + ": rows must not be negative");
+    if (rows < 0) throw Error(spec() + ": rows must not be negative");
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(problem, device);
     if (rows == 0) return;

@@ -179,7 +179,7 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         check_pointer(routing.gather_idx, 4, spec, "routing.gather_idx");
     if (problem.fuse_mul_post) check_pointer(routing.topk_weights, 4, spec, "routing.topk_weights");
     if (preactivation != 0) {
-        if (!problem.gated) throw Error(to_spec(problem) + ": a preactivation output needs a gated forward");
+        if (!problem.gated) throw Error(spec() + ": a preactivation output needs a gated forward");
         check_pointer(preactivation, 16, spec, "preactivation");
     }
     Pass::Variant& variant = pass.variant(routing.rows);
@@ -256,7 +256,7 @@ void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdev
     check_pointer(out, 16, spec, "out");
     if (weights != 0) check_pointer(weights, 4, spec, "weights");
     if (addend != 0) check_pointer(addend, 16, spec, "addend");
-    if (tokens < 0) throw Error(to_spec(problem) + ": tokens must not be negative");
+    if (tokens < 0) throw Error(spec() + ": tokens must not be negative");
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(problem, device);
     if (tokens == 0) return;
@@ -271,7 +271,7 @@ void gated_activation_backward(DType dtype, int64_t n, CUdeviceptr preactivation
     const Problem problem = gated_backward_problem(dtype, n);
     const auto spec = [&] { return to_spec(problem); };
     // Arguments first: a bad one is reported as such, also where there is no GPU.
-    if (n % 16 != 0) throw Error(to_spec(problem) + ": N = 2*I needs I to be a multiple of 8");
+    if (n % 16 != 0) throw Error(spec() + ": N = 2*I needs I to be a multiple of 8");
     problem.validate();
     check_pointer(preactivation, 16, spec, "preactivation");
     check_pointer(grad_h, 16, spec, "grad_h");

@@ -104,6 +104,15 @@ KernelList block_kernels(const Llama4MoeConfig& c) {
     return list;
 }
 
+// forward's and backward's weights, as check_block_pointers checks a call's tensors.
+void check_weights(const char* call, const Llama4MoeWeights& w) {
+    check_block_pointers(call, {{"weights.router", w.router},
+                                {"weights.gate_up", w.gate_up},
+                                {"weights.down", w.down},
+                                {"weights.shared_gate_up", w.shared_gate_up},
+                                {"weights.shared_down", w.shared_down}});
+}
+
 // Everything the constructor needs to hold before it touches the device.
 void validate(const Llama4MoeConfig& c) {
     if (c.hidden <= 0 || c.intermediate <= 0 || c.shared_intermediate < 0 || c.hidden % 8 != 0 ||
@@ -176,14 +185,9 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
     if (tokens < 0 || tokens > s.max_tokens)
         throw Error("Llama4TextMoe::forward: tokens must be in [0, " + std::to_string(s.max_tokens) + "], got " +
                     std::to_string(tokens));
-    check_block_pointers("Llama4TextMoe::forward", {{"hidden", hidden},
-                                                     {"weights.router", weights.router},
-                                                     {"weights.gate_up", weights.gate_up},
-                                                     {"weights.down", weights.down},
-                                                     {"weights.shared_gate_up", weights.shared_gate_up},
-                                                     {"weights.shared_down", weights.shared_down},
-                                                     {"output", output},
-                                                     {"router_logits", router_logits}});
+    check_weights("Llama4TextMoe::forward", weights);
+    check_block_pointers("Llama4TextMoe::forward",
+                         {{"hidden", hidden}, {"output", output}, {"router_logits", router_logits}});
     // A call refused above launched nothing, so backward may still differentiate the last forward.
     // From here until this forward has launched every step it has nothing to differentiate: a
     // forward that throws midway (a compile or driver error) leaves the routing of its own tokens
@@ -213,12 +217,8 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
     State& s = *state_;
     const Llama4MoeConfig& c = s.config;
     if (s.tokens < 0) throw Error("Llama4TextMoe::backward needs a forward that succeeded first");
+    check_weights("Llama4TextMoe::backward", weights);
     check_block_pointers("Llama4TextMoe::backward", {{"grad_output", grad_output},
-                                                      {"weights.router", weights.router},
-                                                      {"weights.gate_up", weights.gate_up},
-                                                      {"weights.down", weights.down},
-                                                      {"weights.shared_gate_up", weights.shared_gate_up},
-                                                      {"weights.shared_down", weights.shared_down},
                                                       {"gradients.hidden", gradients.hidden},
                                                       {"gradients.router", gradients.router},
                                                       {"gradients.gate_up", gradients.gate_up},

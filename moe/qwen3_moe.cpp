@@ -53,6 +53,11 @@ KernelList block_kernels(const Qwen3MoeConfig& c) {
     return list;
 }
 
+// forward's and backward's weights, as check_block_pointers checks a call's tensors.
+void check_weights(const char* call, const Qwen3MoeWeights& w) {
+    check_block_pointers(call, {{"weights.router", w.router}, {"weights.gate_up", w.gate_up}, {"weights.down", w.down}});
+}
+
 // Everything the constructor needs to hold before it touches the device.
 void validate(const Qwen3MoeConfig& c) {
     if (c.hidden <= 0 || c.moe_intermediate <= 0 || c.hidden % 8 != 0 || c.moe_intermediate % 8 != 0)
@@ -138,12 +143,9 @@ void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, 
     if (tokens < 0 || tokens > s.max_tokens)
         throw Error("Qwen3MoeBlock::forward: tokens must be in [0, " + std::to_string(s.max_tokens) + "], got " +
                     std::to_string(tokens));
-    check_block_pointers("Qwen3MoeBlock::forward", {{"hidden", hidden},
-                                                     {"weights.router", weights.router},
-                                                     {"weights.gate_up", weights.gate_up},
-                                                     {"weights.down", weights.down},
-                                                     {"output", output},
-                                                     {"router_logits", router_logits}});
+    check_weights("Qwen3MoeBlock::forward", weights);
+    check_block_pointers("Qwen3MoeBlock::forward",
+                         {{"hidden", hidden}, {"output", output}, {"router_logits", router_logits}});
     // A call refused above launched nothing, so backward may still differentiate the last forward.
     // From here until this forward has launched every step it has nothing to differentiate: a
     // forward that throws midway (a compile or driver error) leaves the routing of its own tokens
@@ -165,10 +167,8 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     State& s = *state_;
     const Qwen3MoeConfig& c = s.config;
     if (s.tokens < 0) throw Error("Qwen3MoeBlock::backward needs a forward that succeeded first");
+    check_weights("Qwen3MoeBlock::backward", weights);
     check_block_pointers("Qwen3MoeBlock::backward", {{"grad_output", grad_output},
-                                                      {"weights.router", weights.router},
-                                                      {"weights.gate_up", weights.gate_up},
-                                                      {"weights.down", weights.down},
                                                       {"gradients.hidden", gradients.hidden},
                                                       {"gradients.router", gradients.router},
                                                       {"gradients.gate_up", gradients.gate_up},
