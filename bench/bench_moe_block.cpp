@@ -7,7 +7,8 @@
 // --jit times the JIT instead, with the cache it finds (point MOEJIT_CACHE_DIR at an empty
 // directory): the block's first forward and backward compiling each kernel at its first launch
 // (first-call), or prepare() compiling them all at once and then that first forward and backward.
-// --weight-grads bf16 runs the blocks without fp32_weight_gradients (default fp32).
+// --weight-grads bf16 runs the blocks without fp32_weight_gradients (default fp32). The forward is
+// also timed on the block built for inference (training = false).
 #include <moejit/error.hpp>
 #include <moejit/llama4_moe.hpp>
 #include <moejit/qwen3_moe.hpp>
@@ -51,8 +52,13 @@ int main(int argc, char** argv) try {
     const std::string weight_grads = argument(argc, argv, "--weight-grads", "fp32");
     if (weight_grads != "fp32" && weight_grads != "bf16")
         throw Error("bad --weight-grads '" + weight_grads + "': expected fp32 or bf16");
-    const Qwen3MoeConfig qwen3_config = qwen3_moe_config(model, dtype, weight_grads == "fp32");
-    const Llama4MoeConfig llama4_config = llama4_moe_config(model, dtype, weight_grads == "fp32");
+    const Qwen3MoeConfig qwen3_config = qwen3_moe_config(model, dtype, LayerOptions{true, weight_grads == "fp32"});
+    const Llama4MoeConfig llama4_config = llama4_moe_config(model, dtype, LayerOptions{true, weight_grads == "fp32"});
+    // The same block built for inference (training = false): its forward saves nothing.
+    Qwen3MoeConfig qwen3_inference = qwen3_config;
+    qwen3_inference.training = false;
+    Llama4MoeConfig llama4_inference = llama4_config;
+    llama4_inference.training = false;
     DeviceBuffer router = DeviceBuffer::from(random_halves(dtype, E * H, 11));
     DeviceBuffer gate_up = DeviceBuffer::from(random_halves(dtype, E * 2 * I * H, 12));
     DeviceBuffer down = DeviceBuffer::from(random_halves(dtype, E * H * I, 13));
@@ -80,7 +86,8 @@ int main(int argc, char** argv) try {
         DeviceBuffer hidden = DeviceBuffer::from(random_halves(dtype, T * H, 21));
         DeviceBuffer grad_out = DeviceBuffer::from(random_halves(dtype, T * H, 22));
         DeviceBuffer output(T * H * 2), logits(T * E * 2), grad_hidden(T * H * 2);
-        double forward_ms = 0, training_ms = 0;
+        double forward_ms = 0, inference_ms = 0, training_ms = 0;
+        size_t training_bytes = 0, inference_bytes = 0;
         if (!jit.empty()) {  // host wall time of the first calls, compiles included
             auto seconds_since = [](std::chrono::steady_clock::time_point start) {
                 return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -122,6 +129,11 @@ int main(int argc, char** argv) try {
                 block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr);
                 block.backward(grad_out.get(), llama4_weights, gradients, nullptr);
             });
+            Llama4TextMoe inference(llama4_inference, T);
+            inference_ms = events.median_ms(
+                [&] { inference.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr); });
+            training_bytes = Llama4TextMoe::workspace_bytes(llama4_config, T);
+            inference_bytes = Llama4TextMoe::workspace_bytes(llama4_inference, T);
         } else {
             const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
             Qwen3MoeBlock block(qwen3_config, T);
@@ -131,6 +143,11 @@ int main(int argc, char** argv) try {
                 block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr);
                 block.backward(grad_out.get(), qwen3_weights, gradients, nullptr);
             });
+            Qwen3MoeBlock inference(qwen3_inference, T);
+            inference_ms = events.median_ms(
+                [&] { inference.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr); });
+            training_bytes = Qwen3MoeBlock::workspace_bytes(qwen3_config, T);
+            inference_bytes = Qwen3MoeBlock::workspace_bytes(qwen3_inference, T);
         }
 
         // The routed experts' GEMMs over M rows, the router's, and the shared expert's over T rows.
@@ -158,8 +175,12 @@ int main(int argc, char** argv) try {
         const double dense_forward = dense_ms(forward), dense_training = dense_forward + dense_ms(backward);
         std::printf("| %lld | forward | %.3f | %.3f | %.2f |\n", (long long)T, forward_ms, dense_forward,
                     dense_forward / forward_ms);
+        std::printf("| %lld | forward, inference block | %.3f | %.3f | %.2f |\n", (long long)T, inference_ms,
+                    dense_forward, dense_forward / inference_ms);
         std::printf("| %lld | forward+backward | %.3f | %.3f | %.2f |\n", (long long)T, training_ms, dense_training,
                     dense_training / training_ms);
+        std::printf("| %lld | workspace MiB, training / inference block | %.1f / %.1f | | |\n", (long long)T,
+                    training_bytes / 1048576.0, inference_bytes / 1048576.0);
         std::fflush(stdout);
     }
     return 0;

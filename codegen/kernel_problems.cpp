@@ -18,6 +18,7 @@ Problem gemm_pass(const Problem& forward, GemmPass pass) {
     Problem problem = forward;
     problem.op = pass == GemmPass::fwd ? Op::fwd : pass == GemmPass::dx ? Op::dx : Op::dw;
     problem.gated = forward.gated && pass == GemmPass::fwd;
+    problem.saves_preactivation = forward.saves_preactivation && pass == GemmPass::fwd;
     problem.out_fp32 = pass == GemmPass::dw_fp32;
     return problem;
 }
@@ -75,11 +76,11 @@ void KernelList::add_gemm(const Problem& forward, std::initializer_list<GemmPass
     add(check_routing_problem(forward.experts));
 }
 
-void KernelList::add_routing(int experts, int topk, DType dtype) {
+void KernelList::add_routing(int experts, int topk, DType dtype, bool backward) {
     add(router_problem(Op::route_topk, experts, topk, dtype));
     add(routing_indices_problem(Op::routing_histogram, experts));
     add(routing_indices_problem(Op::routing_indices, experts));
-    add(router_problem(Op::router_backward, experts, topk, dtype));
+    if (backward) add(router_problem(Op::router_backward, experts, topk, dtype));
 }
 
 std::vector<Problem> KernelList::for_arch(const Arch& arch) const {

@@ -19,7 +19,7 @@ enum class GemmPass { fwd, dx, dw, dw_fp32 };
 // A block's weight-gradient pass: fp32 output, or the GEMM's dtype.
 inline GemmPass dw_pass(bool fp32_output) { return fp32_output ? GemmPass::dw_fp32 : GemmPass::dw; }
 // The pass of the GroupedGemm built on `forward`: dx and dw keep the forward's flags (they
-// differentiate that GEMM) except `gated`, since they take d(gate|up).
+// differentiate that GEMM) except `gated` and `saves_preactivation`, since they take d(gate|up).
 Problem gemm_pass(const Problem& forward, GemmPass pass);
 
 // The elementwise and routing kernels, named by the call that launches them.
@@ -41,8 +41,9 @@ public:
     // The passes of the GroupedGemm over `forward` that the caller runs (a pass never called never
     // compiles), and the routing check that MOEJIT_CHECK_ROUTING runs before each of them.
     void add_gemm(const Problem& forward, std::initializer_list<GemmPass> passes);
-    // route_topk, routing_indices (two kernels) and router_backward for a router over `experts`.
-    void add_routing(int experts, int topk, DType dtype);
+    // route_topk and routing_indices (two kernels) for a router over `experts`, and with
+    // `backward` router_backward.
+    void add_routing(int experts, int topk, DType dtype, bool backward);
     // Every kernel, compiled for `arch`; throws moejit::Error naming the first invalid one.
     std::vector<Problem> for_arch(const Arch& arch) const;
 

@@ -47,6 +47,7 @@ const FlagName kFlags[] = {{"permute_x", &Problem::permute_x},
                            {"permute_y", &Problem::permute_y},
                            {"mul_post", &Problem::fuse_mul_post},
                            {"gated", &Problem::gated},
+                           {"preactivation", &Problem::saves_preactivation},
                            {"out_fp32", &Problem::out_fp32}};
 
 }  // namespace
@@ -99,6 +100,8 @@ void Problem::validate() const {
         fail("the gated activation belongs to the first GEMM (gate_up); permute_y and fuse_mul_post to the second");
     if (gated && n % 16 != 0) fail("gated needs N = 2*I with I a multiple of 8, got N = " + std::to_string(n));
     if (out_fp32 && op != Op::dw) fail("out_fp32 applies to dw only");
+    if (saves_preactivation && !(gated && op == Op::fwd))
+        fail("preactivation (gate|up saved for the backward) is an output of the gated fwd only");
     if (fuse_mul_post && op == Op::dw)
         fail("dw with fuse_mul_post is not supported: the scale is an inference fusion; scale dY by topk_weights first");
     if (is_elementwise(op) && (permute_x || permute_y || fuse_mul_post || gated))
@@ -115,7 +118,8 @@ std::string to_spec(const Problem& p) {
 
 bool Problem::*fusion_flag(std::string_view name) {
     for (const FlagName& flag : kFlags)
-        if (name == flag.name && flag.field != &Problem::out_fp32) return flag.field;
+        if (name == flag.name && flag.field != &Problem::out_fp32 && flag.field != &Problem::saves_preactivation)
+            return flag.field;
     return nullptr;
 }
 

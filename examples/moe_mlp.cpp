@@ -158,6 +158,7 @@ int main() try {
     gate_up_problem.topk = topk;
     gate_up_problem.permute_x = true;  // read x [T, H] in token order through gather_idx: no permuted copy
     gate_up_problem.gated = true;      // epilogue writes silu(gate) * up
+    gate_up_problem.saves_preactivation = true;  // and gate|up, for the backward (training)
     moejit::Problem down_problem;  // fwd, bf16: h [M, I] -> [M, H]
     down_problem.n = H;
     down_problem.k = I;

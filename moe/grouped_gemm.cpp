@@ -178,10 +178,11 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
     if (problem.permute_x || problem.permute_y || problem.fuse_mul_post)
         check_pointer(routing.gather_idx, 4, spec, "routing.gather_idx");
     if (problem.fuse_mul_post) check_pointer(routing.topk_weights, 4, spec, "routing.topk_weights");
-    if (preactivation != 0) {
-        if (!problem.gated) throw Error(spec() + ": a preactivation output needs a gated forward");
+    if (problem.saves_preactivation)
         check_pointer(preactivation, 16, spec, "preactivation");
-    }
+    else if (preactivation != 0)
+        throw Error(spec() + ": a preactivation output needs a gated forward with saves_preactivation (the "
+                             "kernel without it has no code to write one)");
     Pass::Variant& variant = pass.variant(routing.rows);
     const Kernel& kernel = pass.compile(variant);
     if (routing_checks_enabled())

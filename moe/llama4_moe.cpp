@@ -29,9 +29,12 @@ const char* const kBlock = "Llama4TextMoe";
 struct Buffers {
     RouterStage::Buffers routing;
     RoutedMlpBuffers mlp;
-    size_t unused_dots;                                        // forward scratch
-    size_t x_scaled, shared_preactivation, shared_h, shared_y;  // saved by forward
-    size_t shared_grad_h, shared_grad_gate_up, shared_grad_x, grad_x_partial;  // backward
+    size_t unused_dots;                   // forward scratch
+    size_t x_scaled, shared_h, shared_y;  // the forward's, saved for the backward
+    // Training only (kNotPlanned in an inference block): saved by forward, and the backward's.
+    size_t shared_preactivation = kNotPlanned;
+    size_t shared_grad_h = kNotPlanned, shared_grad_gate_up = kNotPlanned, shared_grad_x = kNotPlanned,
+           grad_x_partial = kNotPlanned;
     size_t total;
 };
 
@@ -41,13 +44,17 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
     const size_t bytes = element_bytes(c.dtype);
     WorkspaceLayout layout(kBlock);
     Buffers b;
-    b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
-    b.mlp = RoutedMlpBuffers::plan(layout, T, M, H, I, bytes);
+    b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens, c.training);
+    b.mlp = RoutedMlpBuffers::plan(layout, T, M, H, I, bytes, c.training);
     b.unused_dots = layout.take(M, 4);
     b.x_scaled = layout.take(M, H, bytes);
-    b.shared_preactivation = layout.take(T, 2 * Is, bytes);
     b.shared_h = layout.take(T, Is, bytes);
     b.shared_y = layout.take(T, H, bytes);
+    if (!c.training) {
+        b.total = layout.size();
+        return b;
+    }
+    b.shared_preactivation = layout.take(T, 2 * Is, bytes);
     b.shared_grad_h = layout.take(T, Is, bytes);
     b.shared_grad_gate_up = layout.take(T, 2 * Is, bytes);
     b.shared_grad_x = layout.take(T, H, bytes);
@@ -72,6 +79,7 @@ Gemms gemms(const Llama4MoeConfig& c) {
     Gemms g;
     g.gate_up = expert_gemm(c.dtype, 2 * c.intermediate, c.hidden, c.experts, c.topk);
     g.gate_up.gated = true;
+    g.gate_up.saves_preactivation = c.training;
     g.gate_up_dx = g.gate_up;
     g.gate_up_dx.permute_x = true;
     g.down = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
@@ -79,6 +87,7 @@ Gemms gemms(const Llama4MoeConfig& c) {
     g.down_backward = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
     g.shared_gate_up = expert_gemm(c.dtype, 2 * c.shared(), c.hidden, 1, 1);
     g.shared_gate_up.gated = true;
+    g.shared_gate_up.saves_preactivation = c.training;
     g.shared_down = expert_gemm(c.dtype, c.hidden, c.shared(), 1, 1);
     return g;
 }
@@ -87,9 +96,17 @@ Gemms gemms(const Llama4MoeConfig& c) {
 KernelList block_kernels(const Llama4MoeConfig& c) {
     const Gemms g = gemms(c);
     KernelList list;
-    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
-    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.fp32_weight_gradients);
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.training, c.fp32_weight_gradients);
     list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));  // the scaled input, and in backward d(score)
+    if (!c.training) {
+        list.add_gemm(g.gate_up, {GemmPass::fwd});
+        list.add_gemm(g.down, {GemmPass::fwd});
+        list.add_gemm(g.shared_gate_up, {GemmPass::fwd});
+        list.add_gemm(g.shared_down, {GemmPass::fwd});
+        list.add(combine_problem(c.dtype, c.hidden, c.topk));
+        return list;
+    }
+    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
     list.add_gemm(g.gate_up, {GemmPass::fwd, dw});
     list.add_gemm(g.down, {GemmPass::fwd});
     list.add_gemm(g.shared_gate_up, {GemmPass::fwd, GemmPass::dx, dw});
@@ -155,7 +172,7 @@ struct Llama4TextMoe::State {
           shared_gate_up(gemms(c).shared_gate_up),
           shared_down(gemms(c).shared_down) {}
 
-    CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
+    CUdeviceptr at(size_t offset) const { return workspace_at(workspace.pointer(), offset, kBlock); }
 };
 
 size_t Llama4TextMoe::workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens) {
@@ -201,10 +218,12 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
     // y_slots is only read for them and is overwritten below).
     combine_backward(c.dtype, c.hidden, c.topk, hidden, s.at(b.mlp.y_slots), routing.gather_idx, routing.topk_weights,
                      s.at(b.x_scaled), s.at(b.unused_dots), routing.rows, stream);
-    s.gate_up.forward(s.at(b.x_scaled), weights.gate_up, s.at(b.mlp.h), routing, stream, s.at(b.mlp.preactivation));
+    // The gate|up values only a training block's backward reads.
+    const auto saved = [&](size_t offset) { return c.training ? s.at(offset) : CUdeviceptr{0}; };
+    s.gate_up.forward(s.at(b.x_scaled), weights.gate_up, s.at(b.mlp.h), routing, stream, saved(b.mlp.preactivation));
     s.down.forward(s.at(b.mlp.h), weights.down, s.at(b.mlp.y_slots), routing, stream);
     s.shared_gate_up.forward(hidden, weights.shared_gate_up, s.at(b.shared_h), dense, stream,
-                             s.at(b.shared_preactivation));
+                             saved(b.shared_preactivation));
     s.shared_down.forward(s.at(b.shared_h), weights.shared_down, s.at(b.shared_y), dense, stream);
     combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.y_slots), output, tokens, stream, 0, s.at(b.shared_y));
     s.hidden = hidden;
@@ -216,6 +235,7 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
                              const Llama4MoeGradients& gradients, CUstream stream) {
     State& s = *state_;
     const Llama4MoeConfig& c = s.config;
+    if (!c.training) throw Error("Llama4TextMoe::backward: the block was built for inference (config.training = false)");
     if (s.tokens < 0) throw Error("Llama4TextMoe::backward needs a forward that succeeded first");
     check_weights("Llama4TextMoe::backward", weights);
     check_block_pointers("Llama4TextMoe::backward", {{"grad_output", grad_output},

@@ -32,6 +32,7 @@ Gemms gemms(const Qwen3MoeConfig& c) {
     g.gate_up = expert_gemm(c.dtype, 2 * c.moe_intermediate, c.hidden, c.experts, c.topk);
     g.gate_up.permute_x = true;
     g.gate_up.gated = true;
+    g.gate_up.saves_preactivation = c.training;
     g.down = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
     g.down.permute_y = true;
     g.down_backward = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
@@ -42,8 +43,14 @@ Gemms gemms(const Qwen3MoeConfig& c) {
 KernelList block_kernels(const Qwen3MoeConfig& c) {
     const Gemms g = gemms(c);
     KernelList list;
+    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.training, c.fp32_weight_gradients);
+    if (!c.training) {
+        list.add_gemm(g.gate_up, {GemmPass::fwd});
+        list.add_gemm(g.down, {GemmPass::fwd});
+        list.add(combine_problem(c.dtype, c.hidden, c.topk));
+        return list;
+    }
     const GemmPass dw = dw_pass(c.fp32_weight_gradients);
-    RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.fp32_weight_gradients);
     list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dx, dw});
     list.add_gemm(g.down, {GemmPass::fwd});
     list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
@@ -84,8 +91,8 @@ Buffers plan(const Qwen3MoeConfig& c, int64_t tokens) {
     const size_t H = size_t(c.hidden), I = size_t(c.moe_intermediate), bytes = element_bytes(c.dtype);
     WorkspaceLayout layout(kBlock);
     Buffers b;
-    b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens);
-    b.mlp = RoutedMlpBuffers::plan(layout, T, M, H, I, bytes);
+    b.routing = RouterStage::plan(layout, c.dtype, c.experts, c.topk, tokens, c.training);
+    b.mlp = RoutedMlpBuffers::plan(layout, T, M, H, I, bytes, c.training);
     b.total = layout.size();
     return b;
 }
@@ -113,7 +120,7 @@ struct Qwen3MoeBlock::State {
           down(gemms(c).down),
           down_backward(gemms(c).down_backward) {}
 
-    CUdeviceptr at(size_t offset) const { return workspace.pointer() + offset; }
+    CUdeviceptr at(size_t offset) const { return workspace_at(workspace.pointer(), offset, kBlock); }
 };
 
 size_t Qwen3MoeBlock::workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens) {
@@ -154,7 +161,8 @@ void Qwen3MoeBlock::forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, 
     const Buffers& b = s.buffers;
     s.router.forward(hidden, weights.router, router_logits, tokens, stream);
     const Routing routing = s.router.routing(tokens);
-    s.gate_up.forward(hidden, weights.gate_up, s.at(b.mlp.h), routing, stream, s.at(b.mlp.preactivation));
+    const CUdeviceptr preactivation = c.training ? s.at(b.mlp.preactivation) : 0;
+    s.gate_up.forward(hidden, weights.gate_up, s.at(b.mlp.h), routing, stream, preactivation);
     s.down.forward(s.at(b.mlp.h), weights.down, s.at(b.mlp.y_slots), routing, stream);
     combine_topk(c.dtype, c.hidden, c.topk, s.at(b.mlp.y_slots), output, tokens, stream, routing.topk_weights);
     s.hidden = hidden;
@@ -166,6 +174,7 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
                              const Qwen3MoeGradients& gradients, CUstream stream) {
     State& s = *state_;
     const Qwen3MoeConfig& c = s.config;
+    if (!c.training) throw Error("Qwen3MoeBlock::backward: the block was built for inference (config.training = false)");
     if (s.tokens < 0) throw Error("Qwen3MoeBlock::backward needs a forward that succeeded first");
     check_weights("Qwen3MoeBlock::backward", weights);
     check_block_pointers("Qwen3MoeBlock::backward", {{"grad_output", grad_output},

@@ -15,7 +15,7 @@ Problem router_gemm(DType dtype, int64_t hidden, const RouterConfig& router) {
 }  // namespace
 
 RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int experts, int topk,
-                                       int64_t max_tokens) {
+                                       int64_t max_tokens, bool training) {
     const size_t T = size_t(max_tokens), M = T * size_t(topk), E = size_t(experts);
     Buffers b;
     b.router_rows = layout.take(4);
@@ -27,7 +27,7 @@ RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int
     b.errors = layout.take(4);
     b.scratch_bytes = routing_workspace_bytes(experts, max_tokens, topk);
     b.scratch = layout.take(b.scratch_bytes);
-    b.grad_logits = layout.take(T, E, element_bytes(dtype));
+    b.grad_logits = training ? layout.take(T, E, element_bytes(dtype)) : kNotPlanned;
     return b;
 }
 
@@ -48,9 +48,12 @@ void RouterStage::validate(const RouterConfig& router, const char* block) {
 }
 
 void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router,
-                              bool fp32_weight_gradient) {
-    list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, dw_pass(fp32_weight_gradient)});
-    list.add_routing(router.experts, router.topk, dtype);
+                              bool training, bool fp32_weight_gradient) {
+    if (training)
+        list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, dw_pass(fp32_weight_gradient)});
+    else
+        list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd});
+    list.add_routing(router.experts, router.topk, dtype, training);
 }
 
 void RouterStage::forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,

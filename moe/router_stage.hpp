@@ -18,15 +18,17 @@ public:
         size_t router_rows, topk_ids, topk_weights, m_sizes, gather_idx, scatter_idx, errors, scratch, grad_logits;
         size_t scratch_bytes;
     };
-    static Buffers plan(WorkspaceLayout& layout, DType dtype, int experts, int topk, int64_t max_tokens);
+    // Without `training` (a block built for inference), backward's buffer is not planned.
+    static Buffers plan(WorkspaceLayout& layout, DType dtype, int experts, int topk, int64_t max_tokens,
+                        bool training);
 
     // Throws moejit::Error, naming `block`, unless the stage can run `router`: the routing kernels'
     // limits, and experts a multiple of 8 (the router GEMM's N). Blocks call it before they touch
     // the device; the constructor does not repeat it.
     static void validate(const RouterConfig& router, const char* block);
-    // Adds every kernel forward() and backward() launch.
-    // fp32_weight_gradient: dW in fp32, else in `dtype`.
-    static void add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router,
+    // Adds every kernel forward() launches, and with `training` every kernel backward() does
+    // (fp32_weight_gradient: dW in fp32, else in `dtype`).
+    static void add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router, bool training,
                             bool fp32_weight_gradient);
 
     // `workspace`: the block's workspace, which `buffers` index.
@@ -48,7 +50,7 @@ public:
     void check_errors(CUstream stream) const;
 
 private:
-    CUdeviceptr at(size_t offset) const { return workspace_ + offset; }
+    CUdeviceptr at(size_t offset) const { return workspace_at(workspace_, offset, "MoE block router"); }
 
     DType dtype_;
     RouterConfig config_;

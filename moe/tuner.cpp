@@ -25,6 +25,7 @@ constexpr int kInputSets = 3;  // activations rotate among these; weights are fa
 
 struct Inputs {
     DeviceBuffer x[kInputSets], dy[kInputSets], w, y, dx, dw;
+    DeviceBuffer preactivation;  // for a forward that saves it (empty otherwise)
     DeviceBuffer m_sizes, gather_idx, topk_weights;
     Routing routing;
 };
@@ -41,6 +42,7 @@ Inputs make_inputs(const Problem& forward, int64_t tokens) {
     }
     inputs.w = DeviceBuffer::from(random_halves(forward.dtype, size_t(forward.experts) * forward.n * forward.k, 30));
     inputs.y = DeviceBuffer(size_t(rows) * forward.n * 2);  // a gated forward writes half of it
+    if (forward.saves_preactivation) inputs.preactivation = DeviceBuffer(size_t(rows) * forward.n * 2);
     inputs.dx = DeviceBuffer(size_t(rows) * forward.k * 2);
     inputs.dw = DeviceBuffer(size_t(forward.experts) * forward.n * forward.k * 4);
     inputs.m_sizes = DeviceBuffer::from(synthetic.m_sizes);
@@ -53,7 +55,7 @@ Inputs make_inputs(const Problem& forward, int64_t tokens) {
 // Whether make_inputs gives `a` and `b` alike, so that they can share one set.
 bool same_inputs(const Problem& a, const Problem& b) {
     return a.dtype == b.dtype && a.n == b.n && a.k == b.k && a.experts == b.experts && a.topk == b.topk &&
-           a.permute_x == b.permute_x;
+           a.permute_x == b.permute_x && a.saves_preactivation == b.saves_preactivation;
 }
 
 GemmPass gemm_pass_of(const Problem& pass) {
@@ -65,8 +67,9 @@ GemmPass gemm_pass_of(const Problem& pass) {
     }
 }
 
-// The forward of the GroupedGemm that runs `pass`. dx and dw never carry `gated` (gemm_pass drops
-// it), so a forward without it runs them alike; anything gemm_pass could not have built is refused.
+// The forward of the GroupedGemm that runs `pass`. dx and dw never carry `gated` or
+// `saves_preactivation` (gemm_pass drops them), so a forward without them runs them alike; anything
+// gemm_pass could not have built is refused.
 Problem forward_of(const Problem& pass) {
     Problem forward = pass;
     forward.op = Op::fwd;
@@ -81,7 +84,9 @@ double time_pass(const GroupedGemm& gemm, GemmPass pass, Inputs& in, EventTimer&
     return timer.median_ms([&](int call) {
         const int set = call % kInputSets;
         switch (pass) {
-            case GemmPass::fwd: gemm.forward(in.x[set].get(), in.w.get(), in.y.get(), in.routing, nullptr); break;
+            case GemmPass::fwd:
+                gemm.forward(in.x[set].get(), in.w.get(), in.y.get(), in.routing, nullptr, in.preactivation.get());
+                break;
             case GemmPass::dx: gemm.dx(in.dy[set].get(), in.w.get(), in.dx.get(), in.routing, nullptr); break;
             case GemmPass::dw:
             case GemmPass::dw_fp32:

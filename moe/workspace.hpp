@@ -47,19 +47,34 @@ private:
     size_t size_ = 0;
 };
 
-// What both blocks keep of their routed experts' gated MLP, for M routed rows of T tokens (hidden
-// H, intermediate I, `bytes` an element): saved by the forward for the backward, and the
-// backward's own.
-struct RoutedMlpBuffers {
-    size_t preactivation, h, y_slots;                                 // saved by forward
-    size_t grad_y, grad_weights, grad_h, grad_gate_up, grad_x_slots;  // backward
-    size_t router_grad_x;                                             // backward: the router's share of dX
+// The offset of a buffer that a block built for inference (training = false) does not plan: those
+// that only its backward, which refuses, would read or write. Blocks::at throws on it.
+constexpr size_t kNotPlanned = SIZE_MAX;
 
-    static RoutedMlpBuffers plan(WorkspaceLayout& layout, size_t T, size_t M, size_t H, size_t I, size_t bytes) {
+// A block's workspace address of `offset`.
+inline CUdeviceptr workspace_at(CUdeviceptr workspace, size_t offset, const char* block) {
+    if (offset == kNotPlanned)
+        throw Error(std::string(block) + ": internal error: a training buffer used by a block built for inference");
+    return workspace + offset;
+}
+
+// What both blocks keep of their routed experts' gated MLP, for M routed rows of T tokens (hidden
+// H, intermediate I, `bytes` an element): the forward's, saved for the backward, and the
+// backward's own. Without `training` only the forward's own (h, y_slots).
+struct RoutedMlpBuffers {
+    size_t h = kNotPlanned, y_slots = kNotPlanned;  // forward
+    size_t preactivation = kNotPlanned;             // training: saved by forward
+    size_t grad_y = kNotPlanned, grad_weights = kNotPlanned, grad_h = kNotPlanned, grad_gate_up = kNotPlanned,
+           grad_x_slots = kNotPlanned;     // backward
+    size_t router_grad_x = kNotPlanned;    // backward: the router's share of dX
+
+    static RoutedMlpBuffers plan(WorkspaceLayout& layout, size_t T, size_t M, size_t H, size_t I, size_t bytes,
+                                 bool training) {
         RoutedMlpBuffers b;
-        b.preactivation = layout.take(M, 2 * I, bytes);
         b.h = layout.take(M, I, bytes);
         b.y_slots = layout.take(M, H, bytes);
+        if (!training) return b;
+        b.preactivation = layout.take(M, 2 * I, bytes);
         b.grad_y = layout.take(M, H, bytes);
         b.grad_weights = layout.take(M, 4);
         b.grad_h = layout.take(M, I, bytes);

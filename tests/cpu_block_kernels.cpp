@@ -47,8 +47,9 @@ TEST_CASE("Qwen3MoeBlock::kernels names each kernel forward and backward launch,
         "routing_histogram:bf16:n8:k8:e16:topk1:sm_90a",
         "routing_indices:bf16:n8:k8:e16:topk1:sm_90a",
         "router_backward:bf16:n8:k8:e16:topk4:sm_90a",
-        // gate_up gathers token rows with the gated activation; its dX and dW (fp32) drop `gated`
-        "fwd:bf16:n256:k256:e16:topk4:permute_x:gated:sm_90a",
+        // gate_up gathers token rows with the gated activation, saving gate|up for the backward;
+        // its dX and dW (fp32) drop `gated` and the preactivation
+        "fwd:bf16:n256:k256:e16:topk4:permute_x:gated:preactivation:sm_90a",
         "dx:bf16:n256:k256:e16:topk4:permute_x:sm_90a",
         "dw:bf16:n256:k256:e16:topk4:permute_x:out_fp32:sm_90a",
         // down scatters unscaled rows (the combine weights them): no mul_post; its backward has no fusions
@@ -93,14 +94,14 @@ TEST_CASE("Llama4TextMoe::kernels names each kernel forward and backward launch,
         // the score-scaled input (forward) and d(score) (backward)
         "combine_backward:bf16:n256:k256:e1:topk1:sm_90a",
         // gate_up on the scaled input in expert order: fwd and dW; its dX gathers (permute_x)
-        "fwd:bf16:n256:k256:e16:topk1:gated:sm_90a",
+        "fwd:bf16:n256:k256:e16:topk1:gated:preactivation:sm_90a",
         "dw:bf16:n256:k256:e16:topk1:out_fp32:sm_90a",
         "dx:bf16:n256:k256:e16:topk1:permute_x:sm_90a",
         "fwd:bf16:n256:k128:e16:topk1:permute_y:sm_90a",
         "dx:bf16:n256:k128:e16:topk1:sm_90a",
         "dw:bf16:n256:k128:e16:topk1:out_fp32:sm_90a",
         // the shared expert: dense GEMMs of one "expert", Is = 64
-        "fwd:bf16:n128:k256:e1:topk1:gated:sm_90a",
+        "fwd:bf16:n128:k256:e1:topk1:gated:preactivation:sm_90a",
         "dx:bf16:n128:k256:e1:topk1:sm_90a",
         "dw:bf16:n128:k256:e1:topk1:out_fp32:sm_90a",
         "fwd:bf16:n256:k64:e1:topk1:sm_90a",
@@ -185,7 +186,7 @@ TEST_CASE("model_kernels: presets with no block get every GroupedGemm pass of an
         "routing_histogram:bf16:n8:k8:e8:topk1:sm_90a",
         "routing_indices:bf16:n8:k8:e8:topk1:sm_90a",
         "router_backward:bf16:n8:k8:e8:topk2:sm_90a",
-        "fwd:bf16:n28672:k4096:e8:topk2:permute_x:gated:sm_90a",
+        "fwd:bf16:n28672:k4096:e8:topk2:permute_x:gated:preactivation:sm_90a",
         "dx:bf16:n28672:k4096:e8:topk2:permute_x:sm_90a",
         "dw:bf16:n28672:k4096:e8:topk2:permute_x:sm_90a",
         "dw:bf16:n28672:k4096:e8:topk2:permute_x:out_fp32:sm_90a",
@@ -202,10 +203,102 @@ TEST_CASE("model_kernels: presets with no block get every GroupedGemm pass of an
         "check_routing:bf16:n8:k8:e8:topk1:sm_90a",
     };
     CHECK(specs == expected);
-    // The passes agree with the ones `moejit source --model ... --pass` names.
+    // The passes agree with the ones `moejit source --model ... --pass` names, whose gated forward
+    // is the inference kernel (it saves no preactivation: the training one adds the output).
     for (Op op : model_passes())
-        for (ModelGemm gemm : model_gemms())
-            CHECK(specs.count(to_spec(model_gemm(find_model("mixtral-8x7b"), gemm, op, DType::bf16, kHopper))) == 1);
+        for (ModelGemm gemm : model_gemms()) {
+            Problem problem = model_gemm(find_model("mixtral-8x7b"), gemm, op, DType::bf16, kHopper);
+            CHECK(!problem.saves_preactivation);
+            problem.saves_preactivation = problem.gated;
+            CHECK(specs.count(to_spec(problem)) == 1);
+        }
+
+    // For inference: the forward alone, the gated GEMM saving nothing.
+    const std::set<std::string> inference =
+        specs_of(model_kernels(find_model("mixtral-8x7b"), kHopper, DType::bf16, LayerOptions{false, true}));
+    CHECK(inference == std::set<std::string>{
+                           "route_topk:bf16:n8:k8:e8:topk2:sm_90a",
+                           "routing_histogram:bf16:n8:k8:e8:topk1:sm_90a",
+                           "routing_indices:bf16:n8:k8:e8:topk1:sm_90a",
+                           "fwd:bf16:n28672:k4096:e8:topk2:permute_x:gated:sm_90a",
+                           "fwd:bf16:n4096:k14336:e8:topk2:permute_y:mul_post:sm_90a",
+                           "combine:bf16:n4096:k4096:e2:topk2:sm_90a",
+                           "check_routing:bf16:n8:k8:e8:topk1:sm_90a",
+                       });
+}
+
+TEST_CASE("Blocks built for inference compile their forward's kernels only, the gated GEMMs saving nothing",
+          "[cpu][blocks]") {
+    // The training list's forward kernels (what forward() launches), with the gated forwards
+    // replaced by the ones without the preactivation output.
+    auto forward_only = [](const std::vector<Problem>& training_list, bool llama4) {
+        std::set<std::string> specs;
+        for (Problem problem : training_list) {
+            const bool forward = problem.op == Op::fwd || problem.op == Op::route_topk ||
+                                 problem.op == Op::routing_histogram || problem.op == Op::routing_indices ||
+                                 problem.op == Op::check_routing || (problem.op == Op::combine && problem.topk > 1) ||
+                                 (llama4 && problem.op == Op::combine_backward);  // the scaled input
+            if (!forward) continue;
+            CHECK(problem.saves_preactivation == problem.gated);
+            problem.saves_preactivation = false;
+            specs.insert(to_spec(problem));
+        }
+        return specs;
+    };
+    Qwen3MoeConfig qwen3{256, 128, 16, 4, true, DType::bf16};
+    const std::set<std::string> qwen3_forward = forward_only(Qwen3MoeBlock::kernels(qwen3, kHopper), false);
+    qwen3.training = false;
+    const std::vector<Problem> qwen3_kernels = Qwen3MoeBlock::kernels(qwen3, kHopper);
+    CHECK(specs_of(qwen3_kernels) == qwen3_forward);
+    CHECK(qwen3_kernels.size() == 9);  // router GEMM, 3 routing, gate_up, down, combine, 2 routing checks
+    CHECK(specs_of(qwen3_kernels).count("fwd:bf16:n256:k256:e16:topk4:permute_x:gated:sm_90a") == 1);
+
+    Llama4MoeConfig llama4{256, 128, 64, 16, 2, DType::bf16};
+    const std::set<std::string> llama4_forward = forward_only(Llama4TextMoe::kernels(llama4, kHopper), true);
+    llama4.training = false;
+    const std::vector<Problem> llama4_kernels = Llama4TextMoe::kernels(llama4, kHopper);
+    CHECK(specs_of(llama4_kernels) == llama4_forward);
+    CHECK(specs_of(llama4_kernels).count("fwd:bf16:n256:k256:e16:topk2:gated:sm_90a") == 1);
+    CHECK(specs_of(llama4_kernels).count("fwd:bf16:n128:k256:e1:topk1:gated:sm_90a") == 1);
+    CHECK(specs_of(llama4_kernels).count("combine:bf16:n256:k256:e2:topk2:sm_90a") == 1);
+
+    // model_kernels and model_grouped_gemms follow the option.
+    for (const ModelPreset& model : model_presets()) {
+        INFO(model.name);
+        const LayerOptions inference{false, true};
+        const std::vector<Problem> kernels = model_kernels(model, kHopper, DType::bf16, inference);
+        if (model.block == ModelBlock::qwen3)
+            CHECK(kernels == Qwen3MoeBlock::kernels(qwen3_moe_config(model, DType::bf16, inference), kHopper));
+        if (model.block == ModelBlock::llama4)
+            CHECK(kernels == Llama4TextMoe::kernels(llama4_moe_config(model, DType::bf16, inference), kHopper));
+        for (const Problem& problem : model_grouped_gemms(model, kHopper, DType::bf16, inference)) {
+            CHECK(problem.op == Op::fwd);
+            CHECK(!problem.saves_preactivation);
+        }
+    }
+}
+
+TEST_CASE("A block built for inference plans the forward's buffers only", "[cpu][blocks]") {
+    // T = 64 tokens, M = 256 routed rows, H = 256, I = 128, E = 16, bf16: every buffer below is a
+    // multiple of 256 bytes, so the layout's rounding adds nothing. The training block's own:
+    // router d(logits) T*E*2; preactivation and d(gate|up) M*2I*2 each; d(y), d(x) slots M*H*2 each;
+    // d(topk weights) M*4; d(h) M*I*2; the router's dX T*H*2.
+    const size_t T = 64, M = 256, H = 256, I = 128, E = 16;
+    const size_t qwen3_training_only = T * E * 2 + 2 * (M * 2 * I * 2) + 2 * (M * H * 2) + M * 4 + M * I * 2 + T * H * 2;
+    Qwen3MoeConfig qwen3{256, 128, 16, 4, true, DType::bf16};
+    const size_t qwen3_training = Qwen3MoeBlock::workspace_bytes(qwen3, 64);
+    qwen3.training = false;
+    CHECK(Qwen3MoeBlock::workspace_bytes(qwen3, 64) == qwen3_training - qwen3_training_only);
+
+    // Llama4 (topk 4, shared Is = 64) adds the shared expert's preactivation T*2Is*2, d(h) T*Is*2,
+    // d(gate|up) T*2Is*2, d(x) T*H*2 and dHidden's partial sum T*H*2.
+    const size_t Is = 64;
+    const size_t llama4_training_only =
+        qwen3_training_only + T * 2 * Is * 2 + T * Is * 2 + T * 2 * Is * 2 + 2 * (T * H * 2);
+    Llama4MoeConfig llama4{256, 128, 64, 16, 4, DType::bf16};
+    const size_t llama4_training = Llama4TextMoe::workspace_bytes(llama4, 64);
+    llama4.training = false;
+    CHECK(Llama4TextMoe::workspace_bytes(llama4, 64) == llama4_training - llama4_training_only);
 }
 
 TEST_CASE("gemm_pass derives dX and dW the way GroupedGemm documents", "[cpu][blocks]") {
@@ -213,6 +306,9 @@ TEST_CASE("gemm_pass derives dX and dW the way GroupedGemm documents", "[cpu][bl
     forward.permute_x = true;
     forward.gated = true;
     CHECK(to_spec(gemm_pass(forward, GemmPass::fwd)) == "fwd:bf16:n256:k128:e16:topk4:permute_x:gated:sm_90a");
+    forward.saves_preactivation = true;
+    CHECK(to_spec(gemm_pass(forward, GemmPass::fwd)) ==
+          "fwd:bf16:n256:k128:e16:topk4:permute_x:gated:preactivation:sm_90a");
     CHECK(to_spec(gemm_pass(forward, GemmPass::dx)) == "dx:bf16:n256:k128:e16:topk4:permute_x:sm_90a");
     CHECK(to_spec(gemm_pass(forward, GemmPass::dw)) == "dw:bf16:n256:k128:e16:topk4:permute_x:sm_90a");
     CHECK(to_spec(gemm_pass(forward, GemmPass::dw_fp32)) == "dw:bf16:n256:k128:e16:topk4:permute_x:out_fp32:sm_90a");
@@ -326,7 +422,7 @@ TEST_CASE("model_grouped_gemms: `moejit tune` times the grouped GEMMs the layer 
         "fwd:bf16:n128:k2048:e1:topk1:sm_90a",  // the router GEMM
         "dx:bf16:n128:k2048:e1:topk1:sm_90a",
         "dw:bf16:n128:k2048:e1:topk1:out_fp32:sm_90a",
-        "fwd:bf16:n1536:k2048:e128:topk8:permute_x:gated:sm_90a",
+        "fwd:bf16:n1536:k2048:e128:topk8:permute_x:gated:preactivation:sm_90a",
         "dx:bf16:n1536:k2048:e128:topk8:permute_x:sm_90a",
         "dw:bf16:n1536:k2048:e128:topk8:permute_x:out_fp32:sm_90a",
         "fwd:bf16:n2048:k768:e128:topk8:permute_y:sm_90a",  // unscaled: the combine applies the weights

@@ -105,12 +105,21 @@ TEST_CASE("moejit bench and tune refuse more routed rows than int32 indexes, bef
     CHECK(mentions(within.err, "--pass must be fwd, dx or dw, got 'bogus'"));
 }
 
-TEST_CASE("moejit tune and precompile take --weight-grads fp32 or dtype and say so otherwise", "[cpu][cli]") {
+TEST_CASE("moejit tune and precompile take --weight-grads fp32 or dtype, or --inference, and say so otherwise",
+          "[cpu][cli]") {
     for (const char* command : {"tune", "precompile"}) {
         const ProcessResult bad = run_cli({command, "--model", "qwen3-30b-a3b", "--weight-grads", "bf16"});
         INFO(command << ": " << bad.err);
         CHECK(bad.status == 1);
         CHECK(mentions(bad.err, "bad --weight-grads 'bf16': expected fp32 or dtype"));
+        // --inference compiles or tunes the forward alone: weight gradients do not apply.
+        const ProcessResult both =
+            run_cli({command, "--model", "qwen3-30b-a3b", "--inference", "--weight-grads", "dtype"});
+        CHECK(both.status == 1);
+        CHECK(mentions(both.err, "--weight-grads is an option of training: not with --inference"));
+        const ProcessResult valued = run_cli({command, "--model", "qwen3-30b-a3b", "--inference=yes"});
+        CHECK(valued.status == 1);
+        CHECK(mentions(valued.err, "--inference takes no value"));
     }
 }
 

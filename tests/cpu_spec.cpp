@@ -139,3 +139,23 @@ TEST_CASE("a dtype, op or arch cast from an integer outside its values is reject
         CHECK_NOTHROW(problem.validate());
     }
 }
+
+TEST_CASE("preactivation is an output of the gated forward only, and a key of its own", "[cpu][spec]") {
+    const std::string training = "fwd:bf16:n256:k128:e16:topk4:permute_x:gated:preactivation:sm_90a";
+    const Problem problem = parse_spec(training);
+    CHECK(problem.saves_preactivation);
+    CHECK(to_spec(problem) == training);
+    Problem inference = problem;
+    inference.saves_preactivation = false;
+    CHECK(inference != problem);  // two kernels, two cache keys
+    CHECK(to_spec(inference) == "fwd:bf16:n256:k128:e16:topk4:permute_x:gated:sm_90a");
+
+    const std::string why = "is an output of the gated fwd only";
+    CHECK(mentions(spec_error("fwd:bf16:n256:k128:e16:topk4:permute_x:preactivation:sm_90a"), why));
+    CHECK(mentions(spec_error("dx:bf16:n256:k128:e16:topk4:gated:preactivation:sm_90a"), why));
+    CHECK(mentions(spec_error("dw:bf16:n256:k128:e16:topk4:preactivation:sm_90a"), why));
+    CHECK(mentions(spec_error(training.substr(0, training.size() - 7) + ":preactivation:sm_90a"), "given twice"));
+    // An output option like out_fp32, not a fusion that `moejit bench --fusions` varies.
+    CHECK(fusion_flag("preactivation") == nullptr);
+    CHECK(fusion_flag("gated") == &Problem::gated);
+}

@@ -1,7 +1,8 @@
 // The kernel lists `moejit precompile` compiles are the kernels the MoE blocks launch: each block
 // runs forward and backward (with MOEJIT_CHECK_ROUTING on, for its kernels too) in a child process
 // whose only cache is a read-only root holding its list, Qwen3MoeBlock::kernels or
-// Llama4TextMoe::kernels, in the tilings of the token counts it runs. A call site that built its
+// Llama4TextMoe::kernels, in the tilings of the token counts it runs; the same for the blocks built
+// for inference, which run the forward alone. A call site that built its
 // Problem otherwise, or a kernel missing from a list, would be JIT-compiled there: logged and
 // stored in the child's empty writable root. And prepare() compiles all of them ahead of the calls.
 #include "tests/catch.hpp"
@@ -42,8 +43,25 @@ const char* const kChildVariable = "BLOCK_KERNELS_CHILD";  // which block the ch
 const char* const kPrepareVariable = "BLOCK_KERNELS_PREPARE";  // set: the child calls prepare() first
 const char* const kPreparedMarker = "block child prepared";      // on stderr, between the logged compiles
 
+// The blocks the tests run: "qwen3" and "llama4", and with "-inference" the same built for
+// inference (training = false: forward only).
+const char* const kBlocks[] = {"qwen3", "llama4", "qwen3-inference", "llama4-inference"};
+bool is_llama4(const std::string& block) { return block.rfind("llama4", 0) == 0; }
+bool is_inference(const std::string& block) { return block.find("-inference") != std::string::npos; }
+Qwen3MoeConfig qwen3_config(const std::string& block) {
+    Qwen3MoeConfig config = kQwen3;
+    config.training = !is_inference(block);
+    return config;
+}
+Llama4MoeConfig llama4_config(const std::string& block) {
+    Llama4MoeConfig config = kLlama4;
+    config.training = !is_inference(block);
+    return config;
+}
+
 std::vector<Problem> block_kernels(const std::string& block, const Arch& arch) {
-    return block == "llama4" ? Llama4TextMoe::kernels(kLlama4, arch) : Qwen3MoeBlock::kernels(kQwen3, arch);
+    return is_llama4(block) ? Llama4TextMoe::kernels(llama4_config(block), arch)
+                            : Qwen3MoeBlock::kernels(qwen3_config(block), arch);
 }
 
 size_t entries_under(const std::string& dir) {
@@ -65,7 +83,7 @@ DeviceBuffer random_bf16(size_t count, unsigned seed, float scale) {
 
 TEST_CASE("the MoE blocks launch only the kernels of their lists", "[gpu][blocks]") {
     const Arch arch = current_device().arch;
-    for (const std::string block : {"qwen3", "llama4"}) {
+    for (const std::string block : kBlocks) {
         INFO(block);
         TempDir precompiled, writable;
         Compiler compiler(DiskCache(precompiled.path, {}));
@@ -87,7 +105,7 @@ TEST_CASE("the MoE blocks launch only the kernels of their lists", "[gpu][blocks
 }
 
 TEST_CASE("a block's prepare() compiles every kernel its calls launch, before them", "[gpu][blocks]") {
-    for (const std::string block : {"qwen3", "llama4"}) {
+    for (const std::string block : kBlocks) {
         INFO(block);
         TempDir cache;
         const ProcessResult child = run_child_tests(
@@ -120,7 +138,7 @@ TEST_CASE("a block's prepare() compiles every kernel its calls launch, before th
 TEST_CASE("block child runs forward and backward", "[.][block-child]") {
     const char* block = std::getenv(kChildVariable);
     REQUIRE(block != nullptr);
-    const bool llama4 = std::string(block) == "llama4";
+    const bool llama4 = is_llama4(block), training = !is_inference(block);
     const bool prepare = std::getenv(kPrepareVariable) != nullptr;
     const int64_t H = 256, I = 128, Is = 64, E = 16, T = kMaxTokens;
     DeviceBuffer hidden = random_bf16(T * H, 1, 1.0f), grad_output = random_bf16(T * H, 2, 1.0f);
@@ -131,7 +149,7 @@ TEST_CASE("block child runs forward and backward", "[.][block-child]") {
     DeviceBuffer grad_gate_up(E * 2 * I * H * 4), grad_down(E * H * I * 4);
     DeviceBuffer grad_shared_gate_up(2 * Is * H * 4), grad_shared_down(H * Is * 4);
     if (llama4) {
-        Llama4TextMoe moe(kLlama4, kMaxTokens);
+        Llama4TextMoe moe(llama4_config(block), kMaxTokens);
         const Llama4MoeWeights weights{router.get(), gate_up.get(), down.get(), shared_gate_up.get(), shared_down.get()};
         const Llama4MoeGradients gradients{grad_hidden.get(),  grad_router.get(),         grad_gate_up.get(),
                                            grad_down.get(),    grad_shared_gate_up.get(), grad_shared_down.get()};
@@ -141,10 +159,10 @@ TEST_CASE("block child runs forward and backward", "[.][block-child]") {
         }
         for (int64_t tokens : kTokenCounts) {
             moe.forward(hidden.get(), weights, output.get(), logits.get(), tokens, nullptr);
-            moe.backward(grad_output.get(), weights, gradients, nullptr);
+            if (training) moe.backward(grad_output.get(), weights, gradients, nullptr);
         }
     } else {
-        Qwen3MoeBlock moe(kQwen3, kMaxTokens);
+        Qwen3MoeBlock moe(qwen3_config(block), kMaxTokens);
         const Qwen3MoeWeights weights{router.get(), gate_up.get(), down.get()};
         const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
         if (prepare) {
@@ -153,7 +171,7 @@ TEST_CASE("block child runs forward and backward", "[.][block-child]") {
         }
         for (int64_t tokens : kTokenCounts) {
             moe.forward(hidden.get(), weights, output.get(), logits.get(), tokens, nullptr);
-            moe.backward(grad_output.get(), weights, gradients, nullptr);
+            if (training) moe.backward(grad_output.get(), weights, gradients, nullptr);
         }
     }
     synchronize();

@@ -6,6 +6,7 @@
 // MOEJIT_TEST_SEED=<n> replays the random data of a run (its seed is printed with any failure).
 #include "tests/catch.hpp"
 #include "tests/support/device.hpp"
+#include "tests/support/errors.hpp"
 #include "tests/support/half.hpp"
 #include "tests/support/moe_reference.hpp"
 #include "tests/support/reference.hpp"
@@ -182,11 +183,18 @@ void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing,
     if (passes & kFwd) {
         const int64_t y_cols = flags.gated ? n / 2 : n;
         const ForwardReference ref = rows > 0 ? reference_forward(problem, routing, weights, x) : ForwardReference{};
-        // Gated: once without the preactivation output, once with it.
+        // Gated: the inference kernel, and the training kernel that also saves the preactivation.
         for (int with_preactivation = 0; with_preactivation <= (flags.gated ? 1 : 0); ++with_preactivation) {
+            std::optional<GroupedGemm> saving_gemm;
+            if (with_preactivation) {
+                Problem saving = problem;
+                saving.saves_preactivation = true;
+                saving_gemm.emplace(saving, config);
+            }
+            const GroupedGemm& forward_gemm = with_preactivation ? *saving_gemm : gemm;
             DeviceBuffer y = poisoned(size_t(rows) * y_cols), preactivation = poisoned(size_t(rows) * n);
-            gemm.forward(x_device.get(), w_device.get(), y.get(), device_routing, nullptr,
-                         with_preactivation ? preactivation.get() : 0);
+            forward_gemm.forward(x_device.get(), w_device.get(), y.get(), device_routing, nullptr,
+                                 with_preactivation ? preactivation.get() : 0);
             synchronize();
             if (rows == 0) {
                 CHECK(count_not_poison(y, 8) == 0);
@@ -787,6 +795,7 @@ TEST_CASE("passes: gated MoE MLP gradients through the library match float64 and
                                  to_doubles(dtype, w_down_bits)};
 
         Problem gate_up = make_problem(dtype, 2 * I, H, experts, topk, kGatedPermuteX);
+        gate_up.saves_preactivation = true;
         Problem down = make_problem(dtype, H, I, experts, topk, kPermuteYMulPost);
         Problem down_for_dw = make_problem(dtype, H, I, experts, topk, kPermuteY);
         const GroupedGemm gate_up_gemm(gate_up), down_gemm(down), down_dw_gemm(down_for_dw);
@@ -961,10 +970,16 @@ TEST_CASE("passes: bad problems and arguments throw moejit::Error before any lau
                     bad.topk_weights = topk_weights.get() + 2;
                     CHECK_THROWS_AS(call_pass(gemm, op, A, B, C, bad), Error);
                 }
-                if (op == Op::fwd && flags.gated)
-                    CHECK_THROWS_AS(call_pass(gemm, op, A, B, C, good, preactivation.get() + 8), Error);
-                if (op == Op::fwd && !flags.gated)  // only a gated forward has a preactivation
-                    CHECK_THROWS_AS(call_pass(gemm, op, A, B, C, good, preactivation.get()), Error);
+                // Only a forward built to save the preactivation takes one.
+                if (op == Op::fwd) CHECK_THROWS_AS(call_pass(gemm, op, A, B, C, good, preactivation.get()), Error);
+            }
+            if (flags.gated) {  // the training forward needs its preactivation, 16-byte aligned
+                Problem saving = with_flags(base, flags);
+                saving.saves_preactivation = true;
+                const GroupedGemm training(saving);
+                CHECK(mentions(error_message([&] { call_pass(training, Op::fwd, A, B, C, good); }),
+                               "preactivation is a null pointer"));
+                CHECK_THROWS_AS(call_pass(training, Op::fwd, A, B, C, good, preactivation.get() + 8), Error);
             }
         }
         synchronize();
@@ -978,7 +993,12 @@ TEST_CASE("passes: bad problems and arguments throw moejit::Error before any lau
             for (Op op : {Op::fwd, Op::dx, Op::dw}) {
                 if (op == Op::dw && flags.fuse_mul_post) continue;
                 INFO(pass_name(op));
-                CHECK_NOTHROW(call_pass(gemm, op, A, B, C, good, op == Op::fwd && flags.gated ? preactivation.get() : 0));
+                CHECK_NOTHROW(call_pass(gemm, op, A, B, C, good));
+            }
+            if (flags.gated) {
+                Problem saving = with_flags(base, flags);
+                saving.saves_preactivation = true;
+                CHECK_NOTHROW(call_pass(GroupedGemm(saving), Op::fwd, A, B, C, good, preactivation.get()));
             }
         }
         synchronize();

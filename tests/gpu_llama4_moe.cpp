@@ -346,6 +346,13 @@ TEST_CASE("Llama4TextMoe forward and backward captured in a CUDA graph replay wi
     cu.cuStreamDestroy(stream);
 }
 
+TEST_CASE("Llama4TextMoe built for inference: the training block's output in a smaller workspace, no backward",
+          "[gpu]") {
+    const auto c = Llama4MoeConfig{256, 128, 64, 16, 2};
+    BlockRun run(c, 96);
+    check_inference_block<Llama4TextMoe>(c, run, 96);
+}
+
 TEST_CASE("Llama4TextMoe refuses a bad pointer before it launches anything", "[gpu]") {
     const auto c = Llama4MoeConfig{64, 32, 0, 8, 1};
     BlockRun run(c, 40);

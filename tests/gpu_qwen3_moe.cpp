@@ -308,6 +308,13 @@ TEST_CASE("Qwen3MoeBlock forward captured in a CUDA graph replays with new input
     cu.cuStreamDestroy(stream);
 }
 
+TEST_CASE("Qwen3MoeBlock built for inference: the training block's output in a smaller workspace, no backward",
+          "[gpu]") {
+    const auto c = Qwen3MoeConfig{256, 128, 16, 4, true};
+    BlockRun run(c, 96);
+    check_inference_block<Qwen3MoeBlock>(c, run, 96);
+}
+
 TEST_CASE("Qwen3MoeBlock refuses a bad pointer before it launches anything", "[gpu]") {
     const auto c = Qwen3MoeConfig{64, 32, 8, 2, true};
     BlockRun run(c, 40);

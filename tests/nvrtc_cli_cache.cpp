@@ -684,7 +684,7 @@ TEST_CASE("moejit precompile fills the cache with every kernel the MoE blocks re
         REQUIRE(low.status == 0);
         size_t added = 0;
         for (const Problem& problem :
-             Qwen3MoeBlock::kernels(qwen3_moe_config(find_model(c.model), DType::bf16, false), arch)) {
+             Qwen3MoeBlock::kernels(qwen3_moe_config(find_model(c.model), DType::bf16, LayerOptions{true, false}), arch)) {
             CHECK(!problem.out_fp32);
             for (int64_t tokens : token_counts) {
                 const Config config = choose_config(problem, layer_rows_bucket(problem, tokens));
@@ -698,6 +698,30 @@ TEST_CASE("moejit precompile fills the cache with every kernel the MoE blocks re
             }
         }
         CHECK(added >= 3);  // the router's, gate_up's and down's dW at least
+        CHECK(cubins() == expected.size());
+
+        // An inference deployment: --inference needs the gated forward that saves nothing, which
+        // it adds; every other kernel of the forward is already there.
+        const ProcessResult inference =
+            run_cli({"precompile", "--model", c.model, "--tokens", "16,8192", "--inference"},
+                    {{"MOEJIT_CACHE_DIR", cache}});
+        REQUIRE(inference.status == 0);
+        added = 0;
+        for (const Problem& problem :
+             Qwen3MoeBlock::kernels(qwen3_moe_config(find_model(c.model), DType::bf16, LayerOptions{false, true}), arch)) {
+            CHECK(!problem.saves_preactivation);
+            for (int64_t tokens : token_counts) {
+                const Config config = choose_config(problem, layer_rows_bucket(problem, tokens));
+                INFO(to_spec(problem) << " " << config.to_string() << " for " << tokens << " tokens");
+                CHECK(compiler.get(problem, config).from_disk);
+                if (std::find(expected.begin(), expected.end(), std::make_pair(problem, config)) == expected.end()) {
+                    CHECK((problem.op == Op::fwd && problem.gated));
+                    expected.emplace_back(problem, config);
+                    ++added;
+                }
+            }
+        }
+        CHECK(added >= 1);
         CHECK(cubins() == expected.size());
     }
 }

@@ -4,6 +4,7 @@
 #include <moejit/problem.hpp>
 
 #include "codegen/config.hpp"
+#include "moe/model_kernels.hpp"  // LayerOptions
 #include "moe/tuning.hpp"  // preferred_path: the CLI picks tilings on the path the library would
 
 #include <cstdint>
@@ -58,9 +59,10 @@ Kernel resolve_kernel(const Args& args);
 
 DType parse_dtype(const std::string& text);
 Op parse_pass(const std::string& text);
-// --weight-grads of precompile and tune: "fp32" (the blocks' default, and without the option) or
-// "dtype" (blocks built with fp32_weight_gradients = false). Returns fp32_weight_gradients.
-bool parse_weight_grads(const Args& args);
+// --inference and --weight-grads of precompile and tune: the layer of blocks built with training =
+// false (the forward alone), or the training layer with weight gradients "fp32" (the blocks'
+// default, and without the option) or "dtype" (fp32_weight_gradients = false).
+LayerOptions parse_layer_options(const Args& args);
 
 // A --tokens value: digits only, 1 to 999999999 (so that tokens x topk rows stay countable).
 int64_t parse_token_count(const std::string& text);

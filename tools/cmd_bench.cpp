@@ -267,8 +267,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
 }
 
 int cmd_tune(const std::vector<std::string>& argv) {
-    const Args args("tune", argv, {{"--model", true}, {"--tokens", true}, {"--dtype", true}, {"--weight-grads", true}});
-    if (print_command_help(args, "--model NAME [--tokens T] [--weight-grads fp32|dtype]",
+    const Args args("tune", argv, {{"--model", true}, {"--tokens", true}, {"--dtype", true}, {"--weight-grads", true},
+                                     {"--inference", false}});
+    if (print_command_help(args, "--model NAME [--tokens T] [--weight-grads fp32|dtype | --inference]",
                    "Times every candidate tiling of each grouped GEMM the model's MoE layer launches, forward and\n"
                    "backward, with the fusions it launches them with (the GEMMs of `moejit precompile --model`'s\n"
                    "list: for qwen3 and llama4 presets their block's, router GEMM included), at T tokens (default\n"
@@ -276,20 +277,21 @@ int cmd_tune(const std::vector<std::string>& argv) {
                    "fastest again against the heuristic's choice in five alternating rounds (the times printed),\n"
                    "and stores each winner in the cache directory (<cache>/tuning/), keyed by problem, token-count\n"
                    "bucket, device and library version. Later processes on this device use the winners instead of\n"
-                   "the heuristic. --weight-grads dtype: the dW of blocks built with fp32_weight_gradients = false.\n"))
+                   "the heuristic. --weight-grads dtype: the dW of blocks built with fp32_weight_gradients = false;\n"
+                   "--inference: the forward GEMMs of blocks built with training = false (no preactivation saved).\n"))
         return 0;
     args.expect_positionals(0, 0, "");
     if (!args.value("--model")) throw Error("'moejit tune' needs --model NAME (see moejit tune --help)");
     const ModelPreset& model = find_model(*args.value("--model"));
     const int64_t tokens = parse_tokens(args, model);
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
-    const bool fp32_weight_gradients = parse_weight_grads(args);
+    const LayerOptions layer = parse_layer_options(args);
     const DeviceInfo& device = current_device();
     std::printf("device %s (%s); %s, %lld tokens\n\n| kernel | candidates | heuristic | ms | tuned | ms | "
                 "heuristic / tuned |\n|---|---|---|---|---|---|---|\n",
                 device.name.c_str(), device.arch.name().c_str(), model.name.c_str(), (long long)tokens);
     std::string stored;
-    tune_grouped_gemm_passes(model_grouped_gemms(model, device.arch, dtype, fp32_weight_gradients), tokens, [&](const TunedPass& pass) {
+    tune_grouped_gemm_passes(model_grouped_gemms(model, device.arch, dtype, layer), tokens, [&](const TunedPass& pass) {
         std::printf("| %s | %d | %s | %.3f | %s | %.3f | %.3f |\n", to_spec(pass.problem).c_str(), pass.candidates,
                     pass.heuristic.c_str(), pass.heuristic_ms, pass.best.c_str(), pass.best_ms,
                     pass.heuristic_ms / pass.best_ms);

@@ -208,13 +208,13 @@ int cmd_cache(const std::vector<std::string>& argv) {
 int cmd_precompile(const std::vector<std::string>& argv) {
     const Args args("precompile", argv,
                     {{"--model", true}, {"--arch", true}, {"--dtype", true}, {"--tokens", true}, {"--jobs", true},
-                     {"--weight-grads", true}});
+                     {"--weight-grads", true}, {"--inference", false}});
     if (args.help()) {
         std::string models;
         for (const ModelPreset& preset : model_presets()) models += (models.empty() ? "" : ", ") + preset.name;
         std::printf(
             "usage: moejit precompile --model NAME [--arch sm_90a] [--dtype bf16] [--tokens T,...] [--jobs N]\n"
-            "                         [--weight-grads fp32|dtype]\n"
+            "                         [--weight-grads fp32|dtype | --inference]\n"
             "\n"
             "Compiles every kernel the model's MoE layer launches, forward and backward, into the writable\n"
             "cache root, several at once, skipping kernels already cached, with a progress line for each\n"
@@ -244,7 +244,9 @@ int cmd_precompile(const std::vector<std::string>& argv) {
             "    --jobs N         compiles at once, 1 to 256 (default: one per CPU it may use, at most 32)\n"
             "    --weight-grads W the blocks' weight gradients: fp32 (default) or dtype (the --dtype, for\n"
             "                     blocks built with fp32_weight_gradients = false); the other presets' layer\n"
-            "                     compiles both\n",
+            "                     compiles both\n"
+            "    --inference      the forward alone, of blocks built with training = false (the gated GEMMs\n"
+            "                     that save no preactivation): an inference deployment's cache\n",
             models.c_str());
         return 0;
     }
@@ -254,7 +256,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     const ModelPreset& model = find_model(*model_name);
     const Arch arch = Arch::parse(args.value("--arch").value_or("sm_90a"));
     const DType dtype = parse_dtype(args.value("--dtype").value_or("bf16"));
-    const bool fp32_weight_gradients = parse_weight_grads(args);
+    const LayerOptions layer = parse_layer_options(args);
     unsigned jobs = 0;  // one per CPU it may use
     if (const auto text = args.value("--jobs")) {
         if (text->empty() || text->size() > 3 || text->find_first_not_of("0123456789") != std::string::npos ||
@@ -268,7 +270,7 @@ int cmd_precompile(const std::vector<std::string>& argv) {
     if (const auto tokens = args.value("--tokens")) token_counts = parse_token_counts(*tokens);
 
     std::vector<std::pair<Problem, Config>> kernels;
-    for (const Problem& problem : model_kernels(model, arch, dtype, fp32_weight_gradients)) {
+    for (const Problem& problem : model_kernels(model, arch, dtype, layer)) {
         std::vector<RowsBucket> buckets;
         for (int64_t tokens : token_counts) buckets.push_back(layer_rows_bucket(problem, tokens));
         if (buckets.empty()) buckets.push_back(RowsBucket::large);

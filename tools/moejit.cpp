@@ -89,10 +89,15 @@ DType parse_dtype(const std::string& text) {
     throw Error("unknown dtype '" + text + "': expected bf16 or fp16");
 }
 
-bool parse_weight_grads(const Args& args) {
-    const std::string text = args.value("--weight-grads").value_or("fp32");
-    if (text != "fp32" && text != "dtype") throw Error("bad --weight-grads '" + text + "': expected fp32 or dtype");
-    return text == "fp32";
+LayerOptions parse_layer_options(const Args& args) {
+    LayerOptions options;
+    options.training = !args.value("--inference");
+    if (const auto text = args.value("--weight-grads")) {
+        if (!options.training) throw Error("--weight-grads is an option of training: not with --inference");
+        if (*text != "fp32" && *text != "dtype") throw Error("bad --weight-grads '" + *text + "': expected fp32 or dtype");
+        options.fp32_weight_gradients = *text == "fp32";
+    }
+    return options;
 }
 
 Op parse_pass(const std::string& text) {
@@ -195,7 +200,7 @@ const char* const kUsage =
     "                           the kernel cache\n"
     "  bench --model NAME [--tokens T]\n"
     "                           time the model's grouped GEMMs on this GPU beside cuBLAS (needs a GPU)\n"
-    "  tune --model NAME [--tokens T] [--weight-grads fp32|dtype]\n"
+    "  tune --model NAME [--tokens T] [--weight-grads fp32|dtype | --inference]\n"
     "                           time every tiling of the grouped GEMMs the model's MoE layer launches,\n"
     "                           store the fastest for later processes (needs a GPU)\n"
     "\n"

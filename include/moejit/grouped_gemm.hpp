@@ -47,8 +47,9 @@ public:
     GroupedGemm(Problem forward, const std::string& config);
     ~GroupedGemm();
 
-    // x, w, y, preactivation: 16-byte aligned. With `gated`, a non-zero `preactivation` [M, N] also
-    // receives gate|up, which gated_activation_backward needs for training.
+    // x, w, y, preactivation: 16-byte aligned. With `saves_preactivation` (a gated forward for
+    // training), `preactivation` [M, N] receives gate|up, which gated_activation_backward needs;
+    // without it, it must be 0.
     void forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, const Routing& routing, CUstream stream,
                  CUdeviceptr preactivation = 0) const;
     // For a gated forward, dy is d(gate|up) [M, N] from gated_activation_backward.

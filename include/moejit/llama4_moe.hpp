@@ -29,6 +29,10 @@ struct Llama4MoeConfig {
     DType dtype = DType::bf16;
     // Weight gradients in fp32, or, when false, in `dtype` (half the bytes written).
     bool fp32_weight_gradients = true;
+    // false: a block for inference. Its forward saves nothing for a backward (its gated GEMMs have
+    // no code for gate|up), its workspace holds only the forward's buffers, kernels() lists only
+    // the forward's, and backward() refuses.
+    bool training = true;
 
     int64_t shared() const { return shared_intermediate > 0 ? shared_intermediate : intermediate; }
 };
@@ -54,10 +58,11 @@ struct Llama4MoeGradients {
 
 class Llama4TextMoe {
 public:
-    // Device memory for up to max_tokens tokens, forward and backward. Throws moejit::Error for
-    // what the constructor rejects.
+    // Device memory for up to max_tokens tokens, forward and backward (the forward alone without
+    // config.training). Throws moejit::Error for what the constructor rejects.
     static size_t workspace_bytes(const Llama4MoeConfig& config, int64_t max_tokens);
-    // Every kernel the block compiles for `arch`, forward and backward: each grouped-GEMM pass it
+    // Every kernel the block compiles for `arch`, forward and backward (the forward alone without
+    // config.training): each grouped-GEMM pass it
     // runs, and its routing and elementwise kernels. `moejit precompile` puts these in a deployment
     // cache, so a process running the block on that arch never JIT-compiles. Throws moejit::Error
     // for what the constructor rejects.

@@ -54,6 +54,9 @@ struct Problem {
     bool permute_y = false;      // Y row r is row gather_idx[r] of a token-ordered [M, N]
     bool fuse_mul_post = false;  // with permute_y: Y row r is scaled by topk_weights[gather_idx[r]]
     bool gated = false;          // gate_up: the forward writes silu(gate) * up, [M, N/2]
+    // gated fwd: also writes gate|up [M, N], what gated_activation_backward reads. A training
+    // forward's output; without it (inference) the kernel has no code for it and runs faster.
+    bool saves_preactivation = false;
     bool out_fp32 = false;       // dw: gradient in fp32 instead of the input dtype
     Arch arch;
 
@@ -62,20 +65,22 @@ struct Problem {
     bool operator==(const Problem& o) const {
         return op == o.op && dtype == o.dtype && n == o.n && k == o.k && experts == o.experts &&
                topk == o.topk && permute_x == o.permute_x && permute_y == o.permute_y &&
-               fuse_mul_post == o.fuse_mul_post && gated == o.gated && out_fp32 == o.out_fp32 && arch == o.arch;
+               fuse_mul_post == o.fuse_mul_post && gated == o.gated &&
+               saves_preactivation == o.saves_preactivation && out_fp32 == o.out_fp32 && arch == o.arch;
     }
     bool operator!=(const Problem& o) const { return !(*this == o); }
 };
 
-// Readable kernel spec, e.g. "fwd:bf16:n1536:k2048:e128:topk8:permute_x:gated:sm_90a".
+// Readable kernel spec, e.g. "fwd:bf16:n1536:k2048:e128:topk8:permute_x:gated:sm_90a" (a training
+// forward adds ":preactivation" after ":gated").
 // parse_spec(to_spec(p)) == p for every valid p. parse_spec needs op, dtype, n, k, e, topk and arch,
 // each once (fusion flags are optional, at most once), and throws moejit::Error on an unknown,
 // repeated, missing or out-of-range field.
 std::string to_spec(const Problem& problem);
 Problem parse_spec(std::string_view spec);
 
-// The fusion flag that a spec names `name` (permute_x, permute_y, mul_post or gated; not out_fp32,
-// an output option of dW), or nullptr.
+// The fusion flag that a spec names `name` (permute_x, permute_y, mul_post or gated; not the output
+// options out_fp32 of dW and preactivation of the gated forward), or nullptr.
 bool Problem::*fusion_flag(std::string_view name);
 
 const char* to_string(DType dtype);

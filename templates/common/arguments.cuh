@@ -12,6 +12,7 @@ enum GemmFlags : int {
     kFuseMulPost = 4,  // output row r is multiplied by topk_weights[gather_idx[r]]
     kGated = 8,        // gate_up epilogue writes silu(gate) * up, [M, N/2]
     kOutFp32 = 16,     // dW output in fp32
+    kSavesPreactivation = 32,  // with kGated: gate|up [M, N] to args.preactivation too (training)
 };
 
 // Which row-grouped GEMM a kernel computes (both share the fwd/dX templates).
@@ -31,7 +32,7 @@ struct GroupedGemmArguments {
     const void* a;              // fwd: X [M or T, K]; dX and dW: dY [M, N]
     const void* b;              // fwd and dX: W [E, N, K]; dW: X [M or T, K]
     void* c;                    // fwd: Y [M, N] or [M, N/2] (gated); dX: [M, K]; dW: [E, N, K]
-    void* preactivation;        // gated fwd: optional [M, N] copy of gate|up for the backward pass
+    void* preactivation;        // kSavesPreactivation: [M, N] copy of gate|up for the backward pass
     const int* m_sizes;         // [E]
     const int* gather_idx;      // [M], needed by permute_x, permute_y, fuse_mul_post
     const float* topk_weights;  // [M] in routed-slot order t*topk+j, needed by fuse_mul_post

@@ -24,6 +24,7 @@ struct Sm80RowGroupedConfig {
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
     static constexpr bool Forward = Pass == RowGroupedPass::forward;
     static constexpr bool Gated = Forward && (Flags & kGated);
+    static constexpr bool SavesPreactivation = Gated && (Flags & kSavesPreactivation);
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_, WarpsM = WarpsM_, WarpsN = WarpsN_;
     static constexpr int Threads = WarpsM * WarpsN * 32;
     static constexpr int WarpTileM = TileM / WarpsM, WarpTileN = TileN / WarpsN;
@@ -141,7 +142,7 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_row_grouped_gemm(const Grou
                         const float* up = &accumulators[i][j + 1][2 * half];
                         *reinterpret_cast<uint32*>(c_row + col) =
                             pack2<Element>(silu(v[0]) * up[0], silu(v[1]) * up[1]);
-                        if (args.preactivation != nullptr) {
+                        if constexpr (Cfg::SavesPreactivation) {
                             Element* p_row = static_cast<Element*>(args.preactivation) + out_row * Cfg::N;
                             *reinterpret_cast<uint32*>(p_row + col) = pack2<Element>(v[0], v[1]);
                             *reinterpret_cast<uint32*>(p_row + Cfg::N / 2 + col) = pack2<Element>(up[0], up[1]);

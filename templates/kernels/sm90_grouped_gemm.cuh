@@ -29,6 +29,7 @@ struct Sm90RowGroupedConfig {
     static constexpr int Flags = Flags_, N = N_, K = K_, Experts = Experts_, Topk = Topk_;
     static constexpr bool Forward = Pass == RowGroupedPass::forward;
     static constexpr bool Gated = Forward && (Flags & kGated);
+    static constexpr bool SavesPreactivation = Gated && (Flags & kSavesPreactivation);
     static constexpr bool GatherA = gathers_rows(Forward, Flags);
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
     static constexpr int Cluster = Cluster_;  // CTAs per cluster (1, or a pair sharing weight tiles)
@@ -213,37 +214,37 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         }
         release.drain(barriers, thread == 0, accumulators);
 
-        if constexpr (Cfg::Gated) {  // training only: gate|up before the activation
-            if (args.preactivation != nullptr) {
-                // Through the staging rows like the output, 64 columns at a time: rows of 16-byte
-                // stores instead of each thread's 4-byte fragment pairs scattered over 16 rows.
-                // This tile's output rows (just loaded) give the preactivation rows: with
-                // OutCols = N/2, output row r starts N/2 * r elements into c, preactivation row r N * r.
-                unsigned char* preactivation_rows[sm90::kCopiesPerThread];
+        // Training only: gate|up before the activation. Compiled out otherwise, since the code
+        // alone, never run, made the inference forward 4.5% slower (bench/RESULTS.md, thirty-second session).
+        if constexpr (Cfg::SavesPreactivation) {
+            // Through the staging rows like the output, 64 columns at a time: rows of 16-byte
+            // stores instead of each thread's 4-byte fragment pairs scattered over 16 rows.
+            // This tile's output rows (just loaded) give the preactivation rows: with
+            // OutCols = N/2, output row r starts N/2 * r elements into c, preactivation row r N * r.
+            unsigned char* preactivation_rows[sm90::kCopiesPerThread];
 #pragma unroll
-                for (int i = 0; i < sm90::kCopiesPerThread; ++i)
-                    preactivation_rows[i] =
-                        destination[i] == nullptr
-                            ? nullptr
-                            : reinterpret_cast<unsigned char*>(
-                                  static_cast<Element*>(args.preactivation) +
-                                  2 * (reinterpret_cast<Element*>(destination[i]) - c - out_col0) + out_col0);
-                constexpr int HalfChunks = Cfg::TileN / 128;  // of gate columns, and of up columns
-                const int half_row_bytes = (Cfg::N / 2 - out_col0) * 2;
+            for (int i = 0; i < sm90::kCopiesPerThread; ++i)
+                preactivation_rows[i] =
+                    destination[i] == nullptr
+                        ? nullptr
+                        : reinterpret_cast<unsigned char*>(
+                              static_cast<Element*>(args.preactivation) +
+                              2 * (reinterpret_cast<Element*>(destination[i]) - c - out_col0) + out_col0);
+            constexpr int HalfChunks = Cfg::TileN / 128;  // of gate columns, and of up columns
+            const int half_row_bytes = (Cfg::N / 2 - out_col0) * 2;
 #pragma unroll
-                for (int chunk = 0; chunk < 2 * HalfChunks; ++chunk) {
-                    const bool up = chunk >= HalfChunks;  // fragment blocks 8 * chunk.. are gate, then up columns
+            for (int chunk = 0; chunk < 2 * HalfChunks; ++chunk) {
+                const bool up = chunk >= HalfChunks;  // fragment blocks 8 * chunk.. are gate, then up columns
 #pragma unroll
-                    for (int half = 0; half < 2; ++half)
+                for (int half = 0; half < 2; ++half)
 #pragma unroll
-                        for (int b = 0; b < BlocksPerChunk; ++b) {
-                            const float* v = &accumulators[(chunk * BlocksPerChunk + b) * 4 + half * 2];
-                            staging.store_32(sm90::StagedRows::fragment_row(thread, half), b * 16 + (lane % 4) * 4,
-                                             pack2<Element>(v[0], v[1]));
-                        }
-                    staging.copy_out(1 + consumer, preactivation_rows, up ? chunk - HalfChunks : chunk, thread,
-                                     half_row_bytes, up ? Cfg::N : 0);
-                }
+                    for (int b = 0; b < BlocksPerChunk; ++b) {
+                        const float* v = &accumulators[(chunk * BlocksPerChunk + b) * 4 + half * 2];
+                        staging.store_32(sm90::StagedRows::fragment_row(thread, half), b * 16 + (lane % 4) * 4,
+                                         pack2<Element>(v[0], v[1]));
+                    }
+                staging.copy_out(1 + consumer, preactivation_rows, up ? chunk - HalfChunks : chunk, thread,
+                                 half_row_bytes, up ? Cfg::N : 0);
             }
         }
         // Fragment column block j holds output columns 8j..8j+7; chunk c blocks 8c..8c+7.

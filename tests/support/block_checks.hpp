@@ -62,6 +62,42 @@ void check_refused_calls_launch_nothing(Block& block, Run& run, int64_t tokens) 
     CHECK(run.g_gu.template to_host<float>() == grad_gate_up);
 }
 
+// A block built for inference (config.training = false) writes the same output and logits, bit
+// for bit, as the training block of the same config (the same kernels but the gated GEMMs', which
+// only leave out the preactivation), in a workspace the size of the forward's buffers alone; its
+// backward refuses.
+template <class Block, class Config, class Run>
+void check_inference_block(Config config, Run& run, int64_t tokens) {
+    config.training = true;
+    const size_t training_bytes = Block::workspace_bytes(config, tokens);
+    Block training(config, tokens);
+    training.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
+    synchronize();
+    const std::vector<uint16_t> output = run.d_out.template to_host<uint16_t>();
+    const std::vector<uint16_t> logits = run.d_logits.template to_host<uint16_t>();
+    CHECK(std::none_of(output.begin(), output.end(), [](uint16_t b) { return b == kPoison; }));
+
+    config.training = false;
+    // The caller's workspace of exactly workspace_bytes: an inference block that wrote past its
+    // (smaller) plan would show as a sanitizer error, or here as a changed guard beyond it.
+    const size_t bytes = Block::workspace_bytes(config, tokens);
+    CHECK(bytes < training_bytes);
+    DeviceBuffer workspace(bytes + 4096);
+    workspace.fill16(kPoison);
+    Block inference(config, tokens, workspace.get());
+    run.d_out.fill16(kPoison);
+    run.d_logits.fill16(kPoison);
+    inference.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
+    synchronize();
+    CHECK(run.d_out.template to_host<uint16_t>() == output);
+    CHECK(run.d_logits.template to_host<uint16_t>() == logits);
+    const std::vector<uint16_t> after = workspace.template to_host<uint16_t>();
+    CHECK(std::all_of(after.begin() + bytes / 2, after.end(), [](uint16_t b) { return b == kPoison; }));
+    CHECK(mentions(
+        error_message([&] { inference.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr); }),
+        "::backward: the block was built for inference (config.training = false)"));
+}
+
 // The `count` values of a weight gradient the block wrote to `buffer`: fp32, or bf16 for a block
 // without fp32_weight_gradients. `buffer` has room for fp32 and was filled with kPoison, so a bf16
 // gradient must have left the rest of it untouched.
