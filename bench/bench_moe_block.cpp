@@ -119,33 +119,34 @@ int main(int argc, char** argv) try {
             }
             continue;
         }
+        // The two forwards in alternating rounds (the board's clock drifts with its power and heat,
+        // so one timed after the other would carry the drift), then forward+backward.
+        auto time_blocks = [&](auto& block, auto& inference, const auto& weights, const auto& gradients) {
+            std::vector<double> training_rounds, inference_rounds;
+            for (int round = 0; round < 5; ++round) {
+                training_rounds.push_back(events.median_ms(
+                    [&] { block.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr); }));
+                inference_rounds.push_back(events.median_ms(
+                    [&] { inference.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr); }));
+            }
+            forward_ms = median_of(training_rounds);
+            inference_ms = median_of(inference_rounds);
+            training_ms = events.median_ms([&] {
+                block.forward(hidden.get(), weights, output.get(), logits.get(), T, nullptr);
+                block.backward(grad_out.get(), weights, gradients, nullptr);
+            });
+        };
         if (llama4) {
             const Llama4MoeGradients gradients{grad_hidden.get(),        grad_router.get(),        grad_gate_up.get(),
                                                grad_down.get(),          grad_shared_gate_up.get(), grad_shared_down.get()};
-            Llama4TextMoe block(llama4_config, T);
-            forward_ms = events.median_ms(
-                [&] { block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr); });
-            training_ms = events.median_ms([&] {
-                block.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr);
-                block.backward(grad_out.get(), llama4_weights, gradients, nullptr);
-            });
-            Llama4TextMoe inference(llama4_inference, T);
-            inference_ms = events.median_ms(
-                [&] { inference.forward(hidden.get(), llama4_weights, output.get(), logits.get(), T, nullptr); });
+            Llama4TextMoe block(llama4_config, T), inference(llama4_inference, T);
+            time_blocks(block, inference, llama4_weights, gradients);
             training_bytes = Llama4TextMoe::workspace_bytes(llama4_config, T);
             inference_bytes = Llama4TextMoe::workspace_bytes(llama4_inference, T);
         } else {
             const Qwen3MoeGradients gradients{grad_hidden.get(), grad_router.get(), grad_gate_up.get(), grad_down.get()};
-            Qwen3MoeBlock block(qwen3_config, T);
-            forward_ms = events.median_ms(
-                [&] { block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr); });
-            training_ms = events.median_ms([&] {
-                block.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr);
-                block.backward(grad_out.get(), qwen3_weights, gradients, nullptr);
-            });
-            Qwen3MoeBlock inference(qwen3_inference, T);
-            inference_ms = events.median_ms(
-                [&] { inference.forward(hidden.get(), qwen3_weights, output.get(), logits.get(), T, nullptr); });
+            Qwen3MoeBlock block(qwen3_config, T), inference(qwen3_inference, T);
+            time_blocks(block, inference, qwen3_weights, gradients);
             training_bytes = Qwen3MoeBlock::workspace_bytes(qwen3_config, T);
             inference_bytes = Qwen3MoeBlock::workspace_bytes(qwen3_inference, T);
         }
