@@ -393,7 +393,8 @@ TEST_CASE("moejit precompile counts the kernels it stored when some stores fail"
     TempDir tmp;
     const std::string cache = tmp / "cache";
     const ModelPreset& model = find_model("qwen3-30b-a3b");
-    const Problem gate_up = model_gemm(model, ModelGemm::gate_up, Op::fwd, DType::bf16, Arch::parse("sm_90a"));
+    Problem gate_up = model_gemm(model, ModelGemm::gate_up, Op::fwd, DType::bf16, Arch::parse("sm_90a"));
+    gate_up.saves_preactivation = true;  // the training block's gated forward, which precompile lists
     const Config config = choose_config(gate_up);
     const std::string key =
         make_key(Compiler(DiskCache(cache, {})).key_inputs(emit_source(gate_up, config), gate_up.arch)).hex();
