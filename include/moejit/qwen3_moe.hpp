@@ -57,10 +57,9 @@ public:
     // config.training). Throws moejit::Error for what the constructor rejects.
     static size_t workspace_bytes(const Qwen3MoeConfig& config, int64_t max_tokens);
     // Every kernel the block compiles for `arch`, forward and backward (the forward alone without
-    // config.training): each grouped-GEMM pass it
-    // runs, and its routing and elementwise kernels. `moejit precompile` puts these in a deployment
-    // cache, so a process running the block on that arch never JIT-compiles. Throws moejit::Error
-    // for what the constructor rejects.
+    // config.training): each grouped-GEMM pass it runs, and its routing and elementwise kernels. `moejit
+    // precompile` puts these in a deployment cache, so a process running the block on that arch never
+    // JIT-compiles. Throws moejit::Error for what the constructor rejects.
     static std::vector<Problem> kernels(const Qwen3MoeConfig& config, const Arch& arch);
 
     // Owns a workspace of workspace_bytes(config, max_tokens). Every argument is checked before the
