@@ -11,6 +11,10 @@
 
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
+#include <moejit/tuning.hpp>
+
+#include "codegen/kernel_problems.hpp"
+#include "runtime/device.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -235,4 +239,29 @@ TEST_CASE("grouped gemm child prepares and calls every pass", "[.][gemm-child]")
     gemm.dw(y.get(), x.get(), dw.get(), routing, nullptr, /*fp32_output=*/true);
     synchronize();
     std::printf("grouped gemm child done\n");
+}
+
+// Not [gemm]: gpu_portable_gemm runs those with MOEJIT_KERNEL_PATH=portable, which ignores tunings.
+TEST_CASE("tune: the training gated forward (preactivation saved) and the inference one tune apart, and are used",
+          "[gpu][tuning]") {
+    Problem training = expert_gemm(DType::bf16, 256, 128, 8, 2);
+    training.permute_x = training.gated = training.saves_preactivation = true;
+    training.arch = current_device().arch;
+    Problem inference = training;
+    inference.saves_preactivation = false;
+    const int64_t tokens = 64;
+    const std::vector<TunedPass> results = tune_grouped_gemm_passes({training, inference}, tokens);
+    REQUIRE(results.size() == 2);
+    for (int i = 0; i < 2; ++i) {
+        const TunedPass& result = results[i];
+        INFO(to_spec(result.problem) << ": heuristic " << result.heuristic << " " << result.heuristic_ms << " ms, best "
+                                     << result.best << " " << result.best_ms << " ms, stored at " << result.stored);
+        CHECK(result.problem == (i == 0 ? training : inference));  // the tuner timed each with its own kernel
+        CHECK(result.candidates > 1);
+        CHECK(result.heuristic_ms > 0);
+        CHECK(result.best_ms > 0);
+        CHECK(result.best_ms <= result.heuristic_ms);
+        // Later GroupedGemms of the problem run the winner (with a cache directory to keep it in).
+        if (!result.stored.empty()) CHECK(GroupedGemm(result.problem).config(Op::fwd, tokens * 2) == result.best);
+    }
 }
