@@ -677,53 +677,38 @@ TEST_CASE("moejit precompile fills the cache with every kernel the MoE blocks re
         CHECK(c.kernels.size() >= 18);
         if (std::string(c.model) != "qwen3-30b-a3b") continue;
 
-        // A block built without fp32_weight_gradients: --weight-grads dtype adds its dW kernels, and
-        // only those, to the same cache.
-        const ProcessResult low = run_cli({"precompile", "--model", c.model, "--tokens", "16,8192", "--weight-grads",
-                                           "dtype"},
-                                          {{"MOEJIT_CACHE_DIR", cache}});
-        REQUIRE(low.status == 0);
-        size_t added = 0;
-        for (const Problem& problem :
-             Qwen3MoeBlock::kernels(qwen3_moe_config(find_model(c.model), DType::bf16, LayerOptions{true, false}), arch)) {
-            CHECK(!problem.out_fp32);
-            for (int64_t tokens : token_counts) {
-                const Config config = choose_config(problem, layer_rows_bucket(problem, tokens));
-                INFO(to_spec(problem) << " " << config.to_string() << " for " << tokens << " tokens");
-                CHECK(compiler.get(problem, config).from_disk);
-                if (std::find(expected.begin(), expected.end(), std::make_pair(problem, config)) == expected.end()) {
-                    CHECK(problem.op == Op::dw);
-                    expected.emplace_back(problem, config);
-                    ++added;
+        // Precompiling the block built with `options` into the same cache: every kernel of its list
+        // ends up there, and those not there before are the ones `is_new` expects. Returns how many.
+        auto precompile_more = [&](const char* option, const char* value, LayerOptions options, auto&& is_new) {
+            std::vector<std::string> args = {"precompile", "--model", c.model, "--tokens", "16,8192", option};
+            if (value != nullptr) args.push_back(value);
+            REQUIRE(run_cli(args, {{"MOEJIT_CACHE_DIR", cache}}).status == 0);
+            size_t added = 0;
+            for (const Problem& problem :
+                 Qwen3MoeBlock::kernels(qwen3_moe_config(find_model(c.model), DType::bf16, options), arch))
+                for (int64_t tokens : token_counts) {
+                    const Config config = choose_config(problem, layer_rows_bucket(problem, tokens));
+                    INFO(option << ": " << to_spec(problem) << " " << config.to_string() << " for " << tokens
+                                << " tokens");
+                    CHECK(compiler.get(problem, config).from_disk);
+                    if (std::find(expected.begin(), expected.end(), std::make_pair(problem, config)) == expected.end()) {
+                        CHECK(is_new(problem));
+                        expected.emplace_back(problem, config);
+                        ++added;
+                    }
                 }
-            }
-        }
-        CHECK(added >= 3);  // the router's, gate_up's and down's dW at least
-        CHECK(cubins() == expected.size());
-
+            CHECK(cubins() == expected.size());
+            return added;
+        };
+        // A block built without fp32_weight_gradients: --weight-grads dtype adds its dW kernels, and
+        // only those (the router's, gate_up's and down's dW at least).
+        CHECK(precompile_more("--weight-grads", "dtype", LayerOptions{true, false},
+                              [](const Problem& p) { return p.op == Op::dw && !p.out_fp32; }) >= 3);
         // An inference deployment: --inference needs the gated forward that saves nothing, which
         // it adds; every other kernel of the forward is already there.
-        const ProcessResult inference =
-            run_cli({"precompile", "--model", c.model, "--tokens", "16,8192", "--inference"},
-                    {{"MOEJIT_CACHE_DIR", cache}});
-        REQUIRE(inference.status == 0);
-        added = 0;
-        for (const Problem& problem :
-             Qwen3MoeBlock::kernels(qwen3_moe_config(find_model(c.model), DType::bf16, LayerOptions{false, true}), arch)) {
-            CHECK(!problem.saves_preactivation);
-            for (int64_t tokens : token_counts) {
-                const Config config = choose_config(problem, layer_rows_bucket(problem, tokens));
-                INFO(to_spec(problem) << " " << config.to_string() << " for " << tokens << " tokens");
-                CHECK(compiler.get(problem, config).from_disk);
-                if (std::find(expected.begin(), expected.end(), std::make_pair(problem, config)) == expected.end()) {
-                    CHECK((problem.op == Op::fwd && problem.gated));
-                    expected.emplace_back(problem, config);
-                    ++added;
-                }
-            }
-        }
-        CHECK(added >= 1);
-        CHECK(cubins() == expected.size());
+        CHECK(precompile_more("--inference", nullptr, LayerOptions{false, true}, [](const Problem& p) {
+                  return p.op == Op::fwd && p.gated && !p.saves_preactivation;
+              }) >= 1);
     }
 }
 
