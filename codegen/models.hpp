@@ -48,6 +48,9 @@ const std::vector<Op>& model_passes();
 // that weights the experts' outputs in the down GEMM (examples/moe_mlp.cpp): gate_up gathers token
 // rows (permute_x) with the gated activation; down scatters to token order (permute_y) scaled by
 // the routing weights (fuse_mul_post), except in dw, which takes a dY the caller already scaled.
+// The gated forward is the inference kernel (no saves_preactivation): what `moejit bench` times
+// and `moejit source --model` shows; a training layer's adds the preactivation output
+// (model_kernels, moe/model_kernels.hpp).
 Problem model_gemm(const ModelPreset& model, ModelGemm gemm, Op op, DType dtype, Arch arch);
 Problem model_gemm(const ModelPreset& model, std::string_view gemm, Op op, DType dtype, Arch arch);
 

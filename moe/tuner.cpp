@@ -25,7 +25,7 @@ constexpr int kInputSets = 3;  // activations rotate among these; weights are fa
 
 struct Inputs {
     DeviceBuffer x[kInputSets], dy[kInputSets], w, y, dx, dw;
-    DeviceBuffer preactivation;  // for a forward that saves it (empty otherwise)
+    DeviceBuffer preactivation;  // gate|up, for a gated forward that saves it
     DeviceBuffer m_sizes, gather_idx, topk_weights;
     Routing routing;
 };
@@ -42,7 +42,9 @@ Inputs make_inputs(const Problem& forward, int64_t tokens) {
     }
     inputs.w = DeviceBuffer::from(random_halves(forward.dtype, size_t(forward.experts) * forward.n * forward.k, 30));
     inputs.y = DeviceBuffer(size_t(rows) * forward.n * 2);  // a gated forward writes half of it
-    if (forward.saves_preactivation) inputs.preactivation = DeviceBuffer(size_t(rows) * forward.n * 2);
+    // Whichever pass of the GEMM comes first makes the inputs (a gated forward's dX and dW have no
+    // `gated`), so the preactivation is there for all: a buffer the size of dY, small beside W and dW.
+    inputs.preactivation = DeviceBuffer(size_t(rows) * forward.n * 2);
     inputs.dx = DeviceBuffer(size_t(rows) * forward.k * 2);
     inputs.dw = DeviceBuffer(size_t(forward.experts) * forward.n * forward.k * 4);
     inputs.m_sizes = DeviceBuffer::from(synthetic.m_sizes);
@@ -55,7 +57,7 @@ Inputs make_inputs(const Problem& forward, int64_t tokens) {
 // Whether make_inputs gives `a` and `b` alike, so that they can share one set.
 bool same_inputs(const Problem& a, const Problem& b) {
     return a.dtype == b.dtype && a.n == b.n && a.k == b.k && a.experts == b.experts && a.topk == b.topk &&
-           a.permute_x == b.permute_x && a.saves_preactivation == b.saves_preactivation;
+           a.permute_x == b.permute_x;
 }
 
 GemmPass gemm_pass_of(const Problem& pass) {
@@ -85,7 +87,8 @@ double time_pass(const GroupedGemm& gemm, GemmPass pass, Inputs& in, EventTimer&
         const int set = call % kInputSets;
         switch (pass) {
             case GemmPass::fwd:
-                gemm.forward(in.x[set].get(), in.w.get(), in.y.get(), in.routing, nullptr, in.preactivation.get());
+                gemm.forward(in.x[set].get(), in.w.get(), in.y.get(), in.routing, nullptr,
+                             gemm.problem().saves_preactivation ? in.preactivation.get() : 0);
                 break;
             case GemmPass::dx: gemm.dx(in.dy[set].get(), in.w.get(), in.dx.get(), in.routing, nullptr); break;
             case GemmPass::dw:

@@ -1127,6 +1127,21 @@ TEST_CASE("tuned configs are stored in the cache directory, and never without on
     }
 }
 
+TEST_CASE("the training and inference gated forwards keep tuned configs of their own", "[cache][tuning]") {
+    TempDir tmp;
+    EnvVar dir("MOEJIT_CACHE_DIR", tmp / "root"), path("MOEJIT_CACHE_PATH", std::nullopt);
+    TuningCase tuning;
+    Problem training = tuning.problem, inference = tuning.problem;
+    training.permute_x = training.gated = training.saves_preactivation = true;
+    inference.permute_x = inference.gated = true;
+    const Config for_training = Config::parse("h:m128n256s4"), for_inference = Config::parse("h:m128n128s4");
+    REQUIRE_FALSE(store_tuned_config(training, RowsBucket::large, tuning.device, for_training).empty());
+    CHECK_FALSE(tuned_config(inference, RowsBucket::large, tuning.device).has_value());
+    REQUIRE_FALSE(store_tuned_config(inference, RowsBucket::large, tuning.device, for_inference).empty());
+    CHECK(tuned_config(training, RowsBucket::large, tuning.device) == for_training);
+    CHECK(tuned_config(inference, RowsBucket::large, tuning.device) == for_inference);
+}
+
 // Run only by the test above, in a fresh process (hidden: "[.]").
 TEST_CASE("tuned configs without a cache directory, child process", "[.][tuning-warn-child]") {
     EnvVar dir("MOEJIT_CACHE_DIR", std::nullopt), home("HOME", std::nullopt), xdg("XDG_CACHE_HOME", std::nullopt);

@@ -30,7 +30,8 @@ void require_no_spills(const std::string& log) {
 
 namespace {
 
-// Every kernel variant the codegen can emit for one shape: each pass with each allowed flag set.
+// Every kernel variant the codegen can emit for one shape: each pass with each allowed flag set
+// and output option.
 std::vector<Problem> all_variants(const char* arch, DType dtype) {
     Problem base;
     base.dtype = dtype;
@@ -58,6 +59,11 @@ std::vector<Problem> all_variants(const char* arch, DType dtype) {
     }
     add(Op::fwd, false, false, false, true, false);
     add(Op::fwd, true, false, false, true, false);
+    // The training gated forwards, which also store gate|up: the most register pressure.
+    for (bool permute_x : {false, true}) {
+        add(Op::fwd, permute_x, false, false, true, false);
+        variants.back().saves_preactivation = true;
+    }
     for (bool out_fp32 : {false, true}) {
         add(Op::dw, false, false, false, false, out_fp32);
         add(Op::dw, true, false, false, false, out_fp32);
