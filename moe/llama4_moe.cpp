@@ -98,25 +98,21 @@ KernelList block_kernels(const Llama4MoeConfig& c) {
     KernelList list;
     RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.training, c.fp32_weight_gradients);
     list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));  // the scaled input, and in backward d(score)
-    if (!c.training) {
-        list.add_gemm(g.gate_up, {GemmPass::fwd});
-        list.add_gemm(g.down, {GemmPass::fwd});
-        list.add_gemm(g.shared_gate_up, {GemmPass::fwd});
-        list.add_gemm(g.shared_down, {GemmPass::fwd});
-        list.add(combine_problem(c.dtype, c.hidden, c.topk));
-        return list;
-    }
-    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
-    list.add_gemm(g.gate_up, {GemmPass::fwd, dw});
+    list.add_gemm(g.gate_up, {GemmPass::fwd});
     list.add_gemm(g.down, {GemmPass::fwd});
-    list.add_gemm(g.shared_gate_up, {GemmPass::fwd, GemmPass::dx, dw});
-    list.add_gemm(g.shared_down, {GemmPass::fwd, GemmPass::dx, dw});
+    list.add_gemm(g.shared_gate_up, {GemmPass::fwd});
+    list.add_gemm(g.shared_down, {GemmPass::fwd});
     list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
+    if (!c.training) return list;
+    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
+    list.add_gemm(g.shared_down, {GemmPass::dx, dw});
     list.add(gated_backward_problem(c.dtype, 2 * c.shared()));
+    list.add_gemm(g.shared_gate_up, {GemmPass::dx, dw});
     list.add(permute_rows_problem(c.dtype, c.hidden, c.topk));
     list.add_gemm(g.down_backward, {GemmPass::dx, dw});
     list.add(gated_backward_problem(c.dtype, 2 * c.intermediate));
     list.add_gemm(g.gate_up_dx, {GemmPass::dx});
+    list.add_gemm(g.gate_up, {dw});
     list.add(combine_problem(c.dtype, c.hidden, 1));  // the shared expert's and the router's dHidden
     return list;
 }

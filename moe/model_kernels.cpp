@@ -26,19 +26,16 @@ std::vector<Problem> layer_kernels(const ModelPreset& model, Arch arch, DType dt
     const Problem weighted_down = model_gemm(model, ModelGemm::down, Op::fwd, dtype, arch);
     KernelList list;
     list.add_routing(model.experts, model.topk, dtype, /*backward=*/training);
-    if (!training) {
-        list.add_gemm(gate_up, {GemmPass::fwd});
-        list.add_gemm(weighted_down, {GemmPass::fwd});
-        list.add(combine_problem(dtype, model.hidden, model.topk));
-        return list.for_arch(arch);
-    }
+    list.add_gemm(gate_up, {GemmPass::fwd});
+    list.add_gemm(weighted_down, {GemmPass::fwd});
+    list.add(combine_problem(dtype, model.hidden, model.topk));
+    if (!training) return list.for_arch(arch);
     Problem down = weighted_down;
     down.fuse_mul_post = false;
-    list.add_gemm(gate_up, {GemmPass::fwd, GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32});
-    list.add_gemm(weighted_down, {GemmPass::fwd, GemmPass::dx});  // GroupedGemm has no dw with fuse_mul_post
+    list.add_gemm(gate_up, {GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32});
+    list.add_gemm(weighted_down, {GemmPass::dx});  // GroupedGemm has no dw with fuse_mul_post
     list.add_gemm(down, {GemmPass::fwd, GemmPass::dx, GemmPass::dw, GemmPass::dw_fp32});
     list.add(gated_backward_problem(dtype, gate_up.n));
-    list.add(combine_problem(dtype, model.hidden, model.topk));
     return list.for_arch(arch);
 }
 

@@ -44,19 +44,15 @@ KernelList block_kernels(const Qwen3MoeConfig& c) {
     const Gemms g = gemms(c);
     KernelList list;
     RouterStage::add_kernels(list, c.dtype, c.hidden, router_config(c), c.training, c.fp32_weight_gradients);
-    if (!c.training) {
-        list.add_gemm(g.gate_up, {GemmPass::fwd});
-        list.add_gemm(g.down, {GemmPass::fwd});
-        list.add(combine_problem(c.dtype, c.hidden, c.topk));
-        return list;
-    }
-    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
-    list.add_gemm(g.gate_up, {GemmPass::fwd, GemmPass::dx, dw});
+    list.add_gemm(g.gate_up, {GemmPass::fwd});
     list.add_gemm(g.down, {GemmPass::fwd});
     list.add(combine_problem(c.dtype, c.hidden, c.topk));  // the output, and in backward dHidden
+    if (!c.training) return list;
+    const GemmPass dw = dw_pass(c.fp32_weight_gradients);
     list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));
     list.add_gemm(g.down_backward, {GemmPass::dx, dw});
     list.add(gated_backward_problem(c.dtype, 2 * c.moe_intermediate));
+    list.add_gemm(g.gate_up, {GemmPass::dx, dw});
     return list;
 }
 

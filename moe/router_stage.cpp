@@ -49,11 +49,10 @@ void RouterStage::validate(const RouterConfig& router, const char* block) {
 
 void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, const RouterConfig& router,
                               bool training, bool fp32_weight_gradient) {
-    if (training)
-        list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd, GemmPass::dx, dw_pass(fp32_weight_gradient)});
-    else
-        list.add_gemm(router_gemm(dtype, hidden, router), {GemmPass::fwd});
+    const Problem gemm = router_gemm(dtype, hidden, router);
+    list.add_gemm(gemm, {GemmPass::fwd});
     list.add_routing(router.experts, router.topk, dtype, training);
+    if (training) list.add_gemm(gemm, {GemmPass::dx, dw_pass(fp32_weight_gradient)});
 }
 
 void RouterStage::forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,
