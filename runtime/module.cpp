@@ -6,6 +6,8 @@
 
 #include "runtime/driver.hpp"
 
+#include <array>
+
 namespace moejit {
 
 Module::Module(const std::vector<char>& cubin) {
@@ -25,8 +27,11 @@ CUfunction Module::function(const std::string& lowered_name) const {
 
 namespace {
 
+// Room for every attribute a launch may carry: cluster shape, programmatic serialization.
+using LaunchAttributes = std::array<CUlaunchAttribute, 2>;
+
 CUlaunchConfig launch_config(unsigned grid, int threads, size_t shared_bytes, CUstream stream,
-                             CUlaunchAttribute* cluster_attribute, int cluster) {
+                             LaunchAttributes& attributes, int cluster, bool dependent_launch) {
     CUlaunchConfig config{};
     config.gridDimX = grid;
     config.gridDimY = 1;
@@ -36,13 +41,21 @@ CUlaunchConfig launch_config(unsigned grid, int threads, size_t shared_bytes, CU
     config.blockDimZ = 1;
     config.sharedMemBytes = static_cast<unsigned>(shared_bytes);
     config.hStream = stream;
+    config.attrs = attributes.data();
+    config.numAttrs = 0;
     if (cluster > 1) {
-        cluster_attribute->id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        cluster_attribute->value.clusterDim.x = static_cast<unsigned>(cluster);
-        cluster_attribute->value.clusterDim.y = 1;
-        cluster_attribute->value.clusterDim.z = 1;
-        config.attrs = cluster_attribute;
-        config.numAttrs = 1;
+        CUlaunchAttribute& attribute = attributes[config.numAttrs++];
+        attribute = CUlaunchAttribute{};
+        attribute.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attribute.value.clusterDim.x = static_cast<unsigned>(cluster);
+        attribute.value.clusterDim.y = 1;
+        attribute.value.clusterDim.z = 1;
+    }
+    if (dependent_launch) {
+        CUlaunchAttribute& attribute = attributes[config.numAttrs++];
+        attribute = CUlaunchAttribute{};
+        attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attribute.value.programmaticStreamSerializationAllowed = 1;
     }
     return config;
 }
@@ -50,8 +63,12 @@ CUlaunchConfig launch_config(unsigned grid, int threads, size_t shared_bytes, CU
 }  // namespace
 
 Kernel::Kernel(std::shared_ptr<const Module> module, const std::string& lowered_name, int threads,
-               size_t shared_bytes, int cluster)
-    : module_(std::move(module)), threads_(threads), shared_bytes_(shared_bytes), cluster_(cluster) {
+               size_t shared_bytes, int cluster, bool dependent_launch)
+    : module_(std::move(module)),
+      threads_(threads),
+      shared_bytes_(shared_bytes),
+      cluster_(cluster),
+      dependent_launch_(dependent_launch) {
     const Driver& cu = driver();
     function_ = module_->function(lowered_name);
     check_cuda(cu.cuFuncSetAttribute(function_, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -64,9 +81,9 @@ Kernel::Kernel(std::shared_ptr<const Module> module, const std::string& lowered_
                     std::to_string(shared_bytes) + " bytes of shared memory do not fit one multiprocessor");
     cu.cuFuncGetAttribute(&registers_, CU_FUNC_ATTRIBUTE_NUM_REGS, function_);
     if (cluster_ > 1) {
-        CUlaunchAttribute attribute{};
-        const CUlaunchConfig config = launch_config(unsigned(cluster_), threads_, shared_bytes_, nullptr,
-                                                    &attribute, cluster_);
+        LaunchAttributes attributes;
+        const CUlaunchConfig config =
+            launch_config(unsigned(cluster_), threads_, shared_bytes_, nullptr, attributes, cluster_, false);
         check_cuda(cu.cuOccupancyMaxActiveClusters(&resident_clusters_, function_, &config),
                    "cuOccupancyMaxActiveClusters");
         if (resident_clusters_ < 1)
@@ -83,8 +100,9 @@ int64_t Kernel::resident_blocks(int sm_count) const {
 }
 
 void Kernel::launch(unsigned grid, CUstream stream, void** arguments) const {
-    CUlaunchAttribute attribute{};
-    const CUlaunchConfig config = launch_config(grid, threads_, shared_bytes_, stream, &attribute, cluster_);
+    LaunchAttributes attributes;
+    const CUlaunchConfig config =
+        launch_config(grid, threads_, shared_bytes_, stream, attributes, cluster_, dependent_launch_);
     check_cuda(driver().cuLaunchKernelEx(&config, function_, arguments, nullptr), "cuLaunchKernelEx");
 }
 

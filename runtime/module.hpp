@@ -30,9 +30,12 @@ struct LaunchShape {
 class Kernel {
 public:
     // Raises the dynamic shared-memory limit to `shared_bytes` and reads occupancy once. A kernel
-    // with cluster > 1 is launched in clusters of that many consecutive blocks along x.
+    // with cluster > 1 is launched in clusters of that many consecutive blocks along x. With
+    // `dependent_launch` it is launched with programmatic stream serialization, so that it may
+    // start before the previous kernel in the stream ends: only for kernels that wait for it first
+    // (templates/common/dependent_launch.cuh), on sm_90 and later.
     Kernel(std::shared_ptr<const Module> module, const std::string& lowered_name, int threads, size_t shared_bytes,
-           int cluster = 1);
+           int cluster = 1, bool dependent_launch = false);
 
     // `grid` must be a multiple of cluster().
     void launch(unsigned grid, CUstream stream, void** arguments) const;
@@ -44,6 +47,7 @@ public:
     // Blocks that can run at once on the whole device (whole clusters only), given `sm_count`.
     int64_t resident_blocks(int sm_count) const;
     int registers() const { return registers_; }
+    bool dependent_launch() const { return dependent_launch_; }
 
 private:
     std::shared_ptr<const Module> module_;
@@ -54,6 +58,7 @@ private:
     int registers_ = 0;
     int cluster_ = 1;
     int resident_clusters_ = 0;  // cluster kernels: clusters the device holds at once
+    bool dependent_launch_ = false;
 };
 
 }  // namespace moejit

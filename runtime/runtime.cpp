@@ -2,9 +2,15 @@
 
 #include "runtime/device.hpp"
 #include "runtime/driver.hpp"
+#include "runtime/environment.hpp"
 #include "runtime/parallel.hpp"
 
 namespace moejit {
+
+bool launches_dependent(const Arch& arch) {
+    static const bool enabled = env::flag("MOEJIT_DEPENDENT_LAUNCH", true, true);
+    return arch.sm() >= 90 && enabled;
+}
 
 Runtime& Runtime::instance() {
     static Runtime runtime;
@@ -22,8 +28,9 @@ std::shared_ptr<const Kernel> Runtime::kernel(const Problem& problem, const Conf
     return loaded_.get_or_make(key, [&] {
         const Binary binary = compiler_.get(problem, config);
         auto module = std::make_shared<const Module>(binary.cubin);
-        return std::make_shared<const Kernel>(module, binary.kernel_name, config.threads(), dynamic_shared_bytes(problem, config),
-                                           config.cluster);
+        return std::make_shared<const Kernel>(module, binary.kernel_name, config.threads(),
+                                              dynamic_shared_bytes(problem, config), config.cluster,
+                                              launches_dependent(problem.arch));
     });
 }
 

@@ -1,4 +1,4 @@
-// MOEJIT_LOG, MOEJIT_CHECK_ROUTING and MOEJIT_KERNEL_PATH take their documented values in any
+// MOEJIT_LOG, MOEJIT_CHECK_ROUTING, MOEJIT_KERNEL_PATH and MOEJIT_DEPENDENT_LAUNCH take their documented values in any
 // case and warn once about any other. Each is read once per process, so every value is tried in
 // a fresh copy of this test binary (the hidden test case below).
 #include "tests/catch.hpp"
@@ -11,6 +11,7 @@
 #include "moe/check_routing.hpp"
 #include "moe/tuning.hpp"
 #include "runtime/log.hpp"
+#include "runtime/runtime.hpp"
 
 #include <cstdio>
 #include <optional>
@@ -47,8 +48,9 @@ TEST_CASE("environment: what this process read, child process", "[.][env-child]"
         } catch (const Error&) {
             path = "error";
         }
-        std::printf("read: log=%d check_routing=%d kernel_path=%s\n", static_cast<int>(log::level()),
-                    routing_checks_enabled() ? 1 : 0, path.c_str());
+        std::printf("read: log=%d check_routing=%d kernel_path=%s dependent_launch=%d%d\n",
+                    static_cast<int>(log::level()), routing_checks_enabled() ? 1 : 0, path.c_str(),
+                    launches_dependent(Arch::parse("sm_90a")) ? 1 : 0, launches_dependent(Arch::parse("sm_80")) ? 1 : 0);
     }
 }
 
@@ -104,4 +106,25 @@ TEST_CASE("MOEJIT_KERNEL_PATH takes auto and portable in any case and rejects an
         INFO("MOEJIT_KERNEL_PATH=" << value.value_or("(unset)") << ": " << reading.line);
         CHECK(count_of(reading.line, "kernel_path=" + path) == 1);
     }
+}
+
+TEST_CASE("MOEJIT_DEPENDENT_LAUNCH is a boolean, on by default, and only ever on for sm_90 and later", "[cpu][env]") {
+    // dependent_launch=XY: X for sm_90a, Y for sm_80.
+    for (std::optional<std::string> value : {std::optional<std::string>(), std::optional<std::string>(""),
+                                             std::optional<std::string>("1"), std::optional<std::string>("ON")}) {
+        const Reading reading = read_in_child("MOEJIT_DEPENDENT_LAUNCH", value);
+        INFO("MOEJIT_DEPENDENT_LAUNCH=" << value.value_or("(unset)") << ": " << reading.line << "\n" << reading.err);
+        CHECK(count_of(reading.line, "dependent_launch=10") == 1);
+        CHECK(reading.err.find("MOEJIT_DEPENDENT_LAUNCH") == std::string::npos);
+    }
+    for (const char* value : {"0", "off", "False", "no"}) {
+        const Reading reading = read_in_child("MOEJIT_DEPENDENT_LAUNCH", std::string(value));
+        INFO("MOEJIT_DEPENDENT_LAUNCH=" << value << ": " << reading.line << "\n" << reading.err);
+        CHECK(count_of(reading.line, "dependent_launch=00") == 1);
+        CHECK(reading.err.find("MOEJIT_DEPENDENT_LAUNCH") == std::string::npos);
+    }
+    const Reading unknown = read_in_child("MOEJIT_DEPENDENT_LAUNCH", std::string("maybe"));
+    INFO(unknown.line << "\n" << unknown.err);
+    CHECK(count_of(unknown.line, "dependent_launch=10") == 1);
+    CHECK(count_of(unknown.err, "[moejit warning] MOEJIT_DEPENDENT_LAUNCH=maybe is not understood") == 1);
 }

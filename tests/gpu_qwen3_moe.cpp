@@ -321,3 +321,58 @@ TEST_CASE("Qwen3MoeBlock refuses a bad pointer before it launches anything", "[g
     Qwen3MoeBlock block(c, 40);
     check_refused_calls_launch_nothing(block, run, 40);
 }
+
+TEST_CASE("Qwen3MoeBlock called back to back on one stream: each kernel waits for the kernels before it", "[gpu]") {
+    // On sm_90 every kernel may start before the one before it ends (templates/common/
+    // dependent_launch.cuh). The block reuses one workspace, so a kernel that read its inputs too
+    // early would see the other call's routing, activations or gradients. Calls alternate between
+    // two inputs with no synchronization between them; each must reproduce its input's result,
+    // taken alone, bit for bit.
+    Qwen3MoeConfig c{1024, 384, 32, 4, true};
+    c.fp32_weight_gradients = false;
+    const int64_t T = 512, H = c.hidden, I = c.moe_intermediate, E = c.experts;
+    BlockRun run(c, T);
+    const DeviceBuffer x_other = DeviceBuffer::from(random_tensor(T * H, 1.0).bits);
+    const CUdeviceptr inputs[2] = {run.d_x.get(), x_other.get()};
+    Qwen3MoeBlock block(c, T);
+    const Driver& cu = driver();
+    CUstream stream = nullptr;
+    check_cuda(cu.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "stream");
+
+    const auto call = [&](int input, CUdeviceptr output, CUdeviceptr grad_hidden) {
+        block.forward(inputs[input], run.weights(), output, run.d_logits.get(), T, stream);
+        Qwen3MoeGradients gradients = run.gradients();
+        gradients.hidden = grad_hidden;
+        block.backward(run.d_grad_out.get(), run.weights(), gradients, stream);
+    };
+    std::vector<uint16_t> alone_output[2], alone_grad_hidden[2], alone_grad_down[2];
+    for (int input = 0; input < 2; ++input) {
+        call(input, run.d_out.get(), run.g_x.get());
+        check_cuda(cu.cuStreamSynchronize(stream), "sync");
+        alone_output[input] = run.d_out.to_host<uint16_t>();
+        alone_grad_hidden[input] = run.g_x.to_host<uint16_t>();
+        alone_grad_down[input] = run.g_d.to_host<uint16_t>();
+        alone_grad_down[input].resize(size_t(E * H * I));
+    }
+    REQUIRE(alone_output[0] != alone_output[1]);
+
+    constexpr int kCalls = 12;
+    std::vector<DeviceBuffer> outputs, grad_hiddens;
+    for (int i = 0; i < kCalls; ++i) {
+        outputs.emplace_back(size_t(T * H * 2));
+        grad_hiddens.emplace_back(size_t(T * H * 2));
+        outputs.back().fill16(kPoison);
+        grad_hiddens.back().fill16(kPoison);
+    }
+    for (int i = 0; i < kCalls; ++i) call(i % 2, outputs[i].get(), grad_hiddens[i].get());
+    check_cuda(cu.cuStreamSynchronize(stream), "sync");
+    for (int i = 0; i < kCalls; ++i) {
+        INFO("call " << i << " of input " << i % 2);
+        CHECK(outputs[i].to_host<uint16_t>() == alone_output[i % 2]);
+        CHECK(grad_hiddens[i].to_host<uint16_t>() == alone_grad_hidden[i % 2]);
+    }
+    std::vector<uint16_t> last_grad_down = run.g_d.to_host<uint16_t>();
+    last_grad_down.resize(size_t(E * H * I));
+    CHECK(last_grad_down == alone_grad_down[(kCalls - 1) % 2]);
+    cu.cuStreamDestroy(stream);
+}

@@ -26,6 +26,25 @@ void require_no_spills(const std::string& log) {
     CHECK(match[1] == "0");
 }
 
+// templates/common/dependent_launch.cuh: on sm_90 and later the host launches every kernel ahead
+// of the previous one's end, so each waits before its first global load, store or copy (the PTX
+// lists the straight-line start of a kernel in program order); sm_80 has no such instruction.
+void require_dependent_launch_contract(const std::string& ptx, const Arch& arch) {
+    const size_t wait = ptx.find("griddepcontrol.wait");
+    if (arch.sm() < 90) {
+        CHECK(wait == std::string::npos);
+        CHECK(ptx.find("griddepcontrol") == std::string::npos);
+        return;
+    }
+    REQUIRE(wait != std::string::npos);
+    CHECK(ptx.find("griddepcontrol.launch_dependents", wait) != std::string::npos);
+    const std::regex global_access(R"(\b(?:(?:ld|st|atom|red)\.(?!param|shared|local|const)|cp\.async\.(?:ca|cg|bulk)))");
+    std::smatch first;
+    REQUIRE(std::regex_search(ptx, first, global_access));
+    INFO("first global access: " << first.str() << " at " << first.position() << ", wait at " << wait);
+    CHECK(size_t(first.position()) > wait);
+}
+
 }  // namespace
 
 namespace {
@@ -125,6 +144,7 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                     const NvrtcOutput output = nvrtc_compile(emit_source(problem, config), nvrtc_options(problem.arch));
                     CHECK(!output.cubin.empty());
                     require_no_spills(output.log);
+                    require_dependent_launch_contract(output.ptx, problem.arch);
                     if (!gemm) continue;
                     if (config.hopper()) {
                         // wgmma on TMA-loaded tiles. The epilogue: dW stores boxes by TMA, the

@@ -4,6 +4,7 @@
 // first (lowest) offending index of each kind; the host turns the report into a moejit::Error
 // before the GEMM runs, so a bad input is reported instead of read out of bounds.
 #include "common/types.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -22,6 +23,7 @@ struct CheckRoutingConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) check_routing(const CheckRoutingArguments args) {
+    wait_for_prior_kernels();
     if (blockIdx.x == 0) {
         for (int expert = threadIdx.x; expert < Cfg::Experts; expert += blockDim.x) {
             const int rows = args.m_sizes[expert];

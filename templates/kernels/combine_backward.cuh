@@ -5,6 +5,7 @@
 //   grad_w[s] = <grad_out[t], y[s]>        (the routing-weight gradient, fp32)
 // grad_out [T, Width], y [M, Width] in slot order (the unscaled down-GEMM output), grad_y [M, Width].
 #include "common/types.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -27,6 +28,7 @@ struct CombineBackwardConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) combine_backward(const CombineBackwardArguments args) {
+    wait_for_prior_kernels();
     using Element = typename Cfg::Element;
     constexpr int Vectors = Cfg::Width / 8;
     const int lane = threadIdx.x % 32;

@@ -3,6 +3,7 @@
 // order j = 0..topk-1, with w = 1 when `weights` is null.
 // slots [T * topk, Width] in routed-slot order (what dX writes with permute_x), out [T, Width].
 #include "common/types.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -23,6 +24,7 @@ struct CombineTopkConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) combine_topk(const CombineTopkArguments args) {
+    wait_for_prior_kernels();
     using Element = typename Cfg::Element;
     constexpr int Vectors = Cfg::Width / 8;  // 8 elements = 16 bytes per thread step
     const int64 total = args.tokens * Vectors;

@@ -4,6 +4,7 @@
 // preactivation [M, N] = gate | up (what the gated forward saves), grad_h [M, N/2], grad_preactivation [M, N]:
 // the dY that dX and dW of the gate_up GEMM take.
 #include "common/types.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -23,6 +24,7 @@ struct GatedBackwardConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) gated_activation_backward(const GatedBackwardArguments args) {
+    wait_for_prior_kernels();
     using Element = typename Cfg::Element;
     constexpr int Vectors = Cfg::Half / 8;
     const int64 total = args.rows * Vectors;

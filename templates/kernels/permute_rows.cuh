@@ -5,6 +5,7 @@
 // A gather_idx entry outside [0, M) (the -1 tail routing_indices leaves for dropped slots) is never
 // used as an address: permute writes a zero row, unpermute writes nothing.
 #include "common/types.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -25,6 +26,7 @@ struct PermuteRowsConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) permute_rows(const PermuteRowsArguments args) {
+    wait_for_prior_kernels();
     constexpr int Vectors = Cfg::Width / 8;
     const int64 total = args.rows * Vectors;
     for (int64 index = blockIdx.x * int64(blockDim.x) + threadIdx.x; index < total; index += int64(gridDim.x) * blockDim.x) {

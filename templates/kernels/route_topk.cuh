@@ -9,6 +9,7 @@
 // Ids come out in decreasing order of the selection key; ties go to the lower expert id. NaN logits
 // rank as -inf. Lane i of the warp holds experts i, i + 32, i + 64, ...
 #include "kernels/router_common.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -31,6 +32,7 @@ struct RouteTopkConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) route_topk(const RouteTopkArguments args) {
+    wait_for_prior_kernels();
     using Element = typename Cfg::Element;
     constexpr int E = Cfg::Experts, K = Cfg::Topk, PerLane = Cfg::PerLane, Warps = Cfg::Threads / 32;
     const int lane = threadIdx.x % 32;

@@ -14,6 +14,7 @@
 // One warp per token; lane j < Topk holds choice j. Ids outside [0, Experts) get no gradient and are
 // never used as addresses.
 #include "kernels/router_common.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -37,6 +38,7 @@ struct RouterBackwardConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) router_backward(const RouterBackwardArguments args) {
+    wait_for_prior_kernels();
     using Element = typename Cfg::Element;
     constexpr int E = Cfg::Experts, K = Cfg::Topk, PerLane = Cfg::PerLane, Warps = Cfg::Threads / 32;
     const int lane = threadIdx.x % 32;

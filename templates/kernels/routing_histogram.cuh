@@ -4,6 +4,7 @@
 // every expert: counts[c * Experts + e] (all E entries written, zeros included). Expert ids outside
 // [0, Experts) are not counted; their number is added to *error_count (one atomicAdd per block).
 #include "common/types.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -26,6 +27,7 @@ struct RoutingIndicesConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) routing_histogram(const RoutingIndicesArguments args) {
+    wait_for_prior_kernels();
     constexpr int E = Cfg::Experts;
     __shared__ int histogram[E];
     __shared__ int dropped;

@@ -9,11 +9,13 @@
 // 256 at a time, warp by warp in slot order.
 #include "common/block_sum.cuh"
 #include "kernels/routing_histogram.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) routing_indices(const RoutingIndicesArguments args) {
+    wait_for_prior_kernels();
     constexpr int E = Cfg::Experts, Threads = Cfg::Threads, Warps = Cfg::Warps;
     constexpr int PerThread = (E + Threads - 1) / Threads;
     __shared__ int next_row[E];  // the next routed row of each expert for this block's slots

@@ -13,6 +13,7 @@
 #include "mma/sm80_mainloop.cuh"
 #include "mma/sm80_operand.cuh"
 #include "scheduler/grouped_tiles.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -49,6 +50,7 @@ struct Sm80RowGroupedConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) sm80_row_grouped_gemm(const GroupedGemmArguments args) {
+    wait_for_prior_kernels();
     using Element = typename Cfg::Element;
     using TileA = typename Cfg::TileA;
     using TileB = typename Cfg::TileB;

@@ -12,6 +12,7 @@
 #include "mma/sm80_mainloop.cuh"
 #include "mma/sm80_operand.cuh"
 #include "scheduler/grouped_tiles.cuh"
+#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
@@ -39,6 +40,7 @@ struct Sm80WeightGradConfig {
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) sm80_grouped_gemm_dw(const GroupedGemmArguments args) {
+    wait_for_prior_kernels();
     using Element = typename Cfg::Element;
     using TileA = typename Cfg::TileA;
     using TileB = typename Cfg::TileB;

@@ -13,6 +13,7 @@
 // experts by prefix sums of m_sizes read on the device, in bands of m tiles so concurrently
 // running CTAs share weight tiles in L2.
 #include "common/arguments.cuh"
+#include "common/dependent_launch.cuh"
 #include "epilogue/sm90_staged_rows.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "mma/sm90_weight_slice.cuh"
@@ -301,6 +302,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::prefetch_tensor_map(map_b);
         if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
     }
+    wait_for_prior_kernels();  // the set-up above touches no global memory: it overlaps the previous kernel
     const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
     // The partner's barriers are initialized before anything arrives on them or multicasts to them.
     if constexpr (Cluster > 1) sm90::cluster_sync();

@@ -17,6 +17,7 @@
 // the consumers of every CTA are done with it), each CTA through as many slices as the longest
 // tile of the cluster.
 #include "common/arguments.cuh"
+#include "common/dependent_launch.cuh"
 #include "epilogue/sm90_box_store.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "mma/sm90_weight_grad_slice.cuh"
@@ -144,6 +145,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         if (!(Flags & kPermuteX)) sm90::prefetch_tensor_map(map_x);
         sm90::prefetch_tensor_map(map_dw);
     }
+    wait_for_prior_kernels();  // the set-up above touches no global memory: it overlaps the previous kernel
     const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
     // The other CTAs' barriers are initialized before anything arrives on them or multicasts to them.
     if constexpr (Cluster > 1) sm90::cluster_sync();

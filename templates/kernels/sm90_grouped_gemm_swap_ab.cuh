@@ -20,6 +20,7 @@
 // The default is m288 (four 52 KB stages beside 32-row staging), chosen by the heuristic for experts
 // of 241-288 rows (codegen/config.cpp); three stages of m320 measured 5-12% slower (starved).
 #include "common/arguments.cuh"
+#include "common/dependent_launch.cuh"
 #include "epilogue/sm90_staged_rows.cuh"
 #include "mma/sm90_pipeline.cuh"
 #include "mma/sm90_weight_slice.cuh"
@@ -299,6 +300,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         sm90::prefetch_tensor_map(map_a);
         sm90::prefetch_tensor_map(map_b);
     }
+    wait_for_prior_kernels();  // the set-up above touches no global memory: it overlaps the previous kernel
     const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
     const int tiles = scheduler.total_tiles();
 
