@@ -13,10 +13,11 @@
 
 namespace moejit {
 
-// Whether kernels built for `arch` are launched ahead of the end of the kernel before them in the
-// stream (programmatic dependent launch). Kernels built for sm_90 and later wait for it
-// themselves (templates/common/dependent_launch.cuh). MOEJIT_DEPENDENT_LAUNCH=0 (read once per
-// process) launches them in plain stream order, for comparison and debugging.
+// Whether kernels built for `arch` are launched with programmatic stream serialization, that is
+// as the kernel before them in the stream ends rather than after its completion is processed.
+// Kernels built for sm_90 and later wait for that kernel themselves
+// (templates/common/dependent_launch.cuh). MOEJIT_DEPENDENT_LAUNCH=0 (read once per process)
+// launches them in plain stream order, for comparison and debugging.
 bool launches_dependent(const Arch& arch);
 
 class Runtime {
