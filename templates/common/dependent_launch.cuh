@@ -10,7 +10,7 @@
 //
 // No kernel signals its dependents early (griddepcontrol.launch_dependents): their blocks would
 // then wait on the multiprocessors beside ours for the whole of our run, and a MoE block at 8192
-// tokens measured 2-15% slower that way (bench/RESULTS.md, thirty-fourth session).
+// tokens measured 1-11% slower that way (bench/RESULTS.md, thirty-fourth session).
 
 namespace moejit {
 
