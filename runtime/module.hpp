@@ -31,9 +31,9 @@ class Kernel {
 public:
     // Raises the dynamic shared-memory limit to `shared_bytes` and reads occupancy once. A kernel
     // with cluster > 1 is launched in clusters of that many consecutive blocks along x. With
-    // `dependent_launch` it is launched with programmatic stream serialization, so that it may
-    // start before the previous kernel in the stream ends: only for kernels that wait for it first
-    // (templates/common/dependent_launch.cuh), on sm_90 and later.
+    // `dependent_launch` it is launched with programmatic stream serialization, as the previous
+    // kernel in the stream ends rather than after its completion: only for kernels that wait for
+    // that kernel themselves (templates/common/dependent_launch.cuh), on sm_90 and later.
     Kernel(std::shared_ptr<const Module> module, const std::string& lowered_name, int threads, size_t shared_bytes,
            int cluster = 1, bool dependent_launch = false);
 
@@ -47,7 +47,6 @@ public:
     // Blocks that can run at once on the whole device (whole clusters only), given `sm_count`.
     int64_t resident_blocks(int sm_count) const;
     int registers() const { return registers_; }
-    bool dependent_launch() const { return dependent_launch_; }
 
 private:
     std::shared_ptr<const Module> module_;
