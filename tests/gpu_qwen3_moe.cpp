@@ -323,7 +323,7 @@ TEST_CASE("Qwen3MoeBlock refuses a bad pointer before it launches anything", "[g
 }
 
 TEST_CASE("Qwen3MoeBlock called back to back on one stream: each kernel waits for the kernels before it", "[gpu]") {
-    // On sm_90 every kernel may start before the one before it ends (templates/common/
+    // On sm_90 every kernel may start before the one before it has completed (templates/common/
     // dependent_launch.cuh). The block reuses one workspace, so a kernel that read its inputs too
     // early would see the other call's routing, activations or gradients. Calls alternate between
     // two inputs with no synchronization between them; each must reproduce its input's result,

@@ -26,8 +26,8 @@ void require_no_spills(const std::string& log) {
     CHECK(match[1] == "0");
 }
 
-// templates/common/dependent_launch.cuh: on sm_90 and later the host launches every kernel ahead
-// of the previous one's end, so each waits before its first global load, store or copy (the PTX
+// templates/common/dependent_launch.cuh: on sm_90 and later the host launches every kernel before
+// the previous one has completed, so each waits before its first global load, store or copy (the PTX
 // lists the straight-line start of a kernel in program order); sm_80 has no such instruction.
 void require_dependent_launch_contract(const std::string& ptx, const Arch& arch) {
     const size_t wait = ptx.find("griddepcontrol.wait");
