@@ -1,6 +1,6 @@
 // MOEJIT_LOG, MOEJIT_CHECK_ROUTING, MOEJIT_KERNEL_PATH and MOEJIT_DEPENDENT_LAUNCH take their
-// documented values in any case and warn once about any other. Each is read once per process, so every value is tried in
-// a fresh copy of this test binary (the hidden test case below).
+// documented values in any case and warn once about any other. Each is read once per process, so
+// every value is tried in a fresh copy of this test binary (the hidden test case below).
 #include "tests/catch.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/errors.hpp"
