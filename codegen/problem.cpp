@@ -42,13 +42,14 @@ const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op:
 struct FlagName {
     const char* name;
     bool Problem::*field;
+    bool fusion;  // false: an output option (which buffers a pass writes), not a fusion
 };
-const FlagName kFlags[] = {{"permute_x", &Problem::permute_x},
-                           {"permute_y", &Problem::permute_y},
-                           {"mul_post", &Problem::fuse_mul_post},
-                           {"gated", &Problem::gated},
-                           {"preactivation", &Problem::saves_preactivation},
-                           {"out_fp32", &Problem::out_fp32}};
+const FlagName kFlags[] = {{"permute_x", &Problem::permute_x, true},
+                           {"permute_y", &Problem::permute_y, true},
+                           {"mul_post", &Problem::fuse_mul_post, true},
+                           {"gated", &Problem::gated, true},
+                           {"preactivation", &Problem::saves_preactivation, false},
+                           {"out_fp32", &Problem::out_fp32, false}};
 
 }  // namespace
 size_t element_bytes(DType) { return 2; }
@@ -118,8 +119,7 @@ std::string to_spec(const Problem& p) {
 
 bool Problem::*fusion_flag(std::string_view name) {
     for (const FlagName& flag : kFlags)
-        if (name == flag.name && flag.field != &Problem::out_fp32 && flag.field != &Problem::saves_preactivation)
-            return flag.field;
+        if (name == flag.name && flag.fusion) return flag.field;
     return nullptr;
 }
 

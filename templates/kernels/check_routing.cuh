@@ -3,8 +3,8 @@
 // m_sizes [E] non-negative and summing to M, gather_idx [M] a permutation of 0..M-1. Finds the
 // first (lowest) offending index of each kind; the host turns the report into a moejit::Error
 // before the GEMM runs, so a bad input is reported instead of read out of bounds.
-#include "common/types.cuh"
 #include "common/dependent_launch.cuh"
+#include "common/types.cuh"
 
 namespace moejit {
 

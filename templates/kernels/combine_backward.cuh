@@ -4,8 +4,8 @@
 //   grad_y[r] = w[s] * grad_out[t]        (expert order: what dX and dW of the down GEMM read)
 //   grad_w[s] = <grad_out[t], y[s]>        (the routing-weight gradient, fp32)
 // grad_out [T, Width], y [M, Width] in slot order (the unscaled down-GEMM output), grad_y [M, Width].
-#include "common/types.cuh"
 #include "common/dependent_launch.cuh"
+#include "common/types.cuh"
 
 namespace moejit {
 

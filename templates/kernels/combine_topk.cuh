@@ -2,8 +2,8 @@
 // Deterministic combine over top-k: out[t] = sum_j w[t * topk + j] * slots[t * topk + j], summed in fp32 in
 // order j = 0..topk-1, with w = 1 when `weights` is null.
 // slots [T * topk, Width] in routed-slot order (what dX writes with permute_x), out [T, Width].
-#include "common/types.cuh"
 #include "common/dependent_launch.cuh"
+#include "common/types.cuh"
 
 namespace moejit {
 

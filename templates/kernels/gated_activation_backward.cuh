@@ -3,8 +3,8 @@
 //   d_gate = dh * up * silu'(gate),  d_up = dh * silu(gate),  silu'(g) = s * (1 + g * (1 - s)), s = sigmoid(g)
 // preactivation [M, N] = gate | up (what the gated forward saves), grad_h [M, N/2], grad_preactivation [M, N]:
 // the dY that dX and dW of the gate_up GEMM take.
-#include "common/types.cuh"
 #include "common/dependent_launch.cuh"
+#include "common/types.cuh"
 
 namespace moejit {
 

@@ -4,8 +4,8 @@
 //   unpermute (Unpermute = true):   dst [M, Width] slot order,    dst[gather_idx[r]] = src[r],         src [M, Width]
 // A gather_idx entry outside [0, M) (the -1 tail routing_indices leaves for dropped slots) is never
 // used as an address: permute writes a zero row, unpermute writes nothing.
-#include "common/types.cuh"
 #include "common/dependent_launch.cuh"
+#include "common/types.cuh"
 
 namespace moejit {
 

@@ -8,8 +8,8 @@
 //
 // Ids come out in decreasing order of the selection key; ties go to the lower expert id. NaN logits
 // rank as -inf. Lane i of the warp holds experts i, i + 32, i + 64, ...
-#include "kernels/router_common.cuh"
 #include "common/dependent_launch.cuh"
+#include "kernels/router_common.cuh"
 
 namespace moejit {
 

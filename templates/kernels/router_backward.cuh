@@ -13,8 +13,8 @@
 //
 // One warp per token; lane j < Topk holds choice j. Ids outside [0, Experts) get no gradient and are
 // never used as addresses.
-#include "kernels/router_common.cuh"
 #include "common/dependent_launch.cuh"
+#include "kernels/router_common.cuh"
 
 namespace moejit {
 

@@ -3,8 +3,8 @@
 // into chunks of `chunk` consecutive slots, one block each; this pass counts, per chunk, the slots of
 // every expert: counts[c * Experts + e] (all E entries written, zeros included). Expert ids outside
 // [0, Experts) are not counted; their number is added to *error_count (one atomicAdd per block).
-#include "common/types.cuh"
 #include "common/dependent_launch.cuh"
+#include "common/types.cuh"
 
 namespace moejit {
 

@@ -8,8 +8,8 @@
 // expert in earlier chunks from the counts, scans the totals over experts, then places its slots
 // 256 at a time, warp by warp in slot order.
 #include "common/block_sum.cuh"
-#include "kernels/routing_histogram.cuh"
 #include "common/dependent_launch.cuh"
+#include "kernels/routing_histogram.cuh"
 
 namespace moejit {
 

@@ -9,11 +9,11 @@
 // cp.async ring and accumulates in fp32 with mma.sync m16n8k16. The fusion flags (common/arguments.cuh)
 // change only which global row a tile row reads or writes, the scale, and the gated epilogue.
 #include "common/arguments.cuh"
+#include "common/dependent_launch.cuh"
 #include "common/ptx.cuh"
 #include "mma/sm80_mainloop.cuh"
 #include "mma/sm80_operand.cuh"
 #include "scheduler/grouped_tiles.cuh"
-#include "common/dependent_launch.cuh"
 
 namespace moejit {
 

@@ -8,11 +8,11 @@
 // read MN-major: each 64-row slice of routed rows lands as [64][TileM] of dY and [64][TileN] of X,
 // with permute_x / permute_y gathering whole rows through gather_idx.
 #include "common/arguments.cuh"
+#include "common/dependent_launch.cuh"
 #include "common/ptx.cuh"
 #include "mma/sm80_mainloop.cuh"
 #include "mma/sm80_operand.cuh"
 #include "scheduler/grouped_tiles.cuh"
-#include "common/dependent_launch.cuh"
 
 namespace moejit {
 
