@@ -47,7 +47,7 @@ struct Config {
     }
 };
 
-// Whether the kernel claims its tiles at run time from a counter zeroed before each launch: the
+// Whether the kernel claims its tiles at run time from counters that it leaves at zero: the
 // Hopper row-grouped kernels that gather A into 128-row tiles, without clusters (mirrors `Dynamic`
 // in templates/kernels/sm90_grouped_gemm.cuh), and the swapped-operand kernels, whose tiles differ
 // in width (kernels/sm90_grouped_gemm_swap_ab.cuh).

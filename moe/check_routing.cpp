@@ -38,7 +38,8 @@ void check_routing(const Problem& gemm, const Routing& routing, bool uses_gather
 
     const int64_t rows = routing.rows;
     const long long unset = std::numeric_limits<long long>::max();
-    long long report[4] = {0, unset, unset, unset};
+    // Without m_sizes (one expert) the rows are all the expert's: their sum is M by definition.
+    long long report[4] = {routing.m_sizes ? 0 : rows, unset, unset, unset};
     Scratch scratch(sizeof report + size_t(rows) * 4 + 16);
     const CUdeviceptr report_pointer = scratch.pointer, seen_pointer = scratch.pointer + sizeof report;
     check_cuda(cu.cuMemcpyHtoD(report_pointer, report, sizeof report), "routing check: upload");

@@ -79,20 +79,28 @@ struct GroupedGemm::Pass {
     }
 };
 
-// Counters of the kernels that claim tiles at run time (claims_tiles), one per stream: launches on
-// one stream never overlap, so one counter, zeroed on the stream before each such launch, serves
-// them all, and launches on two streams at once use two. Allocated with the GroupedGemm, never
-// during a call (which may be under graph capture); a stream beyond the 64th takes over the slot
-// assigned longest ago. A captured launch keeps its stream's counter: replaying its graph while
-// the same GroupedGemm runs on that stream shares it.
+// Counters of the kernels that claim tiles at run time (claims_tiles), a pair per stream: launches
+// on one stream never overlap, and each leaves its pair at zero for the next
+// (templates/scheduler/tile_queue.cuh), so one pair, zeroed once here, serves them all, and launches
+// on two streams at once use two. Allocated with the GroupedGemm, never during a call (which may
+// be under graph capture); a stream beyond the 64th takes over the pair assigned longest ago. A
+// captured launch keeps its stream's pair: replaying its graph while the same GroupedGemm runs on
+// that stream shares it.
 struct GroupedGemm::TileCounters {
     using Key = std::pair<CUstream, std::thread::id>;
     static constexpr int kSlots = 64;
-    DeviceBuffer counters{kSlots * sizeof(int)};
+    static constexpr size_t kSlotBytes = 2 * sizeof(int);  // claims, retired CTAs
+    DeviceBuffer counters{kSlots * kSlotBytes};
     std::mutex mutex;
     std::map<Key, int> slots;
     Key owners[kSlots] = {};  // the key each assigned slot belongs to
     int assigned = 0;         // slots handed out so far; the next goes to assigned % kSlots
+
+    TileCounters() {
+        counters.fill16(0);
+        // On the legacy stream, which a non-blocking stream's launches do not wait for.
+        check_cuda(driver().cuStreamSynchronize(nullptr), "tile counters: synchronize");
+    }
 
     CUdeviceptr for_stream(CUstream stream) {
         std::lock_guard<std::mutex> lock(mutex);
@@ -105,7 +113,7 @@ struct GroupedGemm::TileCounters {
             owners[slot] = key;
             found = slots.emplace(key, slot).first;
         }
-        return counters.get() + size_t(found->second) * sizeof(int);
+        return counters.get() + size_t(found->second) * kSlotBytes;
     }
 };
 
@@ -174,7 +182,7 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
     check_pointer(a, 16, spec, forward ? "x" : "dy");
     check_pointer(b, 16, spec, forward || dx ? "w" : "x");
     check_pointer(c, 16, spec, forward ? "y" : dx ? "dx" : "dw");
-    check_pointer(routing.m_sizes, 4, spec, "routing.m_sizes");
+    if (routing.m_sizes != 0 || problem.experts != 1) check_pointer(routing.m_sizes, 4, spec, "routing.m_sizes");
     if (problem.permute_x || problem.permute_y || problem.fuse_mul_post)
         check_pointer(routing.gather_idx, 4, spec, "routing.gather_idx");
     if (problem.fuse_mul_post) check_pointer(routing.topk_weights, 4, spec, "routing.topk_weights");
@@ -223,9 +231,7 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         return;
     }
     if (claims_tiles(problem, config)) {
-        const CUdeviceptr counter = tile_counters_->for_stream(stream);
-        check_cuda(driver().cuMemsetD32Async(counter, 0, 1, stream), "cuMemsetD32Async (tile counter)");
-        arguments.tile_counter = reinterpret_cast<int*>(counter);
+        arguments.tile_counters = reinterpret_cast<int*>(tile_counters_->for_stream(stream));
     }
     HopperTensorMaps maps = variant.tensor_maps(problem, a, b, c, routing.rows);
     void* parameters[] = {&arguments, &maps.a, &maps.b, &maps.c};  // the row-grouped kernels take two maps

@@ -1,5 +1,6 @@
 #include "moe/router_stage.hpp"
 
+#include "moe/route_topk.hpp"
 #include "moe/router_limits.hpp"
 #include "runtime/driver.hpp"
 
@@ -18,7 +19,6 @@ RouterStage::Buffers RouterStage::plan(WorkspaceLayout& layout, DType dtype, int
                                        int64_t max_tokens, bool training) {
     const size_t T = size_t(max_tokens), M = T * size_t(topk), E = size_t(experts);
     Buffers b;
-    b.router_rows = layout.take(4);
     b.topk_ids = layout.take(M, 4);
     b.topk_weights = layout.take(M, 4);
     b.m_sizes = layout.take(E, 4);
@@ -58,12 +58,11 @@ void RouterStage::add_kernels(KernelList& list, DType dtype, int64_t hidden, con
 void RouterStage::forward(CUdeviceptr hidden, CUdeviceptr router_weight, CUdeviceptr logits, int64_t tokens,
                           CUstream stream) const {
     const Buffers& b = buffers_;
-    // The router GEMM is one "expert" of T rows; the error counter restarts with every forward.
-    check_cuda(driver().cuMemsetD32Async(at(b.router_rows), static_cast<unsigned>(tokens), 1, stream),
-               "MoE block: router row count");
-    check_cuda(driver().cuMemsetD32Async(at(b.errors), 0, 1, stream), "MoE block: routing error count");
+    // The error count restarts with every forward: route_topk clears it, where it runs.
+    if (tokens == 0)
+        check_cuda(driver().cuMemsetD32Async(at(b.errors), 0, 1, stream), "MoE block: routing error count");
     router_.forward(hidden, router_weight, logits, dense_routing(tokens), stream);
-    route_topk(config_, dtype_, logits, at(b.topk_ids), at(b.topk_weights), tokens, stream);
+    route_topk_clearing(config_, dtype_, logits, at(b.topk_ids), at(b.topk_weights), tokens, at(b.errors), stream);
     routing_indices(config_.experts, config_.topk, at(b.topk_ids), tokens, at(b.m_sizes), at(b.gather_idx),
                     at(b.scatter_idx), at(b.errors), at(b.scratch), b.scratch_bytes, stream);
 }
@@ -81,7 +80,8 @@ Routing RouterStage::routing(int64_t tokens) const {
     return Routing{at(buffers_.m_sizes), at(buffers_.gather_idx), at(buffers_.topk_weights), tokens * config_.topk};
 }
 
-Routing RouterStage::dense_routing(int64_t tokens) const { return Routing{at(buffers_.router_rows), 0, 0, tokens}; }
+// No m_sizes: the router GEMM has one expert, which holds every row.
+Routing RouterStage::dense_routing(int64_t tokens) const { return Routing{0, 0, 0, tokens}; }
 
 void RouterStage::check_errors(CUstream stream) const {
     check_routing_errors(at(buffers_.errors), config_.experts, stream);

@@ -15,7 +15,7 @@ namespace moejit {
 class RouterStage {
 public:
     struct Buffers {  // offsets into the block's workspace
-        size_t router_rows, topk_ids, topk_weights, m_sizes, gather_idx, scatter_idx, errors, scratch, grad_logits;
+        size_t topk_ids, topk_weights, m_sizes, gather_idx, scatter_idx, errors, scratch, grad_logits;
         size_t scratch_bytes;
     };
     // Without `training` (a block built for inference), backward's buffer is not planned.

@@ -7,6 +7,7 @@
 #include "codegen/kernel_problems.hpp"
 #include "moe/elementwise_kernel.hpp"
 #include "moe/pointer_checks.hpp"
+#include "moe/route_topk.hpp"
 #include "moe/router_limits.hpp"
 #include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
@@ -73,6 +74,11 @@ Chunking routing_chunking(int experts, int64_t rows) {
 
 void route_topk(const RouterConfig& router, DType dtype, CUdeviceptr logits, CUdeviceptr topk_ids,
                 CUdeviceptr topk_weights, int64_t tokens, CUstream stream) {
+    route_topk_clearing(router, dtype, logits, topk_ids, topk_weights, tokens, 0, stream);
+}
+
+void route_topk_clearing(const RouterConfig& router, DType dtype, CUdeviceptr logits, CUdeviceptr topk_ids,
+                         CUdeviceptr topk_weights, int64_t tokens, CUdeviceptr counter, CUstream stream) {
     const auto where = [&] { return router_name("route_topk", router); };
     check_router(router, where);
     check_dtype(dtype, where);
@@ -80,11 +86,13 @@ void route_topk(const RouterConfig& router, DType dtype, CUdeviceptr logits, CUd
     check_pointer(topk_ids, 4, where, "topk_ids");
     check_pointer(topk_weights, 4, where, "topk_weights");
     check_tokens(tokens, where);
+    if (counter != 0) check_pointer(counter, 4, where, "the cleared counter");
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(router_problem(Op::route_topk, router.experts, router.topk, dtype), device);
     if (tokens == 0) return;
     RouteTopkArguments arguments{reinterpret_cast<const void*>(logits), reinterpret_cast<int*>(topk_ids),
-                                 reinterpret_cast<float*>(topk_weights), tokens, router_mode(router)};
+                                 reinterpret_cast<float*>(topk_weights), tokens, router_mode(router),
+                                 reinterpret_cast<int*>(counter)};
     void* parameters[] = {&arguments};
     kernel->launch(grid_for((tokens + kTokensPerBlock - 1) / kTokensPerBlock, device.sm_count), stream, parameters);
 }

@@ -15,7 +15,7 @@ struct GroupedGemmArguments {
     const int* gather_idx;
     const float* topk_weights;
     long long rows;
-    int* tile_counter;
+    int* tile_counters;
 };
 
 struct CombineTopkArguments {
@@ -54,6 +54,7 @@ struct RouteTopkArguments {
     float* topk_weights;
     long long tokens;
     int mode;
+    int* cleared;
 };
 
 struct RouterBackwardArguments {

@@ -143,7 +143,7 @@ void check_dw(const Problem& problem, const HostRouting& routing, const DeviceBu
 // checks each against float64. A set with fuse_mul_post expects dw to throw.
 // `config` forces one tiling (and with it the kernel path) on every pass; empty: the library's choice.
 // `device_m_sizes`, where given, goes to the device in place of routing.m_sizes (bad sizes that
-// must act as the routing's own).
+// must act as the routing's own); given empty, the call passes no m_sizes (one expert).
 void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing, const Flags& flags, unsigned passes,
                   const std::string& config = "", const std::vector<int>* device_m_sizes = nullptr) {
     const Problem problem = make_problem(dtype, n, k, routing.experts, routing.topk, flags);
@@ -158,7 +158,8 @@ void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing,
     const DeviceBuffer m_sizes = upload(device_m_sizes ? *device_m_sizes : routing.m_sizes),
                        gather_idx = upload(routing.gather_idx),
                        topk_weights = upload(routing.topk_weights);
-    const Routing device_routing{m_sizes.get(), gathers ? gather_idx.get() : 0,
+    const bool no_m_sizes = device_m_sizes != nullptr && device_m_sizes->empty();
+    const Routing device_routing{no_m_sizes ? 0 : m_sizes.get(), gathers ? gather_idx.get() : 0,
                                  flags.fuse_mul_post ? topk_weights.get() : 0, rows};
 
     // X [T, K] with permute_x, else [M, K] in routed order; dY [M, N] (slot order with permute_y).
@@ -526,6 +527,65 @@ TEST_CASE("passes: a tile-claiming forward on two streams at once matches one on
     }
 }
 
+TEST_CASE("passes: tile-claiming kernels launched back to back with different tile counts match each alone",
+          "[gpu][gemm][hopper]") {
+    // Each launch leaves its claim counters at zero for the next (templates/scheduler/tile_queue.cuh):
+    // nothing clears them in between. Two routings of one GroupedGemm with different tile counts,
+    // and one with no rows, alternate on one stream with no synchronization; every output must be
+    // the one its routing gives in a launch of its own. A counter left over from the launch before
+    // makes the CTAs skip tiles (their outputs stay poisoned) or claim past the end.
+    if (!hopper_device_arch()) return;
+    const DType dtype = DType::bf16;
+    const int64_t n = 2072, k = 264;  // "many": more tiles than multiprocessors in both kernels, so CTAs claim
+    struct Case {
+        const char* config;
+        Flags flags;
+    };
+    for (const Case& c : {Case{"h:m128n256s3", kPermuteX}, Case{"h:m288n128s4swap", kNone}}) {
+        INFO("config " << c.config);
+        const std::vector<int> few{300, 0, 280, 17}, many{900, 260, 1000, 290};
+        const HostRouting routings[3] = {make_routing(4, 1, choices_from_sizes(few)),
+                                         make_routing(4, 1, choices_from_sizes(many)),
+                                         make_routing(4, 1, choices_from_sizes({0, 0, 0, 0}))};
+        const GroupedGemm gemm(make_problem(dtype, n, k, 4, 1, c.flags), c.config);
+        REQUIRE(claims_tiles(gemm.problem(), Config::parse(gemm.config(Op::fwd, routings[1].rows()))));
+        const DeviceBuffer x = upload(random_halves(dtype, size_t(routings[1].rows()) * k));
+        const DeviceBuffer w = upload_weights(random_weights(dtype, n, k, routings[1]));
+        std::vector<DeviceBuffer> m_sizes, gather_idx;
+        std::vector<Routing> device_routings;
+        for (const HostRouting& routing : routings) {
+            m_sizes.push_back(upload(routing.m_sizes));
+            gather_idx.push_back(upload(routing.gather_idx.empty() ? std::vector<int>{0} : routing.gather_idx));
+            device_routings.push_back(Routing{m_sizes.back().get(), gather_idx.back().get(), 0, routing.rows()});
+        }
+        const size_t out_halves = size_t(routings[1].rows()) * n;
+        std::vector<std::vector<uint16_t>> expected;
+        for (const Routing& routing : device_routings) {
+            DeviceBuffer y = poisoned(out_halves);
+            gemm.forward(x.get(), w.get(), y.get(), routing, nullptr);
+            synchronize();
+            expected.push_back(y.to_host<uint16_t>());
+        }
+        const std::vector<int> order{0, 1, 1, 0, 2, 0, 1, 2, 2, 1, 0, 0};
+        std::vector<DeviceBuffer> outputs;
+        for (size_t i = 0; i < order.size(); ++i) outputs.push_back(poisoned(out_halves));
+        for (size_t i = 0; i < order.size(); ++i)
+            gemm.forward(x.get(), w.get(), outputs[i].get(), device_routings[order[i]], nullptr);
+        synchronize();
+        for (size_t i = 0; i < order.size(); ++i) {
+            INFO("launch " << i << ", routing " << order[i]);
+            CHECK(outputs[i].to_host<uint16_t>() == expected[order[i]]);
+        }
+        // The launches of their own wrote every routed row and nothing past them (their values
+        // against float64 are the other test cases' business).
+        for (int r = 0; r < 3; ++r) {
+            const auto written = std::count_if(expected[r].begin(), expected[r].end(),
+                                               [](uint16_t value) { return value != kPoison; });
+            CHECK(written == routings[r].rows() * n);
+        }
+    }
+}
+
 TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty experts, M = 0", "[gpu][gemm]") {
     const DType dtype = DType::bf16;
     const int64_t n = 208, k = 136;
@@ -577,6 +637,16 @@ TEST_CASE("passes: m_sizes past M, even past 2^31 in all, are cut at M", "[gpu][
     for (int e : {5, 6, 7}) device_m_sizes[e] = std::numeric_limits<int>::max();
     for (const Flags& flags : kAllFlagSets)
         check_passes(DType::bf16, 208, 136, routing, flags, kFwd | kDx | kDw | kDw32, "", &device_m_sizes);
+}
+
+TEST_CASE("passes: one expert without m_sizes (a dense GEMM, as the blocks' router runs) matches float64",
+          "[gpu][gemm]") {
+    // Every pass and flag set on the library's path (Hopper on sm_90a) and on the portable one.
+    const HostRouting routing = make_routing(1, 1, random_choices(300, 1, all_experts(1)));
+    const std::vector<int> none;
+    for (const char* config : {"", "m64n64s4w1x2"})
+        for (const Flags& flags : kAllFlagSets)
+            check_passes(DType::bf16, 208, 136, routing, flags, kFwd | kDx | kDw | kDw32, config, &none);
 }
 
 TEST_CASE("passes: qwen3-30b-a3b gate_up and down shapes, 64 tokens x top-8 of 128", "[gpu][gemm][model]") {
@@ -947,7 +1017,7 @@ TEST_CASE("passes: bad problems and arguments throw moejit::Error before any lau
                 CHECK_THROWS_AS(call_pass(gemm, op, A, B, 0, good), Error);
                 CHECK_THROWS_AS(call_pass(gemm, op, A, B, C + 8, good), Error);
                 Routing bad = good;
-                bad.m_sizes = 0;
+                bad.m_sizes = 0;  // allowed only with one expert
                 CHECK_THROWS_AS(call_pass(gemm, op, A, B, C, bad), Error);
                 bad.m_sizes = m_sizes.get() + 2;
                 CHECK_THROWS_AS(call_pass(gemm, op, A, B, C, bad), Error);

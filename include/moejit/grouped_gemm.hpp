@@ -28,7 +28,7 @@ class Kernel;
 
 // Where routing put the rows. Only m_sizes is always needed.
 struct Routing {
-    CUdeviceptr m_sizes = 0;       // [E] int32; sum must equal rows
+    CUdeviceptr m_sizes = 0;       // [E] int32; sum must equal rows. May be 0 when E = 1: all rows are the expert's
     CUdeviceptr gather_idx = 0;    // [M] int32; needed by permute_x, permute_y, fuse_mul_post
     CUdeviceptr topk_weights = 0;  // [M] float32 in slot order t*topk+j; needed by fuse_mul_post
     int64_t rows = 0;              // M

@@ -37,7 +37,7 @@ struct GroupedGemmArguments {
     const int* gather_idx;      // [M], needed by permute_x, permute_y, fuse_mul_post
     const float* topk_weights;  // [M] in routed-slot order t*topk+j, needed by fuse_mul_post
     int64 rows;                 // M; rows at or past it are never read or written
-    int* tile_counter;          // zeroed before the launch: gathering Hopper kernels claim tiles from it (scheduler/tile_queue.cuh)
+    int* tile_counters;         // [2]: zero at the launch, left zero (scheduler/tile_queue.cuh)
 };
 
 // Routed row -> the row of a gathered or scattered matrix.

@@ -9,7 +9,7 @@
 namespace moejit {
 
 struct CheckRoutingArguments {
-    const int* m_sizes;     // [E]
+    const int* m_sizes;     // [E], or nullptr for one expert of all M rows
     const int* gather_idx;  // [M] or nullptr when the GEMM does not use it
     int64 rows;             // M
     int* seen;              // [M] zeroed scratch: how often each slot index occurs
@@ -24,7 +24,7 @@ struct CheckRoutingConfig {
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) check_routing(const CheckRoutingArguments args) {
     wait_for_prior_kernels();
-    if (blockIdx.x == 0) {
+    if (blockIdx.x == 0 && args.m_sizes != nullptr) {  // null: one expert of all M rows (sum preset to M)
         for (int expert = threadIdx.x; expert < Cfg::Experts; expert += blockDim.x) {
             const int rows = args.m_sizes[expert];
             atomicAdd(reinterpret_cast<unsigned long long*>(&args.report[0]), static_cast<unsigned long long>(static_cast<int64>(rows)));

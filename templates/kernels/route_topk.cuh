@@ -19,6 +19,7 @@ struct RouteTopkArguments {
     float* topk_weights;  // [T, Topk]
     int64 tokens;         // T
     int mode;             // kRoute* bits
+    int* cleared;         // nullptr, or a counter set to zero (the MoE blocks' routing error count)
 };
 
 template <class Element_, int Experts_, int Topk_>
@@ -33,6 +34,7 @@ struct RouteTopkConfig {
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads) route_topk(const RouteTopkArguments args) {
     wait_for_prior_kernels();
+    if (args.cleared != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *args.cleared = 0;
     using Element = typename Cfg::Element;
     constexpr int E = Cfg::Experts, K = Cfg::Topk, PerLane = Cfg::PerLane, Warps = Cfg::Threads / 32;
     const int lane = threadIdx.x % 32;

@@ -323,11 +323,14 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                     if (thread == 0) queue.publish(round, round == 0 ? static_cast<int>(blockIdx.x) : upcoming);
                     sm90::named_barrier(sm90::kProducerBarrier, sm90::kWarpgroupThreads);
                     pair = queue.peek(round);
-                    if (thread == 0 && pair < pairs) upcoming = sm90::TileQueue::claim(args.tile_counter);
+                    if (thread == 0 && pair < pairs) upcoming = sm90::TileQueue::claim(args.tile_counters);
                 } else {
                     pair = first_pair + round * pair_stride;
                 }
-                if (pair >= pairs) break;
+                if (pair >= pairs) {
+                    if (Cfg::Dynamic && thread == 0) sm90::TileQueue::retire(args.tile_counters);
+                    break;
+                }
                 const Pair work(scheduler, pair, rank);
                 const GroupedTile& tile = work.tile;
                 const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert

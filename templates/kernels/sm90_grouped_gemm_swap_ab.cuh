@@ -311,8 +311,11 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         int index = blockIdx.x;
         for (int round = 0;; ++round) {
             queue.publish(round, index);
-            if (index >= tiles) break;
-            const int upcoming = sm90::TileQueue::claim(args.tile_counter);  // its round trip overlaps the loads
+            if (index >= tiles) {
+                sm90::TileQueue::retire(args.tile_counters);
+                break;
+            }
+            const int upcoming = sm90::TileQueue::claim(args.tile_counters);  // its round trip overlaps the loads
             const GroupedTile tile = scheduler.tile(index);
             const TokenBlock block(tile.expert_rows, tile.m_tile, Cfg::TileTokens);
             const int row0 = tile.row_begin + block.first;

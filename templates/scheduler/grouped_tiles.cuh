@@ -55,7 +55,8 @@ struct GroupedTileScheduler {
     // Block-wide; ends with __syncthreads. The experts' rows are laid end to end and cut at `rows`
     // (M): negative sizes count as empty, and rows at or past M belong to no expert, so every
     // expert's rows lie within [0, M) whatever m_sizes holds. The sums saturate at M, so a bad
-    // m_sizes (a float32 tensor read as int32, say) cannot wrap them to negative rows.
+    // m_sizes (a float32 tensor read as int32, say) cannot wrap them to negative rows. A null
+    // m_sizes (a single-expert problem: the host allows no other) puts all M rows in expert 0.
     __device__ GroupedTileScheduler(Shared& storage, const int* m_sizes, int64 rows) : shared(storage) {
         const int thread = threadIdx.x;
         const int first_expert = thread * kExpertsPerThread;
@@ -65,7 +66,8 @@ struct GroupedTileScheduler {
 #pragma unroll
         for (int i = 0; i < kExpertsPerThread; ++i) {
             const int expert = first_expert + i;
-            const int size = expert < Experts ? min_of(max_of(m_sizes[expert], 0), limit) : 0;
+            const int requested = m_sizes != nullptr ? m_sizes[expert] : limit;
+            const int size = expert < Experts ? min_of(max_of(requested, 0), limit) : 0;
             cut[i + 1] = size;  // for now
             my_rows = saturating_add(my_rows, size, limit);
         }

@@ -6,8 +6,13 @@
 // to be slow falls behind, and the CTAs sharing a weight tile (neighbouring m tiles of one expert)
 // no longer meet in L2 at one time.
 //
-// counter: one int in device memory, zeroed on the launch's stream before every launch that
-// claims (moe/grouped_gemm.cpp), so a launch never depends on how an earlier one ended.
+// counters: two ints in device memory, zero when a launch starts: [0] the claims, [1] the CTAs that
+// have made their last claim. The CTA that makes the last of those puts both back to zero, so the
+// next launch on the stream (kernels on one stream run one after another) finds them at zero with
+// no memset in between: a memset would be a launch of its own, and it ends the chain of dependent
+// launches (dependent_launch.cuh) before every kernel that claims. The reset waits for every CTA
+// rather than for the last tile, so that it happens even if CTAs disagree on the tile count (an
+// m_sizes rewritten while the kernel reads it).
 //
 // Two slots hand each round's tile to the consumer warpgroups and to the other producer threads
 // (which gather too): `full` when the index is written, `empty` when every consumer warp has read it.
@@ -37,8 +42,19 @@ struct TileQueue {
     }
 
     // Producer thread 0: a tile for a round after the first.
-    __device__ __forceinline__ static int claim(int* counter) {
-        return static_cast<int>(gridDim.x) + atomicAdd(counter, 1);
+    __device__ __forceinline__ static int claim(int* counters) {
+        return static_cast<int>(gridDim.x) + atomicAdd(&counters[0], 1);
+    }
+
+    // Producer thread 0, once, after the CTA's last claim (or in place of any).
+    __device__ __forceinline__ static void retire(int* counters) {
+        __threadfence();  // this CTA's claims are performed before its count
+        const unsigned retired = atomicAdd(reinterpret_cast<unsigned*>(&counters[1]), 1u);
+        if (retired + 1 == gridDim.x) {  // every other CTA has claimed its last
+            __threadfence();
+            atomicExch(&counters[0], 0);
+            atomicExch(&counters[1], 0);
+        }
     }
 
     // Producer thread 0: publishes `tile` as round `round`'s.
