@@ -62,7 +62,7 @@ if [[ ",$mode," == *",sanitize,"* ]]; then
          "passes: tile-claiming kernels launched back to back*" "passes: one expert without m_sizes*"
          "passes: gated MoE MLP gradients*" "Qwen3MoeBlock built for inference*"
          "Llama4TextMoe built for inference*")
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do  # SANITIZE_TOOLS: a subset
     for case in "${cases[@]}"; do
       [ "$tool" != memcheck ] && [[ "$case" == *"tiles*" || "$case" == *"clusters*" ]] && continue
       echo "##### $tool: $case" >> "$out/sanitize.log"

@@ -66,8 +66,8 @@ struct GroupedTileScheduler {
 #pragma unroll
         for (int i = 0; i < kExpertsPerThread; ++i) {
             const int expert = first_expert + i;
-            const int requested = m_sizes != nullptr ? m_sizes[expert] : limit;
-            const int size = expert < Experts ? min_of(max_of(requested, 0), limit) : 0;
+            const int requested = expert >= Experts ? 0 : m_sizes != nullptr ? m_sizes[expert] : limit;
+            const int size = min_of(max_of(requested, 0), limit);
             cut[i + 1] = size;  // for now
             my_rows = saturating_add(my_rows, size, limit);
         }
