@@ -1,7 +1,7 @@
 #pragma once
-// Run-time tile order for the persistent row-grouped Hopper kernel where A is gathered: each CTA
-// starts on tile blockIdx.x, and the producer's thread 0 then claims gridDim.x + counter++ one
-// round ahead (the atomic's round trip overlaps a tile's loads). Tiles thus start in the
+// Run-time tile order for the persistent row-grouped Hopper kernels that claim tiles (A gathered,
+// or operands swapped: codegen/config.cpp, claims_tiles): each CTA starts on tile blockIdx.x, and
+// the producer's thread 0 then claims gridDim.x + counters[0]++ one round ahead (the atomic's round trip overlaps a tile's loads). Tiles thus start in the
 // scheduler's order however unequal their costs; under a static stride a CTA whose gathers happen
 // to be slow falls behind, and the CTAs sharing a weight tile (neighbouring m tiles of one expert)
 // no longer meet in L2 at one time.
