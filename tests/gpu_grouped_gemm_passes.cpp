@@ -381,26 +381,6 @@ TEST_CASE("passes: 64-wide tiles (at most 64 output columns: routers) match floa
     }
 }
 
-TEST_CASE("passes: gated_input dX (d(gate|up) from the down GEMM) matches float64 and dX + gated_activation_backward",
-          "[gpu][gemm]") {
-    // check_passes puts every dX through gated_input too; these shapes reach the Hopper kernel's
-    // spread copy, a half piece a wgmma batch, which needs as many batches as steps (32 for
-    // 256-column tiles: N at least 2048), many tiles a CTA (so that the copies run under the next
-    // tile's batches), partial output chunks (K = 200), and one expert without m_sizes (Llama4's
-    // shared expert). The portable path runs the same cases where MOEJIT_KERNEL_PATH=portable.
-    INFO("seed " << test_seed());
-    const HostRouting routing = make_routing(6, 2, random_choices(1100, 2, all_experts(6)));  // ~370 rows an expert
-    for (const Flags& flags : {kNone, kPermuteY, kPermuteYMulPost})
-        check_passes(DType::bf16, 2056, 200, routing, flags, kDx);
-    check_passes(DType::fp16, 2056, 136, routing, kNone, kDx);
-    const HostRouting dense = make_routing(1, 1, random_choices(700, 1, all_experts(1)));
-    const std::vector<int> no_m_sizes;
-    check_passes(DType::bf16, 2048, 264, dense, kNone, kDx, "", &no_m_sizes);
-    if (!hopper_device_arch()) return;
-    for (const char* config : {"h:m64n256s3", "h:m128n128s6", "h:m128n256s4c2", "h:m192n192s4"})
-        check_passes(DType::bf16, 2056, 200, routing, kNone, kDx, config);
-}
-
 TEST_CASE("passes: 192x192 tiles (three consumer warpgroups) match float64", "[gpu][gemm][hopper]") {
     if (!hopper_device_arch()) return;
     // About 86 rows an expert (one partial m tile each) and about 430 (three m tiles, the last

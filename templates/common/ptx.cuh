@@ -29,11 +29,6 @@ __device__ __forceinline__ uint4 load_global_nc_16(const void* address) {
     return v;
 }
 
-// Fetches the line at `address` into L2 without waiting for it.
-__device__ __forceinline__ void prefetch_l2(const void* address) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
-}
-
 __device__ __forceinline__ uint2 load_global_nc_8(const void* address) {
     uint2 v;
     asm volatile("ld.global.nc.v2.b32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(address));

@@ -60,58 +60,38 @@ struct StagedRows {
     // and each piece goes out as d_gate and d_up (common/silu.cuh), to the same bytes of the
     // destination rows and `up_bytes` further, from gate and up read at those bytes of the
     // preactivation rows: the same offsets from `preactivation` as the destinations' from `c`
-    // ([M, 2K] both; the bases are kernel parameters, so they hold no registers here).
-    // A piece goes in two 8-byte halves: beside the accumulators of the tile in flight and the
-    // pending tile's packed output, a whole piece's gate, up and dh spill registers in some
-    // kernels. Copies this thread's halves [first, first + count) of kGatedHalves: the gate and up
-    // loads wait on memory, so the caller may spread a chunk over several wgmma batches. The
-    // first half waits for the fragments, the last frees the staging rows.
-    static constexpr int kGatedHalves = 2 * kCopiesPerThread;
+    // ([M, 2K] both). The two bases are kernel parameters, so they cost no registers here.
     template <class Element>
     __device__ __forceinline__ void copy_out_gated_backward(int barrier_id,
                                                             unsigned char* const (&destination)[kCopiesPerThread],
                                                             const void* c, const void* preactivation_base,
-                                                            int up_bytes, int chunk, int thread, int row_bytes,
-                                                            int first, int count) const {
-        if (first == 0) named_barrier(barrier_id, kWarpgroupThreads);
+                                                            int up_bytes, int chunk, int thread, int row_bytes) const {
+        named_barrier(barrier_id, kWarpgroupThreads);
         const int piece_bytes = copy_piece(thread) * 16;
         const int row_offset = chunk * kStagingRowBytes + piece_bytes;
+        // A piece in two 8-byte halves: beside the accumulators of the tile in flight and the
+        // pending tile's packed output, a whole 16-byte piece's gate, up and dh spill registers.
 #pragma unroll
-        for (int step = 0; step < kGatedHalves; ++step) {
-            const int i = step / 2, half_bytes = (step % 2) * 8;
-            if (step < first || step >= first + count || destination[i] == nullptr || row_offset >= row_bytes) continue;
+        for (int i = 0; i < kCopiesPerThread; ++i) {
+            if (destination[i] == nullptr || row_offset >= row_bytes) continue;
             const unsigned char* preactivation = static_cast<const unsigned char*>(preactivation_base) +
-                                                 (destination[i] - static_cast<const unsigned char*>(c)) + row_offset +
-                                                 half_bytes;
-            const uint2 gate = ptx::load_global_nc_8(preactivation);
-            const uint2 up = ptx::load_global_nc_8(preactivation + up_bytes);
-            uint2 dh;
-            asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n"
-                         : "=r"(dh.x), "=r"(dh.y)
-                         : "r"(base + copy_row(thread, i) * kStagingPitch + piece_bytes + half_bytes));
-            uint2 d_gate, d_up;
-            silu_backward_pair<Element>(gate.x, up.x, dh.x, d_gate.x, d_up.x);
-            silu_backward_pair<Element>(gate.y, up.y, dh.y, d_gate.y, d_up.y);
-            ptx::store_global_8(destination[i] + row_offset + half_bytes, d_gate);
-            ptx::store_global_8(destination[i] + row_offset + half_bytes + up_bytes, d_up);
-        }
-        if (first + count == kGatedHalves) named_barrier(barrier_id, kWarpgroupThreads);
-    }
-
-    // Asks L2 for the preactivation lines that copy_out_gated_backward will read from the rows of
-    // `destination`, one 128-byte line a thread and row: a row's eight copying threads take its
-    // gate and up lines of chunks 0-3. Issued a tile ahead, so that the loads then hit L2.
-    __device__ __forceinline__ void prefetch_gated_backward(unsigned char* const (&destination)[kCopiesPerThread],
-                                                            const void* c, const void* preactivation_base,
-                                                            int up_bytes, int chunks, int thread, int row_bytes) const {
-        const int chunk = copy_piece(thread) / 2;
-        const int offset = chunk * kStagingRowBytes + (copy_piece(thread) % 2 ? up_bytes : 0);
-        if (chunk >= chunks || chunk * kStagingRowBytes >= row_bytes) return;
+                                                 (destination[i] - static_cast<const unsigned char*>(c)) + row_offset;
 #pragma unroll
-        for (int i = 0; i < kCopiesPerThread; ++i)
-            if (destination[i] != nullptr)
-                ptx::prefetch_l2(static_cast<const unsigned char*>(preactivation_base) +
-                                 (destination[i] - static_cast<const unsigned char*>(c)) + offset);
+            for (int half = 0; half < 2; ++half) {
+                const uint2 gate = ptx::load_global_nc_8(preactivation + 8 * half);
+                const uint2 up = ptx::load_global_nc_8(preactivation + up_bytes + 8 * half);
+                uint2 dh;
+                asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n"
+                             : "=r"(dh.x), "=r"(dh.y)
+                             : "r"(base + copy_row(thread, i) * kStagingPitch + piece_bytes + 8 * half));
+                uint2 d_gate, d_up;
+                silu_backward_pair<Element>(gate.x, up.x, dh.x, d_gate.x, d_up.x);
+                silu_backward_pair<Element>(gate.y, up.y, dh.y, d_gate.y, d_up.y);
+                ptx::store_global_8(destination[i] + row_offset + 8 * half, d_gate);
+                ptx::store_global_8(destination[i] + row_offset + up_bytes + 8 * half, d_up);
+            }
+        }
+        named_barrier(barrier_id, kWarpgroupThreads);
     }
 };
 

@@ -134,35 +134,24 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
     // The global rows this thread copies out of the staging rows (null past the expert's end).
     unsigned char* destination[sm90::kCopiesPerThread];
     float scale[2] = {1.0f, 1.0f};  // per fragment row: the routing weight when fused
-    // kGatedInput's copy waits for gate and up (from L2: prefetched a tile ahead), so it goes out a
-    // half piece per wgmma batch rather than a chunk: Steps batches for the pending tile where the
-    // tile has as many slices.
-    constexpr int StepsPerChunk = Cfg::GatedInput ? sm90::StagedRows::kGatedHalves : 1;
-    constexpr int Steps = Chunks * StepsPerChunk;
-    // Step `step` of the pending tile: the first of a chunk stages its fragments; each copies out
-    // 1 / StepsPerChunk of it.
-    auto store_step = [&](int step, int count) {
-        const int chunk = step / StepsPerChunk, part = step % StepsPerChunk;
-        if (part == 0) {
+    auto store_chunk = [&](int chunk) {
 #pragma unroll
-            for (int static_chunk = 0; static_chunk < Chunks; ++static_chunk) {
-                if (static_chunk != chunk) continue;
+        for (int static_chunk = 0; static_chunk < Chunks; ++static_chunk) {
+            if (static_chunk != chunk) continue;
 #pragma unroll
-                for (int half = 0; half < 2; ++half)
+            for (int half = 0; half < 2; ++half)
 #pragma unroll
-                    for (int b = 0; b < BlocksPerChunk; ++b)
-                        staging.store_32(sm90::StagedRows::fragment_row(thread, half), b * 16 + (lane % 4) * 4,
-                                         pending[static_chunk * PerChunk + half * BlocksPerChunk + b]);
-            }
+                for (int b = 0; b < BlocksPerChunk; ++b)
+                    staging.store_32(sm90::StagedRows::fragment_row(thread, half), b * 16 + (lane % 4) * 4,
+                                     pending[static_chunk * PerChunk + half * BlocksPerChunk + b]);
         }
         // Once, not once per chunk: the copy takes the chunk at run time.
         if constexpr (Cfg::GatedInput)
             staging.copy_out_gated_backward<Element>(1 + consumer, destination, args.c, args.preactivation,
-                                                     Cfg::OutCols * 2, chunk, thread, pending_row_bytes, part, count);
+                                                     Cfg::OutCols * 2, chunk, thread, pending_row_bytes);
         else
             staging.copy_out(1 + consumer, destination, chunk, thread, pending_row_bytes);
     };
-    auto store_chunk = [&](int chunk) { store_step(chunk * StepsPerChunk, StepsPerChunk); };
     for (int round = 0;; ++round) {
         const int pair = Cfg::Dynamic ? queue.receive(round, lane) : first_pair + round * pair_stride;
         if (pair >= pairs) break;
@@ -196,9 +185,6 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                     destination[i] = reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutRowElements + out_col0);
                 }
             }
-            if constexpr (Cfg::GatedInput)
-                staging.prefetch_gated_backward(destination, args.c, args.preactivation, Cfg::OutCols * 2, Chunks,
-                                                thread, (Cfg::OutCols - out_col0) * 2);
             if constexpr ((Flags & kFuseMulPost) != 0) {
 #pragma unroll
                 for (int half = 0; half < 2; ++half) {
@@ -210,9 +196,9 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 }
             }
         };
-        // The pending tile's steps under the first batches (all under the first where the tile
-        // has fewer slices than steps), then this tile's destinations.
-        constexpr int SpreadSteps = slices >= Steps ? Steps : 1;
+        // The pending tile's chunks under the first batches (all under the first where the tile
+        // has fewer slices than chunks), then this tile's destinations.
+        constexpr int SpreadChunks = slices >= Chunks ? Chunks : 1;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
@@ -224,16 +210,16 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
                                                      16 * sm90::kSliceBytesPerRow, slice > 0);
             release.issued(barriers, position.stage, thread == 0, accumulators);
-            if (slice < SpreadSteps) {
+            if (slice < SpreadChunks) {
                 if (has_pending) {
-                    if constexpr (SpreadSteps == Steps) {
-                        store_step(slice, 1);
+                    if constexpr (SpreadChunks == Chunks) {
+                        store_chunk(slice);
                     } else {
 #pragma unroll
                         for (int chunk = 0; chunk < Chunks; ++chunk) store_chunk(chunk);
                     }
                 }
-                if (slice == SpreadSteps - 1) load_destinations();
+                if (slice == SpreadChunks - 1) load_destinations();
             }
         }
         release.drain(barriers, thread == 0, accumulators);
