@@ -144,45 +144,6 @@ void check_dw(const Problem& problem, const HostRouting& routing, const DeviceBu
 // `config` forces one tiling (and with it the kernel path) on every pass; empty: the library's choice.
 // `device_m_sizes`, where given, goes to the device in place of routing.m_sizes (bad sizes that
 // must act as the routing's own); given empty, the call passes no m_sizes (one expert).
-// The dX of `gemm` built with gated_input (X = silu(gate) * up): d(gate|up) [M, 2K] against float64
-// from a random gate|up, and, where it runs the same tiling as `gemm`, bit for bit against `gemm`'s
-// dX `plain_dx` put through gated_activation_backward (the same dh, rounded alike, and the same
-// activation code: common/silu.cuh).
-void check_gated_input_dx(const GroupedGemm& gemm, const std::string& config, const HostRouting& routing,
-                          const Routing& device_routing, const DeviceBuffer& dy_device, const DeviceBuffer& w_device,
-                          const DeviceBuffer& plain_dx, const HostWeights& weights, const std::vector<double>& dy) {
-    Problem problem = gemm.problem();
-    problem.gated_input = true;
-    const GroupedGemm fused(problem, config);
-    const DType dtype = problem.dtype;
-    const int64_t rows = routing.rows(), k = problem.k;
-    INFO("gated_input dx config " << fused.config(Op::dx, rows));
-    const auto preactivation_bits = random_halves(dtype, size_t(rows) * 2 * k, -4.0f, 4.0f);
-    const DeviceBuffer preactivation = upload(preactivation_bits);
-    DeviceBuffer grad = poisoned(size_t(rows) * 2 * k);
-    // Without the preactivation it refuses, as a plain dX refuses one.
-    CHECK_THROWS_AS(fused.dx(dy_device.get(), w_device.get(), grad.get(), device_routing, nullptr), Error);
-    CHECK_THROWS_AS(gemm.dx(dy_device.get(), w_device.get(), grad.get(), device_routing, nullptr, preactivation.get()),
-                    Error);
-    fused.dx(dy_device.get(), w_device.get(), grad.get(), device_routing, nullptr, preactivation.get());
-    synchronize();
-    if (rows == 0) {
-        CHECK(count_not_poison(grad, 8) == 0);
-        return;
-    }
-    check_half_output("gated_input dx: d(gate|up)", dtype, grad,
-                      reference_gated_backward(to_doubles(dtype, preactivation_bits),
-                                               reference_dx(gemm.problem(), routing, weights, dy), rows, 2 * k),
-                      tolerance(dtype));
-    if (fused.config(Op::dx, rows) != gemm.config(Op::dx, rows)) return;
-    DeviceBuffer unfused = poisoned(size_t(rows) * 2 * k);
-    gated_activation_backward(dtype, 2 * k, preactivation.get(), plain_dx.get(), unfused.get(), rows, nullptr);
-    synchronize();
-    const bool identical = download<uint16_t>(grad, 0, size_t(rows) * 2 * k) ==
-                           download<uint16_t>(unfused, 0, size_t(rows) * 2 * k);
-    CHECK(identical);
-}
-
 void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing, const Flags& flags, unsigned passes,
                   const std::string& config = "", const std::vector<int>* device_m_sizes = nullptr) {
     const Problem problem = make_problem(dtype, n, k, routing.experts, routing.topk, flags);
@@ -264,8 +225,6 @@ void check_passes(DType dtype, int64_t n, int64_t k, const HostRouting& routing,
                                   limit);
             }
         }
-        if (!flags.permute_x && !flags.gated) check_gated_input_dx(gemm, config, routing, device_routing, dy_device,
-                                                                   w_device, dx, weights, dy);
     }
 
     for (bool fp32 : {false, true}) {

@@ -9,7 +9,6 @@
 #include <moejit/error.hpp>
 
 #include <regex>
-#include <utility>
 
 using namespace moejit;
 
@@ -85,12 +84,6 @@ std::vector<Problem> all_variants(const char* arch, DType dtype) {
         add(Op::fwd, permute_x, false, false, true, false);
         variants.back().saves_preactivation = true;
     }
-    // dX through the gated activation's backward (the down GEMM of a block): gate and up loads in
-    // the epilogue beside the pending tile, gathered dY's producer taking registers too.
-    for (const auto& [permute_y, mul_post] : {std::pair{false, false}, {true, false}, {true, true}}) {
-        add(Op::dx, false, permute_y, mul_post, false, false);
-        variants.back().gated_input = true;
-    }
     for (bool out_fp32 : {false, true}) {
         add(Op::dw, false, false, false, false, out_fp32);
         add(Op::dw, true, false, false, false, out_fp32);
@@ -160,9 +153,7 @@ TEST_CASE("every template variant compiles for sm_80 and sm_90a with no spills",
                         CHECK(output.ptx.find(dtype == DType::bf16 ? "wgmma.mma_async.sync.aligned.m64n" : "f32.f16.f16") !=
                               std::string::npos);
                         const bool dw = problem.op == Op::dw;
-                        // gated_input's d(gate|up) goes out in 8-byte halves (fewer registers live).
-                        CHECK((output.ptx.find("st.global.v4.b32") != std::string::npos) == (!dw && !problem.gated_input));
-                        CHECK((output.ptx.find("st.global.v2.b32") != std::string::npos) == problem.gated_input);
+                        CHECK((output.ptx.find("st.global.v4.b32") != std::string::npos) == !dw);
                         CHECK((output.ptx.find("cp.async.bulk.tensor.3d.global.shared::cta") != std::string::npos) == dw);
                         // stmatrix: dW's 16-bit boxes, and the swapped kernel's transposing staging.
                         CHECK((output.ptx.find("stmatrix.sync.aligned") != std::string::npos) ==
