@@ -354,8 +354,7 @@ bool takes_192_tiles(const Problem& problem) {
 
 bool takes_swap_ab(const Problem& problem) {
     const bool row_grouped = problem.op == Op::fwd || problem.op == Op::dx;
-    // Not for gated_input's dX: its epilogue (the activation's backward) is the 128-row kernels'.
-    return row_grouped && !problem.gated && !problem.gated_input && !gathers_rows(problem);
+    return row_grouped && !problem.gated && !gathers_rows(problem);
 }
 
 size_t swap_ab_table_bytes(const Problem& problem, const Config& config) {
@@ -471,7 +470,7 @@ void check_config(const Problem& problem, const Config& config) {
         if (config.swap_ab) {
             if (!takes_swap_ab(problem))
                 throw Error(what + ": swapped operands are for the forward and dX of rows loaded by TMA (no gated "
-                                   "epilogue, no gated_input dX, no gathered rows: permute_x forward, permute_y dX)");
+                                   "epilogue, no gathered rows: permute_x forward, permute_y dX)");
             if (config.tile_n != 128 || (config.tile_m != 288 && config.tile_m != 320))
                 throw Error(what + ": swapped tiles are m288 or m320 (routed rows) by n128 (output columns)");
             if (config.cluster != 1) throw Error(what + ": swapped tiles run in single CTAs");

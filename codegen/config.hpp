@@ -63,7 +63,7 @@ bool gathers_rows(const Problem& problem);
 bool scatters_rows(const Problem& problem);
 
 // Swapped operands (Config::swap_ab) exist for the forward and dX of rows loaded by TMA: no gated
-// epilogue or gated_input dX, no gathered rows (the forward's permute_x, dX's permute_y). Rows may scatter (the
+// epilogue, no gathered rows (the forward's permute_x, dX's permute_y). Rows may scatter (the
 // forward's permute_y, dX's permute_x) and take the routing weights (fuse_mul_post).
 bool takes_swap_ab(const Problem& problem);
 

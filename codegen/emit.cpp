@@ -16,7 +16,6 @@ std::string flags_expression(const Problem& p) {
     add(p.fuse_mul_post, "moejit::kFuseMulPost");
     add(p.gated && p.op == Op::fwd, "moejit::kGated");
     add(p.saves_preactivation, "moejit::kSavesPreactivation");
-    add(p.gated_input && p.op == Op::dx, "moejit::kGatedInput");
     add(p.out_fp32, "moejit::kOutFp32");
     return flags.empty() ? "0" : flags;
 }

@@ -19,7 +19,6 @@ Problem gemm_pass(const Problem& forward, GemmPass pass) {
     problem.op = pass == GemmPass::fwd ? Op::fwd : pass == GemmPass::dx ? Op::dx : Op::dw;
     problem.gated = forward.gated && pass == GemmPass::fwd;
     problem.saves_preactivation = forward.saves_preactivation && pass == GemmPass::fwd;
-    problem.gated_input = forward.gated_input && pass == GemmPass::dx;
     problem.out_fp32 = pass == GemmPass::dw_fp32;
     return problem;
 }

@@ -20,7 +20,6 @@ enum class GemmPass { fwd, dx, dw, dw_fp32 };
 inline GemmPass dw_pass(bool fp32_output) { return fp32_output ? GemmPass::dw_fp32 : GemmPass::dw; }
 // The pass of the GroupedGemm built on `forward`: dx and dw keep the forward's flags (they
 // differentiate that GEMM) except `gated` and `saves_preactivation`, since they take d(gate|up).
-// `gated_input` stays with dx only: the forward and dW kernels are the GEMM's without it.
 Problem gemm_pass(const Problem& forward, GemmPass pass);
 
 // The elementwise and routing kernels, named by the call that launches them.

@@ -42,14 +42,13 @@ const Op kOps[] = {Op::fwd, Op::dx, Op::dw, Op::combine, Op::gated_backward, Op:
 struct FlagName {
     const char* name;
     bool Problem::*field;
-    bool fusion;  // false: an output option (which buffers a pass reads and writes), not a fusion
+    bool fusion;  // false: an output option (which buffers a pass writes), not a fusion
 };
 const FlagName kFlags[] = {{"permute_x", &Problem::permute_x, true},
                            {"permute_y", &Problem::permute_y, true},
                            {"mul_post", &Problem::fuse_mul_post, true},
                            {"gated", &Problem::gated, true},
                            {"preactivation", &Problem::saves_preactivation, false},
-                           {"gated_input", &Problem::gated_input, false},
                            {"out_fp32", &Problem::out_fp32, false}};
 
 }  // namespace
@@ -104,13 +103,9 @@ void Problem::validate() const {
     if (out_fp32 && op != Op::dw) fail("out_fp32 applies to dw only");
     if (saves_preactivation && !(gated && op == Op::fwd))
         fail("preactivation (gate|up saved for the backward) is an output of the gated fwd only");
-    if (gated_input && (gated || permute_x))
-        fail("gated_input belongs to the second GEMM (down), whose X is the gated first GEMM's output; gated and "
-             "permute_x to the first");
-    if (gated_input && op == Op::dw) fail("gated_input changes dx only; dw takes the forward's X as it is");
     if (fuse_mul_post && op == Op::dw)
         fail("dw with fuse_mul_post is not supported: the scale is an inference fusion; scale dY by topk_weights first");
-    if (is_elementwise(op) && (permute_x || permute_y || fuse_mul_post || gated || gated_input))
+    if (is_elementwise(op) && (permute_x || permute_y || fuse_mul_post || gated))
         fail(std::string(to_string(op)) + " takes no fusion flags");
 }
 

@@ -186,13 +186,11 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
     if (problem.permute_x || problem.permute_y || problem.fuse_mul_post)
         check_pointer(routing.gather_idx, 4, spec, "routing.gather_idx");
     if (problem.fuse_mul_post) check_pointer(routing.topk_weights, 4, spec, "routing.topk_weights");
-    if (problem.saves_preactivation || problem.gated_input)
+    if (problem.saves_preactivation)
         check_pointer(preactivation, 16, spec, "preactivation");
     else if (preactivation != 0)
-        throw Error(spec() + (forward ? ": a preactivation output needs a gated forward with saves_preactivation (the "
-                                        "kernel without it has no code to write one)"
-                                      : ": a preactivation input needs a GEMM built with gated_input (its dx writes "
-                                        "d(gate|up); without it, dX)"));
+        throw Error(spec() + ": a preactivation output needs a gated forward with saves_preactivation (the "
+                             "kernel without it has no code to write one)");
     Pass::Variant& variant = pass.variant(routing.rows);
     const Kernel& kernel = pass.compile(variant);
     if (routing_checks_enabled())
@@ -245,9 +243,8 @@ void GroupedGemm::forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, const Rou
     launch(pass(Op::fwd), x, w, y, preactivation, routing, stream);
 }
 
-void GroupedGemm::dx(CUdeviceptr dy, CUdeviceptr w, CUdeviceptr dx, const Routing& routing, CUstream stream,
-                     CUdeviceptr preactivation) const {
-    launch(pass(Op::dx), dy, w, dx, preactivation, routing, stream);
+void GroupedGemm::dx(CUdeviceptr dy, CUdeviceptr w, CUdeviceptr dx, const Routing& routing, CUstream stream) const {
+    launch(pass(Op::dx), dy, w, dx, 0, routing, stream);
 }
 
 void GroupedGemm::dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routing& routing, CUstream stream,

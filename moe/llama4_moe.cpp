@@ -33,7 +33,8 @@ struct Buffers {
     size_t x_scaled, shared_h, shared_y;  // the forward's, saved for the backward
     // Training only (kNotPlanned in an inference block): saved by forward, and the backward's.
     size_t shared_preactivation = kNotPlanned;
-    size_t shared_grad_gate_up = kNotPlanned, shared_grad_x = kNotPlanned, grad_x_partial = kNotPlanned;
+    size_t shared_grad_h = kNotPlanned, shared_grad_gate_up = kNotPlanned, shared_grad_x = kNotPlanned,
+           grad_x_partial = kNotPlanned;
     size_t total;
 };
 
@@ -54,6 +55,7 @@ Buffers plan(const Llama4MoeConfig& c, int64_t tokens) {
         return b;
     }
     b.shared_preactivation = layout.take(T, 2 * Is, bytes);
+    b.shared_grad_h = layout.take(T, Is, bytes);
     b.shared_grad_gate_up = layout.take(T, 2 * Is, bytes);
     b.shared_grad_x = layout.take(T, H, bytes);
     b.grad_x_partial = layout.take(T, H, bytes);
@@ -68,9 +70,9 @@ struct Gemms {
     Problem gate_up;         // gated, on the scaled input already in expert order (forward, dW)
     Problem gate_up_dx;      // gated + permute_x: its dX lands in slot order
     Problem down;            // permute_y: rows in slot order, combined unweighted
-    Problem down_backward;   // expert order in and out; its dX is d(gate|up) (gated_input)
+    Problem down_backward;   // no fusions: backward reads and writes expert order
     Problem shared_gate_up;  // dense: one "expert" of T rows, gated
-    Problem shared_down;     // its dX is d(gate|up) (gated_input)
+    Problem shared_down;
 };
 
 Gemms gemms(const Llama4MoeConfig& c) {
@@ -83,12 +85,10 @@ Gemms gemms(const Llama4MoeConfig& c) {
     g.down = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
     g.down.permute_y = true;
     g.down_backward = expert_gemm(c.dtype, c.hidden, c.intermediate, c.experts, c.topk);
-    g.down_backward.gated_input = true;
     g.shared_gate_up = expert_gemm(c.dtype, 2 * c.shared(), c.hidden, 1, 1);
     g.shared_gate_up.gated = true;
     g.shared_gate_up.saves_preactivation = c.training;
     g.shared_down = expert_gemm(c.dtype, c.hidden, c.shared(), 1, 1);
-    g.shared_down.gated_input = true;
     return g;
 }
 
@@ -106,9 +106,11 @@ KernelList block_kernels(const Llama4MoeConfig& c) {
     if (!c.training) return list;
     const GemmPass dw = dw_pass(c.fp32_weight_gradients);
     list.add_gemm(g.shared_down, {GemmPass::dx, dw});
+    list.add(gated_backward_problem(c.dtype, 2 * c.shared()));
     list.add_gemm(g.shared_gate_up, {GemmPass::dx, dw});
     list.add(permute_rows_problem(c.dtype, c.hidden, c.topk));
     list.add_gemm(g.down_backward, {GemmPass::dx, dw});
+    list.add(gated_backward_problem(c.dtype, 2 * c.intermediate));
     list.add_gemm(g.gate_up_dx, {GemmPass::dx});
     list.add_gemm(g.gate_up, {dw});
     list.add(combine_problem(c.dtype, c.hidden, 1));  // the shared expert's and the router's dHidden
@@ -245,17 +247,18 @@ void Llama4TextMoe::backward(CUdeviceptr grad_output, const Llama4MoeWeights& we
     const Routing dense = s.router.dense_routing(tokens);
     const bool fp32 = c.fp32_weight_gradients;
     // Shared expert.
-    // Each down GEMM's dX goes through the activation's backward in its epilogue: d(gate|up).
-    s.shared_down.dx(grad_output, weights.shared_down, s.at(b.shared_grad_gate_up), dense, stream,
-                     s.at(b.shared_preactivation));
+    s.shared_down.dx(grad_output, weights.shared_down, s.at(b.shared_grad_h), dense, stream);
     s.shared_down.dw(grad_output, s.at(b.shared_h), gradients.shared_down, dense, stream, fp32);
+    gated_activation_backward(c.dtype, 2 * c.shared(), s.at(b.shared_preactivation), s.at(b.shared_grad_h),
+                              s.at(b.shared_grad_gate_up), tokens, stream);
     s.shared_gate_up.dx(s.at(b.shared_grad_gate_up), weights.shared_gate_up, s.at(b.shared_grad_x), dense, stream);
     s.shared_gate_up.dw(s.at(b.shared_grad_gate_up), s.hidden, gradients.shared_gate_up, dense, stream, fp32);
     // Routed experts: the unweighted combine hands every slot its token's gradient.
     permute_rows(c.dtype, c.hidden, c.topk, grad_output, routing.gather_idx, s.at(b.mlp.grad_y), tokens, stream);
-    s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_gate_up), routing, stream,
-                       s.at(b.mlp.preactivation));
+    s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_h), routing, stream);
     s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, fp32);
+    gated_activation_backward(c.dtype, 2 * c.intermediate, s.at(b.mlp.preactivation), s.at(b.mlp.grad_h),
+                              s.at(b.mlp.grad_gate_up), routing.rows, stream);
     s.gate_up_dx.dx(s.at(b.mlp.grad_gate_up), weights.gate_up, s.at(b.mlp.grad_x_slots), routing, stream);
     s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.at(b.x_scaled), gradients.gate_up, routing, stream, fp32);
     // d score[s] = <d x_scaled[s], hidden[t]> (the scaled rows it writes again land in grad_y, unused).

@@ -24,7 +24,7 @@ RouterConfig router_config(const Qwen3MoeConfig& c) { return RouterConfig::qwen3
 struct Gemms {
     Problem gate_up;        // permute_x + gated
     Problem down;           // permute_y: unscaled rows in slot order (the combine applies the weights)
-    Problem down_backward;  // expert order in and out; its dX is d(gate|up) (gated_input)
+    Problem down_backward;  // no fusions: backward reads and writes expert order
 };
 
 Gemms gemms(const Qwen3MoeConfig& c) {
@@ -36,7 +36,6 @@ Gemms gemms(const Qwen3MoeConfig& c) {
     g.down = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
     g.down.permute_y = true;
     g.down_backward = expert_gemm(c.dtype, c.hidden, c.moe_intermediate, c.experts, c.topk);
-    g.down_backward.gated_input = true;
     return g;
 }
 
@@ -52,6 +51,7 @@ KernelList block_kernels(const Qwen3MoeConfig& c) {
     const GemmPass dw = dw_pass(c.fp32_weight_gradients);
     list.add(combine_backward_problem(c.dtype, c.hidden, c.topk));
     list.add_gemm(g.down_backward, {GemmPass::dx, dw});
+    list.add(gated_backward_problem(c.dtype, 2 * c.moe_intermediate));
     list.add_gemm(g.gate_up, {GemmPass::dx, dw});
     return list;
 }
@@ -184,11 +184,11 @@ void Qwen3MoeBlock::backward(CUdeviceptr grad_output, const Qwen3MoeWeights& wei
     // out = sum_j w * y: gradients of the down GEMM's rows (scaled, expert order) and of the weights.
     combine_backward(c.dtype, c.hidden, c.topk, grad_output, s.at(b.mlp.y_slots), routing.gather_idx,
                      routing.topk_weights, s.at(b.mlp.grad_y), s.at(b.mlp.grad_weights), routing.rows, stream);
-    // The down GEMM's dX goes through the activation's backward in its epilogue: d(gate|up).
-    s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_gate_up), routing, stream,
-                       s.at(b.mlp.preactivation));
+    s.down_backward.dx(s.at(b.mlp.grad_y), weights.down, s.at(b.mlp.grad_h), routing, stream);
     const bool fp32 = c.fp32_weight_gradients;
     s.down_backward.dw(s.at(b.mlp.grad_y), s.at(b.mlp.h), gradients.down, routing, stream, fp32);
+    gated_activation_backward(c.dtype, 2 * c.moe_intermediate, s.at(b.mlp.preactivation), s.at(b.mlp.grad_h),
+                              s.at(b.mlp.grad_gate_up), routing.rows, stream);
     s.gate_up.dx(s.at(b.mlp.grad_gate_up), weights.gate_up, s.at(b.mlp.grad_x_slots), routing, stream);
     s.gate_up.dw(s.at(b.mlp.grad_gate_up), s.hidden, gradients.gate_up, routing, stream, fp32);
     // Router: d(weights) -> d(logits) through top-k and softmax, then both router GEMM gradients.

@@ -44,12 +44,8 @@ Inputs make_inputs(const Problem& forward, int64_t tokens) {
     inputs.y = DeviceBuffer(size_t(rows) * forward.n * 2);  // a gated forward writes half of it
     // Whichever pass of the GEMM comes first makes the inputs (a gated forward's dX and dW have no
     // `gated`), so the preactivation is there for all: a buffer the size of dY, small beside W and dW.
-    // With gated_input, dX reads gate|up [M, 2K] (random, as a real one) and writes d(gate|up) [M, 2K].
-    const int64_t dx_width = forward.gated_input ? 2 * forward.k : forward.k;
-    inputs.preactivation = forward.gated_input
-                               ? DeviceBuffer::from(random_halves(forward.dtype, size_t(rows) * dx_width, 40))
-                               : DeviceBuffer(size_t(rows) * forward.n * 2);
-    inputs.dx = DeviceBuffer(size_t(rows) * dx_width * 2);
+    inputs.preactivation = DeviceBuffer(size_t(rows) * forward.n * 2);
+    inputs.dx = DeviceBuffer(size_t(rows) * forward.k * 2);
     inputs.dw = DeviceBuffer(size_t(forward.experts) * forward.n * forward.k * 4);
     inputs.m_sizes = DeviceBuffer::from(synthetic.m_sizes);
     inputs.gather_idx = DeviceBuffer::from(synthetic.gather_idx);
@@ -61,7 +57,7 @@ Inputs make_inputs(const Problem& forward, int64_t tokens) {
 // Whether make_inputs gives `a` and `b` alike, so that they can share one set.
 bool same_inputs(const Problem& a, const Problem& b) {
     return a.dtype == b.dtype && a.n == b.n && a.k == b.k && a.experts == b.experts && a.topk == b.topk &&
-           a.permute_x == b.permute_x && a.gated_input == b.gated_input;
+           a.permute_x == b.permute_x;
 }
 
 GemmPass gemm_pass_of(const Problem& pass) {
@@ -74,8 +70,8 @@ GemmPass gemm_pass_of(const Problem& pass) {
 }
 
 // The forward of the GroupedGemm that runs `pass`. dx and dw never carry `gated` or
-// `saves_preactivation`, nor fwd and dw `gated_input` (gemm_pass drops them), so a forward without
-// them runs them alike; anything gemm_pass could not have built is refused.
+// `saves_preactivation` (gemm_pass drops them), so a forward without them runs them alike; anything
+// gemm_pass could not have built is refused.
 Problem forward_of(const Problem& pass) {
     Problem forward = pass;
     forward.op = Op::fwd;
@@ -94,10 +90,7 @@ double time_pass(const GroupedGemm& gemm, GemmPass pass, Inputs& in, EventTimer&
                 gemm.forward(in.x[set].get(), in.w.get(), in.y.get(), in.routing, nullptr,
                              gemm.problem().saves_preactivation ? in.preactivation.get() : 0);
                 break;
-            case GemmPass::dx:
-                gemm.dx(in.dy[set].get(), in.w.get(), in.dx.get(), in.routing, nullptr,
-                        gemm.problem().gated_input ? in.preactivation.get() : 0);
-                break;
+            case GemmPass::dx: gemm.dx(in.dy[set].get(), in.w.get(), in.dx.get(), in.routing, nullptr); break;
             case GemmPass::dw:
             case GemmPass::dw_fp32:
                 gemm.dw(in.dy[set].get(), in.x[set].get(), in.dw.get(), in.routing, nullptr,

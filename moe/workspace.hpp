@@ -64,7 +64,7 @@ inline CUdeviceptr workspace_at(CUdeviceptr workspace, size_t offset, const char
 struct RoutedMlpBuffers {
     size_t h = kNotPlanned, y_slots = kNotPlanned;  // forward
     size_t preactivation = kNotPlanned;             // training: saved by forward
-    size_t grad_y = kNotPlanned, grad_weights = kNotPlanned, grad_gate_up = kNotPlanned,
+    size_t grad_y = kNotPlanned, grad_weights = kNotPlanned, grad_h = kNotPlanned, grad_gate_up = kNotPlanned,
            grad_x_slots = kNotPlanned;     // backward
     size_t router_grad_x = kNotPlanned;    // backward: the router's share of dX
 
@@ -77,6 +77,7 @@ struct RoutedMlpBuffers {
         b.preactivation = layout.take(M, 2 * I, bytes);
         b.grad_y = layout.take(M, H, bytes);
         b.grad_weights = layout.take(M, 4);
+        b.grad_h = layout.take(M, I, bytes);
         b.grad_gate_up = layout.take(M, 2 * I, bytes);
         b.grad_x_slots = layout.take(M, H, bytes);
         b.router_grad_x = layout.take(T, H, bytes);

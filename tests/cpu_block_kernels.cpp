@@ -52,13 +52,13 @@ TEST_CASE("Qwen3MoeBlock::kernels names each kernel forward and backward launch,
         "fwd:bf16:n256:k256:e16:topk4:permute_x:gated:preactivation:sm_90a",
         "dx:bf16:n256:k256:e16:topk4:permute_x:sm_90a",
         "dw:bf16:n256:k256:e16:topk4:permute_x:out_fp32:sm_90a",
-        // down scatters unscaled rows (the combine weights them): no mul_post; its backward reads and
-        // writes expert order, and its dX writes d(gate|up) through the activation's backward
+        // down scatters unscaled rows (the combine weights them): no mul_post; its backward has no fusions
         "fwd:bf16:n256:k128:e16:topk4:permute_y:sm_90a",
-        "dx:bf16:n256:k128:e16:topk4:gated_input:sm_90a",
+        "dx:bf16:n256:k128:e16:topk4:sm_90a",
         "dw:bf16:n256:k128:e16:topk4:out_fp32:sm_90a",
         "combine:bf16:n256:k256:e4:topk4:sm_90a",
         "combine_backward:bf16:n256:k256:e4:topk4:sm_90a",
+        "gated_backward:bf16:n256:k256:e1:topk1:sm_90a",
         // MOEJIT_CHECK_ROUTING before the router GEMM (one expert) and the experts' GEMMs
         "check_routing:bf16:n8:k8:e1:topk1:sm_90a",
         "check_routing:bf16:n8:k8:e16:topk1:sm_90a",
@@ -98,16 +98,18 @@ TEST_CASE("Llama4TextMoe::kernels names each kernel forward and backward launch,
         "dw:bf16:n256:k256:e16:topk1:out_fp32:sm_90a",
         "dx:bf16:n256:k256:e16:topk1:permute_x:sm_90a",
         "fwd:bf16:n256:k128:e16:topk1:permute_y:sm_90a",
-        "dx:bf16:n256:k128:e16:topk1:gated_input:sm_90a",
+        "dx:bf16:n256:k128:e16:topk1:sm_90a",
         "dw:bf16:n256:k128:e16:topk1:out_fp32:sm_90a",
         // the shared expert: dense GEMMs of one "expert", Is = 64
         "fwd:bf16:n128:k256:e1:topk1:gated:preactivation:sm_90a",
         "dx:bf16:n128:k256:e1:topk1:sm_90a",
         "dw:bf16:n128:k256:e1:topk1:out_fp32:sm_90a",
         "fwd:bf16:n256:k64:e1:topk1:sm_90a",
-        "dx:bf16:n256:k64:e1:topk1:gated_input:sm_90a",
+        "dx:bf16:n256:k64:e1:topk1:sm_90a",
         "dw:bf16:n256:k64:e1:topk1:out_fp32:sm_90a",
         "combine:bf16:n256:k256:e1:topk1:sm_90a",
+        "gated_backward:bf16:n128:k128:e1:topk1:sm_90a",
+        "gated_backward:bf16:n256:k256:e1:topk1:sm_90a",
         "permute_rows:bf16:n256:k256:e1:topk1:sm_90a",
         "check_routing:bf16:n8:k8:e1:topk1:sm_90a",
         "check_routing:bf16:n8:k8:e16:topk1:sm_90a",
@@ -280,18 +282,19 @@ TEST_CASE("A block built for inference plans the forward's buffers only", "[cpu]
     // T = 64 tokens, M = 256 routed rows, H = 256, I = 128, E = 16, bf16: every buffer below is a
     // multiple of 256 bytes, so the layout's rounding adds nothing. The training block's own:
     // router d(logits) T*E*2; preactivation and d(gate|up) M*2I*2 each; d(y), d(x) slots M*H*2 each;
-    // d(topk weights) M*4; the router's dX T*H*2. (No d(h): the down GEMM's dX writes d(gate|up).)
+    // d(topk weights) M*4; d(h) M*I*2; the router's dX T*H*2.
     const size_t T = 64, M = 256, H = 256, I = 128, E = 16;
-    const size_t qwen3_training_only = T * E * 2 + 2 * (M * 2 * I * 2) + 2 * (M * H * 2) + M * 4 + T * H * 2;
+    const size_t qwen3_training_only = T * E * 2 + 2 * (M * 2 * I * 2) + 2 * (M * H * 2) + M * 4 + M * I * 2 + T * H * 2;
     Qwen3MoeConfig qwen3{256, 128, 16, 4, true, DType::bf16};
     const size_t qwen3_training = Qwen3MoeBlock::workspace_bytes(qwen3, 64);
     qwen3.training = false;
     CHECK(Qwen3MoeBlock::workspace_bytes(qwen3, 64) == qwen3_training - qwen3_training_only);
 
-    // Llama4 (topk 4, shared Is = 64) adds the shared expert's preactivation T*2Is*2, d(gate|up)
-    // T*2Is*2, d(x) T*H*2 and dHidden's partial sum T*H*2.
+    // Llama4 (topk 4, shared Is = 64) adds the shared expert's preactivation T*2Is*2, d(h) T*Is*2,
+    // d(gate|up) T*2Is*2, d(x) T*H*2 and dHidden's partial sum T*H*2.
     const size_t Is = 64;
-    const size_t llama4_training_only = qwen3_training_only + T * 2 * Is * 2 + T * 2 * Is * 2 + 2 * (T * H * 2);
+    const size_t llama4_training_only =
+        qwen3_training_only + T * 2 * Is * 2 + T * Is * 2 + T * 2 * Is * 2 + 2 * (T * H * 2);
     Llama4MoeConfig llama4{256, 128, 64, 16, 4, DType::bf16};
     const size_t llama4_training = Llama4TextMoe::workspace_bytes(llama4, 64);
     llama4.training = false;
@@ -349,10 +352,10 @@ TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][b
     bad_qwen3([](Qwen3MoeConfig& c) { c.topk = 0; }, 16, "topk");
     bad_qwen3([](Qwen3MoeConfig& c) { c.experts = 2048; }, 16, "experts");
     bad_qwen3([](Qwen3MoeConfig& c) { c.experts = 12; }, 16, "multiple of 8");
-    // Each dimension within its limits, the workspace past 2^64 bytes (about 1.8e19; here about
-    // 2.0e19): an error, not a wrapped size that the block would write past.
+    // Each dimension within its limits, the workspace past 2^64 bytes (about 1.8e19): an error, not
+    // a wrapped size of 1.7 GB that the block would write past.
     bad_qwen3([](Qwen3MoeConfig& c) { c.hidden = 2147450848; c.moe_intermediate = 1073741816; c.experts = 8;
-                                      c.topk = 1; }, 700000000, "overflows");
+                                      c.topk = 1; }, 613572113, "overflows");
 
     auto bad_llama4 = [&](auto&& change, int64_t max_tokens, const char* mention) {
         Llama4MoeConfig c = llama4;
@@ -423,7 +426,7 @@ TEST_CASE("model_grouped_gemms: `moejit tune` times the grouped GEMMs the layer 
         "dx:bf16:n1536:k2048:e128:topk8:permute_x:sm_90a",
         "dw:bf16:n1536:k2048:e128:topk8:permute_x:out_fp32:sm_90a",
         "fwd:bf16:n2048:k768:e128:topk8:permute_y:sm_90a",  // unscaled: the combine applies the weights
-        "dx:bf16:n2048:k768:e128:topk8:gated_input:sm_90a",   // writes d(gate|up)
+        "dx:bf16:n2048:k768:e128:topk8:sm_90a",
         "dw:bf16:n2048:k768:e128:topk8:out_fp32:sm_90a",
     };
     CHECK(specs_of(qwen3) == expected);

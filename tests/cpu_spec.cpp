@@ -159,29 +159,3 @@ TEST_CASE("preactivation is an output of the gated forward only, and a key of it
     CHECK(fusion_flag("preactivation") == nullptr);
     CHECK(fusion_flag("gated") == &Problem::gated);
 }
-
-TEST_CASE("gated_input belongs to the down GEMM and changes its dx only", "[cpu][spec]") {
-    const std::string dx = "dx:bf16:n256:k128:e16:topk4:permute_y:mul_post:gated_input:sm_90a";
-    const Problem problem = parse_spec(dx);
-    CHECK(problem.gated_input);
-    CHECK(to_spec(problem) == dx);
-    Problem plain = problem;
-    plain.gated_input = false;
-    CHECK(plain != problem);  // two kernels, two cache keys
-
-    // The GroupedGemm's forward carries it; only its dx pass keeps it.
-    Problem forward = parse_spec("fwd:bf16:n256:k128:e16:topk4:gated_input:sm_90a");
-    CHECK_NOTHROW(forward.validate());
-    CHECK(to_spec(gemm_pass(forward, GemmPass::dx)) == "dx:bf16:n256:k128:e16:topk4:gated_input:sm_90a");
-    CHECK(to_spec(gemm_pass(forward, GemmPass::fwd)) == "fwd:bf16:n256:k128:e16:topk4:sm_90a");
-    CHECK(to_spec(gemm_pass(forward, GemmPass::dw)) == "dw:bf16:n256:k128:e16:topk4:sm_90a");
-    CHECK(to_spec(gemm_pass(forward, GemmPass::dw_fp32)) == "dw:bf16:n256:k128:e16:topk4:out_fp32:sm_90a");
-
-    CHECK(mentions(spec_error("dw:bf16:n256:k128:e16:topk4:gated_input:sm_90a"), "changes dx only"));
-    CHECK(mentions(spec_error("fwd:bf16:n256:k128:e16:topk4:gated:gated_input:sm_90a"), "second GEMM (down)"));
-    CHECK(mentions(spec_error("dx:bf16:n256:k128:e16:topk4:permute_x:gated_input:sm_90a"), "second GEMM (down)"));
-    CHECK(mentions(spec_error("combine:bf16:n16:k16:e16:topk4:gated_input:sm_90a"), "takes no fusion flags"));
-    CHECK(mentions(spec_error(dx.substr(0, dx.size() - 7) + ":gated_input:sm_90a"), "given twice"));
-    // What dX reads and writes, like preactivation: not a fusion `moejit bench --fusions` varies.
-    CHECK(fusion_flag("gated_input") == nullptr);
-}

@@ -9,8 +9,7 @@
 //                                          scattered to token-slot order with permute_y
 //   dx:       dX[r] = dY[r] @ W[e]          dY [M, N], gathered from slot order with permute_y;
 //                                          dX [M, K], scattered to slot order with permute_x
-//                                          (sum over topk with combine_topk); with gated_input
-//                                          (X = silu(gate) * up), d(gate|up) [M, 2K] instead
+//                                          (sum over topk with combine_topk)
 //   dw:       dW[e] = dY_e^T @ X_e          [E, N, K]; zeros for empty experts
 //
 // Each pass is a kernel generated for (dtype, N, K, E, topk, flags, GPU arch), compiled by NVRTC
@@ -53,12 +52,8 @@ public:
     // without it, it must be 0.
     void forward(CUdeviceptr x, CUdeviceptr w, CUdeviceptr y, const Routing& routing, CUstream stream,
                  CUdeviceptr preactivation = 0) const;
-    // For a gated forward, dy is d(gate|up) [M, N] (from gated_activation_backward, or the dx of
-    // the next GEMM built with gated_input). With `gated_input`, `preactivation` is the gated
-    // forward's gate|up [M, 2K] (16-byte aligned, rows as dx's) and dx receives d(gate|up) [M, 2K]
-    // instead of dX [M, K]; without it, it must be 0.
-    void dx(CUdeviceptr dy, CUdeviceptr w, CUdeviceptr dx, const Routing& routing, CUstream stream,
-            CUdeviceptr preactivation = 0) const;
+    // For a gated forward, dy is d(gate|up) [M, N] from gated_activation_backward.
+    void dx(CUdeviceptr dy, CUdeviceptr w, CUdeviceptr dx, const Routing& routing, CUstream stream) const;
     // dw [E, N, K] in the input dtype, or fp32 with `fp32_output`.
     void dw(CUdeviceptr dy, CUdeviceptr x, CUdeviceptr dw, const Routing& routing, CUstream stream,
             bool fp32_output = false) const;

@@ -57,10 +57,6 @@ struct Problem {
     // gated fwd: also writes gate|up [M, N], what gated_activation_backward reads. A training
     // forward's output; without it (inference) the kernel has no code for it, and runs 2.6-6% faster.
     bool saves_preactivation = false;
-    // down: X is silu(gate) * up of a gated forward. Only dx changes: from gate|up [M, 2K] (what
-    // that forward saves) it writes d(gate|up) [M, 2K], the gated GEMM's dY, instead of dX [M, K],
-    // so the activation's backward needs no pass of its own.
-    bool gated_input = false;
     bool out_fp32 = false;       // dw: gradient in fp32 instead of the input dtype
     Arch arch;
 
@@ -70,7 +66,7 @@ struct Problem {
         return op == o.op && dtype == o.dtype && n == o.n && k == o.k && experts == o.experts &&
                topk == o.topk && permute_x == o.permute_x && permute_y == o.permute_y &&
                fuse_mul_post == o.fuse_mul_post && gated == o.gated &&
-               saves_preactivation == o.saves_preactivation && gated_input == o.gated_input && out_fp32 == o.out_fp32 && arch == o.arch;
+               saves_preactivation == o.saves_preactivation && out_fp32 == o.out_fp32 && arch == o.arch;
     }
     bool operator!=(const Problem& o) const { return !(*this == o); }
 };
@@ -84,8 +80,7 @@ std::string to_spec(const Problem& problem);
 Problem parse_spec(std::string_view spec);
 
 // The fusion flag that a spec names `name` (permute_x, permute_y, mul_post or gated; not the output
-// options out_fp32 of dW, preactivation of the gated forward and gated_input, which changes what dX
-// reads and writes), or nullptr.
+// options out_fp32 of dW and preactivation of the gated forward), or nullptr.
 bool Problem::*fusion_flag(std::string_view name);
 
 const char* to_string(DType dtype);

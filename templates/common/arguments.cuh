@@ -1,7 +1,6 @@
 #pragma once
 // Run-time arguments of every grouped-GEMM kernel, passed by value as one parameter. The host
 // mirrors this struct field for field (runtime/launch_arguments.hpp).
-#include "common/silu.cuh"
 #include "common/types.cuh"
 
 namespace moejit {
@@ -14,7 +13,6 @@ enum GemmFlags : int {
     kGated = 8,        // gate_up epilogue writes silu(gate) * up, [M, N/2]
     kOutFp32 = 16,     // dW output in fp32
     kSavesPreactivation = 32,  // with kGated: gate|up [M, N] to args.preactivation too (training)
-    kGatedInput = 64,  // dX of a GEMM whose X is silu(gate) * up: writes d(gate|up) [M, 2K] from args.preactivation
 };
 
 // Which row-grouped GEMM a kernel computes (both share the fwd/dX templates).
@@ -33,9 +31,8 @@ __host__ __device__ constexpr bool scatters_rows(bool forward, int flags) {
 struct GroupedGemmArguments {
     const void* a;              // fwd: X [M or T, K]; dX and dW: dY [M, N]
     const void* b;              // fwd and dX: W [E, N, K]; dW: X [M or T, K]
-    void* c;                    // fwd: Y [M, N] or [M, N/2] (gated); dX: [M, K] or [M, 2K] (kGatedInput); dW: [E, N, K]
-    void* preactivation;        // kSavesPreactivation: [M, N] gate|up written for the backward pass;
-                                // kGatedInput: [M, 2K] gate|up read, rows as dX's
+    void* c;                    // fwd: Y [M, N] or [M, N/2] (gated); dX: [M, K]; dW: [E, N, K]
+    void* preactivation;        // kSavesPreactivation: [M, N] copy of gate|up for the backward pass
     const int* m_sizes;         // [E]
     const int* gather_idx;      // [M], needed by permute_x, permute_y, fuse_mul_post
     const float* topk_weights;  // [M] in routed-slot order t*topk+j, needed by fuse_mul_post
@@ -50,6 +47,17 @@ __device__ __forceinline__ int64 token_row(const GroupedGemmArguments& args, int
 }
 __device__ __forceinline__ int64 slot_row(const GroupedGemmArguments& args, int64 routed_row) {
     return static_cast<int64>(args.gather_idx[routed_row]);
+}
+
+// silu(x) = x / (1 + 2^(-x log2 e)), with the approximate exponential and divide (one MUFU op each):
+// the IEEE divide is a branchy sequence of about a dozen instructions, and the gated epilogue, which
+// runs while the tensor pipe waits, evaluates 64 of these per thread and tile. A 16-bit output hides
+// their 2-ulp errors. For x < -88, 2^(-x log2 e) is inf and the quotient 0, the limit; for x > 87,
+// it flushes to 0 and the quotient is x.
+__device__ __forceinline__ float silu(float x) {
+    float power;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(power) : "f"(x * -1.4426950408889634f));
+    return __fdividef(x, 1.0f + power);
 }
 
 }  // namespace moejit

@@ -1,5 +1,5 @@
 #pragma once
-// Thin wrappers over the sm_80 PTX both paths use: cp.async, ldmatrix, mma.sync, 16-byte global accesses.
+// Thin wrappers over the sm_80 PTX the portable path uses: cp.async, ldmatrix, mma.sync.
 #include "common/types.cuh"
 
 namespace moejit::ptx {
@@ -18,30 +18,6 @@ __device__ __forceinline__ uint32 load_shared_32(uint32 address) {
     uint32 value;
     asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(value) : "r"(address) : "memory");
     return value;
-}
-
-// 16 bytes through the read-only path: for data no thread of the kernel writes.
-__device__ __forceinline__ uint4 load_global_nc_16(const void* address) {
-    uint4 v;
-    asm volatile("ld.global.nc.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(address));
-    return v;
-}
-
-__device__ __forceinline__ uint2 load_global_nc_8(const void* address) {
-    uint2 v;
-    asm volatile("ld.global.nc.v2.b32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(address));
-    return v;
-}
-
-__device__ __forceinline__ void store_global_8(void* address, const uint2& v) {
-    asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(address), "r"(v.x), "r"(v.y) : "memory");
-}
-
-__device__ __forceinline__ void store_global_16(void* address, const uint4& v) {
-    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(address), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                 : "memory");
 }
 
 // 16-byte global->shared copy that bypasses L1. With `valid` false it writes zeros and reads

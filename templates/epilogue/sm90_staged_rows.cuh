@@ -7,7 +7,6 @@
 // (67 KB for 128x256) leaves room for a fourth ring stage next to 128x256 tiles; the stores are
 // fire-and-forget, so nothing waits for them before the next tile's mainloop.
 #include "common/ptx.cuh"
-#include "common/silu.cuh"
 #include "mma/sm90_pipeline.cuh"
 
 namespace moejit::sm90 {
@@ -51,45 +50,9 @@ struct StagedRows {
             asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
                          : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3)
                          : "r"(base + copy_row(thread, i) * kStagingPitch + piece_bytes));
-            ptx::store_global_16(destination[i] + skip_bytes + row_offset, make_uint4(v0, v1, v2, v3));
-        }
-        named_barrier(barrier_id, kWarpgroupThreads);
-    }
-
-    // copy_out for the dX of a gated activation's output (kGatedInput): the staged values are dh,
-    // and each piece goes out as d_gate and d_up (common/silu.cuh), to the same bytes of the
-    // destination rows and `up_bytes` further, from gate and up read at those bytes of the
-    // preactivation rows: the same offsets from `preactivation` as the destinations' from `c`
-    // ([M, 2K] both). The two bases are kernel parameters, so they cost no registers here.
-    template <class Element>
-    __device__ __forceinline__ void copy_out_gated_backward(int barrier_id,
-                                                            unsigned char* const (&destination)[kCopiesPerThread],
-                                                            const void* c, const void* preactivation_base,
-                                                            int up_bytes, int chunk, int thread, int row_bytes) const {
-        named_barrier(barrier_id, kWarpgroupThreads);
-        const int piece_bytes = copy_piece(thread) * 16;
-        const int row_offset = chunk * kStagingRowBytes + piece_bytes;
-        // A piece in two 8-byte halves: beside the accumulators of the tile in flight and the
-        // pending tile's packed output, a whole 16-byte piece's gate, up and dh spill registers.
-#pragma unroll
-        for (int i = 0; i < kCopiesPerThread; ++i) {
-            if (destination[i] == nullptr || row_offset >= row_bytes) continue;
-            const unsigned char* preactivation = static_cast<const unsigned char*>(preactivation_base) +
-                                                 (destination[i] - static_cast<const unsigned char*>(c)) + row_offset;
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const uint2 gate = ptx::load_global_nc_8(preactivation + 8 * half);
-                const uint2 up = ptx::load_global_nc_8(preactivation + up_bytes + 8 * half);
-                uint2 dh;
-                asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n"
-                             : "=r"(dh.x), "=r"(dh.y)
-                             : "r"(base + copy_row(thread, i) * kStagingPitch + piece_bytes + 8 * half));
-                uint2 d_gate, d_up;
-                silu_backward_pair<Element>(gate.x, up.x, dh.x, d_gate.x, d_up.x);
-                silu_backward_pair<Element>(gate.y, up.y, dh.y, d_gate.y, d_up.y);
-                ptx::store_global_8(destination[i] + row_offset + 8 * half, d_gate);
-                ptx::store_global_8(destination[i] + row_offset + up_bytes + 8 * half, d_up);
-            }
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n"
+                         ::"l"(destination[i] + skip_bytes + row_offset), "r"(v0), "r"(v1), "r"(v2), "r"(v3)
+                         : "memory");
         }
         named_barrier(barrier_id, kWarpgroupThreads);
     }

@@ -7,8 +7,7 @@
 // for every routed row r of expert e. Persistent CTAs walk (expert, m tile, n tile) through
 // GroupedTileScheduler; each tile streams the reduction in 64-wide slices through a Stages-deep
 // cp.async ring and accumulates in fp32 with mma.sync m16n8k16. The fusion flags (common/arguments.cuh)
-// change only which global row a tile row reads or writes, the scale, and the gated epilogues
-// (the forward's activation; kGatedInput's dX, the activation's backward).
+// change only which global row a tile row reads or writes, the scale, and the gated epilogue.
 #include "common/arguments.cuh"
 #include "common/dependent_launch.cuh"
 #include "common/ptx.cuh"
@@ -27,8 +26,6 @@ struct Sm80RowGroupedConfig {
     static constexpr bool Forward = Pass == RowGroupedPass::forward;
     static constexpr bool Gated = Forward && (Flags & kGated);
     static constexpr bool SavesPreactivation = Gated && (Flags & kSavesPreactivation);
-    // dX of a GEMM whose X is silu(gate) * up: d(gate|up) out, [M, 2K], from gate|up [M, 2K].
-    static constexpr bool GatedInput = !Forward && (Flags & kGatedInput);
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_, WarpsM = WarpsM_, WarpsN = WarpsN_;
     static constexpr int Threads = WarpsM * WarpsN * 32;
     static constexpr int WarpTileM = TileM / WarpsM, WarpTileN = TileN / WarpsN;
@@ -37,7 +34,6 @@ struct Sm80RowGroupedConfig {
     static constexpr int Reduction = Forward ? K : N;                   // length of an A row
     static constexpr int OutCols = Forward ? (Gated ? N / 2 : N) : K;    // width of C
     static constexpr int TileOutCols = Gated ? TileN / 2 : TileN;       // C columns one tile writes
-    static constexpr int OutRowElements = GatedInput ? 2 * OutCols : OutCols;  // C's row pitch
     static constexpr int NTiles = (OutCols + TileOutCols - 1) / TileOutCols;
     static constexpr int Slices = (Reduction + sm80::kSliceK - 1) / sm80::kSliceK;
 
@@ -138,7 +134,7 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_row_grouped_gemm(const Grou
                 if (row >= tile.expert_rows || routed >= args.rows) continue;
                 const int64 out_row = scatters_rows(Cfg::Forward, Flags) ? slot_row(args, routed) : routed;
                 const float scale = (Flags & kFuseMulPost) ? args.topk_weights[slot_row(args, routed)] : 1.0f;
-                Element* c_row = c + out_row * Cfg::OutRowElements;
+                Element* c_row = c + out_row * Cfg::OutCols;
 #pragma unroll
                 for (int j = 0; j < Cfg::FragmentsN; j += (Cfg::Gated ? 2 : 1)) {
                     const float* v = &accumulators[i][j][2 * half];
@@ -155,19 +151,8 @@ __global__ void __launch_bounds__(Cfg::Threads) sm80_row_grouped_gemm(const Grou
                         }
                     } else {
                         const int col = out_col0 + warp_n * Cfg::WarpTileN + j * 8 + (lane % 4) * 2;
-                        if (col >= Cfg::OutCols) continue;
-                        const uint32 packed = pack2<Element>(v[0] * scale, v[1] * scale);
-                        if constexpr (Cfg::GatedInput) {  // packed is dh (rounded as the unfused dX would be)
-                            const Element* p_row = static_cast<const Element*>(args.preactivation) + out_row * Cfg::OutRowElements;
-                            uint32 d_gate, d_up;
-                            silu_backward_pair<Element>(*reinterpret_cast<const uint32*>(p_row + col),
-                                                        *reinterpret_cast<const uint32*>(p_row + Cfg::OutCols + col),
-                                                        packed, d_gate, d_up);
-                            *reinterpret_cast<uint32*>(c_row + col) = d_gate;
-                            *reinterpret_cast<uint32*>(c_row + Cfg::OutCols + col) = d_up;
-                        } else {
-                            *reinterpret_cast<uint32*>(c_row + col) = packed;
-                        }
+                        if (col < Cfg::OutCols)
+                            *reinterpret_cast<uint32*>(c_row + col) = pack2<Element>(v[0] * scale, v[1] * scale);
                     }
                 }
             }

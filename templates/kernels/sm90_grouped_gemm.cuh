@@ -31,8 +31,6 @@ struct Sm90RowGroupedConfig {
     static constexpr bool Forward = Pass == RowGroupedPass::forward;
     static constexpr bool Gated = Forward && (Flags & kGated);
     static constexpr bool SavesPreactivation = Gated && (Flags & kSavesPreactivation);
-    // dX of a GEMM whose X is silu(gate) * up: d(gate|up) out, [M, 2K], from gate|up [M, 2K].
-    static constexpr bool GatedInput = !Forward && (Flags & kGatedInput);
     static constexpr bool GatherA = gathers_rows(Forward, Flags);
     static constexpr int TileM = TileM_, TileN = TileN_, Stages = Stages_;
     static constexpr int Cluster = Cluster_;  // CTAs per cluster (1, or a pair sharing weight tiles)
@@ -48,7 +46,6 @@ struct Sm90RowGroupedConfig {
     static constexpr int Reduction = Forward ? K : N;
     static constexpr int OutCols = Forward ? (Gated ? N / 2 : N) : K;
     static constexpr int TileOutCols = Gated ? TileN / 2 : TileN;
-    static constexpr int OutRowElements = GatedInput ? 2 * OutCols : OutCols;  // C's row pitch
     static constexpr int NTiles = (OutCols + TileOutCols - 1) / TileOutCols;
     static constexpr int Slices = (Reduction + sm90::kSliceK - 1) / sm90::kSliceK;
 
@@ -125,9 +122,8 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
     // pipe does not idle through the epilogue. The destinations are the pending tile's until its
     // last chunk is out, then the current tile's.
     // Three consumers (96 accumulators each of 152 registers) have no room to hold it: they store
-    // each chunk as it is converted. Nor has kGatedInput's epilogue (gate and up loads, the
-    // activation's backward) beside a gathering producer, whose share leaves consumers 224.
-    constexpr bool Deferred = Cfg::Consumers < 3 && !(Cfg::GatedInput && Cfg::GatherA);
+    // each chunk as it is converted.
+    constexpr bool Deferred = Cfg::Consumers < 3;
     uint32 pending[Chunks * PerChunk];
     bool has_pending = false;
     int pending_row_bytes = 0;  // of the pending tile's output rows, from its first column
@@ -144,13 +140,8 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 for (int b = 0; b < BlocksPerChunk; ++b)
                     staging.store_32(sm90::StagedRows::fragment_row(thread, half), b * 16 + (lane % 4) * 4,
                                      pending[static_chunk * PerChunk + half * BlocksPerChunk + b]);
+            staging.copy_out(1 + consumer, destination, static_chunk, thread, pending_row_bytes);
         }
-        // Once, not once per chunk: the copy takes the chunk at run time.
-        if constexpr (Cfg::GatedInput)
-            staging.copy_out_gated_backward<Element>(1 + consumer, destination, args.c, args.preactivation,
-                                                     Cfg::OutCols * 2, chunk, thread, pending_row_bytes);
-        else
-            staging.copy_out(1 + consumer, destination, chunk, thread, pending_row_bytes);
     };
     for (int round = 0;; ++round) {
         const int pair = Cfg::Dynamic ? queue.receive(round, lane) : first_pair + round * pair_stride;
@@ -182,7 +173,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
                 destination[i] = nullptr;
                 if (row < tile.expert_rows && routed < args.rows) {
                     const int64 out_row = scatter ? slot_row(args, routed) : routed;
-                    destination[i] = reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutRowElements + out_col0);
+                    destination[i] = reinterpret_cast<unsigned char*>(c + out_row * Cfg::OutCols + out_col0);
                 }
             }
             if constexpr ((Flags & kFuseMulPost) != 0) {
