@@ -105,6 +105,13 @@ void Problem::validate() const {
         fail("preactivation (gate|up saved for the backward) is an output of the gated fwd only");
     if (fuse_mul_post && op == Op::dw)
         fail("dw with fuse_mul_post is not supported: the scale is an inference fusion; scale dY by topk_weights first");
+    // The router kernels give each token a warp whose lanes hold its top-k, and a block its experts'
+    // scores; their templates assert the same limits (moe/router_limits.hpp checks the calls).
+    if ((op == Op::route_topk || op == Op::router_backward) && (experts > 1024 || topk > 32))
+        fail(std::string(to_string(op)) + " takes 1..1024 experts and topk 1..32, got " + std::to_string(experts) +
+             " and " + std::to_string(topk));
+    if (op == Op::gated_backward && n % 16 != 0)
+        fail("gated_backward needs N = 2*I with I a multiple of 8, got N = " + std::to_string(n));
     if (is_elementwise(op) && (permute_x || permute_y || fuse_mul_post || gated))
         fail(std::string(to_string(op)) + " takes no fusion flags");
 }

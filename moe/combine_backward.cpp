@@ -5,6 +5,7 @@
 #include "codegen/kernel_problems.hpp"
 #include "moe/elementwise_kernel.hpp"
 #include "moe/pointer_checks.hpp"
+#include "moe/row_limits.hpp"
 #include "runtime/device.hpp"
 #include "runtime/launch_arguments.hpp"
 
@@ -25,7 +26,8 @@ void combine_backward(DType dtype, int64_t width, int topk, CUdeviceptr grad_out
     check_pointer(weights, 4, spec, "weights");
     check_pointer(grad_y, 16, spec, "grad_y");
     check_pointer(grad_weights, 4, spec, "grad_weights");
-    if (rows < 0) throw Error(spec() + ": rows must not be negative");
+    // gather_idx holds int32 slot rows.
+    if (rows < 0 || rows > kMaxRows) throw Error(spec() + ": rows must be in [0, 2^31), got " + std::to_string(rows));
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(problem, device);
     if (rows == 0) return;

@@ -121,7 +121,11 @@ GroupedGemm::GroupedGemm(Problem forward) : GroupedGemm(forward, std::string()) 
 
 GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(forward), config_override_(config) {
     if (forward_.op != Op::fwd) throw Error("GroupedGemm takes the forward problem (op fwd); got " + to_spec(forward_));
-    forward_.validate();  // a bad argument is reported as such, also where there is no GPU
+    // A bad argument is reported as such, also where there is no GPU. The arch is not the caller's
+    // to get wrong: the device's replaces it.
+    Problem checked = forward_;
+    checked.arch = Arch{};
+    checked.validate();
     const DeviceInfo& device = current_device();
     forward_.arch = device.arch;
     sm_count_ = device.sm_count;
@@ -263,7 +267,9 @@ void combine_topk(DType dtype, int64_t width, int topk, CUdeviceptr slots, CUdev
     check_pointer(out, 16, spec, "out");
     if (weights != 0) check_pointer(weights, 4, spec, "weights");
     if (addend != 0) check_pointer(addend, 16, spec, "addend");
-    if (tokens < 0) throw Error(spec() + ": tokens must not be negative");
+    if (!routed_rows_fit(tokens, topk))
+        throw Error(spec() + ": tokens must be in [0, 2^31 / topk) (tokens * topk slot rows), got " +
+                    std::to_string(tokens));
     const DeviceInfo& device = current_device();
     auto kernel = elementwise_kernel(problem, device);
     if (tokens == 0) return;

@@ -201,6 +201,8 @@ void Llama4TextMoe::forward(CUdeviceptr hidden, const Llama4MoeWeights& weights,
     check_weights("Llama4TextMoe::forward", weights);
     check_block_pointers("Llama4TextMoe::forward",
                          {{"hidden", hidden}, {"output", output}, {"router_logits", router_logits}});
+    check_forward_tensors("Llama4TextMoe::forward", hidden, output, router_logits, tokens, c.hidden, c.experts,
+                          element_bytes(c.dtype), c.training);
     // A call refused above launched nothing, so backward may still differentiate the last forward.
     // From here until this forward has launched every step it has nothing to differentiate: a
     // forward that throws midway (a compile or driver error) leaves the routing of its own tokens
@@ -281,6 +283,9 @@ void Llama4TextMoe::prepare(int64_t tokens, unsigned jobs) const {
 }
 
 void Llama4TextMoe::check_routing_errors(CUstream stream) const {
+    // The count is the last forward's, cleared by it: before one it is whatever the workspace held.
+    if (state_->tokens < 0)
+        throw Error("Llama4TextMoe::check_routing_errors: no forward has completed, so there is no count to read");
     state_->router.check_errors(stream);
 }
 

@@ -97,7 +97,20 @@ TEST_CASE("argument errors are reported before the device is looked up", "[cpu]"
         {error_message([&] { combine_topk(DType::bf16, 64, 2, buffer + 8, buffer, 4, nullptr); }),
          "slots must be 16-byte aligned"},
         {error_message([&] { combine_topk(DType::bf16, 64, 2, buffer, buffer, -4, nullptr); }),
-         "tokens must not be negative"},
+         "tokens must be in [0, 2^31 / topk)"},
+        // tokens * topk slot rows past 2^31 (and tokens * width past 2^63 further on): refused, not wrapped.
+        {error_message([&] { combine_topk(DType::bf16, 64, 2, buffer, buffer, int64_t{1} << 30, nullptr); }),
+         "tokens must be in [0, 2^31 / topk)"},
+        {error_message([&] { combine_topk(DType::bf16, 64, 1, buffer, buffer, int64_t{1} << 62, nullptr); }),
+         "tokens must be in [0, 2^31 / topk)"},
+        {error_message([&] {
+             combine_backward(DType::bf16, 64, 2, buffer, buffer, buffer, buffer, buffer, buffer, int64_t{1} << 31, nullptr);
+         }),
+         "rows must be in [0, 2^31)"},
+        {error_message([&] {
+             combine_backward(DType::bf16, 64, 2, buffer, buffer, buffer, buffer, buffer, buffer, -1, nullptr);
+         }),
+         "rows must be in [0, 2^31)"},
         {error_message([&] {
              combine_backward(DType::bf16, 7, 2, buffer, buffer, buffer, buffer, buffer, buffer, 8, nullptr);
          }),
@@ -123,6 +136,21 @@ TEST_CASE("argument errors are reported before the device is looked up", "[cpu]"
         INFO(error);
         CHECK(mentions(error, mention));
         CHECK_FALSE(mentions(error, "CUDA driver"));
+    }
+}
+
+TEST_CASE("GroupedGemm ignores the arch it is given: the device's replaces it", "[cpu]") {
+    // An arch no kernel supports, or none at all, is no argument error; on a GPU the GEMM is built
+    // for the device, and without one the device lookup is what fails.
+    for (const Arch arch : {Arch{8, 7, false}, Arch{0, 0, false}}) {
+        Problem problem;
+        problem.n = 64;
+        problem.k = 64;
+        problem.experts = 2;
+        problem.arch = arch;
+        const std::string error = error_message([&] { GroupedGemm gemm(problem); });
+        INFO(error);
+        CHECK_FALSE(mentions(error, "unsupported arch"));
     }
 }
 

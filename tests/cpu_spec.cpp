@@ -119,6 +119,23 @@ TEST_CASE("elementwise and routing kernels take no GEMM fusion flags", "[cpu][sp
     }
 }
 
+TEST_CASE("kernel limits are argument errors, not compile errors", "[cpu][spec]") {
+    // The router kernels' templates assert 1..1024 experts and topk 1..32; gated_backward's, N = 2*I
+    // with I a multiple of 8. validate says so before NVRTC runs (prepare_kernels checks every
+    // problem before compiling any).
+    for (const char* op : {"route_topk", "router_backward"}) {
+        INFO(op);
+        const std::string base = std::string(op) + ":bf16:n8:k8:";
+        CHECK(spec_error(base + "e1024:topk32:sm_90a").empty());
+        CHECK(mentions(spec_error(base + "e2048:topk8:sm_90a"), "1..1024 experts and topk 1..32"));
+        CHECK(mentions(spec_error(base + "e64:topk40:sm_90a"), "1..1024 experts and topk 1..32"));
+    }
+    CHECK(spec_error("gated_backward:bf16:n16:k16:e1:topk1:sm_90a").empty());
+    CHECK(mentions(spec_error("gated_backward:bf16:n8:k8:e1:topk1:sm_90a"), "I a multiple of 8"));
+    // The routing indices take up to 4096 experts, as the GEMMs do.
+    CHECK(spec_error("routing_histogram:bf16:n8:k8:e4096:topk1:sm_90a").empty());
+}
+
 TEST_CASE("a dtype, op or arch cast from an integer outside its values is rejected", "[cpu][spec]") {
     // Unchecked, DType(7) compiled as fp16 and printed so; Arch{7, 5} named 18 kernels "sm_75".
     Problem problem = expert_gemm(DType::bf16, 1536, 2048, 8, 2);

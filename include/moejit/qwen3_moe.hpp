@@ -74,6 +74,8 @@ public:
 
     // hidden [T, H] and output [T, H] in the block's dtype; router_logits [T, E] (block dtype) is
     // written as well. hidden and router_logits must stay unchanged until backward().
+    // router_logits may overlap neither hidden nor output; output may take hidden's place only in
+    // a block built for inference (a training block's backward reads hidden again).
     void forward(CUdeviceptr hidden, const Qwen3MoeWeights& weights, CUdeviceptr output, CUdeviceptr router_logits,
                  int64_t tokens, CUstream stream);
     // grad_output [T, H] of the last forward's output.
@@ -87,8 +89,9 @@ public:
     // another.
     void prepare(int64_t tokens, unsigned jobs = 0) const;
 
-    // Reads the device's count of routed expert ids outside [0, E) since the last forward and
-    // throws moejit::Error if any. Synchronizes the stream: for checks, not the hot path.
+    // Reads the device's count of routed expert ids outside [0, E) of the last forward (throws
+    // moejit::Error if no forward has completed) and throws moejit::Error if any. Synchronizes
+    // the stream: for checks, not the hot path.
     void check_routing_errors(CUstream stream) const;
 
 private:

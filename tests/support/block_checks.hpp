@@ -24,6 +24,8 @@ void check_refused_calls_launch_nothing(Block& block, Run& run, int64_t tokens) 
     const std::string early =
         error_message([&] { block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr); });
     CHECK(mentions(early, "needs a forward that succeeded first"));
+    // Before any forward the error count is whatever the workspace held: nothing to report.
+    CHECK(mentions(error_message([&] { block.check_routing_errors(nullptr); }), "no forward has completed"));
 
     block.forward(run.d_x.get(), run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
     block.backward(run.d_grad_out.get(), run.weights(), run.gradients(), nullptr);
@@ -39,6 +41,21 @@ void check_refused_calls_launch_nothing(Block& block, Run& run, int64_t tokens) 
         block.forward(run.d_grad_out.get() + 2, run.weights(), run.d_out.get(), run.d_logits.get(), tokens, nullptr);
     });
     CHECK(mentions(misaligned, "::forward: hidden must be 16-byte aligned"));
+    // Tensors that share memory where the block would read what it has overwritten: output over
+    // hidden (a training block's backward reads hidden again), router_logits over hidden or output.
+    const CUdeviceptr other_hidden = run.d_grad_out.get();
+    CHECK(mentions(error_message([&] {
+                       block.forward(other_hidden, run.weights(), other_hidden, run.d_logits.get(), tokens, nullptr);
+                   }),
+                   "::forward: hidden and output overlap; backward reads hidden again"));
+    CHECK(mentions(error_message([&] {
+                       block.forward(other_hidden, run.weights(), run.d_out.get(), other_hidden + 16, tokens, nullptr);
+                   }),
+                   "::forward: hidden and router_logits overlap"));
+    CHECK(mentions(error_message([&] {
+                       block.forward(other_hidden, run.weights(), run.d_out.get(), run.d_out.get() + 256, tokens, nullptr);
+                   }),
+                   "::forward: output and router_logits overlap"));
     auto weights = run.weights();
     weights.down = 0;
     CHECK(mentions(error_message([&] {
@@ -91,6 +108,11 @@ void check_inference_block(Config config, Run& run, int64_t tokens) {
     synchronize();
     CHECK(run.d_out.template to_host<uint16_t>() == output);
     CHECK(run.d_logits.template to_host<uint16_t>() == logits);
+    // An inference block may write output over hidden: every read of hidden comes first.
+    DeviceBuffer in_place = DeviceBuffer::from(run.d_x.template to_host<uint16_t>());
+    inference.forward(in_place.get(), run.weights(), in_place.get(), run.d_logits.get(), tokens, nullptr);
+    synchronize();
+    CHECK(in_place.template to_host<uint16_t>() == output);
     const std::vector<uint16_t> after = workspace.template to_host<uint16_t>();
     CHECK(std::all_of(after.begin() + bytes / 2, after.end(), [](uint16_t b) { return b == kPoison; }));
     CHECK(mentions(
