@@ -10,6 +10,7 @@
 #include "runtime/device.hpp"
 #include "runtime/device_buffer.hpp"
 #include "runtime/launch_arguments.hpp"
+#include "runtime/log.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/tensor_map.hpp"
 #include "moe/tuning.hpp"
@@ -79,22 +80,28 @@ struct GroupedGemm::Pass {
     }
 };
 
-// Counters of the kernels that claim tiles at run time (claims_tiles), a pair per stream: launches
-// on one stream never overlap, and each leaves its pair at zero for the next
-// (templates/scheduler/tile_queue.cuh), so one pair, zeroed once here, serves them all, and launches
-// on two streams at once use two. Allocated with the GroupedGemm, never during a call (which may
-// be under graph capture); a stream beyond the 64th takes over the pair assigned longest ago. A
-// captured launch keeps its stream's pair: replaying its graph while the same GroupedGemm runs on
-// that stream shares it.
+// Counters of the kernels that claim tiles at run time (claims_tiles), a pair per launch site:
+// launches that use one pair must never overlap, and each leaves its pair at zero for the next
+// (templates/scheduler/tile_queue.cuh), so one pair, zeroed once here, serves them all.
+// - Eager launches take their stream's pair: launches on one stream never overlap, launches on two
+//   streams use two. A stream beyond the kStreamSlots-th takes over the pair assigned longest ago.
+// - A launch captured into a graph takes a pair of its own, so that replaying the graph on any
+//   stream, while the GroupedGemm runs eagerly or in other graphs, shares nothing. Replays of one
+//   graph are ordered by CUDA; only two instantiations of one captured graph replayed at the same
+//   time share a pair. Past kCaptureSlots captured launches the oldest capture's pair is reused
+//   (with a warning).
+// Allocated with the GroupedGemm, never during a call (which may be under graph capture).
 struct GroupedGemm::TileCounters {
     using Key = std::pair<CUstream, std::thread::id>;
-    static constexpr int kSlots = 64;
+    static constexpr int kStreamSlots = 256;
+    static constexpr int kCaptureSlots = 1024;
     static constexpr size_t kSlotBytes = 2 * sizeof(int);  // claims, retired CTAs
-    DeviceBuffer counters{kSlots * kSlotBytes};
+    DeviceBuffer counters{(kStreamSlots + kCaptureSlots) * kSlotBytes};  // streams' pairs, then captures'
     std::mutex mutex;
     std::map<Key, int> slots;
-    Key owners[kSlots] = {};  // the key each assigned slot belongs to
-    int assigned = 0;         // slots handed out so far; the next goes to assigned % kSlots
+    Key owners[kStreamSlots] = {};  // the key each assigned stream slot belongs to
+    int assigned = 0;               // stream slots handed out so far; the next goes to assigned % kStreamSlots
+    int captured = 0;               // captured launches so far; the next takes captured % kCaptureSlots
 
     TileCounters() {
         counters.fill16(0);
@@ -102,14 +109,24 @@ struct GroupedGemm::TileCounters {
         check_cuda(driver().cuStreamSynchronize(nullptr), "tile counters: synchronize");
     }
 
-    CUdeviceptr for_stream(CUstream stream) {
+    CUdeviceptr for_launch(CUstream stream) {
+        CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+        check_cuda(driver().cuStreamIsCapturing(stream, &capture), "cuStreamIsCapturing");
         std::lock_guard<std::mutex> lock(mutex);
+        if (capture == CU_STREAM_CAPTURE_STATUS_ACTIVE) {
+            if (captured == kCaptureSlots)
+                log::warn_once("tile-counters-capture",
+                               "a GroupedGemm has captured more than " + std::to_string(kCaptureSlots) +
+                                   " tile-claiming launches; later captures reuse the earliest captures' counters, "
+                                   "so do not replay those graphs at the same time as the new ones");
+            return counters.get() + size_t(kStreamSlots + captured++ % kCaptureSlots) * kSlotBytes;
+        }
         // The per-thread default stream is one handle for a different stream on each host thread.
         const Key key(stream, stream == CU_STREAM_PER_THREAD ? std::this_thread::get_id() : std::thread::id());
         auto found = slots.find(key);
         if (found == slots.end()) {
-            const int slot = assigned++ % kSlots;
-            if (assigned > kSlots) slots.erase(owners[slot]);
+            const int slot = assigned++ % kStreamSlots;
+            if (assigned > kStreamSlots) slots.erase(owners[slot]);
             owners[slot] = key;
             found = slots.emplace(key, slot).first;
         }
@@ -235,7 +252,7 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         return;
     }
     if (claims_tiles(problem, config)) {
-        arguments.tile_counters = reinterpret_cast<int*>(tile_counters_->for_stream(stream));
+        arguments.tile_counters = reinterpret_cast<int*>(tile_counters_->for_launch(stream));
     }
     HopperTensorMaps maps = variant.tensor_maps(problem, a, b, c, routing.rows);
     void* parameters[] = {&arguments, &maps.a, &maps.b, &maps.c};  // the row-grouped kernels take two maps

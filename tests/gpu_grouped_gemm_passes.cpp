@@ -586,6 +586,75 @@ TEST_CASE("passes: tile-claiming kernels launched back to back with different ti
     }
 }
 
+TEST_CASE("passes: a captured tile-claiming launch replayed beside eager launches of the same GroupedGemm matches "
+          "each alone",
+          "[gpu][gemm][hopper]") {
+    // A captured launch takes claim counters of its own (moe/grouped_gemm.cpp, TileCounters). Had it
+    // kept those of the stream it was captured on, replaying the graph on another stream while the
+    // GroupedGemm runs eagerly on that one would let both launches claim from one counter: tiles
+    // skipped in each, outputs left poisoned. Here both run at once, eight times, unsynchronized.
+    if (!hopper_device_arch()) return;
+    const DType dtype = DType::bf16;
+    const int64_t n = 2072, k = 264;  // more tiles than multiprocessors: CTAs claim several
+    const std::vector<int> few{300, 0, 280, 17}, many{900, 260, 1000, 290};
+    const HostRouting routings[2] = {make_routing(4, 1, choices_from_sizes(few)),
+                                     make_routing(4, 1, choices_from_sizes(many))};
+    const GroupedGemm gemm(make_problem(dtype, n, k, 4, 1, kPermuteX), "h:m128n256s3");
+    REQUIRE(claims_tiles(gemm.problem(), Config::parse(gemm.config(Op::fwd, routings[1].rows()))));
+    const DeviceBuffer x = upload(random_halves(dtype, size_t(routings[1].rows()) * k));
+    const DeviceBuffer w = upload_weights(random_weights(dtype, n, k, routings[1]));
+    std::vector<DeviceBuffer> m_sizes, gather_idx;
+    std::vector<Routing> device_routings;
+    for (const HostRouting& routing : routings) {
+        m_sizes.push_back(upload(routing.m_sizes));
+        gather_idx.push_back(upload(routing.gather_idx));
+        device_routings.push_back(Routing{m_sizes.back().get(), gather_idx.back().get(), 0, routing.rows()});
+    }
+    const size_t out_halves = size_t(routings[1].rows()) * n;
+    std::vector<std::vector<uint16_t>> expected;
+    for (const Routing& routing : device_routings) {
+        DeviceBuffer y = poisoned(out_halves);
+        gemm.forward(x.get(), w.get(), y.get(), routing, nullptr);
+        synchronize();
+        expected.push_back(y.to_host<uint16_t>());
+    }
+
+    const Driver& cu = driver();
+    CUstream captured_on = nullptr, replayed_on = nullptr;
+    check_cuda(cu.cuStreamCreate(&captured_on, CU_STREAM_NON_BLOCKING), "stream");
+    check_cuda(cu.cuStreamCreate(&replayed_on, CU_STREAM_NON_BLOCKING), "stream");
+    DeviceBuffer graph_out = poisoned(out_halves);
+    CUgraph graph = nullptr;
+    CUgraphExec exec = nullptr;
+    check_cuda(cu.cuStreamBeginCapture(captured_on, CU_STREAM_CAPTURE_MODE_GLOBAL), "begin capture");
+    gemm.forward(x.get(), w.get(), graph_out.get(), device_routings[1], captured_on);
+    check_cuda(cu.cuStreamEndCapture(captured_on, &graph), "end capture");
+    check_cuda(cu.cuGraphInstantiate(&exec, graph, 0), "instantiate");
+
+    constexpr int kRounds = 8;
+    std::vector<DeviceBuffer> eager_out;
+    for (int i = 0; i < kRounds; ++i) eager_out.push_back(poisoned(out_halves));
+    std::vector<std::vector<uint16_t>> replayed;
+    for (int i = 0; i < kRounds; ++i) {
+        graph_out.fill16(kPoison);
+        synchronize();
+        check_cuda(cu.cuGraphLaunch(exec, replayed_on), "graph launch");
+        gemm.forward(x.get(), w.get(), eager_out[i].get(), device_routings[i % 2], captured_on);
+        check_cuda(cu.cuStreamSynchronize(replayed_on), "sync");
+        check_cuda(cu.cuStreamSynchronize(captured_on), "sync");
+        replayed.push_back(graph_out.to_host<uint16_t>());
+    }
+    for (int i = 0; i < kRounds; ++i) {
+        INFO("round " << i);
+        CHECK(replayed[i] == expected[1]);
+        CHECK(eager_out[i].to_host<uint16_t>() == expected[i % 2]);
+    }
+    cu.cuGraphExecDestroy(exec);
+    cu.cuGraphDestroy(graph);
+    cu.cuStreamDestroy(captured_on);
+    cu.cuStreamDestroy(replayed_on);
+}
+
 TEST_CASE("passes: routing edge cases, top-1/2/8, 1 to 256 experts, empty experts, M = 0", "[gpu][gemm]") {
     const DType dtype = DType::bf16;
     const int64_t n = 208, k = 136;

@@ -14,7 +14,10 @@
 //
 // Each pass is a kernel generated for (dtype, N, K, E, topk, flags, GPU arch), compiled by NVRTC
 // on first use (or read from the disk cache) and launched on the caller's stream with no host
-// synchronization, so calls can be captured in a CUDA graph. No workspace is needed.
+// synchronization, so calls can be captured in a CUDA graph. No workspace is needed. The kernels
+// that claim tiles at run time count claims in memory the GroupedGemm owns: a pair per stream (256
+// streams), and one per captured launch, so that two launches running at once never share one. Two
+// instantiations of one captured graph must not run at the same time.
 #include <moejit/problem.hpp>
 
 #include <cuda.h>
