@@ -589,13 +589,16 @@ TEST_CASE("passes: tile-claiming kernels launched back to back with different ti
 TEST_CASE("passes: a captured tile-claiming launch replayed beside eager launches of the same GroupedGemm matches "
           "each alone",
           "[gpu][gemm][hopper]") {
-    // A captured launch takes claim counters of its own (moe/grouped_gemm.cpp, TileCounters). Had it
-    // kept those of the stream it was captured on, replaying the graph on another stream while the
-    // GroupedGemm runs eagerly on that one would let both launches claim from one counter: tiles
-    // skipped in each, outputs left poisoned. Here both run at once, eight times, unsynchronized.
+    // A captured launch takes claim counters of its own (moe/grouped_gemm.cpp, TileCounters): the
+    // graph, replayed on another stream while the GroupedGemm runs eagerly on the stream it was
+    // captured on, must give each launch its whole output, with its counters back at zero after
+    // every replay. (Before, the captured launch kept that stream's counters. This case passed on
+    // that code too, three runs: each CTA's first tile is static, and full grids, one CTA a
+    // multiprocessor, mostly wait for each other's CTAs to leave, which they do after their last
+    // claim. So two launches sharing a pair rarely interleave their claims; rarely is not never.)
     if (!hopper_device_arch()) return;
     const DType dtype = DType::bf16;
-    const int64_t n = 2072, k = 264;  // more tiles than multiprocessors: CTAs claim several
+    const int64_t n = 2072, k = 264;  // more tiles than multiprocessors for the graph's routing: its CTAs claim
     const std::vector<int> few{300, 0, 280, 17}, many{900, 260, 1000, 290};
     const HostRouting routings[2] = {make_routing(4, 1, choices_from_sizes(few)),
                                      make_routing(4, 1, choices_from_sizes(many))};
