@@ -527,6 +527,40 @@ TEST_CASE("passes: a tile-claiming forward on two streams at once matches one on
     }
 }
 
+namespace {
+
+// A tile-claiming GroupedGemm's inputs for routings over 4 experts (X and W sized for routings[1],
+// the largest), and each routing's output from a launch of its own, bit for bit.
+struct ClaimingRuns {
+    static constexpr DType kDtype = DType::bf16;
+    DeviceBuffer x, w;
+    std::vector<DeviceBuffer> m_sizes, gather_idx;
+    std::vector<Routing> routings;              // device routings, as `host`
+    std::vector<std::vector<uint16_t>> alone;   // [routing] its output, [M of routings[1], N]
+    size_t out_halves = 0;
+
+    ClaimingRuns(const GroupedGemm& gemm, const std::vector<HostRouting>& host) {
+        const int64_t n = gemm.problem().n, k = gemm.problem().k;
+        REQUIRE(claims_tiles(gemm.problem(), Config::parse(gemm.config(Op::fwd, host[1].rows()))));
+        x = upload(random_halves(kDtype, size_t(host[1].rows()) * k));
+        w = upload_weights(random_weights(kDtype, n, k, host[1]));
+        for (const HostRouting& routing : host) {
+            m_sizes.push_back(upload(routing.m_sizes));
+            gather_idx.push_back(upload(routing.gather_idx.empty() ? std::vector<int>{0} : routing.gather_idx));
+            routings.push_back(Routing{m_sizes.back().get(), gather_idx.back().get(), 0, routing.rows()});
+        }
+        out_halves = size_t(host[1].rows()) * n;
+        for (const Routing& routing : routings) {
+            DeviceBuffer y = poisoned(out_halves);
+            gemm.forward(x.get(), w.get(), y.get(), routing, nullptr);
+            synchronize();
+            alone.push_back(y.to_host<uint16_t>());
+        }
+    }
+};
+
+}  // namespace
+
 TEST_CASE("passes: tile-claiming kernels launched back to back with different tile counts match each alone",
           "[gpu][gemm][hopper]") {
     // Each launch leaves its claim counters at zero for the next (templates/scheduler/tile_queue.cuh):
@@ -544,33 +578,17 @@ TEST_CASE("passes: tile-claiming kernels launched back to back with different ti
     for (const Case& c : {Case{"h:m128n256s3", kPermuteX}, Case{"h:m288n128s4swap", kNone}}) {
         INFO("config " << c.config);
         const std::vector<int> few{300, 0, 280, 17}, many{900, 260, 1000, 290};
-        const HostRouting routings[3] = {make_routing(4, 1, choices_from_sizes(few)),
-                                         make_routing(4, 1, choices_from_sizes(many)),
-                                         make_routing(4, 1, choices_from_sizes({0, 0, 0, 0}))};
+        const std::vector<HostRouting> routings{make_routing(4, 1, choices_from_sizes(few)),
+                                                make_routing(4, 1, choices_from_sizes(many)),
+                                                make_routing(4, 1, choices_from_sizes({0, 0, 0, 0}))};
         const GroupedGemm gemm(make_problem(dtype, n, k, 4, 1, c.flags), c.config);
-        REQUIRE(claims_tiles(gemm.problem(), Config::parse(gemm.config(Op::fwd, routings[1].rows()))));
-        const DeviceBuffer x = upload(random_halves(dtype, size_t(routings[1].rows()) * k));
-        const DeviceBuffer w = upload_weights(random_weights(dtype, n, k, routings[1]));
-        std::vector<DeviceBuffer> m_sizes, gather_idx;
-        std::vector<Routing> device_routings;
-        for (const HostRouting& routing : routings) {
-            m_sizes.push_back(upload(routing.m_sizes));
-            gather_idx.push_back(upload(routing.gather_idx.empty() ? std::vector<int>{0} : routing.gather_idx));
-            device_routings.push_back(Routing{m_sizes.back().get(), gather_idx.back().get(), 0, routing.rows()});
-        }
-        const size_t out_halves = size_t(routings[1].rows()) * n;
-        std::vector<std::vector<uint16_t>> expected;
-        for (const Routing& routing : device_routings) {
-            DeviceBuffer y = poisoned(out_halves);
-            gemm.forward(x.get(), w.get(), y.get(), routing, nullptr);
-            synchronize();
-            expected.push_back(y.to_host<uint16_t>());
-        }
+        const ClaimingRuns runs(gemm, routings);
+        const std::vector<std::vector<uint16_t>>& expected = runs.alone;
         const std::vector<int> order{0, 1, 1, 0, 2, 0, 1, 2, 2, 1, 0, 0};
         std::vector<DeviceBuffer> outputs;
-        for (size_t i = 0; i < order.size(); ++i) outputs.push_back(poisoned(out_halves));
+        for (size_t i = 0; i < order.size(); ++i) outputs.push_back(poisoned(runs.out_halves));
         for (size_t i = 0; i < order.size(); ++i)
-            gemm.forward(x.get(), w.get(), outputs[i].get(), device_routings[order[i]], nullptr);
+            gemm.forward(runs.x.get(), runs.w.get(), outputs[i].get(), runs.routings[order[i]], nullptr);
         synchronize();
         for (size_t i = 0; i < order.size(); ++i) {
             INFO("launch " << i << ", routing " << order[i]);
@@ -600,27 +618,11 @@ TEST_CASE("passes: a captured tile-claiming launch replayed beside eager launche
     const DType dtype = DType::bf16;
     const int64_t n = 2072, k = 264;  // more tiles than multiprocessors for the graph's routing: its CTAs claim
     const std::vector<int> few{300, 0, 280, 17}, many{900, 260, 1000, 290};
-    const HostRouting routings[2] = {make_routing(4, 1, choices_from_sizes(few)),
-                                     make_routing(4, 1, choices_from_sizes(many))};
     const GroupedGemm gemm(make_problem(dtype, n, k, 4, 1, kPermuteX), "h:m128n256s3");
-    REQUIRE(claims_tiles(gemm.problem(), Config::parse(gemm.config(Op::fwd, routings[1].rows()))));
-    const DeviceBuffer x = upload(random_halves(dtype, size_t(routings[1].rows()) * k));
-    const DeviceBuffer w = upload_weights(random_weights(dtype, n, k, routings[1]));
-    std::vector<DeviceBuffer> m_sizes, gather_idx;
-    std::vector<Routing> device_routings;
-    for (const HostRouting& routing : routings) {
-        m_sizes.push_back(upload(routing.m_sizes));
-        gather_idx.push_back(upload(routing.gather_idx));
-        device_routings.push_back(Routing{m_sizes.back().get(), gather_idx.back().get(), 0, routing.rows()});
-    }
-    const size_t out_halves = size_t(routings[1].rows()) * n;
-    std::vector<std::vector<uint16_t>> expected;
-    for (const Routing& routing : device_routings) {
-        DeviceBuffer y = poisoned(out_halves);
-        gemm.forward(x.get(), w.get(), y.get(), routing, nullptr);
-        synchronize();
-        expected.push_back(y.to_host<uint16_t>());
-    }
+    const ClaimingRuns runs(gemm, {make_routing(4, 1, choices_from_sizes(few)),
+                                   make_routing(4, 1, choices_from_sizes(many))});
+    const std::vector<std::vector<uint16_t>>& expected = runs.alone;
+    const size_t out_halves = runs.out_halves;
 
     const Driver& cu = driver();
     CUstream captured_on = nullptr, replayed_on = nullptr;
@@ -630,7 +632,7 @@ TEST_CASE("passes: a captured tile-claiming launch replayed beside eager launche
     CUgraph graph = nullptr;
     CUgraphExec exec = nullptr;
     check_cuda(cu.cuStreamBeginCapture(captured_on, CU_STREAM_CAPTURE_MODE_GLOBAL), "begin capture");
-    gemm.forward(x.get(), w.get(), graph_out.get(), device_routings[1], captured_on);
+    gemm.forward(runs.x.get(), runs.w.get(), graph_out.get(), runs.routings[1], captured_on);
     check_cuda(cu.cuStreamEndCapture(captured_on, &graph), "end capture");
     check_cuda(cu.cuGraphInstantiate(&exec, graph, 0), "instantiate");
 
@@ -642,7 +644,7 @@ TEST_CASE("passes: a captured tile-claiming launch replayed beside eager launche
         graph_out.fill16(kPoison);
         synchronize();
         check_cuda(cu.cuGraphLaunch(exec, replayed_on), "graph launch");
-        gemm.forward(x.get(), w.get(), eager_out[i].get(), device_routings[i % 2], captured_on);
+        gemm.forward(runs.x.get(), runs.w.get(), eager_out[i].get(), runs.routings[i % 2], captured_on);
         check_cuda(cu.cuStreamSynchronize(replayed_on), "sync");
         check_cuda(cu.cuStreamSynchronize(captured_on), "sync");
         replayed.push_back(graph_out.to_host<uint16_t>());
