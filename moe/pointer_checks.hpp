@@ -1,6 +1,7 @@
 #pragma once
-// The pointer check of every public call, in one place: non-null, and aligned as its kernels read
-// the memory (16 bytes where they move 16-byte vectors or TMA boxes).
+// The pointer checks of every public call, in one place: non-null, aligned as its kernels read
+// the memory (16 bytes where they move 16-byte vectors or TMA boxes), and, for the block forwards,
+// tensors that must not share memory.
 #include <moejit/error.hpp>
 
 #include <cuda.h>
