@@ -1,16 +1,17 @@
 #pragma once
 // Run-time tile order for the persistent row-grouped Hopper kernels that claim tiles (A gathered,
 // or operands swapped: codegen/config.cpp, claims_tiles): each CTA starts on tile blockIdx.x, and
-// the producer's thread 0 then claims gridDim.x + counters[0]++ one round ahead (the atomic's round trip overlaps a tile's loads). Tiles thus start in the
-// scheduler's order however unequal their costs; under a static stride a CTA whose gathers happen
-// to be slow falls behind, and the CTAs sharing a weight tile (neighbouring m tiles of one expert)
-// no longer meet in L2 at one time.
+// the producer's thread 0 then claims gridDim.x + counters[0]++ one round ahead (the atomic's
+// round trip overlaps a tile's loads). Tiles thus start in the scheduler's order however unequal
+// their costs; under a static stride a CTA whose gathers happen to be slow falls behind, and the
+// CTAs sharing a weight tile (neighbouring m tiles of one expert) no longer meet in L2 at one time.
 //
 // counters: two ints in device memory, zero when a launch starts: [0] the claims, [1] the CTAs that
 // have made their last claim. The CTA that makes the last of those puts both back to zero, so the
-// next launch on the stream (kernels on one stream run one after another) finds them at zero with
-// no memset in between: a memset would be a launch of its own, and it ends the chain of dependent
-// launches (dependent_launch.cuh) before every kernel that claims. The reset waits for every CTA
+// next launch given the same pair finds them at zero with no memset in between (the host gives
+// launches that may run at once different pairs: moe/grouped_gemm.cpp, TileCounters). A memset
+// would be a launch of its own, and it ends the chain of dependent launches (dependent_launch.cuh)
+// before every kernel that claims. The reset waits for every CTA
 // rather than for the last tile, so that it happens even if CTAs disagree on the tile count (an
 // m_sizes rewritten while the kernel reads it).
 //
