@@ -1,0 +1,195 @@
+// Energy per launch of a model's grouped GEMM passes, beside dense cuBLAS at equal FLOPs and beside
+// the memory traffic the pass cannot avoid, from NVML's energy counter over a steady window of
+// back-to-back launches. It answers whether a pass is held by the board's power limit: a pass that
+// must do cuBLAS's MMA work and also move its floor's bytes cannot finish sooner than their energies
+// together allow at the enforced limit.
+//
+//   bench_energy --model deepseek-v3 [--tokens 8192] [--gemm gate_up|down] [--pass dw|fwd|dx]
+//                [--seconds 2] [--config C] [--cublas PATH]
+//
+// Floors: dW writes every expert's gradient once (a memset of those bytes); the forward and dX read
+// every used expert's weights once (a 16-row cuBLAS GEMM over all of them).
+#include <moejit/grouped_gemm.hpp>
+
+#include "bench/cublas.hpp"
+#include "bench/nvml.hpp"
+#include "bench/timing.hpp"
+#include "codegen/models.hpp"
+#include "moe/model_kernels.hpp"
+#include "runtime/device.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace moejit;
+using namespace moejit::bench;
+
+namespace {
+
+struct Steady {
+    double ms = 0;          // per launch, CUDA events over the whole run
+    double watts = 0;       // mean board power over the window
+    double joules = 0;      // per launch: watts x ms
+    unsigned sm_mhz = 0;    // median over the window
+    double capped = 0;      // share of the window's samples with the software power cap active
+};
+
+// Launches `run` back to back for lead + window + tail seconds; a sampler thread reads the energy
+// counter at the window's two ends (after the lead, so that clocks and power have settled) and the
+// SM clock every 20 ms between them.
+Steady measure(const Nvml& nvml, EventTimer& timer, const std::function<void()>& run, double window_s) {
+    const double lead_s = 0.4, tail_s = 0.3;
+    const double single_ms = timer.median_ms([&](int) { run(); }, 2, 5);
+    const long launches = std::max(1L, long(std::ceil((lead_s + window_s + tail_s) * 1000.0 / single_ms)));
+    std::atomic<bool> started{false};
+    double joules = 0, seconds = 0;
+    std::vector<unsigned> clocks;
+    int capped = 0;
+    std::thread sampler([&] {
+        while (!started) std::this_thread::yield();
+        std::this_thread::sleep_for(std::chrono::duration<double>(lead_s));
+        const double start_j = nvml.joules(), start_ms = now_ms();
+        while (now_ms() - start_ms < window_s * 1000.0) {
+            clocks.push_back(nvml.sm_mhz());
+            capped += (nvml.clock_reasons() & Nvml::kSoftwarePowerCap) != 0;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        joules = nvml.joules() - start_j;
+        seconds = (now_ms() - start_ms) / 1000.0;
+    });
+    CUevent begin = nullptr, end = nullptr;
+    check_cuda(driver().cuEventCreate(&begin, CU_EVENT_DEFAULT), "cuEventCreate");
+    check_cuda(driver().cuEventCreate(&end, CU_EVENT_DEFAULT), "cuEventCreate");
+    check_cuda(driver().cuEventRecord(begin, nullptr), "cuEventRecord");
+    for (long i = 0; i < launches; ++i) {
+        run();
+        started = true;
+    }
+    check_cuda(driver().cuEventRecord(end, nullptr), "cuEventRecord");
+    check_cuda(driver().cuEventSynchronize(end), "cuEventSynchronize");
+    sampler.join();
+    float total_ms = 0;
+    check_cuda(driver().cuEventElapsedTime(&total_ms, begin, end), "cuEventElapsedTime");
+    driver().cuEventDestroy(begin);
+    driver().cuEventDestroy(end);
+    if (total_ms < (lead_s + window_s) * 1000.0)
+        std::fprintf(stderr, "warning: the launches ended before the window did (%.0f ms)\n", total_ms);
+    Steady steady;
+    steady.ms = total_ms / double(launches);
+    steady.watts = joules / seconds;
+    steady.joules = steady.watts * steady.ms / 1000.0;
+    std::sort(clocks.begin(), clocks.end());
+    steady.sm_mhz = clocks.empty() ? 0 : clocks[clocks.size() / 2];
+    steady.capped = clocks.empty() ? 0 : double(capped) / double(clocks.size());
+    return steady;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const ModelPreset& model = find_model(argument(argc, argv, "--model", "qwen3-30b-a3b"));
+    const int64_t tokens = std::stoll(argument(argc, argv, "--tokens", "8192"));
+    const std::string only_gemm = argument(argc, argv, "--gemm", ""), only_pass = argument(argc, argv, "--pass", "");
+    const std::string config = argument(argc, argv, "--config", "");
+    const double window_s = std::stod(argument(argc, argv, "--seconds", "2"));
+    const DeviceInfo& device = current_device();
+    const DType dtype = DType::bf16;
+    Cublas cublas(argument(argc, argv, "--cublas", ""));
+    Nvml nvml(device);
+    EventTimer timer;
+
+    const SyntheticRouting synthetic = random_routing(tokens, model.experts, model.topk, 1234);
+    const int64_t rows = tokens * model.topk;
+    int used_experts = 0;
+    for (int size : synthetic.m_sizes) used_experts += size > 0;
+    DeviceBuffer m_sizes = DeviceBuffer::from(synthetic.m_sizes), gather = DeviceBuffer::from(synthetic.gather_idx);
+    DeviceBuffer topk_weights = DeviceBuffer::from(std::vector<float>(size_t(rows), 0.5f));
+    const Routing routing{m_sizes.get(), gather.get(), topk_weights.get(), rows};
+
+    // The board at rest: no kernel for a second.
+    check_cuda(driver().cuCtxSynchronize(), "cuCtxSynchronize");
+    const double idle_j = nvml.joules(), idle_start = now_ms();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const double idle_watts = (nvml.joules() - idle_j) / ((now_ms() - idle_start) / 1000.0);
+    const double limit = nvml.power_limit_watts();
+    std::printf("device %s, power limit %.0f W, idle %.0f W; %s, %lld tokens, %d of %d experts used\n\n",
+                device.name.c_str(), limit, idle_watts, model.name.c_str(), (long long)tokens, used_experts,
+                model.experts);
+    std::printf("| gemm | pass | workload | ms | W | J a launch | SM MHz | power-capped |\n"
+                "|---|---|---|---|---|---|---|---|\n");
+    auto row = [&](const char* gemm, const char* pass, const std::string& what, const Steady& s) {
+        std::printf("| %s | %s | %s | %.3f | %.0f | %.3f | %u | %.0f%% |\n", gemm, pass, what.c_str(), s.ms, s.watts,
+                    s.joules, s.sm_mhz, 100.0 * s.capped);
+        std::fflush(stdout);
+    };
+    struct Bound {
+        std::string name;
+        double ms, reference_ms, bound_ms;
+    };
+    std::vector<Bound> bounds;
+
+    for (ModelGemm which : model_gemms()) {
+        if (!only_gemm.empty() && only_gemm != to_string(which)) continue;
+        Problem plain = model_gemm(model, which, Op::fwd, dtype, device.arch);
+        plain.permute_x = plain.permute_y = plain.fuse_mul_post = plain.gated = false;
+        const int64_t n = plain.n, k = plain.k;
+        DeviceBuffer x = DeviceBuffer::from(random_halves(dtype, size_t(rows) * k, 1));
+        DeviceBuffer w = DeviceBuffer::from(random_halves(dtype, size_t(plain.experts) * n * k, 2));
+        DeviceBuffer dy = DeviceBuffer::from(random_halves(dtype, size_t(rows) * n, 3));
+        DeviceBuffer y(size_t(rows) * n * 2), dx(size_t(rows) * k * 2), dw(size_t(plain.experts) * n * k * 2);
+        const GroupedGemm gemm(plain, config);
+        const bool bf16 = true;
+        for (const char* pass : {"fwd", "dx", "dw"}) {
+            if (!only_pass.empty() && only_pass != pass) continue;
+            const std::string p = pass;
+            std::function<void()> ours, dense, floor;
+            std::string floor_name;
+            if (p == "fwd") {
+                ours = [&] { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); };
+                dense = [&] { cublas.gemm(bf16, int(rows), int(n), int(k), (void*)x.get(), (void*)w.get(), (void*)y.get(), nullptr); };
+            } else if (p == "dx") {
+                ours = [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); };
+                dense = [&] { cublas.gemm(bf16, int(rows), int(k), int(n), (void*)dy.get(), (void*)w.get(), (void*)dx.get(), nullptr); };
+            } else {
+                ours = [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); };
+                dense = [&] { cublas.gemm(bf16, int(n), int(k), int(rows), (void*)dy.get(), (void*)x.get(), (void*)dw.get(), nullptr); };
+            }
+            if (p == "dw") {
+                // Every expert's gradient written once, in 4-byte words.
+                const size_t bytes = size_t(plain.experts) * n * k * 2;
+                floor = [&, bytes] { check_cuda(driver().cuMemsetD32Async(dw.get(), 0, bytes / 4, nullptr), "fill"); };
+                floor_name = "floor: write the gradient (" + std::to_string(bytes >> 20) + " MiB)";
+            } else {
+                // Every expert's weights read once: Y [16, E*N] = X [16, K] W [E*N, K]^T.
+                floor = [&] { cublas.gemm(bf16, 16, int(plain.experts * n), int(k), (void*)x.get(), (void*)w.get(), (void*)dx.get(), nullptr); };
+                floor_name = "floor: read the weights (" + std::to_string((size_t(plain.experts) * n * k * 2) >> 20) + " MiB)";
+            }
+            const Steady s_ours = measure(nvml, timer, ours, window_s);
+            row(to_string(which), pass, "moejit " + gemm.config(p == "fwd" ? Op::fwd : p == "dx" ? Op::dx : Op::dw, rows), s_ours);
+            const Steady s_dense = measure(nvml, timer, dense, window_s);
+            row(to_string(which), pass, "cuBLAS dense, equal FLOPs", s_dense);
+            const Steady s_floor = measure(nvml, timer, floor, window_s);
+            row(to_string(which), pass, floor_name, s_floor);
+            // The floor's energy above the board at rest, added to cuBLAS's, spent at the limit.
+            const double floor_extra_j = s_floor.joules - idle_watts * s_floor.ms / 1000.0;
+            const double bound_ms = std::max(s_dense.ms, (s_dense.joules + floor_extra_j) / limit * 1000.0);
+            bounds.push_back({std::string(to_string(which)) + " " + pass, s_ours.ms, s_dense.ms, bound_ms});
+        }
+    }
+    std::printf("\nEnergy bound: cuBLAS's MMA energy plus the floor's energy above idle, at the %.0f W limit.\n\n"
+                "| gemm pass | moejit ms | cuBLAS ms | ratio | bound ms | best ratio under the bound |\n"
+                "|---|---|---|---|---|---|\n", limit);
+    for (const Bound& b : bounds)
+        std::printf("| %s | %.3f | %.3f | %.2f | %.3f | %.2f |\n", b.name.c_str(), b.ms, b.reference_ms,
+                    b.reference_ms / b.ms, b.bound_ms, b.reference_ms / b.bound_ms);
+    return 0;
+} catch (const std::exception& error) {
+    std::fprintf(stderr, "bench_energy: %s\n", error.what());
+    return 1;
+}
