@@ -190,10 +190,17 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         // The pending tile's chunks under the first batches (all under the first where the tile
         // has fewer slices than chunks), then this tile's destinations.
         constexpr int SpreadChunks = slices >= Chunks ? Chunks : 1;
+        // This warpgroup's rows that hold the expert's rows (a gathered A zero-fills the others).
+        const int real_rows = min(64, max(0, tile.expert_rows - tile_row0));
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
             const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
+            if (!Cfg::GatherA && real_rows < 64) {
+                sm90::zero_slice_rows(sA, real_rows, thread);
+                sm90::fence_proxy_async();
+                sm90::named_barrier(1 + consumer, sm90::kWarpgroupThreads);
+            }
             const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
             if constexpr (Cfg::Forward)
                 sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 0, 32, slice > 0);
