@@ -142,27 +142,18 @@ __device__ __forceinline__ void pass_slot(const Barriers& barriers, const RingPo
     if (leader) barriers.release(position.stage);
 }
 
-// Rows [first_row, 64) of a consumer warpgroup's [64][128-byte] part of an A slice set to zero, by
-// the warpgroup's 128 threads (whole rows: the 128-byte swizzle permutes 16-byte chunks within a
-// row only). Where A comes by TMA, the rows of a tile past its expert's end hold the next expert's
-// rows, and the tile's shape issues MMA for them anyway: as zeros that MMA draws less power, and
-// these kernels run at the board's power limit (bench/RESULTS.md, thirty-seventh session). The
-// caller fences the writes for wgmma's async proxy and meets the warpgroup before issuing.
-__device__ __forceinline__ void zero_slice_rows(uint32 address, int first_row, int thread) {
-    for (int chunk = first_row * 8 + thread; chunk < 64 * 8; chunk += kWarpgroupThreads)
-        ptx::store_shared_zero_16(address + chunk * 16);
-}
-
 // One consumer step over a filled slot: SliceK / 16 k16 wgmma into `accumulators`. `a_step` / `b_step`
-// are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
+// are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major);
+// `a_stride` the bytes from one 8-row group of A to the next (0: every group reads the same 8 rows,
+// as from kernels' 1 KB of zero rows).
 template <class Mma, int SliceK = kSliceK, int Registers>
 __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
                                             uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
-                                            bool accumulate) {
+                                            bool accumulate, uint32 a_stride = 1024) {
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < SliceK / 16; ++k) {
-        const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, 1024);
+        const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, a_stride);
         const uint64 desc_b = smem_descriptor(b_address + k * b_step, b_leading, 1024);
         Mma::mma(accumulators, desc_a, desc_b, (accumulate || k > 0) ? 1 : 0);
     }
