@@ -119,8 +119,9 @@ size_t ring_bytes(const Config& config) {
 }
 
 // The Hopper kernels' dynamic shared memory: the ring, the epilogue's staging, swapped tiles' row
-// tables, the row-grouped kernel's zero rows and 1 KB to align the ring to the 1024-byte swizzle period. The row-grouped passes stage 64 rows of 128 + 16 bytes per
-// consumer (epilogue/sm90_staged_rows.cuh); dW `dw_boxes` 8 KB boxes per consumer (sm90_box_store.cuh).
+// tables, the row-grouped kernel's zero rows and 1 KB to align the ring to the 1024-byte swizzle
+// period. The row-grouped passes stage 64 rows of 128 + 16 bytes per consumer
+// (epilogue/sm90_staged_rows.cuh); dW `dw_boxes` 8 KB boxes per consumer (sm90_box_store.cuh).
 size_t hopper_dynamic_bytes(const Problem& problem, const Config& config, int dw_boxes) {
     // Swapped m288 tiles stage 32 rows a consumer (kernels/sm90_grouped_gemm_swap_ab.cuh, StagingRows).
     const size_t staging_rows = config.swap_ab && config.tile_m <= 288 ? 32 : 64;

@@ -204,9 +204,9 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
-            const uint32 sA = zero_a ? ring + Cfg::ZeroRowsOffset
-                                     : ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
-            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
+            const uint32 slot = ring + position.stage * Cfg::StageBytes;
+            const uint32 sA = zero_a ? ring + Cfg::ZeroRowsOffset : slot + consumer * 64 * sm90::kSliceBytesPerRow;
+            const uint32 sB = slot + Cfg::BytesA;
             // B's descriptor: K-major (forward), or N-major (dX: 16 reduction rows per k step, the
             // next 64 output columns one box further).
             constexpr uint32 b_leading = Cfg::Forward ? 0 : 64 * sm90::kSliceBytesPerRow;
