@@ -14,9 +14,8 @@ namespace moejit::bench {
 
 class Nvml {
 public:
-    // Clock-event reason bits (nvml.h's nvmlClocksEventReason*).
-    static constexpr unsigned long long kSoftwarePowerCap = 0x4, kHardwareSlowdown = 0x8, kSoftwareThermal = 0x20,
-                                        kHardwareThermal = 0x40, kHardwarePowerBrake = 0x80;
+    // The clock-event reason bit of the software power cap (nvml.h's nvmlClocksEventReasonSwPowerCap).
+    static constexpr unsigned long long kSoftwarePowerCap = 0x4;
 
     explicit Nvml(const DeviceInfo& device) {
         library_ = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
