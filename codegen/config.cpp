@@ -119,14 +119,17 @@ size_t ring_bytes(const Config& config) {
 }
 
 // The Hopper kernels' dynamic shared memory: the ring, the epilogue's staging, swapped tiles' row
-// tables and 1 KB to align the ring to the 1024-byte swizzle period. The row-grouped passes stage 64 rows of 128 + 16 bytes per
-// consumer (epilogue/sm90_staged_rows.cuh); dW `dw_boxes` 8 KB boxes per consumer (sm90_box_store.cuh).
+// tables, the row-grouped kernel's zero rows and 1 KB to align the ring to the 1024-byte swizzle
+// period. The row-grouped passes stage 64 rows of 128 + 16 bytes per consumer
+// (epilogue/sm90_staged_rows.cuh); dW `dw_boxes` 8 KB boxes per consumer (sm90_box_store.cuh).
 size_t hopper_dynamic_bytes(const Problem& problem, const Config& config, int dw_boxes) {
     // Swapped m288 tiles stage 32 rows a consumer (kernels/sm90_grouped_gemm_swap_ab.cuh, StagingRows).
     const size_t staging_rows = config.swap_ab && config.tile_m <= 288 ? 32 : 64;
     const size_t staging = problem.op == Op::dw ? size_t(config.consumers()) * dw_boxes * kStagingBoxBytes
                                                 : size_t(config.consumers()) * staging_rows * 144;
-    return ring_bytes(config) + staging + swap_ab_table_bytes(problem, config) + 1024;
+    // The row-grouped kernel's 3 KB of zero rows (the A of warpgroups past their expert's end).
+    const size_t zero_rows = problem.op != Op::dw && !config.swap_ab ? 3072 : 0;
+    return ring_bytes(config) + staging + swap_ab_table_bytes(problem, config) + zero_rows + 1024;
 }
 
 // The portable kernels' static shared memory: the scheduler's prefix sums over the experts and its

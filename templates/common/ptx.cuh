@@ -14,6 +14,10 @@ __device__ __forceinline__ void store_shared_32(uint32 address, uint32 value) {
     asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(value) : "memory");
 }
 
+__device__ __forceinline__ void store_shared_zero_16(uint32 address) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(address), "r"(0) : "memory");
+}
+
 __device__ __forceinline__ uint32 load_shared_32(uint32 address) {
     uint32 value;
     asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(value) : "r"(address) : "memory");

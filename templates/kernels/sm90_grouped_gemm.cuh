@@ -52,7 +52,12 @@ struct Sm90RowGroupedConfig {
     static constexpr int BytesA = TileM * sm90::kSliceBytesPerRow;
     static constexpr int BytesB = TileN * sm90::kSliceBytesPerRow;
     static constexpr int StageBytes = BytesA + BytesB;
-    static constexpr int SharedBytes = Stages * StageBytes + Consumers * sm90::kStagingBytes + 1024;  // + ring alignment
+    // After the staging rows: zero rows, the A that a warpgroup past its expert's end reads. The
+    // hardware reads only the first 8 rows (1 KB, stride 0), but compute-sanitizer models each k16
+    // read as 64 rows x 32 bytes from its start (2 KB, up to 96 bytes in), so 3 KB keep it quiet.
+    static constexpr int ZeroRowsOffset = Stages * StageBytes + Consumers * sm90::kStagingBytes;
+    static constexpr int ZeroRowsBytes = 24 * sm90::kSliceBytesPerRow;
+    static constexpr int SharedBytes = ZeroRowsOffset + ZeroRowsBytes + 1024;  // + ring alignment
 
     // The producer keeps only addresses (a gathering one, a row pointer per copy); consumers hold
     // TileN/2 accumulators each. Three consumers (192x192 tiles) hold 96 and share what is left of
@@ -190,16 +195,25 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         // The pending tile's chunks under the first batches (all under the first where the tile
         // has fewer slices than chunks), then this tile's destinations.
         constexpr int SpreadChunks = slices >= Chunks ? Chunks : 1;
+        // A warpgroup whose rows all lie past its expert's end reads its A from the kernel's zero
+        // rows (every 8-row group from the same 1 KB) instead of the slot, where TMA put the next
+        // expert's rows. The MMA still runs, which keeps the warpgroup in step (skipping it measured
+        // slower: bench/RESULTS.md, sixteenth and twentieth sessions), but on zeros it draws less
+        // power, and these kernels run at the board's power limit (thirty-seventh session). A
+        // gathered A is zero-filled past the expert's end already.
+        const bool zero_a = !Cfg::GatherA && tile_row0 >= tile.expert_rows;
+        const uint32 a_stride = zero_a ? 0 : 1024;
         for (int slice = 0; slice < slices; ++slice, position.advance()) {
             sm90::mbarrier_wait(barriers.full_address(position.stage), position.parity);
             if constexpr (Cfg::GatherA) sm90::fence_proxy_async();  // the gathered rows were cp.async writes
-            const uint32 sA = ring + position.stage * Cfg::StageBytes + consumer * 64 * sm90::kSliceBytesPerRow;
-            const uint32 sB = ring + position.stage * Cfg::StageBytes + Cfg::BytesA;
-            if constexpr (Cfg::Forward)
-                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 0, 32, slice > 0);
-            else  // B N-major: 16 reduction rows per k step, the next 64 output columns one box further
-                sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, 64 * sm90::kSliceBytesPerRow,
-                                                     16 * sm90::kSliceBytesPerRow, slice > 0);
+            const uint32 slot = ring + position.stage * Cfg::StageBytes;
+            const uint32 sA = zero_a ? ring + Cfg::ZeroRowsOffset : slot + consumer * 64 * sm90::kSliceBytesPerRow;
+            const uint32 sB = slot + Cfg::BytesA;
+            // B's descriptor: K-major (forward), or N-major (dX: 16 reduction rows per k step, the
+            // next 64 output columns one box further).
+            constexpr uint32 b_leading = Cfg::Forward ? 0 : 64 * sm90::kSliceBytesPerRow;
+            constexpr uint32 b_step = Cfg::Forward ? 32 : 16 * sm90::kSliceBytesPerRow;
+            sm90::wgmma_slice<typename Cfg::Mma>(accumulators, sA, 0, 32, sB, b_leading, b_step, slice > 0, a_stride);
             release.issued(barriers, position.stage, thread == 0, accumulators);
             if (slice < SpreadChunks) {
                 if (has_pending) {
@@ -296,6 +310,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
 
     const int warpgroup = threadIdx.x / sm90::kWarpgroupThreads;
     const int thread = threadIdx.x % sm90::kWarpgroupThreads;
+    if (threadIdx.x < Cfg::ZeroRowsBytes / 16) {  // made visible to wgmma before the block-wide barrier below
+        ptx::store_shared_zero_16(ring + Cfg::ZeroRowsOffset + threadIdx.x * 16);
+        sm90::fence_proxy_async();
+    }
     if (threadIdx.x == 0) {
         if constexpr (Cfg::Dynamic) queue.init(Cfg::Consumers * sm90::kWarpgroupThreads / 32);
         barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers * Cluster);

@@ -143,15 +143,17 @@ __device__ __forceinline__ void pass_slot(const Barriers& barriers, const RingPo
 }
 
 // One consumer step over a filled slot: SliceK / 16 k16 wgmma into `accumulators`. `a_step` / `b_step`
-// are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major).
+// are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major);
+// `a_stride` the bytes from one 8-row group of A to the next (0: every group reads the same 8 rows,
+// as from kernels' 1 KB of zero rows).
 template <class Mma, int SliceK = kSliceK, int Registers>
 __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
                                             uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
-                                            bool accumulate) {
+                                            bool accumulate, uint32 a_stride = 1024) {
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < SliceK / 16; ++k) {
-        const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, 1024);
+        const uint64 desc_a = smem_descriptor(a_address + k * a_step, a_leading, a_stride);
         const uint64 desc_b = smem_descriptor(b_address + k * b_step, b_leading, 1024);
         Mma::mma(accumulators, desc_a, desc_b, (accumulate || k > 0) ? 1 : 0);
     }
