@@ -103,11 +103,7 @@ struct GroupedGemm::TileCounters {
     int assigned = 0;               // stream slots handed out so far; the next goes to assigned % kStreamSlots
     int captured = 0;               // captured launches so far; the next takes captured % kCaptureSlots
 
-    TileCounters() {
-        counters.fill16(0);
-        // On the legacy stream, which a non-blocking stream's launches do not wait for.
-        check_cuda(driver().cuStreamSynchronize(nullptr), "tile counters: synchronize");
-    }
+    TileCounters() { counters.fill16(0); }
 
     CUdeviceptr for_launch(CUstream stream) {
         CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;

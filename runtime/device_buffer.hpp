@@ -33,6 +33,7 @@ public:
     static DeviceBuffer from(const std::vector<T>& host) {
         DeviceBuffer buffer(host.size() * sizeof(T));
         if (!host.empty()) check_cuda(driver().cuMemcpyHtoD(buffer.pointer_, host.data(), buffer.bytes_), "HtoD");
+        finish_legacy_stream();
         return buffer;
     }
     template <class T>
@@ -42,13 +43,23 @@ public:
         return host;
     }
     void fill16(uint16_t value) {
-        if (bytes_) check_cuda(driver().cuMemsetD16(pointer_, value, bytes_ / 2), "cuMemsetD16");
+        if (!bytes_) return;
+        check_cuda(driver().cuMemsetD16(pointer_, value, bytes_ / 2), "cuMemsetD16");
+        finish_legacy_stream();
     }
 
     CUdeviceptr get() const { return pointer_; }
     size_t bytes() const { return bytes_; }
 
 private:
+    // Uploads and fills are done when they return. They run on the legacy stream, and may still be
+    // in flight after the call (cuMemsetD16 on device memory; cuMemcpyHtoD's DMA from a pageable
+    // staging copy), which work on a non-blocking stream does not wait for: a CUDA-graph test once
+    // read a fill that landed after its replay.
+    static void finish_legacy_stream() {
+        check_cuda(driver().cuStreamSynchronize(nullptr), "legacy stream: synchronize");
+    }
+
     CUdeviceptr pointer_ = 0;
     size_t bytes_ = 0;
 };
