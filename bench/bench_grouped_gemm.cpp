@@ -109,7 +109,7 @@ int main(int argc, char** argv) try {
                                     nullptr, total_rows, nullptr};  // a plain forward claims no tiles
         HopperTensorMaps maps;
         if (config.hopper()) maps = hopper_tensor_maps(gemm.problem(), config, x, w, y, total_rows);
-        void* arguments[] = {&packed, &maps.a, &maps.b, maps.third(gemm.problem())};
+        void* arguments[] = {&packed, &maps.a, &maps.b};
         const double raw_us = per_call_us([&] { kernel->launch(132, nullptr, arguments); });
         std::printf("\nhost cost of a cached forward call (median of 20 batches of 200): %.2f us "
                     "(cuLaunchKernelEx alone: %.2f us)\n", api_us, raw_us);

@@ -251,7 +251,7 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         arguments.tile_counters = reinterpret_cast<int*>(tile_counters_->for_launch(stream));
     }
     HopperTensorMaps maps = variant.tensor_maps(problem, a, b, c, routing.rows);
-    void* parameters[] = {&arguments, &maps.a, &maps.b, maps.third(problem)};
+    void* parameters[] = {&arguments, &maps.a, &maps.b, &maps.c};  // the row-grouped kernels take two maps
     kernel.launch(grid, stream, parameters);
 }
 

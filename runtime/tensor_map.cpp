@@ -63,19 +63,13 @@ HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUde
     const int a_box_rows = config.swap_ab ? config.tile_m / 2 : config.tile_m;
     switch (p.op) {
         case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
-            if (!p.permute_x) {
-                maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, a_box_rows);
-                if (!config.swap_ab) maps.a_groups = matrix_tensor_map(p.dtype, a, p.k, rows, 8);
-            }
+            if (!p.permute_x) maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, a_box_rows);
             // Half-tile boxes when gated (gate rows, up rows) or when a CTA pair multicasts halves.
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts,
                                         p.gated || config.cluster > 1 ? config.tile_n / 2 : config.tile_n);
             break;
         case Op::dx:  // A = dY [M, N] by m tiles; B = W [E][N][K] as [64 n][64 k] boxes
-            if (!p.permute_y) {
-                maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, a_box_rows);
-                if (!config.swap_ab) maps.a_groups = matrix_tensor_map(p.dtype, a, p.n, rows, 8);
-            }
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, a_box_rows);
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
             break;
         default:  // dW: A = dY [M, N], B = X [M, K], both as [slice_k rows][64 columns] boxes; C = dW [E][N][K]

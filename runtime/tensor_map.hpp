@@ -25,18 +25,13 @@ CUtensorMap weight_gradient_tensor_map(DType dtype, bool fp32, CUdeviceptr base,
                                        int64_t count);
 
 // The tensor maps of a Hopper grouped-GEMM kernel (templates/kernels/sm90_*.cuh) for a call with A
-// at `a`, B at `b`, the output at `c` and `rows` routed rows: the two operands; for dW the output;
-// for the row-grouped kernel A again in 8-row boxes (the tail of an expert's last tile). Operands
-// the kernel gathers row by row with cp.async, and the row-grouped passes' output, get no map (an
-// all-zero one that is never read).
+// at `a`, B at `b`, the output at `c` and `rows` routed rows: the two operands, and for dW the
+// output. Operands the kernel gathers row by row with cp.async, and the row-grouped passes'
+// output, get no map (an all-zero one that is never read).
 struct HopperTensorMaps {
     CUtensorMap a{};
     CUtensorMap b{};
     CUtensorMap c{};
-    CUtensorMap a_groups{};
-    // The kernel's third map: dW's output, or the row-grouped kernel's A groups (the swapped
-    // kernel takes two maps and ignores it).
-    CUtensorMap* third(const Problem& problem) { return problem.op == Op::dw ? &c : &a_groups; }
 };
 HopperTensorMaps hopper_tensor_maps(const Problem& problem, const Config& config, CUdeviceptr a, CUdeviceptr b,
                                     CUdeviceptr c, int64_t rows);

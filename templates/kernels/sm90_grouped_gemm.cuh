@@ -291,23 +291,10 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         for (int chunk = 0; chunk < Chunks; ++chunk) store_chunk(chunk);
 }
 
-// `groups` 8-row groups of an expert's last A tile from `row` (of the routed rows), of which
-// `valid_rows` are the expert's: those groups from their rows, the rest from rows before the
-// tensor's start, which TMA fills with zeros. `map_groups` is A in 8-row boxes.
-__device__ __forceinline__ void load_tail_rows(uint32 sA, const sm90::TensorMap& map_groups, int k0, int row,
-                                               int valid_rows, int groups, uint32 full) {
-    for (int group = 0; group < groups; ++group) {
-        const int first = group * 8;
-        sm90::tma_load_2d(sA + first * sm90::kSliceBytesPerRow, map_groups, k0, first < valid_rows ? row + first : -8,
-                          full);
-    }
-}
-
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads, 1)
     sm90_row_grouped_gemm(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_a,
-                          const __grid_constant__ sm90::TensorMap map_b,
-                          const __grid_constant__ sm90::TensorMap map_a_groups) {
+                          const __grid_constant__ sm90::TensorMap map_b) {
     using Element = typename Cfg::Element;
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, Cfg::TileM, Cfg::NTiles>;
     using Gather = typename Cfg::Gather;
@@ -331,10 +318,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         if constexpr (Cfg::Dynamic) queue.init(Cfg::Consumers * sm90::kWarpgroupThreads / 32);
         barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers * Cluster);
         sm90::prefetch_tensor_map(map_b);
-        if (!Cfg::GatherA) {
-            sm90::prefetch_tensor_map(map_a);
-            sm90::prefetch_tensor_map(map_a_groups);
-        }
+        if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
     }
     wait_for_prior_kernels();  // the set-up above touches no global memory: it overlaps the previous kernel
     const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
@@ -370,15 +354,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
                 const int out_col0 = tile.n_tile * Cfg::TileOutCols;
 
-                // An expert's last tile loads its A in 8-row groups (tail_groups of them, 0 for whole
-                // tiles), up to the end of the last warpgroup that holds any of the expert's rows
-                // (the consumers of later rows read the kernel's zero rows), so that its rows past
-                // the expert's end are zeros from TMA's out-of-bounds fill instead of the next
-                // expert's rows: the MMA on them then draws less power (see consume_tiles).
-                const int valid_rows = tile.expert_rows - tile_row;
-                const int tail_groups =
-                    Cfg::GatherA || valid_rows >= Cfg::TileM ? 0 : ceil_div(valid_rows, 64) * 8;
-                const int a_bytes = tail_groups == 0 ? Cfg::BytesA : tail_groups * 8 * sm90::kSliceBytesPerRow;
                 const Element* gA[Cfg::GatherA ? Gather::Copies : 1];  // this thread's gathered rows
                 if constexpr (Cfg::GatherA) {
 #pragma unroll
@@ -398,16 +373,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                     const uint32 full = barriers.full_address(position.stage);
                     const int k0 = slice * sm90::kSliceK;
                     if (thread == 0) {
-                        const int bytes = work.exists ? (Cfg::GatherA ? 0 : a_bytes) + Cfg::BytesB : 0;
+                        const int bytes = work.exists ? (Cfg::GatherA ? 0 : Cfg::BytesA) + Cfg::BytesB : 0;
                         sm90::mbarrier_arrive_expect_tx(full, bytes);
                         if (work.exists) {
-                            if (!Cfg::GatherA) {
-                                if (tail_groups == 0)
-                                    sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
-                                else
-                                    load_tail_rows(sA, map_a_groups, k0, tile.row_begin + tile_row, valid_rows,
-                                                   tail_groups, full);
-                            }
+                            if (!Cfg::GatherA) sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
                             load_weight_slice<Cfg>(map_b, sB, full, k0, out_col0, tile.expert, work.shares_b, rank);
                         }
                     }
