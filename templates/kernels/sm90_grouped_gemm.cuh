@@ -58,6 +58,7 @@ struct Sm90RowGroupedConfig {
     static constexpr int ZeroRowsOffset = Stages * StageBytes + Consumers * sm90::kStagingBytes;
     static constexpr int ZeroRowsBytes = 24 * sm90::kSliceBytesPerRow;
     static constexpr int SharedBytes = ZeroRowsOffset + ZeroRowsBytes + 1024;  // + ring alignment
+    static_assert(ZeroRowsOffset % 1024 == 0, "the zero rows start on the swizzle period, as A tiles do");
 
     // The producer keeps only addresses (a gathering one, a row pointer per copy); consumers hold
     // TileN/2 accumulators each. Three consumers (192x192 tiles) hold 96 and share what is left of

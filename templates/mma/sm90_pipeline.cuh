@@ -145,7 +145,7 @@ __device__ __forceinline__ void pass_slot(const Barriers& barriers, const RingPo
 // One consumer step over a filled slot: SliceK / 16 k16 wgmma into `accumulators`. `a_step` / `b_step`
 // are the descriptor advances per k16 (32 bytes along a K-major row, 2048 bytes = 16 rows MN-major);
 // `a_stride` the bytes from one 8-row group of A to the next (0: every group reads the same 8 rows,
-// as from kernels' 1 KB of zero rows).
+// as from the row-grouped kernel's zero rows).
 template <class Mma, int SliceK = kSliceK, int Registers>
 __device__ __forceinline__ void wgmma_slice(float (&accumulators)[Registers], uint32 a_address, uint32 a_leading,
                                             uint32 a_step, uint32 b_address, uint32 b_leading, uint32 b_step,
