@@ -40,9 +40,6 @@ struct Sm90RowGroupedConfig {
     // stride measured 3-8% faster; CTA pairs walk it in lockstep; 64-row tiles (decode and small
     // calls) have few tiles a CTA. The host mirrors this (codegen/config.cpp, claims_tiles).
     static constexpr bool Dynamic = Cluster == 1 && GatherA && TileM == 128;
-    // Producer warps 1-3 zero the padding rows of partly padded tiles (zero_tail_rows): TMA-fed
-    // single CTAs. (In CTA pairs ptxas spilled 16 bytes.)
-    static constexpr bool ZeroTail = !GatherA && Cluster == 1;
     static constexpr int Consumers = TileM / 64;
     static constexpr int Threads = sm90::kWarpgroupThreads * (1 + Consumers);
 
@@ -295,62 +292,6 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
         for (int chunk = 0; chunk < Chunks; ++chunk) store_chunk(chunk);
 }
 
-// Rows of a tile's partly filled warpgroup that lie past its expert's end (0 where none does): TMA
-// loads the next expert's rows there. (Warpgroups wholly past the end read the zero rows instead.)
-template <int TileM>
-__device__ __forceinline__ int partly_padded_rows(const GroupedTile& tile, int tile_row) {
-    const int valid = tile.expert_rows - tile_row;
-    return valid >= TileM || valid % 64 == 0 ? 0 : 64 - valid % 64;
-}
-
-constexpr int kTailZeroBarrier = 6;  // named barrier of zero_tail_rows (staging: 1-3, the tile queue: 7)
-
-// Per ring slot: where the A of a partly padded tile lands (by TMA), for zero_tail_rows to zero its
-// padding rows before the consumers see the slot. Thread 0 arrives once a slice, so its phases
-// follow the ring's.
-template <int Stages>
-struct LoadedBarriers {
-    unsigned long long barrier[Stages];
-    __device__ uint32 address(int stage) const { return ptx::shared_address(&barrier[stage]); }
-    __device__ void init() {
-        for (int s = 0; s < Stages; ++s) sm90::mbarrier_init(address(s), 1);
-    }
-};
-
-// Producer warps 1-3 (`helper` 0..95): the rows of a partly padded warpgroup past its expert's end
-// become zeros in the slot before the consumers multiply them, so that their MMA draws less power
-// (the kernels run at the board's 700 W cap: bench/RESULTS.md, thirty-seventh session). Every slice
-// takes their one arrival on the full barrier; the others' at once. Cfg::ZeroTail kernels only.
-template <class Cfg, class Scheduler, class Barriers>
-__device__ __forceinline__ void zero_tail_rows(const Scheduler& scheduler, const Barriers& barriers,
-                                               const LoadedBarriers<Cfg::Stages>& loaded, uint32 ring, int helper,
-                                               int rank, int first_pair, int pair_stride, int pairs) {
-    constexpr int Helpers = sm90::kWarpgroupThreads - 32;
-    sm90::RingPosition<Cfg::Stages> position;
-    for (int pair = first_pair; pair < pairs; pair += pair_stride) {
-        const int index = pair * Cfg::Cluster + rank;  // as PairTile, without the partner's tile
-        const bool exists = index < scheduler.total_tiles();
-        const GroupedTile tile = exists ? scheduler.tile(index) : GroupedTile{};
-        const int tile_row = tile.m_tile * Cfg::TileM;
-        const int padded = exists ? partly_padded_rows<Cfg::TileM>(tile, tile_row) : 0;
-        // The padding rows' bytes within the A tile: up to the end of the partly filled warpgroup.
-        const int valid = tile.expert_rows - tile_row;
-        const int first_byte = valid * sm90::kSliceBytesPerRow;
-        const int chunks = padded * sm90::kSliceBytesPerRow / 16;
-        for (int slice = 0; slice < Cfg::Slices; ++slice, position.advance()) {
-            sm90::mbarrier_wait(barriers.empty_address(position.stage), position.parity ^ 1);
-            if (padded > 0) {
-                sm90::mbarrier_wait(loaded.address(position.stage), position.parity);
-                const uint32 sA = ring + position.stage * Cfg::StageBytes + first_byte;
-                for (int chunk = helper; chunk < chunks; chunk += Helpers) ptx::store_shared_zero_16(sA + chunk * 16);
-                sm90::fence_proxy_async();
-                sm90::named_barrier(kTailZeroBarrier, Helpers);
-            }
-            if (helper == 0) sm90::mbarrier_arrive(barriers.full_address(position.stage));
-        }
-    }
-}
-
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads, 1)
     sm90_row_grouped_gemm(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_a,
@@ -364,7 +305,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     __shared__ typename Scheduler::Shared scheduler_storage;
     __shared__ sm90::StageBarriers<Cfg::Stages, Cluster> barriers;
     __shared__ sm90::TileQueue queue;
-    __shared__ LoadedBarriers<Cfg::Stages> loaded;
     extern __shared__ __align__(1024) unsigned char shared_raw[];
     // TMA's 128-byte swizzle repeats every 1024 bytes; descriptors assume tiles start on that period.
     const uint32 ring = (ptx::shared_address(shared_raw) + 1023) & ~1023u;  // [Stages] x (A tile, B tile)
@@ -377,9 +317,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
     }
     if (threadIdx.x == 0) {
         if constexpr (Cfg::Dynamic) queue.init(Cfg::Consumers * sm90::kWarpgroupThreads / 32);
-        // TMA-fed: thread 0's arrival, and in single CTAs the tail zeroing's (zero_tail_rows).
-        barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : Cfg::ZeroTail ? 2 : 1, Cfg::Consumers * Cluster);
-        if constexpr (Cfg::ZeroTail) loaded.init();
+        barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers * Cluster);
         sm90::prefetch_tensor_map(map_b);
         if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
     }
@@ -417,7 +355,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
                 const int out_col0 = tile.n_tile * Cfg::TileOutCols;
 
-                const bool partly_padded = Cfg::ZeroTail && work.exists && partly_padded_rows<Cfg::TileM>(tile, tile_row) > 0;
                 const Element* gA[Cfg::GatherA ? Gather::Copies : 1];  // this thread's gathered rows
                 if constexpr (Cfg::GatherA) {
 #pragma unroll
@@ -437,17 +374,10 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                     const uint32 full = barriers.full_address(position.stage);
                     const int k0 = slice * sm90::kSliceK;
                     if (thread == 0) {
-                        // A of a partly padded tile lands on `loaded`, where the tail zeroing waits for it.
-                        const uint32 a_barrier = partly_padded ? loaded.address(position.stage) : full;
-                        const int a_bytes = work.exists && !Cfg::GatherA ? Cfg::BytesA : 0;
-                        const int bytes = (a_barrier == full ? a_bytes : 0) + (work.exists ? Cfg::BytesB : 0);
+                        const int bytes = work.exists ? (Cfg::GatherA ? 0 : Cfg::BytesA) + Cfg::BytesB : 0;
                         sm90::mbarrier_arrive_expect_tx(full, bytes);
-                        if constexpr (Cfg::ZeroTail) {  // one arrival a slice keeps its phases in step with the ring
-                            if (a_barrier == full) sm90::mbarrier_arrive(loaded.address(position.stage));
-                            else sm90::mbarrier_arrive_expect_tx(a_barrier, a_bytes);
-                        }
                         if (work.exists) {
-                            if (!Cfg::GatherA) sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, a_barrier);
+                            if (!Cfg::GatherA) sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
                             load_weight_slice<Cfg>(map_b, sB, full, k0, out_col0, tile.expert, work.shares_b, rank);
                         }
                     }
@@ -463,9 +393,6 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                 }
             }
         }
-        if (Cfg::ZeroTail && thread >= 32)
-            zero_tail_rows<Cfg, Scheduler>(scheduler, barriers, loaded, ring, thread - 32, rank, first_pair, pair_stride,
-                                          pairs);
     } else {
         sm90::claim_registers<Cfg::ConsumerRegisters>();
         consume_tiles<Cfg>(args, scheduler, barriers, queue, ring, warpgroup - 1, rank, first_pair, pair_stride, pairs);
