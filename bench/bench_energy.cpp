@@ -5,8 +5,11 @@
 // pass's joules go that cuBLAS's do not.
 //
 //   bench_energy --model deepseek-v3 [--tokens 8192] [--gemm gate_up|down] [--pass dw|fwd|dx]
-//                [--seconds 2] [--config C] [--cublas PATH]
+//                [--seconds 2] [--config C[,C2...]] [--floor 0] [--cublas PATH]
 //
+// Several configs (comma-separated) each get their own window, in the order given, beside one
+// cuBLAS window: the way to compare tilings by joules, which is what sets their time on a board
+// held at its power limit. `--floor 0` skips the floor.
 // Floors: dW writes every expert's gradient once (a memset of those bytes); the forward and dX read
 // every expert's weights once (a 16-row cuBLAS GEMM over all of them). A floor's energy is its own
 // kernel's, clocks included: not what the same bytes add inside a GEMM (measure that with a
@@ -23,6 +26,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <deque>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -104,7 +108,17 @@ int main(int argc, char** argv) try {
     const ModelPreset& model = find_model(argument(argc, argv, "--model", "qwen3-30b-a3b"));
     const int64_t tokens = std::stoll(argument(argc, argv, "--tokens", "8192"));
     const std::string only_gemm = argument(argc, argv, "--gemm", ""), only_pass = argument(argc, argv, "--pass", "");
-    const std::string config = argument(argc, argv, "--config", "");
+    std::vector<std::string> configs;
+    {
+        const std::string list = argument(argc, argv, "--config", "");
+        for (size_t begin = 0;;) {
+            const size_t comma = list.find(',', begin);
+            configs.push_back(list.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin));
+            if (comma == std::string::npos) break;
+            begin = comma + 1;
+        }
+    }
+    const bool with_floor = argument(argc, argv, "--floor", "1") != "0";
     const double window_s = std::stod(argument(argc, argv, "--seconds", "2"));
     const DeviceInfo& device = current_device();
     const DType dtype = DType::bf16;
@@ -146,7 +160,8 @@ int main(int argc, char** argv) try {
         DeviceBuffer dy = DeviceBuffer::from(random_halves(dtype, size_t(rows) * n, 3));
         DeviceBuffer y(size_t(rows) * n * 2), dx(size_t(rows) * k * 2), dw(size_t(plain.experts) * n * k * 2);
         DeviceBuffer read_floor_out(size_t(16) * plain.experts * n * 2);
-        const GroupedGemm gemm(plain, config);
+        std::deque<GroupedGemm> gemms;  // neither copied nor moved
+        for (const std::string& config : configs) gemms.emplace_back(plain, config);
         // Row-major C [m_, n_] = A [m_, k_] B [n_, k_]^T by cublasGemmEx.
         auto dense = [&](int64_t m_, int64_t n_, int64_t k_, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c) {
             if (std::max({m_, n_, k_}) > INT32_MAX) throw std::runtime_error("dense GEMM dimension past int");
@@ -160,17 +175,18 @@ int main(int argc, char** argv) try {
             if (!only_pass.empty() && only_pass != pass) continue;
             const std::string p = pass;
             const Op op = p == "fwd" ? Op::fwd : p == "dx" ? Op::dx : Op::dw;
-            std::function<void()> ours, reference, floor;
-            if (op == Op::fwd) {
-                ours = [&] { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); };
-                reference = dense(rows, n, k, x.get(), w.get(), y.get());
-            } else if (op == Op::dx) {
-                ours = [&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); };
-                reference = dense(rows, k, n, dy.get(), w.get(), dx.get());
-            } else {
-                ours = [&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); };
-                reference = dense(n, k, rows, dy.get(), x.get(), dw.get());
+            // Each config's pass, compiled before any window opens.
+            std::vector<std::function<void()>> ours;
+            std::function<void()> reference, floor;
+            for (const GroupedGemm& gemm : gemms) {
+                if (op == Op::fwd) ours.push_back([&] { gemm.forward(x.get(), w.get(), y.get(), routing, nullptr); });
+                else if (op == Op::dx) ours.push_back([&] { gemm.dx(dy.get(), w.get(), dx.get(), routing, nullptr); });
+                else ours.push_back([&] { gemm.dw(dy.get(), x.get(), dw.get(), routing, nullptr); });
+                ours.back()();
             }
+            if (op == Op::fwd) reference = dense(rows, n, k, x.get(), w.get(), y.get());
+            else if (op == Op::dx) reference = dense(rows, k, n, dy.get(), w.get(), dx.get());
+            else reference = dense(n, k, rows, dy.get(), x.get(), dw.get());
             std::string floor_name;
             if (op == Op::dw) {  // every expert's gradient written once, in 4-byte words
                 floor = [&] {
@@ -181,14 +197,18 @@ int main(int argc, char** argv) try {
                 floor = dense(16, plain.experts * n, k, x.get(), w.get(), read_floor_out.get());
                 floor_name = "floor: read the weights (" + std::to_string(weight_bytes >> 20) + " MiB)";
             }
-            const Steady s_ours = measure(nvml, timer, ours, window_s);
-            row(to_string(which), pass, "moejit " + gemm.config(op, rows), s_ours);
+            std::vector<Steady> s_ours;
+            for (size_t i = 0; i < gemms.size(); ++i) {
+                s_ours.push_back(measure(nvml, timer, ours[i], window_s));
+                row(to_string(which), pass, "moejit " + gemms[i].config(op, rows), s_ours.back());
+            }
             const Steady s_dense = measure(nvml, timer, reference, window_s);
             row(to_string(which), pass, "cuBLAS dense, equal FLOPs", s_dense);
-            const Steady s_floor = measure(nvml, timer, floor, window_s);
-            row(to_string(which), pass, floor_name, s_floor);
-            std::printf("| %s | %s | moejit / cuBLAS | %.2fx | | %.2fx | | |\n", to_string(which), pass,
-                        s_ours.ms / s_dense.ms, s_ours.joules / s_dense.joules);
+            if (with_floor) row(to_string(which), pass, floor_name, measure(nvml, timer, floor, window_s));
+            for (size_t i = 0; i < gemms.size(); ++i)
+                std::printf("| %s | %s | moejit %s / cuBLAS | %.2fx | | %.2fx | | |\n", to_string(which), pass,
+                            gemms[i].config(op, rows).c_str(), s_ours[i].ms / s_dense.ms,
+                            s_ours[i].joules / s_dense.joules);
         }
     }
     return 0;
