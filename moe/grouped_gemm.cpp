@@ -251,8 +251,7 @@ void GroupedGemm::launch(Pass& pass, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c
         arguments.tile_counters = reinterpret_cast<int*>(tile_counters_->for_launch(stream));
     }
     HopperTensorMaps maps = variant.tensor_maps(problem, a, b, c, routing.rows);
-    // dW's third map is its output; the row-grouped kernels' is A's tail (the swapped one takes two).
-    void* parameters[] = {&arguments, &maps.a, &maps.b, problem.op == Op::dw ? &maps.c : &maps.a_tail};
+    void* parameters[] = {&arguments, &maps.a, &maps.b, &maps.c};  // the row-grouped kernels take two maps
     kernel.launch(grid, stream, parameters);
 }
 

@@ -46,14 +46,6 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
     return encode(map_type(dtype), base, 2, dims, strides, box);
 }
 
-CUtensorMap tail_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int box_rows) {
-    // Fewer rows than a box: the kernels never take this map (no expert ends at box_rows or later).
-    const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(box_rows), cuuint64_t(std::max<int64_t>(rows - box_rows + 1, 1))};
-    const cuuint64_t strides[2] = {cuuint64_t(cols) * 2, cuuint64_t(cols) * 2};
-    const cuuint32_t box[3] = {64, cuuint32_t(box_rows), 1};
-    return encode(map_type(dtype), base, 3, dims, strides, box);
-}
-
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows) {
     return stacked(map_type(dtype), 2, base, cols, rows, count, box_rows);
 }
@@ -71,19 +63,13 @@ HopperTensorMaps hopper_tensor_maps(const Problem& p, const Config& config, CUde
     const int a_box_rows = config.swap_ab ? config.tile_m / 2 : config.tile_m;
     switch (p.op) {
         case Op::fwd:  // A = X [M, K] by m tiles; B = W [E][N][K] by n tiles (two half boxes when gated)
-            if (!p.permute_x) {
-                maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, a_box_rows);
-                if (!config.swap_ab) maps.a_tail = tail_tensor_map(p.dtype, a, p.k, rows, a_box_rows);
-            }
+            if (!p.permute_x) maps.a = matrix_tensor_map(p.dtype, a, p.k, rows, a_box_rows);
             // Half-tile boxes when gated (gate rows, up rows) or when a CTA pair multicasts halves.
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts,
                                         p.gated || config.cluster > 1 ? config.tile_n / 2 : config.tile_n);
             break;
         case Op::dx:  // A = dY [M, N] by m tiles; B = W [E][N][K] as [64 n][64 k] boxes
-            if (!p.permute_y) {
-                maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, a_box_rows);
-                if (!config.swap_ab) maps.a_tail = tail_tensor_map(p.dtype, a, p.n, rows, a_box_rows);
-            }
+            if (!p.permute_y) maps.a = matrix_tensor_map(p.dtype, a, p.n, rows, a_box_rows);
             maps.b = stacked_tensor_map(p.dtype, b, p.k, p.n, p.experts, 64);
             break;
         default:  // dW: A = dY [M, N], B = X [M, K], both as [slice_k rows][64 columns] boxes; C = dW [E][N][K]

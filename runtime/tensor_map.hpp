@@ -19,11 +19,6 @@ CUtensorMap matrix_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64
 // past `rows` are zeros instead of the next matrix.
 CUtensorMap stacked_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int64_t count, int box_rows);
 
-// The routed rows [rows][cols] as the row-grouped kernels load an expert's last, partly filled tile:
-// [rows - box_rows + 1][box_rows][cols], the two outer dimensions one row apart, so that a box reads
-// zeros past its inner `box_rows` rows (templates/kernels/sm90_grouped_gemm.cuh, load_a_slice).
-CUtensorMap tail_tensor_map(DType dtype, CUdeviceptr base, int64_t cols, int64_t rows, int box_rows);
-
 // The dW output [count][rows][cols] (bf16, fp16, or fp32 where `fp32`) as the dW epilogue stores
 // it (epilogue/sm90_box_store.cuh): [64 rows][128 bytes] boxes; writes past `rows` or `cols` are dropped.
 CUtensorMap weight_gradient_tensor_map(DType dtype, bool fp32, CUdeviceptr base, int64_t cols, int64_t rows,
@@ -36,8 +31,7 @@ CUtensorMap weight_gradient_tensor_map(DType dtype, bool fp32, CUdeviceptr base,
 struct HopperTensorMaps {
     CUtensorMap a{};
     CUtensorMap b{};
-    CUtensorMap c{};       // dW's output
-    CUtensorMap a_tail{};  // the row-grouped forward and dX with A by TMA: an expert's last tile
+    CUtensorMap c{};
 };
 HopperTensorMaps hopper_tensor_maps(const Problem& problem, const Config& config, CUdeviceptr a, CUdeviceptr b,
                                     CUdeviceptr c, int64_t rows);

@@ -104,25 +104,6 @@ struct PairTile {
     }
 };
 
-// One slice of a TMA-loaded A tile (the routed rows [M, Reduction]). An expert's last tile, where it
-// is partly past the expert's end, comes through `map_a_tail`, which makes those rows zeros instead
-// of the next expert's: a 3-D view of A whose two outer dimensions both step one row,
-// [M - TileM + 1][TileM][Reduction], so that rows TileM - valid .. TileM - 1 of the box at outer row
-// end - TileM are the expert's last `valid` rows and the rest of the box lies past TileM, out of bounds.
-// Zeros draw less power in the MMA than data (bench/RESULTS.md, thirty-seventh session), and these
-// kernels run at the board's power limit. The first expert's tile, where end < TileM, keeps the 2-D map.
-template <class Cfg>
-__device__ __forceinline__ void load_a_slice(const sm90::TensorMap& map_a, const sm90::TensorMap& map_a_tail,
-                                             uint32 sA, uint32 full, int k0, const GroupedTile& tile) {
-    const int tile_row = tile.m_tile * Cfg::TileM;  // within the expert
-    const int valid = tile.expert_rows - tile_row;
-    const int end = tile.row_begin + tile.expert_rows;
-    if (valid < Cfg::TileM && end >= Cfg::TileM)
-        sm90::tma_load_3d(sA, map_a_tail, k0, Cfg::TileM - valid, end - Cfg::TileM, full);
-    else
-        sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
-}
-
 // Consumer warpgroup `consumer` (tile rows [64 * consumer, 64 * consumer + 64)): wgmma over the
 // ring's slices, then the epilogue, 64 output columns at a time through the warpgroup's staging
 // rows (epilogue/sm90_staged_rows.cuh) to their (possibly scattered) global rows.
@@ -314,8 +295,7 @@ __device__ __forceinline__ void consume_tiles(const GroupedGemmArguments& args, 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::Threads, 1)
     sm90_row_grouped_gemm(const GroupedGemmArguments args, const __grid_constant__ sm90::TensorMap map_a,
-                          const __grid_constant__ sm90::TensorMap map_b,
-                          const __grid_constant__ sm90::TensorMap map_a_tail) {
+                          const __grid_constant__ sm90::TensorMap map_b) {
     using Element = typename Cfg::Element;
     using Scheduler = GroupedTileScheduler<Cfg::Experts, Cfg::Threads, Cfg::TileM, Cfg::NTiles>;
     using Gather = typename Cfg::Gather;
@@ -339,10 +319,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
         if constexpr (Cfg::Dynamic) queue.init(Cfg::Consumers * sm90::kWarpgroupThreads / 32);
         barriers.init(Cfg::GatherA ? 1 + sm90::kGatherArrivals : 1, Cfg::Consumers * Cluster);
         sm90::prefetch_tensor_map(map_b);
-        if (!Cfg::GatherA) {
-            sm90::prefetch_tensor_map(map_a);
-            sm90::prefetch_tensor_map(map_a_tail);
-        }
+        if (!Cfg::GatherA) sm90::prefetch_tensor_map(map_a);
     }
     wait_for_prior_kernels();  // the set-up above touches no global memory: it overlaps the previous kernel
     const Scheduler scheduler(scheduler_storage, args.m_sizes, args.rows);  // block-wide; publishes the barriers too
@@ -400,7 +377,7 @@ __global__ void __launch_bounds__(Cfg::Threads, 1)
                         const int bytes = work.exists ? (Cfg::GatherA ? 0 : Cfg::BytesA) + Cfg::BytesB : 0;
                         sm90::mbarrier_arrive_expect_tx(full, bytes);
                         if (work.exists) {
-                            if constexpr (!Cfg::GatherA) load_a_slice<Cfg>(map_a, map_a_tail, sA, full, k0, tile);
+                            if (!Cfg::GatherA) sm90::tma_load_2d(sA, map_a, k0, tile.row_begin + tile_row, full);
                             load_weight_slice<Cfg>(map_b, sB, full, k0, out_col0, tile.expert, work.shares_b, rank);
                         }
                     }
