@@ -68,14 +68,19 @@ void Compiler::dump(const Hash128& key, const Source& source, const std::string&
     std::error_code error;
     std::filesystem::create_directories(dump_dir_, error);  // with any missing parents
     const std::string stem = dump_dir_ + "/" + key.hex();
-    if (!error) {
-        std::ofstream(stem + ".cu") << source.text;
-        std::ofstream(stem + ".ptx") << ptx;
-        std::ofstream(stem + ".log") << log;
+    std::string failed = error ? dump_dir_ + ": " + error.message() : "";
+    // A full disk fails the writes, not the opens: every stream is checked after its flush.
+    for (const auto& [suffix, text] : {std::pair<const char*, const std::string*>{".cu", &source.text}, {".ptx", &ptx},
+                                       {".log", &log}}) {
+        if (!failed.empty()) break;
+        std::ofstream file(stem + suffix);
+        file << *text;
+        file.flush();
+        if (!file) failed = stem + suffix + ": cannot write";
     }
-    if (error || !std::ofstream(stem + ".log", std::ios::app))
-        log::warn_once("dump-dir", "MOEJIT_DUMP_DIR=" + dump_dir_ + " is not writable" +
-                                       (error ? " (" + error.message() + ")" : "") + "; nothing dumped");
+    if (!failed.empty())
+        log::warn_once("dump-dir", "MOEJIT_DUMP_DIR=" + dump_dir_ + " is not writable (" + failed +
+                                       "); dumps there are missing or incomplete");
 }
 
 }  // namespace moejit

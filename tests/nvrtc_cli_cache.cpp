@@ -622,6 +622,16 @@ TEST_CASE("MOEJIT_DUMP_DIR is created with its missing parents; one that cannot 
         run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", tmp / "cache"}, {"MOEJIT_DUMP_DIR", tmp / "file/dump"}});
     CHECK(blocked.status == 0);  // dumping is a debugging aid: the compile itself goes on
     CHECK(count_of(blocked.err, "MOEJIT_DUMP_DIR=" + (tmp / "file/dump") + " is not writable (") == 1);
+
+    // A full disk lets the files open and fails their writes: /dev/full stands in for it.
+    const std::string full = tmp / "full";
+    fs::create_directories(full);
+    fs::create_symlink("/dev/full", full + "/" + match[1].str() + ".cu");
+    const ProcessResult no_space =
+        run_cli({"compile", kSpec}, {{"MOEJIT_CACHE_DIR", tmp / "cache"}, {"MOEJIT_DUMP_DIR", full}});
+    CHECK(no_space.status == 0);
+    CHECK(count_of(no_space.err, "MOEJIT_DUMP_DIR=" + full + " is not writable (" + full + "/" + match[1].str() +
+                                     ".cu: cannot write)") == 1);
 }
 
 TEST_CASE("moejit compile compiles an elementwise kernel, which has no tiling to report", "[cli]") {
