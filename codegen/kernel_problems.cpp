@@ -1,5 +1,7 @@
 #include "codegen/kernel_problems.hpp"
 
+#include <moejit/error.hpp>
+
 #include <algorithm>
 
 namespace moejit {
@@ -92,6 +94,14 @@ std::vector<Problem> KernelList::for_arch(const Arch& arch) const {
         if (std::find(kernels.begin(), kernels.end(), problem) == kernels.end()) kernels.push_back(problem);
     }
     return kernels;
+}
+
+void KernelList::validate(const char* owner) const {
+    try {
+        for_arch(Arch{});
+    } catch (const Error& error) {
+        throw Error(std::string(owner) + ": " + error.what());
+    }
 }
 
 }  // namespace moejit

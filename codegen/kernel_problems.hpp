@@ -46,6 +46,9 @@ public:
     void add_routing(int experts, int topk, DType dtype, bool backward);
     // Every kernel, compiled for `arch`; throws moejit::Error naming the first invalid one.
     std::vector<Problem> for_arch(const Arch& arch) const;
+    // Every kernel's own limits, before anything touches a device: throws moejit::Error that names
+    // `owner` (the block whose configuration they come from) and the first invalid kernel.
+    void validate(const char* owner) const;
 
 private:
     std::vector<Problem> problems_;

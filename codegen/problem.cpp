@@ -92,6 +92,15 @@ void Problem::validate() const {
         fail("N and K must each be below 2^31 (the kernels hold them in int), got N = " + std::to_string(n) +
              ", K = " + std::to_string(k));
     if (experts < 1 || experts > 4096) fail("experts must be in 1..4096, got " + std::to_string(experts));
+    // The GEMM templates count tiles in int (tiles of a row or column: N / 16 rounded up, and dW's
+    // experts x tiles of [N, K] of 16 x 16 at the smallest), so N + 1023 and E * N * K / 256 must fit.
+    const bool gemm = op == Op::fwd || op == Op::dx || op == Op::dw;
+    if (gemm && (n >= (int64_t{1} << 30) || k >= (int64_t{1} << 30)))
+        fail("a GEMM's N and K must each be below 2^30 (its tile counts are int), got N = " + std::to_string(n) +
+             ", K = " + std::to_string(k));
+    if (gemm && static_cast<long double>(experts) * n * k >= static_cast<long double>(int64_t{1} << 38))
+        fail("a GEMM's E * N * K must be below 2^38 elements (512 GiB of 16-bit weights; its tile counts are int), "
+             "got " + std::to_string(experts) + " * " + std::to_string(n) + " * " + std::to_string(k));
     if (topk < 1 || topk > experts) fail("topk must be in 1..experts, got " + std::to_string(topk));
     if (permute_x && permute_y)
         fail("permute_x (first GEMM: gather token rows) and permute_y (second GEMM: scatter to token order) "

@@ -134,7 +134,7 @@ void validate(const Llama4MoeConfig& c) {
                     "shared_intermediate 0 (the same as intermediate) or one too; got " + std::to_string(c.hidden) +
                     ", " + std::to_string(c.intermediate) + " and " + std::to_string(c.shared_intermediate));
     RouterStage::validate(router_config(c), kBlock);
-    block_kernels(c).for_arch(Arch{});  // every kernel's own limits
+    block_kernels(c).validate(kBlock);
 }
 
 void validate(const Llama4MoeConfig& c, int64_t max_tokens) {

@@ -67,7 +67,7 @@ void validate(const Qwen3MoeConfig& c) {
         throw Error(std::string(kBlock) + ": hidden and moe_intermediate must be positive multiples of 8, got " +
                     std::to_string(c.hidden) + " and " + std::to_string(c.moe_intermediate));
     RouterStage::validate(router_config(c), kBlock);
-    block_kernels(c).for_arch(Arch{});  // every kernel's own limits
+    block_kernels(c).validate(kBlock);
 }
 
 void validate(const Qwen3MoeConfig& c, int64_t max_tokens) {

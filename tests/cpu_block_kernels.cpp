@@ -354,8 +354,11 @@ TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][b
     bad_qwen3([](Qwen3MoeConfig& c) { c.experts = 12; }, 16, "multiple of 8");
     // Each dimension within its limits, the workspace past 2^64 bytes (about 1.8e19): an error, not
     // a wrapped size of 1.7 GB that the block would write past.
+    bad_qwen3([](Qwen3MoeConfig& c) { c.hidden = 1073741816; c.moe_intermediate = 8; c.experts = 8;
+                                      c.topk = 1; }, 2147483647, "overflows");
+    // Past what a GEMM counts in int: the block names itself and the kernel.
     bad_qwen3([](Qwen3MoeConfig& c) { c.hidden = 2147450848; c.moe_intermediate = 1073741816; c.experts = 8;
-                                      c.topk = 1; }, 613572113, "overflows");
+                                      c.topk = 1; }, 16, "below 2^30");
 
     auto bad_llama4 = [&](auto&& change, int64_t max_tokens, const char* mention) {
         Llama4MoeConfig c = llama4;
@@ -371,8 +374,10 @@ TEST_CASE("workspace_bytes rejects what the block constructors reject", "[cpu][b
     bad_llama4([](Llama4MoeConfig&) {}, 0, "max_tokens");
     bad_llama4([](Llama4MoeConfig& c) { c.topk = 17; }, 16, "topk");
     bad_llama4([](Llama4MoeConfig& c) { c.experts = 1032; c.topk = 1; }, 16, "experts");
-    bad_llama4([](Llama4MoeConfig& c) { c.hidden = 2147450848; c.intermediate = 1073741816; c.experts = 8; }, 613572113,
+    bad_llama4([](Llama4MoeConfig& c) { c.hidden = 1073741816; c.intermediate = 8; c.experts = 8; }, 2147483647,
                "overflows");
+    bad_llama4([](Llama4MoeConfig& c) { c.hidden = 2147450848; c.intermediate = 1073741816; c.experts = 8; }, 16,
+               "below 2^30");
 
     // The kernel lists take the same checks.
     Qwen3MoeConfig wide = qwen3;

@@ -37,18 +37,28 @@ TEST_CASE("spec numbers that do not fit their field are rejected, not wrapped", 
         // Within their fields but beyond what the kernels take: validate names the limit.
         {"fwd:bf16:n1536:k2048:e2147483647:topk8:sm_90a", "experts must be in 1..4096"},
         {"fwd:bf16:n1536:k2048:e128:topk2147483647:sm_90a", "topk must be in 1..experts"},
+        // A GEMM counts its tiles in int: N 2^31 - 256 once compiled into an NVRTC overflow error, and
+        // dW at N = K = 2^31 - 8 over 4096 experts into a kernel whose tile counts had wrapped.
+        {"fwd:bf16:n2147483400:k8:e1:topk1:sm_90a", "a GEMM's N and K must each be below 2^30"},
+        {"dx:bf16:n8:k1073741824:e1:topk1:sm_90a", "a GEMM's N and K must each be below 2^30"},
+        {"dw:bf16:n2147483640:k2147483640:e4096:topk8:sm_90a", "a GEMM's N and K must each be below 2^30"},
+        {"dw:bf16:n65536:k65536:e64:topk8:sm_90a", "a GEMM's E * N * K must be below 2^38 elements"},
     };
     for (const auto& [spec, mention] : bad) {
         const std::string error = spec_error(spec);
         INFO(spec << " -> " << error);
         CHECK(mentions(error, mention));
     }
-    // The largest values the fields hold still parse exactly.
+    // The largest values the fields hold still parse exactly (in an op that takes them all).
     Problem widest;
+    widest.op = Op::permute_rows;
     widest.n = widest.k = 2147483640;
     widest.experts = 4096;
     widest.topk = 4096;
     CHECK(parse_spec(to_spec(widest)) == widest);
+    // The largest GEMMs still pass: N = K = 2^30 - 8, and E * N * K just below 2^38.
+    CHECK(spec_error("fwd:bf16:n1073741816:k8:e1:topk1:sm_90a").empty());
+    CHECK(spec_error("dw:bf16:n65536:k65528:e64:topk8:sm_90a").empty());
 }
 
 TEST_CASE("a spec names each field once", "[cpu][spec]") {
@@ -89,7 +99,9 @@ TEST_CASE("a spec without topk is rejected instead of meaning topk1", "[cpu][spe
 }
 
 TEST_CASE("N and K must fit the kernels' int: 2^31 - 8 passes, 2^31 does not", "[cpu][spec]") {
+    // The elementwise kernels take such widths; the GEMMs stop at 2^30 (the case above).
     Problem problem;
+    problem.op = Op::permute_rows;
     problem.n = 1536;
     problem.k = 2048;
     problem.experts = 8;
@@ -103,7 +115,7 @@ TEST_CASE("N and K must fit the kernels' int: 2^31 - 8 passes, 2^31 does not", "
     CHECK(mentions(validate_error(problem), "K = 2147483648"));
     CHECK(mentions(spec_error("fwd:bf16:n2147483648:k2048:e8:topk2:sm_90a"), "below 2^31"));
     CHECK(mentions(spec_error("fwd:bf16:n2048:k2147483648:e8:topk2:sm_90a"), "below 2^31"));
-    CHECK(spec_error("fwd:bf16:n2147483640:k2147483640:e8:topk2:sm_90a").empty());
+    CHECK(spec_error("permute_rows:bf16:n2147483640:k2147483640:e8:topk2:sm_90a").empty());
 }
 
 TEST_CASE("elementwise and routing kernels take no GEMM fusion flags", "[cpu][spec]") {
