@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <thread>
 
@@ -139,6 +140,9 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
     Problem checked = forward_;
     checked.arch = Arch{};
     checked.validate();
+    // So is a config string that does not parse; whether its tiles suit the device is checked below.
+    const std::optional<Config> forced =
+        config_override_.empty() ? std::nullopt : std::optional<Config>(Config::parse(config_override_));
     const DeviceInfo& device = current_device();
     forward_.arch = device.arch;
     sm_count_ = device.sm_count;
@@ -151,7 +155,7 @@ GroupedGemm::GroupedGemm(Problem forward, const std::string& config) : forward_(
             if (config_override_.empty()) {
                 chosen = select_config(pass->problem, bucket, device);
             } else {  // the same tiles in every pass, as far as the pass allows
-                chosen = adapt_to_pass(pass->problem, Config::parse(config_override_));
+                chosen = adapt_to_pass(pass->problem, *forced);
             }
             check_config(pass->problem, chosen);
         }

@@ -17,6 +17,11 @@ namespace moejit {
 void prepare_kernels(const std::vector<Problem>& kernels, int64_t tokens, unsigned jobs) {
     if (tokens <= 0 || tokens > kMaxRows)
         throw Error("prepare_kernels: tokens must be in [1, 2^31), got " + std::to_string(tokens));
+    // A bad problem is reported as such, also where there is no GPU (the device's arch replaces theirs).
+    for (Problem problem : kernels) {
+        problem.arch = Arch{};
+        problem.validate();
+    }
     const DeviceInfo& device = current_device();
     // The tilings the calls pick (GroupedGemm for the GEMMs, elementwise_kernel for the others), so
     // that each compile here is the one a call would start. A kernel listed twice compiles once.

@@ -5,6 +5,7 @@
 
 #include <moejit/error.hpp>
 #include <moejit/grouped_gemm.hpp>
+#include <moejit/prepare.hpp>
 #include <moejit/routing.hpp>
 
 #include "moe/combine_backward.hpp"
@@ -84,8 +85,12 @@ TEST_CASE("argument errors are reported before the device is looked up", "[cpu]"
     odd.n = 7;
     odd.k = 64;
     odd.experts = 2;
+    Problem even = odd;
+    even.n = 64;
     const std::pair<std::string, std::string> cases[] = {
         {error_message([&] { GroupedGemm gemm(odd); }), "N must be a positive multiple of 8"},
+        {error_message([&] { GroupedGemm gemm(even, "zzz"); }), "bad config 'zzz'"},
+        {error_message([&] { prepare_kernels({odd}, 16); }), "N must be a positive multiple of 8"},
         {error_message([&] { gated_activation_backward(DType::bf16, 24, buffer, buffer, buffer, 8, nullptr); }),
          "N = 2*I needs I to be a multiple of 8"},
         {error_message([&] { gated_activation_backward(DType::bf16, 32, buffer, buffer, 0, 8, nullptr); }),
