@@ -159,6 +159,25 @@ TEST_CASE("--tokens takes the same positive integers in bench and precompile", "
     CHECK(mentions(accepted.err, "--pass must be fwd, dx or dw, got 'bogus'"));
 }
 
+TEST_CASE("an option whose value is missing says so, also where the next word is an option", "[cpu][cli]") {
+    const ProcessResult source = run_cli({"source", "--model", "--gemm", "down"});
+    CHECK(source.status == 1);
+    CHECK(mentions(source.err, "--model needs a value, got the option '--gemm'"));
+    const ProcessResult last = run_cli({"source", "--model"});
+    CHECK(last.status == 1);
+    CHECK(mentions(last.err, "--model needs a value"));
+    // A value may still be anything after '='.
+    const ProcessResult equals = run_cli({"source", "--model=--gemm", "--gemm", "down"});
+    CHECK(equals.status == 1);
+    CHECK(mentions(equals.err, "unknown model '--gemm'"));
+}
+
+TEST_CASE("moejit bench reports a bad --config before it needs a GPU", "[cpu][cli]") {
+    const ProcessResult bench = run_cli({"bench", "--model", "qwen3-30b-a3b", "--config", "zzz"});
+    CHECK(bench.status == 1);
+    CHECK(mentions(bench.err, "bad config 'zzz'"));
+}
+
 TEST_CASE("precompile --jobs takes 1 to 256 and nothing else", "[cpu][cli]") {
     // Read before any NVRTC work; a bad --tokens after it then shows an accepted value.
     for (const char* jobs : {"0", "257", "-1", "+2", "2 ", "x", "", "1000"}) {

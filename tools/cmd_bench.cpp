@@ -150,6 +150,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const double skew = parse_skew(args);
     const std::optional<std::vector<bool Problem::*>> fusion_override = parse_fusions(args);
     const std::string config = args.value("--config").value_or("");
+    if (!config.empty()) Config::parse(config);  // a typo is reported before the device is set up
     const std::string only_pass = args.value("--pass").value_or("");
     if (!only_pass.empty() && only_pass != "fwd" && only_pass != "dx" && only_pass != "dw")
         throw Error("--pass must be fwd, dx or dw, got '" + only_pass + "'");

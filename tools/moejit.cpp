@@ -40,6 +40,11 @@ Args::Args(std::string command, const std::vector<std::string>& argv, const std:
             values_[name] = arg.substr(equals + 1);
         } else {
             if (i + 1 >= argv.size()) throw Error(name + " needs a value (see moejit " + command_ + " --help)");
+            // "--model --gemm down" means a forgotten value, not a model named "--gemm". No value
+            // any option takes starts with "--"; one that did could still be given as name=value.
+            if (argv[i + 1].rfind("--", 0) == 0)
+                throw Error(name + " needs a value, got the option '" + argv[i + 1] + "' (see moejit " + command_ +
+                            " --help)");
             values_[name] = argv[++i];
         }
     }
