@@ -4,6 +4,7 @@
 #include "tests/support/errors.hpp"
 #include "tests/support/process.hpp"
 
+#include <regex>
 #include <string>
 
 using namespace moejit::testing;
@@ -170,6 +171,12 @@ TEST_CASE("an option whose value is missing says so, also where the next word is
     const ProcessResult equals = run_cli({"source", "--model=--gemm", "--gemm", "down"});
     CHECK(equals.status == 1);
     CHECK(mentions(equals.err, "unknown model '--gemm'"));
+}
+
+TEST_CASE("moejit --version names the library, NVRTC and cache format versions", "[cpu][cli]") {
+    const ProcessResult version = run_cli({"--version"});
+    CHECK(version.status == 0);
+    CHECK(std::regex_search(version.out, std::regex(R"(^moejit \d+\.\d+\.\d+ \(NVRTC \d+\.\d+, cache format \d+\)\n$)")));
 }
 
 TEST_CASE("moejit bench reports a bad --config before it needs a GPU", "[cpu][cli]") {

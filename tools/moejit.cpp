@@ -2,7 +2,11 @@
 // Needs NVRTC but no GPU. Errors print "moejit: <message>" on stderr and exit 1.
 #include "tools/cli.hpp"
 
+#include "cache/key.hpp"
 #include "codegen/models.hpp"
+#include "runtime/nvrtc.hpp"
+
+#include <moejit/version.hpp>
 
 #include <cerrno>
 #include <cstdio>
@@ -215,9 +219,11 @@ const char* const kUsage =
     "environment: MOEJIT_CACHE_DIR (writable cache root), MOEJIT_CACHE_PATH (read-only roots,\n"
     "colon-separated, searched first), MOEJIT_CACHE_MAX_SIZE (size cap, default 4G; 0 or off: none),\n"
     "MOEJIT_DUMP_DIR, MOEJIT_LOG=off|info|debug, MOEJIT_KERNEL_PATH=auto|portable,\n"
-    "MOEJIT_CHECK_ROUTING=0|1, MOEJIT_LINEINFO=0|1 (the README's table has them all)\n"
+    "MOEJIT_CHECK_ROUTING=0|1, MOEJIT_LINEINFO=0|1, MOEJIT_DEPENDENT_LAUNCH=0|1 (the README's table\n"
+    "has them all)\n"
     "\n"
-    "'moejit <command> --help' describes a command.\n";
+    "'moejit <command> --help' describes a command; 'moejit --version' prints the versions that\n"
+    "cache entries are keyed by.\n";
 
 struct Command {
     const char* name;
@@ -236,6 +242,13 @@ int dispatch(const std::vector<std::string>& args) {
         return 1;
     }
     const std::string& name = args[0];
+    if (name == "--version") {
+        // What cache entries and tuned tilings are keyed by, besides the kernels themselves.
+        const moejit::NvrtcVersion nvrtc = moejit::nvrtc_version();
+        std::printf("moejit %s (NVRTC %d.%d, cache format %u)\n", moejit::library_version(), nvrtc.major, nvrtc.minor,
+                    moejit::kCacheFormatVersion);
+        return 0;
+    }
     if (name == "--help" || name == "-h" || name == "help") {
         if (name == "help" && args.size() > 1) return dispatch({args[1], "--help"});
         std::fputs(kUsage, stdout);

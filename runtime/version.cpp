@@ -1,0 +1,7 @@
+#include <moejit/version.hpp>
+
+namespace moejit {
+
+const char* library_version() { return MOEJIT_VERSION_STRING; }
+
+}  // namespace moejit
