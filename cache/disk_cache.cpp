@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <string_view>
 #include <system_error>
 #include <thread>
 
@@ -139,7 +141,11 @@ bool write_all(int fd, const char* data, size_t size) {
     return true;
 }
 
-// Ends the name of every temporary file a store writes, so that list() and clear() know them.
+// The endings of the names the cache writes after the key's 32 hex digits, and of its temporaries.
+constexpr char kEntrySuffix[] = ".cubin";
+constexpr char kSourceSuffix[] = ".cu";
+constexpr char kLockSuffix[] = ".lock";
+constexpr char kTuningRecordSuffix[] = ".config";
 constexpr char kTemporarySuffix[] = ".tmp";
 
 }  // namespace
@@ -179,7 +185,8 @@ std::string read_regular_file(const std::string& path, std::vector<char>& bytes,
     return "";
 }
 
-// A name no other process or thread can pick: pid + thread id + a random number.
+// A name no other process or thread can pick: pid + thread id + a random number. classify_cache_file
+// knows temporaries by exactly this form: keep the two in step.
 std::string temporary_file_name(const std::string& final_name) {
     thread_local std::mt19937_64 random(std::random_device{}() ^
                                         static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
@@ -188,6 +195,61 @@ std::string temporary_file_name(const std::string& final_name) {
     std::snprintf(suffix, sizeof suffix, ".%ld-%zx-%016llx%s", static_cast<long>(::getpid()), tid,
                   static_cast<unsigned long long>(random()), kTemporarySuffix);
     return final_name + suffix;
+}
+
+std::string tuning_record_file_name(const Hash128& key) { return key.hex() + kTuningRecordSuffix; }
+
+namespace {
+
+bool is_digit_run(std::string_view text, size_t min_size, size_t max_size, bool hex) {
+    if (text.size() < min_size || text.size() > max_size) return false;
+    return std::all_of(text.begin(), text.end(),
+                       [&](char c) { return hex ? is_hex_digit(c) : (c >= '0' && c <= '9'); });
+}
+
+// A name the cache gives a finished file: "<32 lowercase hex><suffix>", where that suffix belongs.
+CacheFileName classify_final_name(const std::string& directory, const std::string& name) {
+    if (name.size() <= 32 || !is_digit_run(std::string_view(name).substr(0, 32), 32, 32, true)) return {};
+    const std::string suffix = name.substr(32);
+    CacheFileKind kind = CacheFileKind::foreign;
+    if (directory == kTuningDirectory) {
+        if (suffix == kTuningRecordSuffix) kind = CacheFileKind::tuning_record;
+    } else if (is_shard_name(directory) && name.compare(0, 2, directory) == 0) {
+        if (suffix == kEntrySuffix) kind = CacheFileKind::entry;
+        else if (suffix == kSourceSuffix) kind = CacheFileKind::source;
+        else if (suffix == kLockSuffix) kind = CacheFileKind::lock;
+    }
+    if (kind == CacheFileKind::foreign) return {};
+    return {kind, name.substr(0, 32)};
+}
+
+// The part temporary_file_name() puts between the final name and ".tmp": "<pid>-<thread>-<random>".
+bool is_temporary_tag(std::string_view tag) {
+    const size_t first = tag.find('-');
+    if (first == std::string_view::npos) return false;
+    const size_t second = tag.find('-', first + 1);
+    if (second == std::string_view::npos) return false;
+    return is_digit_run(tag.substr(0, first), 1, 19, false) &&
+           is_digit_run(tag.substr(first + 1, second - first - 1), 1, 16, true) &&
+           is_digit_run(tag.substr(second + 1), 16, 16, true);
+}
+
+}  // namespace
+
+CacheFileName classify_cache_file(const std::string& directory, const std::string& name) {
+    CacheFileName final_name = classify_final_name(directory, name);
+    if (final_name.kind != CacheFileKind::foreign) return final_name;
+    if (!ends_with(name, kTemporarySuffix)) return {};
+    const std::string stem = name.substr(0, name.size() - (sizeof kTemporarySuffix - 1));
+    const size_t dot = stem.rfind('.');
+    if (dot == std::string::npos || !is_temporary_tag(std::string_view(stem).substr(dot + 1))) return {};
+    CacheFileName becomes = classify_final_name(directory, stem.substr(0, dot));
+    // Lock files are opened in place, never written through a temporary.
+    if (becomes.kind != CacheFileKind::entry && becomes.kind != CacheFileKind::source &&
+        becomes.kind != CacheFileKind::tuning_record)
+        return {};
+    becomes.kind = CacheFileKind::temporary;
+    return becomes;
 }
 
 namespace {
@@ -280,12 +342,23 @@ int64_t mtime_ns(const struct stat& st) {
     return static_cast<int64_t>(st.st_mtime) * 1000000000 + static_cast<int64_t>(st.st_mtim.tv_nsec);
 }
 
-// "<32 hex>.cubin" -> the hex; otherwise "" (temporary files, sources, foreign files).
-std::string entry_key_hex(const std::string& file_name) {
-    if (!ends_with(file_name, ".cubin") || file_name.size() != 32 + 6) return "";
-    const std::string hex = file_name.substr(0, 32);
-    Hash128 parsed;
-    return Hash128::from_hex(hex, parsed) ? hex : "";
+bool same_file(const struct stat& a, const struct stat& b) { return a.st_dev == b.st_dev && a.st_ino == b.st_ino; }
+
+// How often lock_key takes a lock file that its holder removed meanwhile before it gives up and goes
+// on without: each round means another process finished with that key, so a few always suffice
+// unless something removes lock files as fast as they are made.
+constexpr int kLockAttempts = 64;
+
+// An exclusive flock(2) on fd, waiting while another holds it. False where the file system or the
+// kernel refuses (ENOLCK on some network file systems, EINVAL, ...).
+bool lock_exclusively(int fd, const std::string& path) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return true;
+    if (errno != EWOULDBLOCK && errno != EINTR) return false;
+    // Worth a line when a process seems to hang: it waits for another's compile of the same kernel.
+    log::debug("cache: waiting for another compile of the same kernel (" + path + ")");
+    while (::flock(fd, LOCK_EX) != 0)
+        if (errno != EINTR) return false;
+    return true;
 }
 
 }  // namespace
@@ -371,6 +444,65 @@ bool DiskCache::has_entry_in_root(const Hash128& key) const {
     return !root_.empty() && ::stat(entry_path(key).c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+KeyLock::KeyLock(KeyLock&& other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) { other.fd_ = -1; }
+
+KeyLock& KeyLock::operator=(KeyLock&& other) noexcept {
+    if (this != &other) {
+        release();
+        fd_ = other.fd_;
+        path_ = std::move(other.path_);
+        other.fd_ = -1;
+    }
+    return *this;
+}
+
+KeyLock::~KeyLock() { release(); }
+
+void KeyLock::release() {
+    if (fd_ < 0) return;
+    // Removed before it is unlocked, so that no lock files pile up beside the entries: a waiter
+    // that then gets the removed file's lock sees that the path no longer names it and takes the
+    // path anew (DiskCache::lock_key). Only while the path is still our file: a clear() may have
+    // removed it meanwhile and another process may hold the file now there.
+    struct stat held {}, current {};
+    if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &current) == 0 && same_file(held, current))
+        ::unlink(path_.c_str());
+    ::close(fd_);
+    fd_ = -1;
+}
+
+KeyLock DiskCache::lock_key(const Hash128& key) const {
+    if (root_.empty() || memory_only()) return {};
+    const std::string hex = key.hex();
+    const std::string dir = shard_dir(root_, hex);
+    const std::string path = dir + "/" + hex + kLockSuffix;
+    auto without_lock = [&](const std::string& why) {
+        log::debug("cache: going on without the lock " + path + ": " + why);
+        return KeyLock();
+    };
+    if (const std::optional<IoFailure> failure = make_directories(dir)) return without_lock(failure->text());
+    for (int attempt = 0; attempt < kLockAttempts; ++attempt) {
+        // O_NONBLOCK: a FIFO at the name would block the open forever; O_NOFOLLOW: a link there is
+        // not ours to create a file through. Both are then refused, and we go on without the lock.
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CREAT | O_NONBLOCK | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0644);
+        if (fd < 0) return without_lock(errno_text(errno));
+        struct stat held {};
+        if (::fstat(fd, &held) != 0 || !S_ISREG(held.st_mode)) {
+            ::close(fd);
+            return without_lock("not a regular file");
+        }
+        if (!lock_exclusively(fd, path)) {
+            const int error = errno;
+            ::close(fd);
+            return without_lock("flock: " + errno_text(error));
+        }
+        struct stat current {};
+        if (::stat(path.c_str(), &current) == 0 && same_file(held, current)) return KeyLock(fd, path);
+        ::close(fd);  // its holder removed that file as it let go: whoever holds the path's file is next
+    }
+    return without_lock("lock files removed as fast as they were made");
+}
+
 std::optional<CacheEntry> DiskCache::load(const Hash128& key) const {
     const std::string hex = key.hex();
     std::vector<std::string> roots = read_only_roots_;
@@ -453,43 +585,50 @@ void DiskCache::keep_under_size_cap(const std::string& just_stored) const {
 
 CacheListing DiskCache::list(bool verify, CacheRoots roots) const {
     CacheListing listing;
+    // stat()s path; false (and an error unless it is gone meanwhile) where it cannot.
+    auto stat_or_note = [&](const std::string& path, struct stat& st) {
+        if (::stat(path.c_str(), &st) == 0) return true;
+        if (errno != ENOENT) listing.errors.push_back("cannot stat " + path + ": " + errno_text(errno));
+        return false;
+    };
     // A temporary file of the writable root; one gone meanwhile was renamed into place.
     auto add_temporary = [&](const std::string& path) {
         struct stat st {};
-        if (::stat(path.c_str(), &st) != 0) {
-            if (errno != ENOENT) listing.errors.push_back("cannot stat " + path + ": " + errno_text(errno));
-            return;
-        }
+        if (!stat_or_note(path, st)) return;
         if (!S_ISREG(st.st_mode)) return;  // no store writes anything else
         listing.temporaries.push_back({path, static_cast<uint64_t>(st.st_size), mtime_ns(st)});
     };
+    auto add_tuning_record = [&](const std::string& path, const std::string& hex, bool read_only) {
+        struct stat st {};
+        if (!stat_or_note(path, st)) return;
+        if (!S_ISREG(st.st_mode)) return;  // tuned_config reads regular files only
+        listing.tuning_records.push_back(
+            {path, hex, static_cast<uint64_t>(st.st_size), static_cast<int64_t>(st.st_mtime), read_only});
+    };
     auto scan = [&](const std::string& root, bool read_only) {
         if (root.empty()) return;
-        if (!read_only) {
-            const std::string tuning = root + "/" + kTuningDirectory;
-            if (::access(tuning.c_str(), F_OK) == 0)
-                for (const std::string& name : directory_names(tuning, listing.errors))
-                    if (ends_with(name, kTemporarySuffix)) add_temporary(tuning + "/" + name);
+        const std::string tuning = root + "/" + kTuningDirectory;
+        if (::access(tuning.c_str(), F_OK) == 0) {
+            for (const std::string& name : directory_names(tuning, listing.errors)) {
+                const CacheFileName file = classify_cache_file(kTuningDirectory, name);
+                if (file.kind == CacheFileKind::tuning_record)
+                    add_tuning_record(tuning + "/" + name, file.key_hex, read_only);
+                else if (file.kind == CacheFileKind::temporary && !read_only) add_temporary(tuning + "/" + name);
+            }
         }
         for (const std::string& shard : directory_names(root, listing.errors)) {
             if (!is_shard_name(shard)) continue;
             const std::string dir = root + "/" + shard;
             for (const std::string& name : directory_names(dir, listing.errors)) {
-                const std::string hex = entry_key_hex(name);
-                if (hex.empty()) {
-                    if (!read_only && ends_with(name, kTemporarySuffix)) add_temporary(dir + "/" + name);
-                    continue;
-                }
+                const CacheFileName file = classify_cache_file(shard, name);
+                if (file.kind == CacheFileKind::temporary && !read_only) add_temporary(dir + "/" + name);
+                if (file.kind != CacheFileKind::entry) continue;
                 CacheEntryInfo info;
                 info.path = dir + "/" + name;
-                info.key_hex = hex;
+                info.key_hex = file.key_hex;
                 info.read_only_root = read_only;
                 struct stat st {};
-                if (::stat(info.path.c_str(), &st) != 0) {
-                    if (errno != ENOENT)  // ENOENT: removed meanwhile
-                        listing.errors.push_back("cannot stat " + info.path + ": " + errno_text(errno));
-                    continue;
-                }
+                if (!stat_or_note(info.path, st)) continue;
                 info.bytes = static_cast<uint64_t>(st.st_size);
                 info.mtime = static_cast<int64_t>(st.st_mtime);
                 info.mtime_ns = mtime_ns(st);
@@ -499,12 +638,9 @@ CacheListing DiskCache::list(bool verify, CacheRoots roots) const {
                 } else if (info.bytes > kMaxEntryBytes) {
                     info.valid = false;
                     info.problem = too_large(info.bytes);
-                } else if (hex.compare(0, 2, shard) != 0) {
-                    info.valid = false;
-                    info.problem = "entry is in the wrong shard directory";
                 } else if (verify) {
                     Hash128 key;
-                    Hash128::from_hex(hex, key);
+                    Hash128::from_hex(info.key_hex, key);
                     std::vector<char> bytes;
                     info.problem = read_regular_file(info.path, bytes);
                     if (info.problem.empty()) info.problem = decode_entry(bytes, key, nullptr);
@@ -523,21 +659,27 @@ CacheListing DiskCache::list(bool verify, CacheRoots roots) const {
 ClearResult DiskCache::clear() {
     ClearResult result;
     if (root_.empty()) return result;
+    // Removes <root>/<directory>/<name> if the cache wrote it; returns what it removed (foreign: nothing).
+    auto remove_if_ours = [&](const std::string& directory, const std::string& name) {
+        const CacheFileKind kind = classify_cache_file(directory, name).kind;
+        if (kind == CacheFileKind::foreign) return kind;
+        const std::string path = root_ + "/" + directory + "/" + name;
+        if (::unlink(path.c_str()) == 0) return kind;
+        if (errno != ENOENT)  // ENOENT: a concurrent clear() was first
+            result.errors.push_back("cannot remove " + path + ": " + errno_text(errno));
+        return CacheFileKind::foreign;
+    };
+    const std::string tuning = root_ + "/" + kTuningDirectory;
+    if (::access(tuning.c_str(), F_OK) == 0) {
+        for (const std::string& name : directory_names(tuning, result.errors))
+            if (remove_if_ours(kTuningDirectory, name) == CacheFileKind::tuning_record) ++result.removed_tuning_records;
+        ::rmdir(tuning.c_str());  // fails harmlessly when something is left in it
+    }
     for (const std::string& shard : directory_names(root_, result.errors)) {
         if (!is_shard_name(shard)) continue;  // leave anything that is not ours alone
         const std::string dir = root_ + "/" + shard;
-        for (const std::string& name : directory_names(dir, result.errors)) {
-            const bool entry = !entry_key_hex(name).empty();
-            const bool ours = entry || ends_with(name, ".cu") || ends_with(name, kTemporarySuffix) ||
-                              ends_with(name, ".lock");
-            if (!ours) continue;
-            const std::string path = dir + "/" + name;
-            if (::unlink(path.c_str()) == 0) {
-                if (entry) ++result.removed;
-            } else if (errno != ENOENT) {  // ENOENT: a concurrent clear() was first
-                result.errors.push_back("cannot remove " + path + ": " + errno_text(errno));
-            }
-        }
+        for (const std::string& name : directory_names(dir, result.errors))
+            if (remove_if_ours(shard, name) == CacheFileKind::entry) ++result.removed;
         // Fails harmlessly when something is left in it (foreign files, or what could not be removed).
         ::rmdir(dir.c_str());
     }

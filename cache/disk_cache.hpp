@@ -3,6 +3,8 @@
 //
 // Layout: <root>/<first two hex digits of the key>/<32-hex key>.cubin, and the generated source
 // beside it as <key>.cu; `moejit tune`'s winners go to <root>/tuning/<key>.config (moe/tuning.cpp).
+// A root may be a directory that holds other things too: classify_cache_file() says which names
+// are the cache's, and nothing else is ever listed or removed.
 // An entry file is
 //     "MOEJITCB" | u32 format version | u32 reserved (0) | u64 key.high | u64 key.low
 //     | u64 payload size | u64 checksum64(payload) | payload
@@ -10,25 +12,54 @@
 // larger than 256 MiB is never read (it is no entry of ours, maybe a sparse file).
 //
 // Entries are written to a unique temporary file, fsynced and renamed into place, so readers and
-// concurrent writers of the same key never see a partial file and need no locks. A reader treats
+// concurrent writers of the same key never see a partial file and need no locks (lock_key's only
+// saves processes compiling the same kernel at once the duplicate work). A reader treats
 // anything wrong with a file as a miss; the caller recompiles and store() replaces the file.
 #include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cache/hash.hpp"
 
 namespace moejit {
 
-// The subdirectory of a root that holds the tuned tilings. list() reports its temporary files as
-// it does the entries', so that prune removes those that a crashed `moejit tune` left behind.
+// The subdirectory of a root that holds the tuned tilings. list() reports its records (for ls and
+// stats) and its temporary files as it does the entries', so that prune removes those that a
+// crashed `moejit tune` left behind.
 inline constexpr const char* kTuningDirectory = "tuning";
 
 // The name of a store's temporary file for `final_name`, unique to this process and thread:
-// "<final_name>.<pid>-<thread>-<random>.tmp". Written, then renamed to `final_name`.
+// "<final_name>.<pid>-<thread>-<random>.tmp" (decimal pid, hex thread, 16 hex digits). Written,
+// then renamed to `final_name`.
 std::string temporary_file_name(const std::string& final_name);
+
+// The name of the tuned tiling record for `key` in the tuning directory: "<32 hex>.config".
+std::string tuning_record_file_name(const Hash128& key);
+
+// What a file in a cache root is to the cache: the one place that knows the names the cache writes.
+enum class CacheFileKind {
+    foreign,        // not the cache's: never listed, never removed
+    entry,          // <key>.cubin
+    source,         // <key>.cu
+    lock,           // <key>.lock (lock_key)
+    tuning_record,  // <key>.config
+    temporary,      // temporary_file_name() of an entry, a source or a tuning record
+};
+
+struct CacheFileName {
+    CacheFileKind kind = CacheFileKind::foreign;
+    std::string key_hex;  // the 32 lowercase hex digits of the key the file belongs to; "" if foreign
+};
+
+// Classifies `name`, a file in the directory named `directory` directly under a root: a shard
+// ("3f"), or kTuningDirectory. Entries, sources, locks and their temporaries are the cache's only in
+// the shard named by their key's first two hex digits; tuning records and theirs only in the
+// tuning directory. Everything else, however much it looks like ours (upper-case hex, "x.tmp",
+// "notes.cu"), is foreign.
+CacheFileName classify_cache_file(const std::string& directory, const std::string& name);
 
 // Writes `data` to dir/final_name atomically: a temporary file beside it, written, fsynced and
 // renamed, so that readers see the old file or the whole new one. Returns "" on success, else
@@ -61,6 +92,15 @@ struct CacheEntryInfo {
     std::string problem;  // why invalid, empty if valid
 };
 
+// A tuned tiling record of some root (moe/tuning.hpp), as ls and stats show them.
+struct TuningRecordInfo {
+    std::string path;
+    std::string key_hex;
+    uint64_t bytes = 0;
+    int64_t mtime = 0;  // seconds since the epoch: when it was tuned
+    bool read_only_root = false;
+};
+
 // A store's temporary file (temporary_file_name, beside the entry or tuned tiling it becomes). It
 // exists only while the store writes it; one left behind is a crashed writer's.
 struct CacheTemporaryInfo {
@@ -71,6 +111,7 @@ struct CacheTemporaryInfo {
 
 struct CacheListing {
     std::vector<CacheEntryInfo> entries;          // sorted by path, read-only roots first
+    std::vector<TuningRecordInfo> tuning_records;  // regular files only, sorted by path, read-only roots first
     std::vector<CacheTemporaryInfo> temporaries;  // of the writable root only, sorted by path
     std::vector<std::string> errors;              // "cannot read directory <path>: <reason>", ...
 };
@@ -80,8 +121,32 @@ struct CacheListing {
 enum class CacheRoots { all, writable };
 
 struct ClearResult {
-    size_t removed = 0;               // entries (.cubin files)
-    std::vector<std::string> errors;  // "cannot remove <path>: <reason>", "cannot read directory ..."
+    size_t removed = 0;                 // entries (.cubin files)
+    size_t removed_tuning_records = 0;  // tuned tilings (.config files)
+    std::vector<std::string> errors;    // "cannot remove <path>: <reason>", "cannot read directory ..."
+};
+
+// Holds a key's lock file (DiskCache::lock_key) until it goes out of scope. Move-only.
+class KeyLock {
+public:
+    KeyLock() = default;
+    KeyLock(KeyLock&& other) noexcept;
+    KeyLock& operator=(KeyLock&& other) noexcept;
+    KeyLock(const KeyLock&) = delete;
+    KeyLock& operator=(const KeyLock&) = delete;
+    ~KeyLock();
+
+    // False where the lock could not be taken: the caller goes on without it.
+    bool held() const { return fd_ >= 0; }
+    // Gives the lock up now rather than at scope exit.
+    void release();
+
+private:
+    friend class DiskCache;
+    KeyLock(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+
+    int fd_ = -1;
+    std::string path_;
 };
 
 class DiskCache {
@@ -115,13 +180,24 @@ public:
     // that entry and leaves the others going to disk.
     void store(const Hash128& key, const CacheEntry& entry, const std::string& source);
 
-    // Every entry file of every root (or of the writable root only), and the temporary files of the
-    // writable root. verify = true reads and checks each entry fully. A root that does not exist is
-    // empty; a directory that cannot be read is named in `errors`, never skipped quietly.
+    // Takes key's lock, <writable root>/<shard>/<key>.lock (flock(2), exclusive), waiting while
+    // another process or DiskCache holds it. A caller that found key missing takes it, looks again
+    // and compiles only if the entry is still missing: then processes that need the same kernel at
+    // once (a host's training ranks) compile it once. The lock only saves that work, since
+    // concurrent stores of a key are safe without it, so anything that stands in its way (no
+    // writable root, a read-only or memory-only cache, a file system without flock) gives a guard
+    // that holds nothing, quietly; never throws. The guard removes the lock file when it lets go.
+    KeyLock lock_key(const Hash128& key) const;
+
+    // Every entry file and tuning record of every root (or of the writable root only), and the
+    // temporary files of the writable root. verify = true reads and checks each entry fully. A root
+    // that does not exist is empty; a directory that cannot be read is named in `errors`, never
+    // skipped quietly.
     CacheListing list(bool verify, CacheRoots roots = CacheRoots::all) const;
 
-    // Removes entries, sources, temporary and lock files of the writable root (never a read-only
-    // root, never other files), going on past failures; each is named in `errors`.
+    // Removes entries, sources, lock files, tuning records and temporary files of the writable root
+    // (never a read-only root, never a file classify_cache_file calls foreign), going on past
+    // failures; each is named in `errors`.
     ClearResult clear();
 
     // True once a store failed for a reason that concerns the whole root: further stores do nothing.

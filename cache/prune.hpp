@@ -37,7 +37,8 @@ uint64_t parse_cache_size(const std::string& text);
 // to at most `max_bytes`: first those list() marks invalid without reading them (not regular files,
 // over the size cap), then the least recently used. Never removes the entry at `keep` (a path as
 // list() gives it). Also removes the root's temporary files unwritten for
-// kAbandonedTemporarySeconds, whatever `max_bytes`. Goes on past failures; each is named in `errors`.
+// kAbandonedTemporarySeconds, whatever `max_bytes`. Nothing else: what classify_cache_file calls
+// foreign is never listed, so never removed. Goes on past failures; each is named in `errors`.
 PruneResult prune(const DiskCache& cache, uint64_t max_bytes, const std::string& keep = "");
 
 }  // namespace moejit

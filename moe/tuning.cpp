@@ -35,7 +35,8 @@ std::string tuning_file_name(const Problem& problem, RowsBucket bucket, const De
     Hasher hasher;
     hasher.field("moejit-tuning").field(to_spec(problem)).field(to_string(bucket)).field(device.name);
     hasher.field(uint64_t(device.sm_count)).field(library_digest().hex());
-    return hasher.digest().hex() + ".config";
+    // Named as the cache names records, so that `moejit cache ls|stats|clear` know it for ours.
+    return tuning_record_file_name(hasher.digest());
 }
 
 std::string tuning_directory(const std::string& root) { return root + "/" + kTuningDirectory; }

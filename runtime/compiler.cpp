@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <utility>
 
 namespace moejit {
 
@@ -33,14 +35,25 @@ Binary Compiler::get(const Problem& problem, const Config& config, bool recompil
     Binary binary;
     binary.key = make_key(key_inputs(source, problem.arch));
 
-    if (std::optional<CacheEntry> entry = recompile ? std::nullopt : cache_.load(binary.key)) {
-        binary.kernel_name = std::move(entry->kernel_name);
-        binary.cubin = std::move(entry->cubin);
+    auto disk_hit = [&](CacheEntry& entry) -> Binary {
+        binary.kernel_name = std::move(entry.kernel_name);
+        binary.cubin = std::move(entry.cubin);
         binary.from_disk = true;
         binary.milliseconds =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
         log::debug("disk cache hit " + to_spec(problem) + " " + config.to_string() + " key " + binary.key.hex());
-        return binary;
+        return std::move(binary);  // returned at once: nothing reads it after
+    };
+    // Held from the second look until the entry is stored: processes that miss the same kernel at
+    // once (a host's training ranks, two precompiles) wait for one compile instead of each running
+    // NVRTC. A lock that cannot be taken holds nothing, and everyone compiles, as correct as ever.
+    KeyLock lock;
+    if (!recompile) {
+        if (std::optional<CacheEntry> entry = cache_.load(binary.key)) return disk_hit(*entry);
+        lock = cache_.lock_key(binary.key);
+        // Whoever held the lock before us may have stored the entry while we waited.
+        if (lock.held())
+            if (std::optional<CacheEntry> entry = cache_.load(binary.key)) return disk_hit(*entry);
     }
 
     NvrtcOutput output = nvrtc_compile(source, nvrtc_options(problem.arch));
@@ -51,6 +64,7 @@ Binary Compiler::get(const Problem& problem, const Config& config, bool recompil
     log::info("compiled " + to_spec(problem) + " " + config.to_string() + " key " + binary.key.hex() + " in " +
               std::to_string(static_cast<int>(output.milliseconds + 0.5)) + " ms");
     cache_.store(binary.key, CacheEntry{binary.kernel_name, binary.cubin}, source.text);
+    lock.release();  // the entry is there for the waiters: the dump is ours alone
     dump(binary.key, source, output.ptx, output.log);
     return binary;
 }

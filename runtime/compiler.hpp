@@ -28,8 +28,10 @@ class Compiler {
 public:
     explicit Compiler(DiskCache cache);
 
-    // Disk cache first (read-only roots, then the writable root); NVRTC on a miss, then stored.
-    // With `recompile`, NVRTC runs regardless and the entry is replaced (`moejit compile`).
+    // Disk cache first (read-only roots, then the writable root); NVRTC on a miss, then stored. A
+    // miss takes the key's lock (DiskCache::lock_key) and looks again before compiling, so that
+    // processes missing the same kernel at once compile it once. With `recompile`, NVRTC runs
+    // regardless, without the lock, and the entry is replaced (`moejit compile`).
     Binary get(const Problem& problem, const Config& config, bool recompile = false);
     // Always runs NVRTC (for `moejit ptx` and tests); does not touch the cache.
     NvrtcOutput compile_uncached(const Problem& problem, const Config& config);

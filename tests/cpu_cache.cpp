@@ -1,8 +1,8 @@
 // Cache key and disk cache: keys, round trips, corruption, FIFOs and other non-files at entry
 // paths, oversized entries, directories that cannot be read and entries that cannot be removed,
 // pruning to a size and of abandoned temporary files, read-only roots, an unwritable root,
-// concurrent writers in separate processes, the environment variables, and tuning records (stored
-// in the cache directory).
+// concurrent writers in separate processes, key locks, files in the cache's directories that are
+// not the cache's, the environment variables, and tuning records (stored in the cache directory).
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -11,7 +11,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +25,8 @@
 #include <iterator>
 #include <optional>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include <moejit/error.hpp>
@@ -574,6 +579,84 @@ TEST_CASE("disk cache: list() and clear() name the directories they cannot read 
             CHECK(contains(cleared.errors, "cannot remove " + cache.entry_path(keys[1]) + ": " + denied));
         }
         for (const Hash128& key : keys) CHECK(cache.load(key).has_value());  // nothing was removed
+    }
+}
+
+TEST_CASE("disk cache: lock_key makes a second taker wait for the first, and removes its file", "[cache]") {
+    TempDir tmp;
+    const std::string root = tmp / "root";  // not made yet: lock_key makes the shard directory
+    DiskCache first(root, {}), second(root, {});
+    const Hash128 key = key_of("locked");
+    const std::string lock_path = root + "/" + key.hex().substr(0, 2) + "/" + key.hex() + ".lock";
+
+    KeyLock held = first.lock_key(key);
+    REQUIRE(held.held());
+    CHECK(fs::is_regular_file(lock_path));
+    const mode_t umask = ::umask(0);
+    ::umask(umask);
+    struct stat st {};
+    REQUIRE(::stat(lock_path.c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == (0644 & ~umask));
+
+    std::atomic<bool> taken{false};
+    std::optional<CacheEntry> seen_after_wait;
+    std::thread waiter([&] {
+        KeyLock lock = second.lock_key(key);
+        taken = lock.held();
+        seen_after_wait = second.load(key);
+    });
+    // Still waiting after a while: the lock is exclusive between DiskCache objects (and processes).
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK_FALSE(taken);
+    first.store(key, make_entry("stored while locked", 64, 80), "src");
+    held.release();
+    waiter.join();
+    CHECK(taken);
+    REQUIRE(seen_after_wait.has_value());
+    CHECK(seen_after_wait->kernel_name == "stored while locked");
+    CHECK_FALSE(fs::exists(lock_path));  // each holder removes it as it lets go
+
+    // Taken again at once now that nobody holds it, by either cache; moving the guard keeps it held.
+    KeyLock again = second.lock_key(key);
+    CHECK(again.held());
+    KeyLock moved = std::move(again);
+    CHECK(moved.held());
+    CHECK_FALSE(again.held());
+    moved = KeyLock();
+    CHECK_FALSE(fs::exists(lock_path));
+    CHECK(first.lock_key(key).held());
+}
+
+TEST_CASE("disk cache: where lock_key cannot lock it returns a guard that holds nothing, at once", "[cache]") {
+    TempDir tmp;
+    const Hash128 key = key_of("unlockable");
+    SECTION("no writable root") { CHECK_FALSE(DiskCache("", {}).lock_key(key).held()); }
+    SECTION("a root under a regular file") {
+        write_bytes(tmp / "file", {'x'});
+        DiskCache cache(tmp / "file/root", {});
+        CHECK_FALSE(cache.lock_key(key).held());
+        CHECK(read_bytes(tmp / "file") == std::vector<char>{'x'});
+    }
+    SECTION("a memory-only cache") {
+        write_bytes(tmp / "file", {'x'});
+        DiskCache cache(tmp / "file/root", {});
+        cache.store(key, make_entry("k", 8, 81), "src");
+        REQUIRE(cache.memory_only());
+        CHECK_FALSE(cache.lock_key(key).held());
+    }
+    SECTION("a FIFO, a directory or a link at the lock's path") {
+        DiskCache cache(tmp / "root", {});
+        const std::string shard = tmp / ("root/" + key.hex().substr(0, 2));
+        const std::string lock_path = shard + "/" + key.hex() + ".lock";
+        fs::create_directories(shard);
+        for (const std::string kind : {"fifo", "directory", "link"}) {
+            INFO(kind);
+            if (kind == "link") fs::create_symlink(tmp / "elsewhere", lock_path);
+            else make_special_file(kind, lock_path);
+            CHECK(finishes_in_time([&] { return !cache.lock_key(key).held(); }, 10));
+            CHECK_FALSE(fs::exists(tmp / "elsewhere"));
+            fs::remove(lock_path);
+        }
     }
 }
 
@@ -1140,6 +1223,158 @@ TEST_CASE("the training and inference gated forwards keep tuned configs of their
     REQUIRE_FALSE(store_tuned_config(inference, RowsBucket::large, tuning.device, for_inference).empty());
     CHECK(tuned_config(training, RowsBucket::large, tuning.device) == for_training);
     CHECK(tuned_config(inference, RowsBucket::large, tuning.device) == for_inference);
+}
+
+TEST_CASE("disk cache: list(), prune and clear() leave alone every file whose name the cache does not write",
+          "[cache]") {
+    TempDir tmp;
+    const std::string root = tmp / "root";
+    DiskCache cache(root, {});
+    const std::vector<Hash128> keys = keys_in_distinct_shards(2);
+    const std::string hex = keys[0].hex(), other_hex = keys[1].hex();
+    cache.store(keys[0], make_entry("k", 100, 70), "src");
+    const std::string shard_name = hex.substr(0, 2);
+    const std::string shard = root + "/" + shard_name, tuning = root + "/" + kTuningDirectory;
+    fs::create_directories(tuning);
+    const time_t long_ago = std::time(nullptr) - 10 * kAbandonedTemporarySeconds;
+    const auto file = [&](const std::string& path) {
+        fs::create_directories(fs::path(path).parent_path());
+        write_bytes(path, {'x'});
+        set_file_time(path, long_ago);  // old enough for prune to take any temporary it recognizes
+        return path;
+    };
+
+    // The cache's own: an entry, its source, a lock left by a killed process, crashed stores'
+    // temporaries, a tuning record and a crashed tune's temporary.
+    const std::vector<std::string> ours = {
+        cache.entry_path(keys[0]),
+        shard + "/" + hex + ".cu",
+        file(shard + "/" + hex + ".lock"),
+        file(shard + "/" + temporary_file_name(hex + ".cubin")),
+        file(shard + "/" + hex + ".cu.4194304-7f3a2b1c0d9e-0123456789abcdef.tmp"),
+        file(tuning + "/" + tuning_record_file_name(keys[1])),
+        file(tuning + "/" + temporary_file_name(other_hex + ".config")),
+    };
+    // Someone else's, in the cache's directories, however much they look like ours.
+    std::string upper_hex = hex;
+    std::transform(upper_hex.begin(), upper_hex.end(), upper_hex.begin(), ::toupper);
+    const std::vector<std::string> foreign = {
+        file(shard + "/attention.cu"),
+        file(shard + "/build.lock"),
+        file(shard + "/notes.tmp"),
+        file(root + "/00/notes.tmp"),
+        file(shard + "/" + other_hex + ".cubin"),  // an entry in another key's shard
+        file(shard + "/" + other_hex + ".cu"),
+        file(shard + "/" + other_hex + ".lock"),
+        file(shard + "/" + upper_hex + ".cubin"),
+        file(shard + "/" + hex.substr(0, 31) + ".cubin"),
+        file(shard + "/" + hex + ".cubin.bak"),
+        file(shard + "/" + hex + ".cubin.tmp"),
+        file(shard + "/" + hex + ".cubin.12-ab-0123.tmp"),  // the random part is 16 hex digits
+        file(shard + "/" + hex + ".cubin.x-ab-0123456789abcdef.tmp"),
+        file(shard + "/" + hex + ".lock.12-ab-0123456789abcdef.tmp"),  // no lock goes through a temporary
+        file(shard + "/" + hex + ".config"),                            // records belong in tuning/
+        file(shard + "/x" + hex + ".cubin"),
+        file(tuning + "/notes.tmp"),
+        file(tuning + "/" + other_hex + ".config.bak"),
+        file(tuning + "/" + hex + ".cubin"),
+        file(tuning + "/" + hex + ".cubin.12-ab-0123456789abcdef.tmp"),
+        file(tuning + "/tuning.json"),
+    };
+
+    SECTION("classify_cache_file") {
+        CHECK(classify_cache_file(shard_name, hex + ".cubin").kind == CacheFileKind::entry);
+        CHECK(classify_cache_file(shard_name, hex + ".cubin").key_hex == hex);
+        CHECK(classify_cache_file(shard_name, hex + ".cu").kind == CacheFileKind::source);
+        CHECK(classify_cache_file(shard_name, hex + ".lock").kind == CacheFileKind::lock);
+        CHECK(classify_cache_file(kTuningDirectory, other_hex + ".config").kind == CacheFileKind::tuning_record);
+        for (const std::string& final_name : {hex + ".cubin", hex + ".cu"}) {
+            const CacheFileName temporary = classify_cache_file(shard_name, temporary_file_name(final_name));
+            CHECK(temporary.kind == CacheFileKind::temporary);
+            CHECK(temporary.key_hex == hex);
+        }
+        CHECK(classify_cache_file(kTuningDirectory, temporary_file_name(hex + ".config")).kind ==
+              CacheFileKind::temporary);
+        for (const std::string& path : foreign) {
+            const fs::path name = fs::path(path);
+            INFO(path);
+            CHECK(classify_cache_file(name.parent_path().filename().string(), name.filename().string()).kind ==
+                  CacheFileKind::foreign);
+        }
+    }
+    SECTION("list() and prune") {
+        const CacheListing listing = cache.list(false);
+        CHECK(listing.errors.empty());
+        REQUIRE(listing.entries.size() == 1);
+        CHECK(listing.entries[0].path == ours[0]);
+        CHECK(listing.entries[0].valid);
+        REQUIRE(listing.tuning_records.size() == 1);
+        CHECK(listing.tuning_records[0].path == ours[5]);
+        CHECK(listing.tuning_records[0].key_hex == other_hex);
+        CHECK(listing.tuning_records[0].bytes == 1);
+        std::vector<std::string> temporaries;
+        for (const CacheTemporaryInfo& temporary : listing.temporaries) temporaries.push_back(temporary.path);
+        std::sort(temporaries.begin(), temporaries.end());
+        std::vector<std::string> expected = {ours[3], ours[4], ours[6]};
+        std::sort(expected.begin(), expected.end());
+        CHECK(temporaries == expected);
+
+        const PruneResult pruned = prune(cache, 0);
+        CHECK(pruned.errors.empty());
+        CHECK(pruned.removed == 1);
+        CHECK(pruned.removed_temporaries == 3);
+        for (size_t i : {0, 1, 3, 4, 6}) CHECK_FALSE(fs::exists(ours[i]));
+        CHECK(fs::exists(ours[5]));  // prune keeps tuned tilings
+    }
+    SECTION("clear()") {
+        const ClearResult cleared = cache.clear();
+        CHECK(cleared.errors.empty());
+        CHECK(cleared.removed == 1);
+        CHECK(cleared.removed_tuning_records == 1);
+        for (const std::string& path : ours) {
+            INFO(path);
+            CHECK_FALSE(fs::exists(path));
+        }
+    }
+    for (const std::string& path : foreign) {
+        INFO(path);
+        CHECK(read_bytes(path) == std::vector<char>{'x'});
+    }
+}
+
+TEST_CASE("disk cache: tuned tilings that store_tuned_config writes are listed and cleared as tuning records",
+          "[cache][tuning]") {
+    TempDir tmp;
+    EnvVar dir("MOEJIT_CACHE_DIR", tmp / "rw"), path("MOEJIT_CACHE_PATH", tmp / "ro");
+    const TuningCase tuning;
+    const std::string stored = store_tuned_config(tuning.problem, RowsBucket::large, tuning.device, tuning.config);
+    REQUIRE_FALSE(stored.empty());
+    std::string read_only_record;
+    {
+        EnvVar deploy("MOEJIT_CACHE_DIR", tmp / "ro");
+        read_only_record = store_tuned_config(tuning.problem, RowsBucket::small, tuning.device, tuning.config);
+    }
+    DiskCache cache = DiskCache::from_environment();
+    const CacheListing listing = cache.list(false);
+    CHECK(listing.errors.empty());
+    CHECK(listing.entries.empty());
+    CHECK(listing.temporaries.empty());
+    REQUIRE(listing.tuning_records.size() == 2);
+    CHECK(listing.tuning_records[0].path == read_only_record);  // read-only roots first
+    CHECK(listing.tuning_records[0].read_only_root);
+    CHECK(listing.tuning_records[1].path == stored);
+    CHECK_FALSE(listing.tuning_records[1].read_only_root);
+    CHECK(listing.tuning_records[1].bytes == fs::file_size(stored));
+    CHECK(listing.tuning_records[1].key_hex == fs::path(stored).stem().string());
+
+    const ClearResult cleared = cache.clear();
+    CHECK(cleared.errors.empty());
+    CHECK(cleared.removed == 0);
+    CHECK(cleared.removed_tuning_records == 1);
+    CHECK_FALSE(fs::exists(stored));
+    CHECK_FALSE(fs::exists(tmp / "rw/tuning"));
+    CHECK(fs::exists(read_only_record));
+    CHECK_FALSE(tuned_config(tuning.problem, RowsBucket::large, tuning.device).has_value());
 }
 
 // Run only by the test above, in a fresh process (hidden: "[.]").

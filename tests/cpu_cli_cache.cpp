@@ -1,5 +1,6 @@
 // `moejit cache ls|stats|verify|prune|clear` on caches with things wrong with them (files that are
-// not entries' kind, directories nobody can read, entries nobody can remove) and `cache prune`. The
+// not entries' kind, directories nobody can read, entries nobody can remove, files that are not the
+// cache's at all), tuning records, and `cache prune`. The
 // entries are written through DiskCache, so no compiler is needed (label cpu).
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,12 +11,14 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <string>
 #include <vector>
 
 #include "cache/disk_cache.hpp"
 #include "cache/key.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/errors.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -78,7 +81,7 @@ TEST_CASE("moejit cache verify, ls and clear with a FIFO at an entry path: inval
 
     const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}}, "", 30);
     CHECK(clear.status == 0);
-    CHECK(clear.out.find("removed 2 entries from " + root) != std::string::npos);
+    CHECK(clear.out.find("removed 2 entries and 0 tuning records from " + root) != std::string::npos);
     CHECK_FALSE(fs::exists(fs::symlink_status(fifo)));
 }
 
@@ -111,9 +114,11 @@ TEST_CASE("moejit cache ls|stats|verify|clear exit 1 naming a cache directory th
     }
     CHECK(run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", root}}).out ==
           "0 entries checked, 0 invalid, 1 read error\n");
-    CHECK(run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}}).out == "removed 0 entries from " + root + "\n");
+    CHECK(run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}}).out ==
+          "removed 0 entries and 0 tuning records from " + root + "\n");
     CHECK(run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", root}})
-              .out.find("writable root   " + root + "  0 entries, 0 B (does not exist)") != std::string::npos);
+              .out.find("writable root   " + root + "  0 entries, 0 B; 0 tuning records, 0 B (does not exist)") !=
+          std::string::npos);
 
     // The same for a read-only root; clear leaves read-only roots alone, so it succeeds.
     TempDir empty;
@@ -124,8 +129,8 @@ TEST_CASE("moejit cache ls|stats|verify|clear exit 1 naming a cache directory th
     CHECK(run_cli({"cache", "verify"}, read_only).status == 1);
     const ProcessResult stats = run_cli({"cache", "stats"}, read_only);
     CHECK(stats.status == 1);
-    CHECK(stats.out.find("read-only root  " + (tmp / "file") + "  0 entries, 0 B (not a directory)") !=
-          std::string::npos);
+    CHECK(stats.out.find("read-only root  " + (tmp / "file") +
+                         "  0 entries, 0 B; 0 tuning records, 0 B (not a directory)") != std::string::npos);
     CHECK(run_cli({"cache", "clear"}, read_only).status == 0);
 }
 
@@ -140,7 +145,7 @@ TEST_CASE("moejit cache clear exits 1 naming an entry it cannot remove, and remo
     const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}});
     INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
     CHECK(clear.status == 1);
-    CHECK(clear.out == "removed 2 entries from " + root + "\n");
+    CHECK(clear.out == "removed 2 entries and 0 tuning records from " + root + "\n");
     CHECK(clear.err == "moejit: cannot remove " + stuck + ": " + std::strerror(EISDIR) + "\n");
     CHECK(fs::is_directory(stuck));
     for (const Hash128& key : {keys[0], keys[2]}) CHECK_FALSE(fs::exists(DiskCache(root, {}).entry_path(key)));
@@ -172,7 +177,7 @@ TEST_CASE("moejit cache commands as a user the cache's permissions shut out exit
         INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
         CHECK(clear.status == 1);
         CHECK(clear.err.find("moejit: cannot remove " + entry + ": " + denied + "\n") != std::string::npos);
-        CHECK(clear.out.find("removed 1 entry from " + root) != std::string::npos);
+        CHECK(clear.out.find("removed 1 entry and 0 tuning records from " + root) != std::string::npos);
     }
     CHECK(fs::exists(entry));
 }
@@ -258,4 +263,101 @@ TEST_CASE("moejit cache prune removes abandoned temporary files and leaves read-
     CHECK_FALSE(fs::exists(abandoned));
     CHECK(fs::exists(in_progress));
     for (const Hash128& key : keys) CHECK(fs::exists(DiskCache(root, {}).entry_path(key)));
+}
+
+TEST_CASE("moejit cache prune and clear remove only files whose names the cache writes", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "project";
+    // A directory that was never a cache, with names that only look like a cache's.
+    fs::create_directories(root + "/de");
+    fs::create_directories(root + "/00");
+    write_bytes(root + "/de/attention.cu", "k\n");
+    write_bytes(root + "/de/build.lock", "l\n");
+    write_bytes(root + "/00/notes.tmp", "x\n");
+    const time_t two_hours_ago = std::time(nullptr) - 7200;
+    const struct timespec times[2] = {{two_hours_ago, 0}, {two_hours_ago, 0}};
+    REQUIRE(::utimensat(AT_FDCWD, (root + "/00/notes.tmp").c_str(), times, 0) == 0);
+
+    const ProcessResult pruned = run_cli({"cache", "prune", "--max-size", "1G"}, {{"MOEJIT_CACHE_DIR", root}});
+    INFO("prune stdout:\n" << pruned.out << "\nstderr:\n" << pruned.err);
+    CHECK(pruned.status == 0);
+    CHECK(pruned.out.rfind("removed 0 entries (0 B) from " + root + ";", 0) == 0);
+    const ProcessResult cleared = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}});
+    INFO("clear stdout:\n" << cleared.out << "\nstderr:\n" << cleared.err);
+    CHECK(cleared.status == 0);
+    CHECK(cleared.out == "removed 0 entries and 0 tuning records from " + root + "\n");
+    CHECK(read_text(root + "/de/attention.cu") == "k\n");
+    CHECK(read_text(root + "/de/build.lock") == "l\n");
+    CHECK(read_text(root + "/00/notes.tmp") == "x\n");
+}
+
+TEST_CASE("moejit cache ls, stats and clear show and remove tuning records, and no one else's files", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 1);
+    const Hash128 tuned = key_of("a tuned tiling");
+    const std::string record = root + "/tuning/" + tuning_record_file_name(tuned);
+    const std::string foreign = root + "/tuning/notes.txt";
+    fs::create_directories(root + "/tuning");
+    write_bytes(record, "h:m128n256s4\nfwd:bf16:n1536:k2048:e128:topk8:sm_90a large test device\n");
+    write_bytes(foreign, "mine\n");
+    const std::string record_bytes = std::to_string(fs::file_size(record)) + " B";
+
+    const ProcessResult ls = run_cli({"cache", "ls"}, {{"MOEJIT_CACHE_DIR", root}});
+    INFO("ls stdout:\n" << ls.out << "\nstderr:\n" << ls.err);
+    CHECK(ls.status == 0);
+    CHECK(count_of(ls.out, "\n") == 2);
+    CHECK(ls.out.find(keys[0].hex()) != std::string::npos);
+    CHECK(std::regex_search(ls.out, std::regex(tuned.hex() + R"( +)" + record_bytes + R"( +\S+  rw )" + root +
+                                               "  tuning record\n")));
+
+    const ProcessResult stats = run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", root}});
+    INFO("stats stdout:\n" << stats.out << "\nstderr:\n" << stats.err);
+    CHECK(stats.status == 0);
+    CHECK(stats.out.find("writable root   " + root + "  1 entry, ") != std::string::npos);
+    CHECK(stats.out.find("; 1 tuning record, " + record_bytes + "\n") != std::string::npos);
+    CHECK(stats.out.find("total           1 entry, ") != std::string::npos);
+
+    const ProcessResult cleared = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}});
+    INFO("clear stdout:\n" << cleared.out << "\nstderr:\n" << cleared.err);
+    CHECK(cleared.status == 0);
+    CHECK(cleared.out == "removed 1 entry and 1 tuning record from " + root + "\n");
+    CHECK_FALSE(fs::exists(record));
+    CHECK(read_text(foreign) == "mine\n");
+    const std::string emptied = run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", root}}).out;
+    CHECK(emptied.find("total           0 entries, 0 B; 0 tuning records, 0 B\n") != std::string::npos);
+}
+
+TEST_CASE("moejit cache stats and verify count one entry as 1 entry", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    store_entries(root, 1);
+    const ProcessResult stats = run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", root}});
+    INFO("stdout:\n" << stats.out << "\nstderr:\n" << stats.err);
+    CHECK(stats.status == 0);
+    CHECK(stats.out.find("1 entries") == std::string::npos);
+    CHECK(stats.out.find("writable root   " + root + "  1 entry, ") != std::string::npos);
+    CHECK(stats.out.find("total           1 entry, ") != std::string::npos);
+    CHECK(run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", root}}).out == "1 entry checked, 0 invalid\n");
+}
+
+TEST_CASE("moejit cache clear names the first 3 files it cannot remove, then counts the rest", "[cli]") {
+    TempDir tmp;
+    const std::string root = tmp / "cache";
+    const std::vector<Hash128> keys = store_entries(root, 10);
+    std::vector<std::string> stuck;
+    for (const Hash128& key : keys) {
+        stuck.push_back(DiskCache(root, {}).entry_path(key));
+        REQUIRE(fs::remove(stuck.back()));
+        REQUIRE(fs::create_directory(stuck.back()));  // unlink fails with EISDIR, for root too
+    }
+    const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", root}});
+    INFO("stdout:\n" << clear.out << "\nstderr:\n" << clear.err);
+    CHECK(clear.status == 1);
+    CHECK(clear.out == "removed 0 entries and 0 tuning records from " + root + "\n");
+    CHECK(count_of(clear.err, "\n") == 4);
+    CHECK(count_of(clear.err, "moejit: cannot remove ") == 3);
+    CHECK(clear.err.find(std::string(": ") + std::strerror(EISDIR) + "\n") != std::string::npos);
+    CHECK(clear.err.find("moejit: ... and 7 more errors\n") != std::string::npos);
+    for (const std::string& path : stuck) CHECK(fs::is_directory(path));
 }

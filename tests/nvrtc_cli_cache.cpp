@@ -1,8 +1,16 @@
 // The JIT pipeline end to end without a GPU: spec strings, model presets, Compiler + disk cache
 // (hits, corrupt entries, read-only roots, an unwritable root), 8 concurrent `moejit compile`
-// processes, and the `moejit` command line. Needs NVRTC (label nvrtc).
+// processes, concurrent misses of one kernel (the key's lock), and the `moejit` command line. Needs
+// NVRTC (label nvrtc).
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +22,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -73,6 +82,17 @@ std::vector<std::string> files_under(const std::string& dir) {
 
 Problem small_problem() { return parse_spec(kSpec); }
 
+// The flock(2) waiters blocked on the file with inode `inode`, as /proc/locks lists them ("-> FLOCK").
+size_t flock_waiters(ino_t inode) {
+    std::ifstream locks("/proc/locks");
+    size_t waiters = 0;
+    for (std::string line; std::getline(locks, line);)
+        if (line.find("-> FLOCK") != std::string::npos &&
+            line.find(":" + std::to_string(inode) + " ") != std::string::npos)
+            ++waiters;
+    return waiters;
+}
+
 }  // namespace
 
 // --- specs and models ------------------------------------------------------------------------------
@@ -86,10 +106,14 @@ TEST_CASE("spec strings round trip for random valid problems", "[spec]") {
         Problem problem;
         problem.op = Op::fwd;
         problem.dtype = uniform(0, 1) ? DType::bf16 : DType::fp16;
-        // Mostly model-sized, sometimes tiny or huge.
-        problem.n = 8 * uniform(1, uniform(0, 3) == 0 ? int64_t{1} << 20 : 4096);
-        problem.k = 8 * uniform(1, uniform(0, 3) == 0 ? int64_t{1} << 20 : 4096);
-        problem.experts = static_cast<int>(uniform(1, uniform(0, 1) ? 4096 : 256));
+        // Mostly model-sized, sometimes tiny or huge; redrawn past validate()'s bound on E * N * K (2^38:
+        // a GEMM's tile counts are int), which huge N and K together with many experts exceed.
+        do {
+            problem.n = 8 * uniform(1, uniform(0, 3) == 0 ? int64_t{1} << 20 : 4096);
+            problem.k = 8 * uniform(1, uniform(0, 3) == 0 ? int64_t{1} << 20 : 4096);
+            problem.experts = static_cast<int>(uniform(1, uniform(0, 1) ? 4096 : 256));
+        } while (static_cast<long double>(problem.experts) * problem.n * problem.k >=
+                 static_cast<long double>(int64_t{1} << 38));
         problem.topk = static_cast<int>(uniform(1, std::min(problem.experts, 16)));
         problem.arch = Arch::parse(archs[uniform(0, 4)]);
         REQUIRE_NOTHROW(problem.validate());
@@ -451,13 +475,97 @@ TEST_CASE("8 processes compiling the same kernel into one empty cache leave one 
 
     const ProcessResult verify = run_cli({"cache", "verify"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(verify.status == 0);
-    CHECK(verify.out.find("1 entries checked, 0 invalid") != std::string::npos);
+    CHECK(verify.out.find("1 entry checked, 0 invalid") != std::string::npos);
 
     // And the entry is the kernel: a Compiler in this process hits it.
     CacheEnv env(cache);
     const Binary hit = Compiler(DiskCache::from_environment()).get(small_problem(), choose_config(small_problem()));
     CHECK(hit.from_disk);
     CHECK(hit.key.hex() == key);
+}
+
+TEST_CASE("Compiler: a miss while another process holds the key's lock waits, then hits the entry it stored",
+          "[compiler]") {
+    TempDir cache;
+    CacheEnv env(cache.path);
+    const Problem problem = small_problem();
+    const Config config = choose_config(problem);
+    // What the other process stores, compiled beforehand so that the test waits on the lock alone.
+    Compiler other(DiskCache::from_environment());
+    const Source source = emit_source(problem, config);
+    const Hash128 key = make_key(other.key_inputs(source, problem.arch));
+    const NvrtcOutput built = other.compile_uncached(problem, config);
+    const std::string shard = key.hex().substr(0, 2);
+
+    // Held as another process holds it: flock(2) on <root>/<shard>/<key>.lock.
+    fs::create_directories(cache / shard);
+    const std::string lock_path = cache / (shard + "/" + key.hex() + ".lock");
+    const int lock_fd = ::open(lock_path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+    REQUIRE(lock_fd >= 0);
+    REQUIRE(::flock(lock_fd, LOCK_EX) == 0);
+    struct stat lock_file {};
+    REQUIRE(::fstat(lock_fd, &lock_file) == 0);
+
+    std::atomic<bool> finished{false};
+    Binary waited;
+    std::string failure;
+    std::thread compile([&] {
+        try {
+            waited = Compiler(DiskCache::from_environment()).get(problem, config);
+        } catch (const std::exception& error) {
+            failure = error.what();
+        }
+        finished = true;
+    });
+    // Until the compile blocks on the lock, or (without one) gets done regardless.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+    while (!finished && flock_waiters(lock_file.st_ino) == 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const bool blocked = flock_waiters(lock_file.st_ino) > 0;
+    DiskCache(cache.path, {}).store(key, CacheEntry{built.lowered_name, built.cubin}, source.text);
+    ::close(lock_fd);  // lets the compile go
+    compile.join();
+
+    INFO(failure);
+    CHECK(failure.empty());
+    CHECK(blocked);
+    CHECK(waited.from_disk);  // it looked again once it held the lock, and did not run NVRTC
+    CHECK(waited.key == key);
+    CHECK(waited.kernel_name == built.lowered_name);
+    CHECK(waited.cubin == built.cubin);
+    // Its last holder removed the lock file.
+    CHECK(files_under(cache.path) ==
+          std::vector<std::string>{shard + "/" + key.hex() + ".cu", shard + "/" + key.hex() + ".cubin"});
+}
+
+TEST_CASE("Compiler: two compiles of one kernel at once into one empty cache run NVRTC once", "[compiler]") {
+    TempDir cache;
+    CacheEnv env(cache.path);
+    const Problem problem = small_problem();
+    const Config config = choose_config(problem);
+    Binary results[2];
+    std::string failures[2];
+    std::atomic<int> ready{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 2; ++i)
+        threads.emplace_back([&, i] {
+            Compiler compiler(DiskCache::from_environment());  // each its own, as two processes
+            ++ready;
+            while (ready < 2) std::this_thread::yield();
+            try {
+                results[i] = compiler.get(problem, config);
+            } catch (const std::exception& error) {
+                failures[i] = error.what();
+            }
+        });
+    for (std::thread& thread : threads) thread.join();
+    for (const std::string& failure : failures) CHECK(failure.empty());
+    CHECK(results[0].from_disk != results[1].from_disk);
+    CHECK(results[0].key == results[1].key);
+    CHECK(results[0].cubin == results[1].cubin);
+    const std::string hex = results[0].key.hex();
+    CHECK(files_under(cache.path) ==
+          std::vector<std::string>{hex.substr(0, 2) + "/" + hex + ".cu", hex.substr(0, 2) + "/" + hex + ".cubin"});
 }
 
 // --- the command line ------------------------------------------------------------------------------
@@ -750,7 +858,7 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
 
     const ProcessResult clear_one = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(clear_one.status == 0);
-    CHECK(clear_one.out.find("removed 1 entry from " + cache) != std::string::npos);
+    CHECK(clear_one.out.find("removed 1 entry and 0 tuning records from " + cache) != std::string::npos);
     CHECK(files_under(cache).empty());
 
     const ProcessResult precompile =
@@ -825,7 +933,7 @@ TEST_CASE("moejit compile, precompile and cache ls|stats|verify|clear", "[cli]")
 
     const ProcessResult clear = run_cli({"cache", "clear"}, {{"MOEJIT_CACHE_DIR", cache}});
     CHECK(clear.status == 0);
-    CHECK(clear.out.find("removed " + n + " entries from " + cache) != std::string::npos);
+    CHECK(clear.out.find("removed " + n + " entries and 0 tuning records from " + cache) != std::string::npos);
     CHECK(files_under(cache).empty());
     CHECK(run_cli({"cache", "ls"}, {{"MOEJIT_CACHE_DIR", cache}}).out.empty());
     CHECK(run_cli({"cache", "stats"}, {{"MOEJIT_CACHE_DIR", cache}}).out.find("total           0 entries") !=

@@ -41,11 +41,25 @@ std::string format_age(int64_t mtime) {
     return text;
 }
 
-// Prints each error as "moejit: <error>" on stderr, after what could be done was printed. Returns
-// the exit status: a cache that could not be read or cleared must not look empty or cleared.
+// "1 entry", "2 entries": counts in what the commands print read as English.
+std::string counted(size_t count, const char* singular, const char* plural) {
+    return std::to_string(count) + " " + (count == 1 ? singular : plural);
+}
+
+// How many errors report_errors names one by one.
+constexpr size_t kErrorsNamed = 3;
+
+// Prints the first kErrorsNamed errors as "moejit: <error>" on stderr, after what could be done
+// was printed, and then how many more there were: a cache on a read-only disk fails every file
+// alike, and thousands of lines would bury what the first few say. Returns the exit status: a
+// cache that could not be read or cleared must not look empty or cleared.
 int report_errors(const std::vector<std::string>& errors) {
     std::fflush(stdout);
-    for (const std::string& error : errors) std::fprintf(stderr, "moejit: %s\n", error.c_str());
+    const size_t named = std::min(errors.size(), kErrorsNamed);
+    for (size_t i = 0; i < named; ++i) std::fprintf(stderr, "moejit: %s\n", errors[i].c_str());
+    if (errors.size() > named)
+        std::fprintf(stderr, "moejit: ... and %s\n",
+                     counted(errors.size() - named, "more error", "more errors").c_str());
     return errors.empty() ? 0 : 1;
 }
 
@@ -56,18 +70,20 @@ const char* const kCacheHelp =
     "~/.cache/moejit) and the read-only roots of MOEJIT_CACHE_PATH (colon-separated, searched first).\n"
     "\n"
     "  ls [--verify]   one line per entry: key, size, age, root kind and root; --verify also reads and\n"
-    "                  checks each entry and prints valid or invalid with the reason\n"
-    "  stats           the roots, and entries and bytes per root and in all\n"
+    "                  checks each entry and prints valid or invalid with the reason; then one line per\n"
+    "                  tuned tiling (`moejit tune`'s records), ending in \"tuning record\"\n"
+    "  stats           the roots, and entries, tuning records and their bytes per root and in all\n"
     "  verify          checks every entry; prints the bad ones; exits 1 if any is bad\n"
     "  prune --max-size SIZE\n"
     "                  removes entries of the writable root, least recently used first (every cache hit\n"
-    "                  refreshes an entry's time), until what stats counts there is at most SIZE: bytes,\n"
-    "                  or 500M, 2G (K, M, G, T are powers of 1024); also removes temporary files that\n"
-    "                  crashed stores or tunes left behind (unwritten for an hour)\n"
-    "  clear           removes every entry of the writable root (never a read-only root)\n"
+    "                  refreshes an entry's time), until its entries take at most SIZE (tuning records\n"
+    "                  stay, uncounted): bytes, or 500M, 2G (K, M, G, T are powers of 1024); also removes\n"
+    "                  temporary files that crashed stores or tunes left behind (unwritten for an hour)\n"
+    "  clear           removes every entry and tuning record of the writable root (never a read-only\n"
+    "                  root, never a file whose name the cache does not write)\n"
     "\n"
-    "A directory that cannot be read or an entry that cannot be removed is named on stderr, and the\n"
-    "command exits 1.\n";
+    "A directory that cannot be read or an entry that cannot be removed is named on stderr (the first\n"
+    "three, then how many more), and the command exits 1.\n";
 
 int cache_ls(const std::vector<std::string>& argv) {
     const Args args("cache ls", argv, {{"--verify", false}});
@@ -86,6 +102,10 @@ int cache_ls(const std::vector<std::string>& argv) {
             std::printf("  %s%s%s", info.valid ? "valid" : "invalid", info.valid ? "" : ": ", info.problem.c_str());
         std::printf("\n");
     }
+    for (const TuningRecordInfo& record : listing.tuning_records)
+        std::printf("%s  %10s  %5s  %s %s  tuning record\n", record.key_hex.c_str(), format_bytes(record.bytes).c_str(),
+                    format_age(record.mtime).c_str(), record.read_only_root ? "ro" : "rw",
+                    root_of(record.path).c_str());
     return report_errors(listing.errors);
 }
 
@@ -100,6 +120,12 @@ int cache_stats(const std::vector<std::string>& argv) {
     struct Totals {
         size_t entries = 0;
         uint64_t bytes = 0;
+        size_t tuning_records = 0;
+        uint64_t tuning_bytes = 0;
+        std::string text() const {
+            return counted(entries, "entry", "entries") + ", " + format_bytes(bytes) + "; " +
+                   counted(tuning_records, "tuning record", "tuning records") + ", " + format_bytes(tuning_bytes);
+        }
     };
     std::map<std::string, Totals> per_root;
     Totals all;
@@ -111,18 +137,24 @@ int cache_stats(const std::vector<std::string>& argv) {
         ++all.entries;
         all.bytes += info.bytes;
     }
+    for (const TuningRecordInfo& record : listing.tuning_records) {
+        Totals& totals = per_root[root_of(record.path)];
+        ++totals.tuning_records;
+        totals.tuning_bytes += record.bytes;
+        ++all.tuning_records;
+        all.tuning_bytes += record.bytes;
+    }
     auto line = [&](const char* kind, const std::string& root) {
         const Totals totals = per_root.count(root) ? per_root[root] : Totals{};
         struct stat st {};
         const char* note = "";
         if (root.empty() || ::stat(root.c_str(), &st) != 0) note = " (does not exist)";
         else if (!S_ISDIR(st.st_mode)) note = " (not a directory)";
-        std::printf("%-15s %s  %zu entries, %s%s\n", kind, root.empty() ? "(none)" : root.c_str(), totals.entries,
-                    format_bytes(totals.bytes).c_str(), note);
+        std::printf("%-15s %s  %s%s\n", kind, root.empty() ? "(none)" : root.c_str(), totals.text().c_str(), note);
     };
     for (const std::string& root : cache.read_only_roots()) line("read-only root", root);
     line("writable root", cache.root());
-    std::printf("%-15s %zu entries, %s\n", "total", all.entries, format_bytes(all.bytes).c_str());
+    std::printf("%-15s %s\n", "total", all.text().c_str());
     return report_errors(listing.errors);
 }
 
@@ -141,7 +173,7 @@ int cache_verify(const std::vector<std::string>& argv) {
         ++bad;
         std::printf("invalid %s: %s\n", info.path.c_str(), info.problem.c_str());
     }
-    std::printf("%zu entries checked, %zu invalid", listing.entries.size(), bad);
+    std::printf("%s checked, %zu invalid", counted(listing.entries.size(), "entry", "entries").c_str(), bad);
     if (!listing.errors.empty())
         std::printf(", %zu read error%s", listing.errors.size(), listing.errors.size() == 1 ? "" : "s");
     std::printf("\n");
@@ -183,7 +215,8 @@ int cache_clear(const std::vector<std::string>& argv) {
     DiskCache cache = DiskCache::from_environment();
     if (cache.root().empty()) throw Error(kNoCacheDirectory);
     const ClearResult result = cache.clear();
-    std::printf("removed %zu entr%s from %s\n", result.removed, result.removed == 1 ? "y" : "ies",
+    std::printf("removed %s and %s from %s\n", counted(result.removed, "entry", "entries").c_str(),
+                counted(result.removed_tuning_records, "tuning record", "tuning records").c_str(),
                 cache.root().c_str());
     if (!cache.read_only_roots().empty()) std::printf("read-only roots (MOEJIT_CACHE_PATH) left as they are\n");
     return report_errors(result.errors);
