@@ -122,6 +122,13 @@ int cache_stats(const std::vector<std::string>& argv) {
         uint64_t bytes = 0;
         size_t tuning_records = 0;
         uint64_t tuning_bytes = 0;
+        Totals& operator+=(const Totals& other) {
+            entries += other.entries;
+            bytes += other.bytes;
+            tuning_records += other.tuning_records;
+            tuning_bytes += other.tuning_bytes;
+            return *this;
+        }
         std::string text() const {
             return counted(entries, "entry", "entries") + ", " + format_bytes(bytes) + "; " +
                    counted(tuning_records, "tuning record", "tuning records") + ", " + format_bytes(tuning_bytes);
@@ -134,16 +141,13 @@ int cache_stats(const std::vector<std::string>& argv) {
         Totals& totals = per_root[root_of(info.path)];
         ++totals.entries;
         totals.bytes += info.bytes;
-        ++all.entries;
-        all.bytes += info.bytes;
     }
     for (const TuningRecordInfo& record : listing.tuning_records) {
         Totals& totals = per_root[root_of(record.path)];
         ++totals.tuning_records;
         totals.tuning_bytes += record.bytes;
-        ++all.tuning_records;
-        all.tuning_bytes += record.bytes;
     }
+    for (const auto& [root, totals] : per_root) all += totals;
     auto line = [&](const char* kind, const std::string& root) {
         const Totals totals = per_root.count(root) ? per_root[root] : Totals{};
         struct stat st {};
@@ -175,7 +179,7 @@ int cache_verify(const std::vector<std::string>& argv) {
     }
     std::printf("%s checked, %zu invalid", counted(listing.entries.size(), "entry", "entries").c_str(), bad);
     if (!listing.errors.empty())
-        std::printf(", %zu read error%s", listing.errors.size(), listing.errors.size() == 1 ? "" : "s");
+        std::printf(", %s", counted(listing.errors.size(), "read error", "read errors").c_str());
     std::printf("\n");
     return report_errors(listing.errors) != 0 || bad != 0 ? 1 : 0;
 }
